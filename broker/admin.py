@@ -1,0 +1,145 @@
+"""Admin commands: one small handler per verb, in one explicit table.
+
+A handler takes the chat, its arguments and the time, acts, and returns the reply. It raises
+``AdminError`` for a request it refuses; the dispatcher turns that into an error reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol as p
+from .state import Chat, User
+
+
+class AdminError(Exception):
+    def __init__(self, code: p.Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    message: str
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    run: Callable[[Chat, list[str], float], Result]
+    args: tuple[str, ...]
+    help: str
+
+
+def _name(args: list[str]) -> str:
+    name = args[0]
+    if not p.valid_name(name):
+        raise AdminError(p.Code.BAD_ARGS, f"invalid user name {name!r}: use {p.NAME_RULE}")
+    return name
+
+
+def _connected(chat: Chat, args: list[str]) -> User:
+    name = _name(args)
+    user = chat.users.get(name)
+    if user is None:
+        raise AdminError(p.Code.NO_SUCH_USER, f"{name} is not connected: check `room-ctl who`")
+    return user
+
+
+def block(chat: Chat, args: list[str], now: float) -> Result:
+    name = _name(args)
+    if not chat.store.block(name):
+        return Result(f"{name} was already blocked")
+    user = chat.users.get(name)
+    if user is None:
+        return Result(f"blocked {name} (not connected: the block holds when they connect)")
+    chat.out.publish(user.room, p.Presence(user.room, name, "blocked"))
+    return Result(f"blocked {name}")
+
+
+def unblock(chat: Chat, args: list[str], now: float) -> Result:
+    name = _name(args)
+    if not chat.store.unblock(name):
+        return Result(f"{name} was not blocked")
+    user = chat.users.get(name)
+    if user is not None:
+        chat.out.publish(user.room, p.Presence(user.room, name, "unblocked"))
+        chat.out.reply(user.peer, p.Notice("you are unblocked: your messages reach the room again"))
+    return Result(f"unblocked {name}")
+
+
+def fire(chat: Chat, args: list[str], now: float) -> Result:
+    user = _connected(chat, args)
+    chat.out.reply(user.peer, p.Goodbye(p.Bye.FIRED, "the admin disconnected you"))
+    chat.remove(user, now, "fired by the admin", what="fired")
+    return Result(f"fired {user.name}")
+
+
+def out(chat: Chat, args: list[str], now: float) -> Result:
+    user = _connected(chat, args)
+    room = user.room
+    if room == p.LOBBY:
+        return Result(f"{user.name} is already in {p.LOBBY}")
+    chat.out.publish(room, p.Presence(room, user.name, "out"))
+    chat.move(user, p.LOBBY, now)
+    return Result(f"put {user.name} out of {room}")
+
+
+def reset(chat: Chat, args: list[str], now: float) -> Result:
+    count = len(chat.users)
+    chat.reset(now)
+    return Result(f"reset: {count} clients disconnected, every room but {p.LOBBY} removed")
+
+
+def close(chat: Chat, args: list[str], now: float) -> Result:
+    chat.closing = True
+    return Result("broker closing")
+
+
+def who(chat: Chat, args: list[str], now: float) -> Result:
+    users = chat.user_list()
+    blocked = sorted(chat.store.blocked())
+    data = {"users": [_fields(u) for u in users], "blocked": blocked}
+    return Result(f"{len(users)} users connected", data)
+
+
+def rooms(chat: Chat, args: list[str], now: float) -> Result:
+    listing = chat.room_list()
+    return Result(f"{len(listing)} rooms", {"rooms": [_fields(r) for r in listing]})
+
+
+def _fields(struct: Any) -> dict[str, Any]:
+    return {f: getattr(struct, f) for f in struct.__struct_fields__}
+
+
+COMMANDS: dict[str, Command] = {
+    "block": Command(block, ("USER",), "block USER: their room messages reach only the log"),
+    "unblock": Command(unblock, ("USER",), "unblock USER"),
+    "fire": Command(fire, ("USER",), "disconnect USER (their client exits)"),
+    "out": Command(out, ("USER",), f"move USER out of their room, back to {p.LOBBY}"),
+    "reset": Command(reset, (), "disconnect every client and remove every room but the lobby"),
+    "close": Command(close, (), "shut the broker down cleanly"),
+    "who": Command(who, (), "connected users, their rooms, and the blocklist"),
+    "rooms": Command(rooms, (), "rooms with member counts"),
+}
+
+
+def dispatch(chat: Chat, request: p.CtlRequest, now: float) -> p.CtlReply:
+    """Run one control request; any refusal becomes an error reply, never an exception."""
+    command = COMMANDS.get(request.command)
+    try:
+        if command is None:
+            known = ", ".join(COMMANDS)
+            raise AdminError(
+                p.Code.UNKNOWN_COMMAND, f"unknown command {request.command!r}: use one of {known}"
+            )
+        if len(request.args) != len(command.args):
+            usage = " ".join((request.command, *command.args))
+            raise AdminError(p.Code.BAD_ARGS, f"usage: {usage}")
+        result = command.run(chat, request.args, now)
+    except AdminError as exc:
+        return p.CtlReply(request.id, False, exc.message, exc.code.value)
+    return p.CtlReply(request.id, True, result.message, "", result.data)

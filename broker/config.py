@@ -1,0 +1,62 @@
+"""Defaults defined once: endpoints, paths, intervals, limits and exit codes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Final
+
+import platformdirs
+
+ROUTER: Final = "tcp://127.0.0.1:5555"
+PUB: Final = "tcp://127.0.0.1:5556"
+CONTROL: Final = "tcp://127.0.0.1:5557"
+
+ENV_PREFIX: Final = "ROOM"
+"""Every CLI option also reads ``ROOM_<OPTION>`` (click's auto_envvar_prefix)."""
+
+DATA_DIR_ENV: Final = "ROOM_DATA_DIR"
+
+HEARTBEAT: Final = 1.0
+"""Seconds between heartbeats when a side has sent nothing else."""
+LIVENESS: Final = 5
+"""Heartbeats a peer may miss before it is taken for dead."""
+
+CTL_TIMEOUT: Final = 5.0
+"""Seconds room-ctl and the client's handshake wait for the broker."""
+
+HISTORY: Final = 20
+"""Recent messages a client is shown when it joins a room."""
+
+
+class Exit(IntEnum):
+    """Exit codes of the three commands, one place for all."""
+
+    OK = 0
+    ERROR = 1  # the command failed (refused, bad argument, broker error)
+    USAGE = 2  # click's own code for bad usage
+    UNREACHABLE = 3  # no answer from the broker within the timeout
+    FIRED = 4  # the admin disconnected this user
+    DISCONNECTED = 5  # the broker closed or reset, or dropped the session
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Abuse limits, each also an option of ``room-broker start``."""
+
+    max_message: int = 4096  # bytes of UTF-8 text in one room message
+    max_clients: int = 10_000
+    max_rooms: int = 1_000
+    history_keep: int = 10_000  # messages kept per room for history and gap fill
+    max_frame: int = 64 * 1024  # MAXMSGSIZE on every bound socket
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """Where state lives: the flag, else ``ROOM_DATA_DIR``, else the user's data dir."""
+    chosen = override or os.environ.get(DATA_DIR_ENV) or platformdirs.user_data_dir("room")
+    return Path(chosen).expanduser()

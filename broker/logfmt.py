@@ -1,0 +1,80 @@
+"""The broker's log: one line per event, human-readable or JSON, flushed as written.
+
+The loop hands over a batch of events at a time, so a burst of messages costs one write and one
+flush, not one per line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TextIO
+
+import msgspec
+
+from .state import LogEvent
+
+CHAT_KINDS = frozenset({"msg", "blocked"})
+"""Kinds that ``--quiet`` hides; admin and error lines always show."""
+
+
+def stamp(ts: float) -> str:
+    """UTC time with milliseconds, ISO 8601."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def format_text(e: LogEvent) -> str:
+    when = stamp(e.ts)
+    match e.kind:
+        case "msg":
+            return f"{when} [{e.room}] {e.user}: {e.text}"
+        case "blocked":
+            return f"{when} [{e.room}] {e.user} (blocked, not published): {e.text}"
+        case "connect":
+            suffix = f" ({e.text})" if e.text else ""
+            return f"{when} * {e.user} connected in {e.room}{suffix}"
+        case "disconnect":
+            return f"{when} * {e.user} left from {e.room}: {e.text}"
+        case "enter":
+            return f"{when} * {e.user} entered {e.room} ({e.text})"
+        case "admin":
+            return f"{when} ! admin {e.text}"
+        case _:
+            return f"{when} ! {e.kind}: {e.text}"
+
+
+_json = msgspec.json.Encoder()
+
+
+def format_json(e: LogEvent) -> str:
+    record = {"ts": stamp(e.ts), "kind": e.kind, "room": e.room, "user": e.user, "text": e.text}
+    return _json.encode(record).decode()
+
+
+class LogWriter:
+    """Writes events to a stream; ``quiet`` drops chat lines, ``fmt`` is "text" or "json"."""
+
+    def __init__(
+        self, stream: TextIO | None = None, fmt: str = "text", quiet: bool = False
+    ) -> None:
+        self.stream = stream or sys.stdout
+        self.format = format_json if fmt == "json" else format_text
+        self.quiet = quiet
+
+    def events(self, events: Iterable[LogEvent]) -> None:
+        fmt, quiet = self.format, self.quiet
+        lines = [fmt(e) for e in events if not (quiet and e.kind in CHAT_KINDS)]
+        if lines:
+            self._write("\n".join(lines) + "\n")
+
+    def line(self, text: str) -> None:
+        """A plain status line (start, stop), shown in every mode."""
+        self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):  # reader went away; serving matters more than logging
+            pass

@@ -1,0 +1,368 @@
+"""The room wire protocol, defined once and shared by the broker, the client and room-ctl.
+
+Every message body is one MessagePack value made by msgspec from the typed structs below; a struct
+is encoded as an array whose first item is its tag, so decoding validates both shape and types in
+one pass (an invalid message cannot be constructed from the wire).
+
+Sockets and frames::
+
+    client DEALER  -> broker ROUTER    [body: ClientMsg]            (ROUTER adds the peer id)
+    broker ROUTER  -> client DEALER    [body: ServerMsg]
+    broker PUB     -> client SUB       [topic: room + b"\\0", body: list[RoomEvent]]
+    room-ctl REQ   -> broker ROUTER    [b"", body: CtlRequest]      (REQ adds the empty delimiter)
+    broker ROUTER  -> room-ctl REQ     [b"", body: CtlReply]
+
+A client sends ``Hello`` first; the broker answers ``Welcome`` (with the PUB endpoint and the
+session secret) or ``Error``. From then on the broker knows the user by the connection (the ROUTER
+peer id), so no later message names its sender. Room messages carry a per-room sequence number: a
+client that sees a gap, or a ``Synced``/``Ping`` with a higher sequence than it has, fetches the
+missing range with ``Fetch``. A PUB body is a list so that the broker can pack every event waiting
+for a room into one send; the client handles each in order.
+
+The topic is the room name followed by NUL. Room names cannot contain NUL, so no room's topic is a
+prefix of another's (a client in ``pub`` never sees ``public``).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Final
+
+import msgspec
+
+VERSION: Final = 1
+"""Bumped on any incompatible change; checked at ``Hello``."""
+
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+"""Users and rooms: 1-32 letters, digits, '_' or '-', not starting with '_' or '-'. These are also
+valid NATS subject tokens and never contain the topic delimiter."""
+NAME_RULE: Final = "1-32 letters, digits, '_' or '-', starting with a letter or digit"
+_NAME_RE: Final = re.compile(NAME_PATTERN)
+
+LOBBY: Final = "public"
+"""Every user starts here and returns here on leave or out; it is never removed."""
+
+TOPIC_END: Final = b"\0"
+
+
+def valid_name(name: str) -> bool:
+    """True when ``name`` is an acceptable user or room name."""
+    return bool(_NAME_RE.match(name))
+
+
+def topic(room: str) -> bytes:
+    """The PUB topic of a room: its name and a delimiter a name cannot contain."""
+    return room.encode() + TOPIC_END
+
+
+class Code(StrEnum):
+    """Error and refusal codes, sent in ``Error``, ``Refused`` and ``CtlReply``."""
+
+    BAD_FRAME = "bad_frame"  # wrong frame count or undecodable body
+    BAD_VERSION = "bad_version"  # Hello with another protocol version
+    HELLO_FIRST = "hello_first"  # a command before Hello
+    ALREADY = "already"  # a second Hello on the same connection
+    BAD_NAME = "bad_name"  # user name breaks NAME_RULE
+    NAME_TAKEN = "name_taken"  # another connected user has the name
+    BAD_ROOM = "bad_room"  # room name breaks NAME_RULE
+    TOO_LONG = "too_long"  # message text over the limit
+    BLOCKED = "blocked"  # sender is blocked: logged by the broker, never published
+    RATE_LIMITED = "rate_limited"  # sender exceeded its rate limit
+    FULL = "full"  # broker at its client or room cap
+    UNKNOWN_COMMAND = "unknown_command"  # control command not in the table
+    BAD_ARGS = "bad_args"  # control command with wrong arguments
+    NO_SUCH_USER = "no_such_user"  # control command about a user who is not connected
+    UNAVAILABLE = "unavailable"  # storage refused the message; it was not accepted
+    INTERNAL = "internal"  # a bug in the broker; the request had no effect
+
+
+class Bye(StrEnum):
+    """Why the broker ended a session (``Goodbye.reason``)."""
+
+    FIRED = "fired"
+    RESET = "reset"
+    CLOSED = "closed"
+    TIMEOUT = "timeout"
+    REPLACED = "replaced"
+
+
+class _Msg(msgspec.Struct, array_like=True, frozen=True, tag_field="t", forbid_unknown_fields=True):
+    """Base of every wire message: an array tagged with the class's short tag."""
+
+
+# ---- client -> broker (DEALER -> ROUTER) -------------------------------------------------------
+
+
+class Hello(_Msg, tag="hello"):
+    """Claim a name. ``session`` is the secret from an earlier ``Welcome``, to resume it."""
+
+    version: int
+    name: str
+    session: str = ""
+
+
+class Join(_Msg, tag="join"):
+    """Move to ``room`` (created on first join). ``history``: how many recent messages to return."""
+
+    room: str
+    history: int = 0
+
+
+class Leave(_Msg, tag="leave"):
+    """Return to the lobby."""
+
+
+class Say(_Msg, tag="say"):
+    """A message to the current room. ``mid`` is the sender's own id, echoed in Ack/Refused and
+    used to drop a retried duplicate."""
+
+    text: str
+    mid: int = 0
+
+
+class Sync(_Msg, tag="sync"):
+    """Ask the broker to publish ``Synced(nonce)`` on the current room's topic: receiving it proves
+    the client's subscription is live, and its ``seq`` says what it may have missed before."""
+
+    nonce: int
+
+
+class Fetch(_Msg, tag="fetch"):
+    """Messages of ``room`` with ``after < seq <= upto`` (``upto`` 0: up to the newest), at most
+    ``limit`` of them. Answered by ``Messages``."""
+
+    room: str
+    after: int
+    upto: int = 0
+    limit: int = 1000
+
+
+class ListUsers(_Msg, tag="who"):
+    """Who is connected; ``room`` empty means every room."""
+
+    room: str = ""
+
+
+class ListRooms(_Msg, tag="rooms"):
+    """Rooms and their member counts."""
+
+
+class Ping(_Msg, tag="ping"):
+    """Heartbeat; either side sends it when it has sent nothing else for an interval. From the
+    broker, ``seq`` is the newest sequence number of the client's room (tail gap detection)."""
+
+    room: str = ""
+    seq: int = 0
+
+
+class Quit(_Msg, tag="quit"):
+    """The user leaves the chat (``/exit``); the broker frees the name at once."""
+
+
+ClientMsg = Hello | Join | Leave | Say | Sync | Fetch | ListUsers | ListRooms | Ping | Quit
+
+
+# ---- broker -> client (ROUTER -> DEALER) -------------------------------------------------------
+
+
+class Posted(_Msg, tag="msg"):
+    """A stored room message. ``ts`` is seconds since the epoch (UTC)."""
+
+    room: str
+    seq: int
+    ts: float
+    sender: str
+    text: str
+
+
+class Welcome(_Msg, tag="welcome"):
+    """Hello accepted. ``pub`` is the PUB endpoint to subscribe to; ``session`` the resume secret;
+    ``heartbeat`` the interval in seconds; ``blocked`` whether the user is on the blocklist."""
+
+    version: int
+    name: str
+    room: str
+    pub: str
+    session: str
+    heartbeat: float
+    blocked: bool = False
+
+
+class Joined(_Msg, tag="joined"):
+    """The user is now in ``room``; ``seq`` is its newest sequence number; ``history`` the recent
+    messages asked for. Sent for Join, Leave and when the admin puts the user out (``forced``)."""
+
+    room: str
+    seq: int
+    history: list[Posted] = []
+    forced: bool = False
+
+
+class Ack(_Msg, tag="ack"):
+    """The message with the sender's ``mid`` was stored as ``seq`` of ``room``."""
+
+    mid: int
+    room: str
+    seq: int
+
+
+class Refused(_Msg, tag="refused"):
+    """The message with ``mid`` was not published: blocked, rate limited, too long..."""
+
+    mid: int
+    code: Code
+    reason: str
+
+
+class Error(_Msg, tag="error"):
+    """A request failed; ``reason`` is one line a person can act on."""
+
+    code: Code
+    reason: str
+
+
+class Notice(_Msg, tag="notice"):
+    """Something the broker tells this user alone, shown as a ``* `` line."""
+
+    text: str
+
+
+class Messages(_Msg, tag="messages"):
+    """Answer to ``Fetch``: stored messages of ``room`` in order. ``first``: the oldest sequence
+    number still stored (anything older is gone for good)."""
+
+    room: str
+    messages: list[Posted]
+    first: int = 1
+
+
+class UserInfo(_Msg, tag="user"):
+    name: str
+    room: str
+    blocked: bool
+
+
+class RoomInfo(_Msg, tag="room"):
+    name: str
+    members: int
+    seq: int
+
+
+class Users(_Msg, tag="users"):
+    users: list[UserInfo]
+
+
+class Rooms(_Msg, tag="roomlist"):
+    rooms: list[RoomInfo]
+
+
+class Goodbye(_Msg, tag="bye"):
+    """The broker ended the session; the client must exit (``fired``) or may reconnect."""
+
+    reason: Bye
+    text: str
+
+
+ServerMsg = (
+    Welcome
+    | Joined
+    | Ack
+    | Refused
+    | Error
+    | Notice
+    | Messages
+    | Users
+    | Rooms
+    | Goodbye
+    | Ping
+    | Posted
+)
+
+
+# ---- broker -> room (PUB -> SUB) ---------------------------------------------------------------
+
+
+class Presence(_Msg, tag="presence"):
+    """Someone entered or left the room, or the admin acted on them; not sequenced, not stored."""
+
+    room: str
+    user: str
+    what: str  # entered | left | blocked | unblocked | out | fired
+
+
+class Synced(_Msg, tag="synced"):
+    """Answer to ``Sync`` on the room topic; ``seq`` is the room's newest at publish time."""
+
+    room: str
+    nonce: int
+    seq: int
+
+
+RoomEvent = Posted | Presence | Synced
+
+
+# ---- control (REQ -> ROUTER) -------------------------------------------------------------------
+
+
+class CtlRequest(_Msg, tag="ctl"):
+    """An admin command: ``command`` is a verb of the broker's table, ``args`` its arguments."""
+
+    id: int
+    command: str
+    args: list[str] = []
+
+
+class CtlReply(_Msg, tag="ctlreply"):
+    """``ok`` with a one-line ``message``, or an error ``code``; ``data`` for listings."""
+
+    id: int
+    ok: bool
+    message: str
+    code: str = ""
+    data: Any = None
+
+
+# ---- encoding ----------------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow; ``code`` goes back in the reply."""
+
+    def __init__(self, code: Code, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+_encoder = msgspec.msgpack.Encoder()
+encode = _encoder.encode
+
+_client_decoder = msgspec.msgpack.Decoder(ClientMsg)
+_server_decoder = msgspec.msgpack.Decoder(ServerMsg)
+_room_decoder = msgspec.msgpack.Decoder(list[RoomEvent])
+_ctl_request_decoder = msgspec.msgpack.Decoder(CtlRequest)
+_ctl_reply_decoder = msgspec.msgpack.Decoder(CtlReply)
+
+
+def _decoder(decode: Any, what: str) -> Any:
+    def run(body: bytes) -> Any:
+        try:
+            return decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ProtocolError(Code.BAD_FRAME, f"undecodable {what}: {exc}") from None
+
+    run.__doc__ = f"Decode a {what} body, or raise ProtocolError(BAD_FRAME)."
+    return run
+
+
+decode_client = _decoder(_client_decoder.decode, "client message")
+decode_server = _decoder(_server_decoder.decode, "server message")
+decode_room = _decoder(_room_decoder.decode, "room event batch")
+decode_ctl_request = _decoder(_ctl_request_decoder.decode, "control request")
+decode_ctl_reply = _decoder(_ctl_reply_decoder.decode, "control reply")
+
+
+def room_of_topic(frame: bytes) -> str:
+    """The room named by a PUB topic frame."""
+    return frame[: -len(TOPIC_END)].decode()

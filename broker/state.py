@@ -1,0 +1,305 @@
+"""The chat itself: users, rooms, blocklist and the rules between them, with no sockets.
+
+``Chat`` takes decoded messages (with the ROUTER peer id they came from and the time) and fills an
+``Outbox``: replies to peers, events per room, and log records. The I/O layer drains the outbox
+after each batch of input, so everything a batch produces for one room goes out in one PUB send,
+after one store commit (an Ack always means "stored").
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from . import protocol as p
+from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from .store import Store
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""Characters that would break the one-line-per-message log and client output."""
+
+_MIDS_KEPT = 256
+"""Recent message ids remembered per user, to drop a retried duplicate."""
+
+
+class LogEvent(NamedTuple):
+    """One line of the broker's log; the I/O layer formats it (text or JSON)."""
+
+    ts: float
+    kind: str  # msg | blocked | enter | leave | connect | disconnect | admin | error
+    room: str = ""
+    user: str = ""
+    text: str = ""
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What a batch of input produced, in order, for the I/O layer to send."""
+
+    replies: list[tuple[bytes, p.ServerMsg]] = field(default_factory=list)
+    rooms: dict[str, list[p.RoomEvent]] = field(default_factory=dict)
+    logs: list[LogEvent] = field(default_factory=list)
+
+    def reply(self, peer: bytes, msg: p.ServerMsg) -> None:
+        self.replies.append((peer, msg))
+
+    def publish(self, room: str, event: p.RoomEvent) -> None:
+        events = self.rooms.get(room)
+        if events is None:
+            self.rooms[room] = [event]
+        else:
+            events.append(event)
+
+    def log(self, ts: float, kind: str, room: str = "", user: str = "", text: str = "") -> None:
+        self.logs.append(LogEvent(ts, kind, room, user, text))
+
+    def take(self) -> Outbox:
+        """Hand over everything collected so far and start empty."""
+        taken = Outbox(self.replies, self.rooms, self.logs)
+        self.replies, self.rooms, self.logs = [], {}, []
+        return taken
+
+
+@dataclass(slots=True)
+class User:
+    name: str
+    peer: bytes
+    room: str
+    session: str
+    last_seen: float
+    tokens: float
+    refilled: float
+    mids: OrderedDict[int, p.Ack] = field(default_factory=OrderedDict)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the chat needs to know about its broker."""
+
+    pub_endpoint: str
+    limits: Limits = DEFAULT_LIMITS
+    rate: float = 10.0  # room messages per second per user; 0 turns the limit off
+    burst: int = 30
+    heartbeat: float = HEARTBEAT
+    liveness: int = LIVENESS
+
+
+class Chat:
+    """Users, rooms and the blocklist; every decision about who may do what is made here."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.out = Outbox()
+        self.users: dict[str, User] = {}
+        self.by_peer: dict[bytes, User] = {}
+        self.members: dict[str, set[str]] = {room: set() for room in store.rooms()}
+        self.members.setdefault(p.LOBBY, set())
+        self.closing = False
+
+    # ---- client messages ----------------------------------------------------------------------
+
+    def handle(self, peer: bytes, msg: p.ClientMsg, now: float) -> None:
+        """Act on one decoded client message."""
+        user = self.by_peer.get(peer)
+        if user is None:
+            if isinstance(msg, p.Hello):
+                self._hello(peer, msg, now)
+            elif not isinstance(msg, p.Quit | p.Ping):
+                self.error(
+                    peer, p.Code.HELLO_FIRST, "send hello first: the broker does not know you"
+                )
+            return
+        user.last_seen = now
+        match msg:
+            case p.Say():
+                self._say(user, msg, now)
+            case p.Ping():
+                pass
+            case p.Sync():
+                room = user.room
+                self.out.publish(room, p.Synced(room, msg.nonce, self.store.last_seq(room)))
+            case p.Fetch():
+                self._fetch(user, msg)
+            case p.Join():
+                self._join(user, msg.room, msg.history, now)
+            case p.Leave():
+                self._join(user, p.LOBBY, 0, now)
+            case p.ListUsers():
+                self.out.reply(peer, p.Users(self.user_list(msg.room)))
+            case p.ListRooms():
+                self.out.reply(peer, p.Rooms(self.room_list()))
+            case p.Quit():
+                self.remove(user, now, "left the chat")
+            case p.Hello():
+                self.error(peer, p.Code.ALREADY, f"already connected as {user.name}")
+
+    def error(self, peer: bytes, code: p.Code, reason: str) -> None:
+        """Tell a peer its request failed (also used by the I/O layer for bad frames)."""
+        self.out.reply(peer, p.Error(code, reason))
+
+    def _hello(self, peer: bytes, msg: p.Hello, now: float) -> None:
+        if msg.version != p.VERSION:
+            reason = (
+                f"protocol version {msg.version} is not supported (the broker speaks {p.VERSION})"
+            )
+            self.error(peer, p.Code.BAD_VERSION, reason + ": use a matching room-client")
+            return
+        name = msg.name
+        if not p.valid_name(name):
+            self.error(peer, p.Code.BAD_NAME, f"invalid name {name!r}: use {p.NAME_RULE}")
+            return
+        old = self.users.get(name)
+        if old is not None:
+            if not msg.session or not secrets.compare_digest(msg.session, old.session):
+                self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
+                return
+            # The same session on a new connection: the old connection is dead or stale.
+            self.out.reply(old.peer, p.Goodbye(p.Bye.REPLACED, "this session resumed elsewhere"))
+            del self.by_peer[old.peer]
+            old.peer, old.last_seen = peer, now
+            self.by_peer[peer] = old
+            self._welcome(old)
+            self.out.log(now, "connect", old.room, name, "resumed")
+            return
+        if len(self.users) >= self.settings.limits.max_clients:
+            self.error(peer, p.Code.FULL, "the broker is at its client limit: try again later")
+            return
+        user = User(name, peer, p.LOBBY, secrets.token_hex(16), now, self.settings.burst, now)
+        self.users[name] = user
+        self.by_peer[peer] = user
+        self.members[p.LOBBY].add(name)
+        self._welcome(user)
+        self.out.publish(p.LOBBY, p.Presence(p.LOBBY, name, "entered"))
+        self.out.log(now, "connect", p.LOBBY, name)
+
+    def _welcome(self, user: User) -> None:
+        s = self.settings
+        blocked = user.name in self.store.blocked()
+        welcome = p.Welcome(
+            p.VERSION, user.name, user.room, s.pub_endpoint, user.session, s.heartbeat, blocked
+        )
+        self.out.reply(user.peer, welcome)
+
+    def _say(self, user: User, msg: p.Say, now: float) -> None:
+        seen = user.mids.get(msg.mid) if msg.mid else None
+        if seen is not None:  # a retry of a stored message: acknowledge again, store nothing
+            self.out.reply(user.peer, seen)
+            return
+        refusal = self._refusal(user, msg.text, now)
+        if refusal is not None:
+            code, reason = refusal
+            if code is p.Code.BLOCKED:
+                self.out.log(now, "blocked", user.room, user.name, msg.text)
+            self.out.reply(user.peer, p.Refused(msg.mid, code, reason))
+            return
+        posted = self.store.append(user.room, user.name, msg.text, now)
+        self.out.publish(user.room, posted)
+        self.out.log(now, "msg", user.room, user.name, msg.text)
+        ack = p.Ack(msg.mid, posted.room, posted.seq)
+        if msg.mid:
+            user.mids[msg.mid] = ack
+            if len(user.mids) > _MIDS_KEPT:
+                user.mids.popitem(last=False)
+        self.out.reply(user.peer, ack)
+
+    def _refusal(self, user: User, text: str, now: float) -> tuple[p.Code, str] | None:
+        if user.name in self.store.blocked():
+            return p.Code.BLOCKED, "you are blocked: your messages reach only the server"
+        size = len(text.encode())
+        limit = self.settings.limits.max_message
+        if size > limit:
+            return p.Code.TOO_LONG, f"message is {size} bytes; the limit is {limit}"
+        if not text or _CONTROL.search(text):
+            return p.Code.BAD_FRAME, "a message must be non-empty printable text on one line"
+        rate = self.settings.rate
+        if rate > 0:
+            user.tokens = min(self.settings.burst, user.tokens + (now - user.refilled) * rate)
+            user.refilled = now
+            if user.tokens < 1:
+                return p.Code.RATE_LIMITED, f"slow down: at most {rate:g} messages per second"
+            user.tokens -= 1
+        return None
+
+    def _fetch(self, user: User, msg: p.Fetch) -> None:
+        if not p.valid_name(msg.room):
+            self.error(user.peer, p.Code.BAD_ROOM, f"invalid room {msg.room!r}: use {p.NAME_RULE}")
+            return
+        limit = max(1, min(msg.limit, 1000))
+        messages, first = self.store.range(msg.room, msg.after, msg.upto, limit)
+        self.out.reply(user.peer, p.Messages(msg.room, messages, first))
+
+    def _join(self, user: User, room: str, history: int, now: float, forced: bool = False) -> None:
+        if not p.valid_name(room):
+            self.error(user.peer, p.Code.BAD_ROOM, f"invalid room {room!r}: use {p.NAME_RULE}")
+            return
+        if room not in self.members:
+            if len(self.members) >= self.settings.limits.max_rooms:
+                self.error(user.peer, p.Code.FULL, "the broker is at its room limit: join another")
+                return
+            self.members[room] = set()
+            self.store.add_room(room)
+        old = user.room
+        if old != room:
+            self.members[old].discard(user.name)
+            self.out.publish(old, p.Presence(old, user.name, "left"))
+            user.room = room
+            self.members[room].add(user.name)
+            self.out.publish(room, p.Presence(room, user.name, "entered"))
+            self.out.log(now, "enter", room, user.name, f"from {old}")
+        recent = self.store.recent(room, min(history, 1000))
+        self.out.reply(user.peer, p.Joined(room, self.store.last_seq(room), recent, forced))
+
+    # ---- the broker's own actions -------------------------------------------------------------
+
+    def remove(self, user: User, now: float, why: str, what: str = "left") -> None:
+        """Forget a user: the name is free again and the room is told."""
+        del self.users[user.name]
+        self.by_peer.pop(user.peer, None)
+        self.members[user.room].discard(user.name)
+        self.out.publish(user.room, p.Presence(user.room, user.name, what))
+        self.out.log(now, "disconnect", user.room, user.name, why)
+
+    def tick(self, now: float) -> None:
+        """Drop users silent for too long and send every other user a heartbeat."""
+        s = self.settings
+        deadline = now - s.heartbeat * s.liveness
+        for user in list(self.users.values()):
+            if user.last_seen < deadline:
+                self.out.reply(user.peer, p.Goodbye(p.Bye.TIMEOUT, "no heartbeat from you"))
+                self.remove(user, now, "timed out")
+            else:
+                self.out.reply(user.peer, p.Ping(user.room, self.store.last_seq(user.room)))
+
+    def move(self, user: User, room: str, now: float) -> None:
+        """Put a user in ``room`` on the admin's word (``out``)."""
+        self._join(user, room, 0, now, forced=True)
+
+    def goodbye_all(self, reason: p.Bye, text: str, now: float) -> None:
+        """End every session (reset, close): each client is told why."""
+        for user in list(self.users.values()):
+            self.out.reply(user.peer, p.Goodbye(reason, text))
+            self.remove(user, now, reason.value)
+
+    def user_list(self, room: str = "") -> list[p.UserInfo]:
+        blocked = self.store.blocked()
+        return [
+            p.UserInfo(u.name, u.room, u.name in blocked)
+            for u in sorted(self.users.values(), key=lambda u: u.name)
+            if not room or u.room == room
+        ]
+
+    def room_list(self) -> list[p.RoomInfo]:
+        return [
+            p.RoomInfo(room, len(names), self.store.last_seq(room))
+            for room, names in sorted(self.members.items())
+        ]
+
+    def reset(self, now: float) -> None:
+        """Every client is told and dropped; every room but the lobby goes, with all history."""
+        self.goodbye_all(p.Bye.RESET, "the admin reset the broker", now)
+        self.store.reset()
+        self.members = {p.LOBBY: set()}

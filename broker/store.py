@@ -1,0 +1,119 @@
+"""Where room messages, rooms and the blocklist live, behind one small interface.
+
+The chat state only talks to a ``Store``; the broker picks the implementation. ``MemoryStore``
+keeps everything in process (tests, benchmarks without durability); a SQLite store and a shared
+backbone implement the same methods.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from .protocol import LOBBY, Posted
+
+
+class Store(Protocol):
+    """Messages get their per-room sequence number here; ``commit`` makes the batch durable."""
+
+    def append(self, room: str, sender: str, text: str, ts: float) -> Posted: ...
+    def last_seq(self, room: str) -> int: ...
+    def recent(self, room: str, count: int) -> list[Posted]: ...
+    def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[Posted], int]:
+        """Messages with ``after < seq <= upto`` (``upto`` 0: newest) and the oldest seq kept."""
+        ...
+
+    def rooms(self) -> list[str]: ...
+    def add_room(self, room: str) -> None: ...
+    def reset(self) -> None:
+        """Remove every room but the lobby, and all history; the blocklist stays."""
+        ...
+
+    def blocked(self) -> set[str]: ...
+    def block(self, name: str) -> bool: ...
+    def unblock(self, name: str) -> bool: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _RoomLog:
+    """One room's recent messages (a bounded window) and its sequence counter."""
+
+    __slots__ = ("messages", "seq")
+
+    def __init__(self, keep: int) -> None:
+        self.seq = 0
+        self.messages: deque[Posted] = deque(maxlen=keep)
+
+
+class MemoryStore:
+    """Everything in process memory: fast, and gone when the broker stops."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._keep = keep
+        self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
+        self._blocked: set[str] = set()
+
+    def append(self, room: str, sender: str, text: str, ts: float) -> Posted:
+        log = self._rooms.get(room) or self._new_room(room)
+        log.seq += 1
+        posted = Posted(room, log.seq, ts, sender, text)
+        log.messages.append(posted)
+        return posted
+
+    def last_seq(self, room: str) -> int:
+        log = self._rooms.get(room)
+        return log.seq if log else 0
+
+    def recent(self, room: str, count: int) -> list[Posted]:
+        log = self._rooms.get(room)
+        if not log or count <= 0:
+            return []
+        return list(log.messages)[-count:]
+
+    def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[Posted], int]:
+        log = self._rooms.get(room)
+        if not log or not log.messages:
+            return [], (log.seq + 1 if log else 1)
+        first = log.messages[0].seq
+        upto = log.seq if upto <= 0 else min(upto, log.seq)
+        start = max(after + 1, first)
+        stop = min(upto, start + limit - 1)
+        if stop < start:
+            return [], first
+        offset = start - first
+        return [log.messages[i] for i in range(offset, offset + stop - start + 1)], first
+
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    def add_room(self, room: str) -> None:
+        if room not in self._rooms:
+            self._new_room(room)
+
+    def reset(self) -> None:
+        self._rooms = {LOBBY: _RoomLog(self._keep)}
+
+    def blocked(self) -> set[str]:
+        return self._blocked
+
+    def block(self, name: str) -> bool:
+        added = name not in self._blocked
+        self._blocked.add(name)
+        return added
+
+    def unblock(self, name: str) -> bool:
+        if name in self._blocked:
+            self._blocked.discard(name)
+            return True
+        return False
+
+    def commit(self) -> None:
+        """Nothing to make durable in memory."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _new_room(self, room: str) -> _RoomLog:
+        log = self._rooms[room] = _RoomLog(self._keep)
+        return log
