@@ -9,7 +9,8 @@ import click
 from . import config
 from .config import Exit, Limits
 from .logfmt import LogWriter
-from .server import Broker, Endpoints, StartError
+from .server import Broker, Endpoints, StartError, open_store
+from .sqlstore import SYNC_MODES
 
 
 def _env(name: str) -> str:
@@ -100,6 +101,14 @@ def main() -> None:
     help=f"Seconds between heartbeats; a client silent for {config.LIVENESS} is dropped.",
 )
 @click.option(
+    "--sync",
+    type=click.Choice(SYNC_MODES),
+    default="full",
+    envvar=_env("SYNC"),
+    show_envvar=True,
+    help="full: an acknowledged message survives power loss; normal: a broker crash only.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -125,19 +134,18 @@ def start(
     max_clients: int,
     max_rooms: int,
     heartbeat: float,
+    sync: str,
     log_format: str,
     quiet: bool,
 ) -> None:
     """Start the broker and serve until Ctrl-C, SIGTERM or `room-ctl close`."""
     limits = Limits(max_message=max_message, max_clients=max_clients, max_rooms=max_rooms)
-    home = config.data_dir(data_dir)
+    store = None
     try:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        _fail(f"cannot create the data dir {home}: {exc.strerror}: choose another with --data-dir")
-    try:
+        store = open_store(config.data_dir(data_dir), sync)
         broker = Broker(
             Endpoints(router, pub, control),
+            store=store,
             limits=limits,
             rate=rate,
             burst=burst,
@@ -145,6 +153,8 @@ def start(
             log=LogWriter(fmt=log_format, quiet=quiet),
         )
     except StartError as exc:
+        if store is not None:
+            store.close()
         _fail(str(exc))
     broker.install_signal_handlers()
     broker.run()

@@ -48,7 +48,7 @@ TOPIC_END: Final = b"\0"
 
 def valid_name(name: str) -> bool:
     """True when ``name`` is an acceptable user or room name."""
-    return bool(_NAME_RE.match(name))
+    return _NAME_RE.fullmatch(name) is not None
 
 
 def topic(room: str) -> bytes:
@@ -349,7 +349,8 @@ def _decoder(decode: Any, what: str) -> Any:
     def run(body: bytes) -> Any:
         try:
             return decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        # msgspec raises UnicodeDecodeError for invalid UTF-8 in a string (msgspec issue #714).
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             raise ProtocolError(Code.BAD_FRAME, f"undecodable {what}: {exc}") from None
 
     run.__doc__ = f"Decode a {what} body, or raise ProtocolError(BAD_FRAME)."

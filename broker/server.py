@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Final
 
@@ -24,6 +26,7 @@ from . import protocol as p
 from .admin import dispatch
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
 from .logfmt import LogWriter
+from .sqlstore import SQLiteStore, StoreError
 from .state import Chat, Settings
 from .store import MemoryStore, Store
 
@@ -41,6 +44,35 @@ CLOSE_LINGER_MS: Final = 500
 
 class StartError(Exception):
     """The broker cannot start; the message is one line for the operator."""
+
+
+DB_FILE: Final = "room.db"
+LOCK_FILE: Final = "broker.lock"
+
+
+def open_store(home: Path, sync: str = "full") -> SQLiteStore:
+    """Create the data dir, take its lock (one broker per data dir) and open the database."""
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = open(home / LOCK_FILE, "a")  # noqa: SIM115 - held for the life of the process
+    except OSError as exc:
+        raise StartError(
+            f"cannot use the data dir {home}: {exc.strerror}: choose another"
+        ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise StartError(
+            f"another broker is using the data dir {home}: stop it, or choose another --data-dir"
+        ) from None
+    try:
+        store = SQLiteStore(home / DB_FILE, sync)
+    except StoreError as exc:
+        lock.close()
+        raise StartError(str(exc)) from None
+    store.lock = lock
+    return store
 
 
 @dataclass(slots=True)
@@ -207,7 +239,16 @@ class Broker:
             except p.ProtocolError as exc:
                 self._bad_frame(peer, exc.reason)
                 continue
-            chat.handle(peer, msg, clock())
+            try:
+                chat.handle(peer, msg, clock())
+            except Exception as exc:  # a bug must cost one request, never the broker
+                self._internal_error(peer, msg, exc)
+
+    def _internal_error(self, peer: bytes | None, msg: object, exc: Exception) -> None:
+        if peer is not None:
+            self.chat.error(peer, p.Code.INTERNAL, "the broker failed on this request; see its log")
+        what = f"{type(msg).__name__}: {type(exc).__name__}: {exc}"
+        self.chat.out.log(self.clock(), "error", text=f"internal error on {what}")
 
     def _bad_frame(self, peer: bytes, reason: str) -> None:
         self.stats.bad_frames += 1
@@ -230,7 +271,13 @@ class Broker:
             except p.ProtocolError as exc:
                 reply = p.CtlReply(0, False, exc.reason, exc.code.value)
             else:
-                reply = dispatch(self.chat, request, now)
+                try:
+                    reply = dispatch(self.chat, request, now)
+                except Exception as exc:  # a bug must cost one request, never the broker
+                    self._internal_error(None, request, exc)
+                    reply = p.CtlReply(
+                        request.id, False, "the broker failed; see its log", "internal"
+                    )
                 command = " ".join((request.command, *request.args))
                 self.chat.out.log(now, "admin", text=f"{command}: {reply.message}")
             replies.append([frames[0], b"", p.encode(reply)])

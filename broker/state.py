@@ -16,13 +16,10 @@ from typing import NamedTuple
 
 from . import protocol as p
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
-from .store import Store
+from .store import ACKS_KEPT, Store
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """Characters that would break the one-line-per-message log and client output."""
-
-_MIDS_KEPT = 256
-"""Recent message ids remembered per user, to drop a retried duplicate."""
 
 
 class LogEvent(NamedTuple):
@@ -154,7 +151,9 @@ class Chat:
             return
         old = self.users.get(name)
         if old is not None:
-            if not msg.session or not secrets.compare_digest(msg.session, old.session):
+            if not msg.session or not secrets.compare_digest(
+                msg.session.encode(), old.session.encode()
+            ):
                 self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
                 return
             # The same session on a new connection: the old connection is dead or stale.
@@ -169,6 +168,7 @@ class Chat:
             self.error(peer, p.Code.FULL, "the broker is at its client limit: try again later")
             return
         user = User(name, peer, p.LOBBY, secrets.token_hex(16), now, self.settings.burst, now)
+        user.mids.update((a.mid, a) for a in self.store.recent_acks(name, ACKS_KEPT))
         self.users[name] = user
         self.by_peer[peer] = user
         self.members[p.LOBBY].add(name)
@@ -196,13 +196,13 @@ class Chat:
                 self.out.log(now, "blocked", user.room, user.name, msg.text)
             self.out.reply(user.peer, p.Refused(msg.mid, code, reason))
             return
-        posted = self.store.append(user.room, user.name, msg.text, now)
+        posted = self.store.append(user.room, user.name, msg.text, now, msg.mid)
         self.out.publish(user.room, posted)
         self.out.log(now, "msg", user.room, user.name, msg.text)
         ack = p.Ack(msg.mid, posted.room, posted.seq)
         if msg.mid:
             user.mids[msg.mid] = ack
-            if len(user.mids) > _MIDS_KEPT:
+            if len(user.mids) > ACKS_KEPT:
                 user.mids.popitem(last=False)
         self.out.reply(user.peer, ack)
 

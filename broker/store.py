@@ -8,19 +8,27 @@ backbone implement the same methods.
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
+from typing import Final, Protocol
 
-from .protocol import LOBBY, Posted
+from .protocol import LOBBY, Ack, Posted
+
+ACKS_KEPT: Final = 64
+"""Message ids remembered per sender: more than a client ever has in flight."""
 
 
 class Store(Protocol):
     """Messages get their per-room sequence number here; ``commit`` makes the batch durable."""
 
-    def append(self, room: str, sender: str, text: str, ts: float) -> Posted: ...
+    def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted: ...
     def last_seq(self, room: str) -> int: ...
     def recent(self, room: str, count: int) -> list[Posted]: ...
     def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[Posted], int]:
         """Messages with ``after < seq <= upto`` (``upto`` 0: newest) and the oldest seq kept."""
+        ...
+
+    def recent_acks(self, sender: str, count: int) -> list[Ack]:
+        """The sender's latest stored message ids, so a retry after a reconnect or a restart is
+        acknowledged again instead of stored twice."""
         ...
 
     def rooms(self) -> list[str]: ...
@@ -53,12 +61,18 @@ class MemoryStore:
         self._keep = keep
         self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
         self._blocked: set[str] = set()
+        self._acks: dict[str, deque[Ack]] = {}
 
-    def append(self, room: str, sender: str, text: str, ts: float) -> Posted:
+    def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted:
         log = self._rooms.get(room) or self._new_room(room)
         log.seq += 1
         posted = Posted(room, log.seq, ts, sender, text)
         log.messages.append(posted)
+        if mid:
+            acks = self._acks.get(sender)
+            if acks is None:
+                acks = self._acks[sender] = deque(maxlen=ACKS_KEPT)
+            acks.append(Ack(mid, room, log.seq))
         return posted
 
     def last_seq(self, room: str) -> int:
@@ -84,6 +98,9 @@ class MemoryStore:
         offset = start - first
         return [log.messages[i] for i in range(offset, offset + stop - start + 1)], first
 
+    def recent_acks(self, sender: str, count: int) -> list[Ack]:
+        return list(self._acks.get(sender, ()))[-count:]
+
     def rooms(self) -> list[str]:
         return list(self._rooms)
 
@@ -93,6 +110,7 @@ class MemoryStore:
 
     def reset(self) -> None:
         self._rooms = {LOBBY: _RoomLog(self._keep)}
+        self._acks.clear()
 
     def blocked(self) -> set[str]:
         return self._blocked

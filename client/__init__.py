@@ -1,0 +1,14 @@
+"""The room chat client: a sans-IO session (``core``), a thin ZeroMQ layer (``connection``), two
+front ends (``piped`` for scripts, ``tui`` for people) and the ``room-client`` CLI (``cli``)."""
+
+from __future__ import annotations
+
+
+def run(*, server: str, name: str, room: str, history: int, interactive: bool) -> int:
+    """Chat until the user leaves or the broker ends the session; returns the exit code.
+
+    Imported lazily so that ``import client`` (for ``client.ctl``) does not load prompt_toolkit.
+    """
+    from client.app import run as run_app
+
+    return run_app(server=server, name=name, room=room, history=history, interactive=interactive)

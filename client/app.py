@@ -1,0 +1,58 @@
+"""Run one chat: the handshake, then the front end and the connection together until the end."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Protocol
+
+from broker.config import Exit
+
+from .connection import Connection
+from .core import PROG, Line, Session, Stop
+
+
+class Frontend(Protocol):
+    """What a front end does: show lines, and feed the connection what the user types."""
+
+    def show(self, line: Line) -> None:
+        """Show one line (called from the event loop)."""
+
+    async def chat(self, conn: Connection) -> Stop:
+        """Run ``conn.run()`` while handing the user's input to ``conn``; return its ``Stop``."""
+        ...
+
+
+def run(*, server: str, name: str, room: str, history: int, interactive: bool) -> int:
+    """Chat until the user leaves or the broker ends the session; returns the exit code."""
+    session = Session(name, room, history)
+    front: Frontend
+    if interactive:
+        from .tui import Tui
+
+        front = Tui(session)
+    else:
+        from .piped import Piped
+
+        front = Piped()
+    try:
+        stop = asyncio.run(_chat(server, session, front))
+    except KeyboardInterrupt:  # before the front end could take the signal over
+        stop = Stop(Exit.OK)
+    except Exception as exc:  # a bug: still one line, never a traceback
+        stop = Stop(Exit.ERROR, f"{PROG}: internal error: {type(exc).__name__}: {exc}")
+    if stop.error:
+        print(stop.error, file=sys.stderr, flush=True)
+    return int(stop.code)
+
+
+async def _chat(server: str, session: Session, front: Frontend) -> Stop:
+    conn = Connection(server, session, front.show)
+    stop: Stop | None = None
+    try:
+        stop = await conn.handshake()
+        if stop is None:
+            stop = await front.chat(conn)
+    finally:
+        await conn.close(clean=stop is not None and stop.code == Exit.OK)
+    return stop

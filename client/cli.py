@@ -1,0 +1,72 @@
+"""``room-client``: parse options, then chat through the library (``client.run``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+import client
+from broker.config import ENV_PREFIX, HISTORY, ROUTER
+from broker.protocol import LOBBY, NAME_RULE, valid_name
+
+
+def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # isprintable: valid_name's pattern ends in '$', which lets a trailing newline through.
+    if value is not None and not (valid_name(value) and value.isprintable()):
+        raise click.BadParameter(f"{value!r} is not a valid name: use {NAME_RULE}")
+    return value
+
+
+def _prompted_name(value: str) -> str:
+    if not (valid_name(value) and value.isprintable()):
+        raise click.BadParameter(f"use {NAME_RULE}")
+    return value
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]}
+)
+def main() -> None:
+    """The room chat client."""
+
+
+@main.command()
+@click.option(
+    "--room",
+    default=LOBBY,
+    show_default=True,
+    callback=_check_name,
+    help="The room to be in once connected.",
+)
+@click.option(
+    "--name",
+    callback=_check_name,
+    help="Your name in the chat; asked for on a terminal, required when piped.",
+)
+@click.option(
+    "--server",
+    default=ROUTER,
+    envvar=f"{ENV_PREFIX}_SERVER",
+    show_default=True,
+    show_envvar=True,
+    help="The broker's client endpoint (its ROUTER).",
+)
+@click.option(
+    "--history",
+    default=HISTORY,
+    type=click.IntRange(0, 1000),
+    show_default=True,
+    help="How many recent messages to show on joining a room.",
+)
+@click.pass_context
+def join(ctx: click.Context, room: str, name: str | None, server: str, history: int) -> None:
+    """Chat in ROOM as NAME: interactive on a terminal, one line per event when piped."""
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if name is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError("--name is required when stdin is not a terminal", ctx)
+        name = click.prompt("Your name", value_proc=_prompted_name)
+    ctx.exit(
+        client.run(server=server, name=name, room=room, history=history, interactive=interactive)
+    )

@@ -1,0 +1,700 @@
+"""The client session as pure code: protocol messages and typed lines in, effects out.
+
+Nothing here touches a socket or a clock. The I/O layer (``client.connection``) feeds the
+session what arrives on the DEALER (``on_server``), what arrives on the SUB (``on_room``), what
+the user types (``on_input``, ``end_of_input``) and the time (``tick``), each with ``now`` from a
+monotonic clock, and carries out the effects returned: show a ``Line``, ``Send`` a message,
+``Subscribe`` or ``Unsubscribe`` a topic, ``Reconnect`` with a new DEALER, or ``Stop`` with an exit
+code.
+
+Gap repair (the Clone pattern): after ``Joined`` the session subscribes to the room and sends
+``Sync``; the broker publishes ``Synced`` on the room topic, which proves the subscription is live
+and says the room's newest sequence number. Room messages are delivered strictly in sequence:
+duplicates are dropped, early ones are buffered, and any hole (seen from a later message, a
+``Synced`` or a broker ``Ping``) is filled with one ``Fetch`` at a time. ``* joined ROOM`` is shown
+only once the subscription is live and every message up to ``Synced.seq`` has been delivered, so
+that from then on the user sees every later message of the room.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from broker.config import HEARTBEAT, HISTORY, LIVENESS, Exit
+from broker.protocol import (
+    LOBBY,
+    NAME_RULE,
+    VERSION,
+    Ack,
+    Bye,
+    ClientMsg,
+    Code,
+    Error,
+    Fetch,
+    Goodbye,
+    Hello,
+    Join,
+    Joined,
+    Leave,
+    ListRooms,
+    ListUsers,
+    Messages,
+    Notice,
+    Ping,
+    Posted,
+    Presence,
+    Quit,
+    Refused,
+    RoomEvent,
+    Rooms,
+    Say,
+    ServerMsg,
+    Sync,
+    Synced,
+    Users,
+    Welcome,
+    topic,
+    valid_name,
+)
+
+PROG: Final = "room-client"
+
+SYNC_RETRY: Final = 0.2
+"""Seconds to wait for ``Synced`` before sending ``Sync`` again (the subscription may be slow)."""
+RESEND_AFTER: Final = 3.0
+"""Seconds before an unacknowledged ``Say`` is sent again with the same mid."""
+FETCH_RETRY: Final = 2.0
+"""Seconds before an unanswered gap ``Fetch`` is sent again."""
+EXIT_WAIT: Final = 2.0
+"""Seconds ``/exit`` and end of input wait for pending messages to be acknowledged."""
+LOST_AFTER: Final = HEARTBEAT * LIVENESS
+"""Seconds of silence from the broker before it is taken for lost (and again between retries)."""
+FETCH_LIMIT: Final = 1000
+
+BLOCKED_LINE: Final = "you are blocked: your messages reach only the server"
+LOST_LINE: Final = "lost the broker; still trying"
+
+HELP: Final = (
+    ("/join ROOM", "move to ROOM (it is created if new)"),
+    ("/leave", f"go back to {LOBBY}"),
+    ("/rooms", "list the rooms and their member counts"),
+    ("/who [ROOM]", "list who is connected, everywhere or in ROOM"),
+    ("/history [N]", f"show the last N messages of this room (default {HISTORY})"),
+    ("/help", "show this list"),
+    ("/exit", "leave the chat (also Ctrl-D)"),
+    ("//text", "send a message that starts with /"),
+)
+
+_GOODBYE: Final = {
+    Bye.FIRED: (Exit.FIRED, "you were disconnected by the admin (fired)"),
+    Bye.RESET: (
+        Exit.DISCONNECTED,
+        "the broker was reset; run room-client join again to come back",
+    ),
+    Bye.CLOSED: (
+        Exit.DISCONNECTED,
+        "the broker was shut down; run room-client join again when it is back",
+    ),
+    Bye.TIMEOUT: (
+        Exit.DISCONNECTED,
+        "the broker dropped this session after hearing nothing from it; run room-client join again",
+    ),
+    Bye.REPLACED: (
+        Exit.DISCONNECTED,
+        "another room-client took over this session",
+    ),
+}
+
+# Terminal control characters in a peer's text could rewrite the screen: show them as U+FFFD,
+# and line breaks as spaces so that every event stays one line.
+_CLEAN: Final = {c: "\ufffd" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {
+    0x09: " ",
+    0x0A: " ",
+    0x0D: " ",
+}
+
+
+def clean(text: str) -> str:
+    """``text`` safe to print on one line of a terminal."""
+    return text.translate(_CLEAN)
+
+
+class Kind(StrEnum):
+    """What a ``Line`` is, so a front end can style it."""
+
+    MESSAGE = "message"  # a live room message
+    HISTORY = "history"  # an older room message, shown on join or /history
+    NOTICE = "notice"  # anything else the broker or the client says
+    ERROR = "error"  # a failed request
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line to show. Room messages keep their parts so a front end can decorate them."""
+
+    kind: Kind
+    text: str
+    room: str = ""
+    sender: str = ""
+    ts: float = 0.0
+    own: bool = False
+
+    def render(self) -> str:
+        """The plain line of the piped-mode contract: ``[ROOM] SENDER: TEXT`` or ``* TEXT``."""
+        if self.kind in (Kind.MESSAGE, Kind.HISTORY):
+            return f"[{self.room}] {self.sender}: {clean(self.text)}"
+        return f"* {clean(self.text)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``msg`` on the DEALER."""
+
+    msg: ClientMsg
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Add ``topic`` to the SUB socket's filters."""
+
+    topic: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Remove ``topic`` from the SUB socket's filters."""
+
+    topic: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Replace the DEALER with a new one and send ``hello`` on it (the broker seems gone)."""
+
+    hello: Hello
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """End the program with ``code``; ``error`` (if any) is the one line for stderr."""
+
+    code: Exit
+    error: str = ""
+
+
+Effect = Line | Send | Subscribe | Unsubscribe | Reconnect | Stop
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A ``Say`` not yet acknowledged, and when it was last sent."""
+
+    text: str
+    sent_at: float
+
+
+@dataclass(slots=True)
+class _Fetch:
+    """An outstanding ``Fetch``; ``history`` ones are shown, the others fill a gap."""
+
+    room: str
+    after: int
+    upto: int
+    sent_at: float
+    history: bool = False
+
+
+def _notice(text: str) -> Line:
+    return Line(Kind.NOTICE, text)
+
+
+def _members(n: int) -> str:
+    return f"{n} member{'' if n == 1 else 's'}"
+
+
+def _table(rows: list[tuple[str, str]]) -> list[Line]:
+    """Two aligned columns, one notice line per row."""
+    width = max(len(left) for left, _ in rows)
+    return [_notice(f"{left.ljust(width)}  {right}".rstrip()) for left, right in rows]
+
+
+class Session:
+    """One user's chat session, as a state machine without I/O."""
+
+    def __init__(
+        self,
+        name: str,
+        room: str = LOBBY,
+        history: int = HISTORY,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.want_room = room
+        self.history = history
+        self.rng = rng or random.Random()
+        self.room: str | None = None
+        """The current room, known from ``Joined``; None until the first one."""
+        self.last: dict[str, int] = {}
+        """Per room, the sequence number of the newest message delivered in order."""
+        self.pending: dict[int, _Pending] = {}
+        """Sent ``Say`` messages by mid, until ``Ack`` or ``Refused``."""
+        self.next_mid = self.rng.getrandbits(62) + 1
+        """Random start: a restarted client must not reuse the ids of its previous run."""
+        self.sync_nonce: int | None = None
+        """The nonce of the ``Sync`` whose ``Synced`` we wait for."""
+        self.sync_sent_at = 0.0
+        self.blocked = False
+        """Whether the user has been told they are blocked (told once)."""
+        self.session_secret = ""
+        self.live = False
+        """Whether ``Synced`` proved the subscription to the current room."""
+        self.announce = False
+        """Whether ``* joined ROOM`` is still owed for the current room."""
+        self.target = 0
+        """The sequence number to reach before announcing (``Synced.seq``)."""
+        self.known = 0
+        """The newest sequence number of the current room known to exist."""
+        self.buffer: dict[int, Posted] = {}
+        """Messages of the current room that came early, by sequence number."""
+        self.fetches: list[_Fetch] = []
+        """Outstanding ``Fetch`` requests in send order (answers come back in that order)."""
+        self.joins = 0
+        """``Join``/``Leave`` requests not yet answered."""
+        self.own_seq = 0
+        """The newest acknowledged sequence number of our own messages in the current room."""
+        self.subscribed: bytes | None = None
+        self.started = False
+        self.check_numbering = False
+        """From a resumed Welcome to its Joined: room messages are only buffered, because the
+        broker may have started over on empty storage, and only Joined can tell."""
+        self.hello_pending = False
+        """Whether a new DEALER sent ``Hello`` and waits for ``Welcome`` (the broker was lost)."""
+        self.retry_at = 0.0
+        self.last_sent = 0.0
+        self.last_recv = 0.0
+        self.exit_at: float | None = None
+        self.done = False
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    def hello(self) -> Hello:
+        """The ``Hello`` to open (or, with the secret from ``Welcome``, resume) the session."""
+        return Hello(VERSION, self.name, self.session_secret)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing in flight: joined, every sent message acknowledged and seen, no fetch owed.
+
+        The piped front end waits for this before the next line, so scripted input gives a
+        deterministic transcript.
+        """
+        if self.room is None or self.announce or self.joins or self.pending or self.fetches:
+            return False
+        return self.own_seq <= self.last.get(self.room, 0)
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def on_server(self, msg: ServerMsg, now: float) -> list[Effect]:
+        """A message that arrived on the DEALER."""
+        if self.done:
+            return []
+        self.last_recv = now
+        out: list[Effect] = []
+        match msg:
+            case Welcome():
+                out += self._welcome(msg, now)
+            case Joined():
+                out += self._joined(msg, now)
+            case Posted():
+                out += self._posted(msg, now)
+            case Messages():
+                out += self._messages(msg, now)
+            case Ping(room=room, seq=seq):
+                if room and room == self.room and seq > self.known:
+                    self.known = seq
+                    out += self._drain(now)
+            case Ack(mid=mid, room=room, seq=seq):
+                self.pending.pop(mid, None)
+                if room == self.room:
+                    self.own_seq = max(self.own_seq, seq)
+                out += self._maybe_quit(now)
+            case Refused(mid=mid, code=code, reason=reason):
+                self.pending.pop(mid, None)
+                if code is Code.BLOCKED:
+                    out += self._tell_blocked()
+                else:
+                    out.append(_notice(f"not delivered: {reason}"))
+                out += self._maybe_quit(now)
+            case Error():
+                out += self._error(msg, now)
+            case Notice(text=text):
+                out.append(_notice(text))
+            case Users(users=users):
+                rows = [(u.name, u.room + ("  (blocked)" if u.blocked else "")) for u in users]
+                out += _table(rows) if rows else [_notice("nobody is connected there")]
+            case Rooms(rooms=rooms):
+                rows = [(r.name, _members(r.members)) for r in rooms]
+                out += _table(rows) if rows else [_notice("there are no rooms")]
+            case Goodbye(reason=reason, text=text):
+                code, line = _GOODBYE.get(reason, (Exit.DISCONNECTED, text or str(reason)))
+                out.append(self._stop(code, f"{PROG}: {line}"))
+        return out
+
+    def on_room(self, events: list[RoomEvent], now: float) -> list[Effect]:
+        """A batch of events that arrived on the SUB, handled in order."""
+        if self.done:
+            return []
+        self.last_recv = now
+        out: list[Effect] = []
+        for event in events:
+            match event:
+                case Posted():
+                    out += self._posted(event, now)
+                case Synced(room=room, nonce=nonce):
+                    if room == self.room and nonce == self.sync_nonce:
+                        out += self._synced(event, now)
+                case Presence():
+                    out += self._presence(event)
+        return out
+
+    def on_input(self, line: str, now: float) -> list[Effect]:
+        """One line the user typed (without or with its line break)."""
+        line = line.rstrip("\r\n")
+        if self.done or self.exit_at is not None or not line.strip():
+            return []
+        if line.startswith("//"):
+            return self._say(line[1:], now)
+        if line.startswith("/"):
+            return self._command(line, now)
+        return self._say(line, now)
+
+    def end_of_input(self, now: float) -> list[Effect]:
+        """Input is over (end of file, Ctrl-D, a signal): leave as ``/exit`` does."""
+        if self.done or self.exit_at is not None:
+            return []
+        return self._begin_exit(now)
+
+    def tick(self, now: float) -> list[Effect]:
+        """Called often (every ~50 ms): retries, heartbeats and liveness, all by ``now``."""
+        if self.done or not self.started:
+            return []
+        out: list[Effect] = []
+        if self.exit_at is not None and now >= self.exit_at:
+            return self._quit(now)
+        if self.hello_pending:
+            # Anything but Hello would only earn a hello_first error: wait, and retry Hello.
+            if now >= self.retry_at:
+                self.retry_at = now + LOST_AFTER
+                out.append(Reconnect(self.hello()))
+            return out
+        if now - self.last_recv >= LOST_AFTER:
+            self.hello_pending = True
+            self.retry_at = now + LOST_AFTER
+            return [_notice(LOST_LINE), Reconnect(self.hello())]
+        if self.sync_nonce is not None and now - self.sync_sent_at >= SYNC_RETRY:
+            self.sync_sent_at = now
+            out.append(self._send(Sync(self.sync_nonce), now))
+        for mid, pending in self.pending.items():
+            if now - pending.sent_at >= RESEND_AFTER:
+                pending.sent_at = now
+                out.append(self._send(Say(pending.text, mid), now))
+        for fetch in self.fetches:
+            if not fetch.history and now - fetch.sent_at >= FETCH_RETRY:
+                fetch.sent_at = now
+                out.append(self._send(Fetch(fetch.room, fetch.after, fetch.upto), now))
+        if now - self.last_sent >= HEARTBEAT:
+            out.append(self._send(Ping(), now))
+        return out
+
+    # ---- handshake and rooms ------------------------------------------------------------------
+
+    def _welcome(self, msg: Welcome, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        self.session_secret = msg.session
+        self.name = msg.name
+        self.hello_pending = False
+        self.last_sent = now
+        if msg.blocked:
+            out += self._tell_blocked()
+        resuming = self.started
+        self.started = True
+        self.joins += 1
+        if not resuming:
+            out.append(self._send(Join(self.want_room, self.history), now))
+            return out
+        # Back after losing the broker: the same room without history (the gap is fetched
+        # instead), and every unacknowledged message again (the broker drops those it has).
+        out.append(_notice("reconnected to the broker"))
+        self.check_numbering = True
+        self.fetches.clear()
+        out.append(self._send(Join(self.room or self.want_room, 0), now))
+        for mid, pending in self.pending.items():
+            pending.sent_at = now
+            out.append(self._send(Say(pending.text, mid), now))
+        return out
+
+    def _joined(self, msg: Joined, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        self.joins = max(0, self.joins - 1)
+        old = self.room
+        if msg.forced and old is not None:
+            out.append(_notice(f"you were put out of {old}"))
+        if msg.history:
+            n = len(msg.history)
+            out.append(_notice(f"history {msg.room} ({n} message{'' if n == 1 else 's'})"))
+            out += [self._message(m, Kind.HISTORY) for m in msg.history]
+        new_topic = topic(msg.room)
+        if self.subscribed != new_topic:
+            if self.subscribed is not None:
+                out.append(Unsubscribe(self.subscribed))
+            out.append(Subscribe(new_topic))
+            self.subscribed = new_topic
+        if msg.room != old:
+            self.own_seq = 0
+            self.buffer.clear()
+        self.room = msg.room
+        if msg.room != old:
+            self.last[msg.room] = msg.seq  # start at its newest; older ones are history
+        elif self.check_numbering and msg.seq < self.last[msg.room]:
+            # A resumed session whose broker is behind us: it started over on empty storage.
+            out.append(_notice(f"the broker lost the history of {msg.room}"))
+            self.last[msg.room] = msg.seq
+        self.check_numbering = False
+        # In the same room we stayed subscribed: keep what was delivered (the SUB may even be
+        # ahead of msg.seq) and fetch anything missed (after a resume) once Synced comes.
+        last = self.last[msg.room]
+        self.buffer = {seq: m for seq, m in self.buffer.items() if seq > last}
+        self.fetches = [f for f in self.fetches if f.history and f.room == msg.room]
+        self.known = self.target = max(last, msg.seq)
+        self.live = False
+        self.announce = True
+        self.sync_nonce = self.rng.getrandbits(63)
+        self.sync_sent_at = now
+        out.append(self._send(Sync(self.sync_nonce), now))
+        return out
+
+    def _synced(self, msg: Synced, now: float) -> list[Effect]:
+        """The subscription is live: catch up to ``msg.seq``, then announce."""
+        self.sync_nonce = None
+        self.live = True
+        self.target = max(self.target, msg.seq)
+        self.known = max(self.known, msg.seq)
+        return self._drain(now)
+
+    def _error(self, msg: Error, now: float) -> list[Effect]:
+        if msg.code is Code.HELLO_FIRST:
+            if self.hello_pending:
+                return []  # an answer to something sent before our new Hello
+            self.hello_pending = True
+            self.retry_at = now + LOST_AFTER
+            return [_notice("the broker forgot this session; rejoining"), Reconnect(self.hello())]
+        if self.hello_pending and msg.code in (
+            Code.NAME_TAKEN,
+            Code.BAD_NAME,
+            Code.BAD_VERSION,
+            Code.FULL,
+        ):
+            return [self._stop(Exit.DISCONNECTED, f"{PROG}: could not rejoin: {msg.reason}")]
+        out: list[Effect] = [Line(Kind.ERROR, f"error: {msg.reason}")]
+        if self.joins and msg.code in (Code.BAD_ROOM, Code.FULL):
+            self.joins -= 1
+            self.check_numbering = False  # no Joined is coming to settle it
+            if self.room is None:
+                # The first Join failed, but the broker put us in the lobby at Hello.
+                self.joins += 1
+                out.append(self._send(Join(LOBBY, self.history), now))
+        return out
+
+    # ---- room messages ------------------------------------------------------------------------
+
+    def _posted(self, msg: Posted, now: float) -> list[Effect]:
+        if self.room is None or msg.room != self.room:
+            return []
+        self.known = max(self.known, msg.seq)
+        if self.check_numbering:
+            self.buffer[msg.seq] = msg  # which numbering? Joined will tell
+            return []
+        if msg.seq <= self.last[msg.room]:
+            return []  # a duplicate
+        self.buffer[msg.seq] = msg
+        return self._drain(now)
+
+    def _messages(self, msg: Messages, now: float) -> list[Effect]:
+        request = next((f for f in self.fetches if f.room == msg.room), None)
+        if request is not None:
+            self.fetches.remove(request)
+        if request is not None and request.history:
+            n = len(msg.messages)
+            if not n:
+                return [_notice(f"no history in {msg.room}")]
+            head = _notice(f"history {msg.room} ({n} message{'' if n == 1 else 's'})")
+            return [head, *(self._message(m, Kind.HISTORY) for m in msg.messages)]
+        if msg.room != self.room:
+            return []
+        last = self.last[msg.room]
+        for m in msg.messages:
+            if m.room == msg.room and m.seq > last:
+                self.buffer[m.seq] = m
+        # Gone for good: anything older than the oldest stored, and any hole below the newest
+        # message returned (all of the range when none is). The rest of an answer cut short by a
+        # limit is fetched again by _drain, so every round makes progress.
+        gone = msg.first - 1
+        if request is not None:
+            returned = [m.seq for m in msg.messages if m.room == msg.room]
+            gone = max(gone, max(returned) if returned else request.upto)
+        out: list[Effect] = []
+        if gone > last:
+            out += self._skip_to(gone)
+        return out + self._drain(now)
+
+    def _skip_to(self, upto: int) -> list[Effect]:
+        """Deliver what is buffered up to ``upto`` and give up on the rest of that range."""
+        room = self.room
+        assert room is not None
+        last = self.last[room]
+        have = sorted(seq for seq in self.buffer if last < seq <= upto)
+        out: list[Effect] = []
+        lost = upto - last - len(have)
+        if lost > 0:
+            out.append(_notice(f"{lost} messages were lost"))
+        for seq in have:
+            out.append(self._message(self.buffer.pop(seq), Kind.MESSAGE))
+        self.last[room] = upto
+        return out
+
+    def _drain(self, now: float) -> list[Effect]:
+        """Deliver buffered messages in order, announce the join when due, fetch any gap."""
+        room = self.room
+        if room is None:
+            return []
+        out: list[Effect] = []
+        last = self.last[room]
+        for seq in [seq for seq in self.buffer if seq <= last]:
+            del self.buffer[seq]
+        while last + 1 in self.buffer:
+            last += 1
+            out.append(self._message(self.buffer.pop(last), Kind.MESSAGE))
+        self.last[room] = last
+        if self.announce and self.live and last >= self.target:
+            self.announce = False
+            out.append(_notice(f"joined {room}"))
+        need = min(self.buffer) - 1 if self.buffer else self.known
+        if need > last and not any(not f.history and f.room == room for f in self.fetches):
+            self.fetches.append(_Fetch(room, last, need, now))
+            out.append(self._send(Fetch(room, after=last, upto=need, limit=FETCH_LIMIT), now))
+        return out
+
+    def _message(self, msg: Posted, kind: Kind) -> Line:
+        own = msg.sender == self.name
+        return Line(kind, msg.text, room=msg.room, sender=msg.sender, ts=msg.ts, own=own)
+
+    def _presence(self, event: Presence) -> list[Effect]:
+        if event.room != self.room:
+            return []
+        user, room, what = event.user, event.room, event.what
+        if user == self.name:
+            if what == "unblocked":
+                self.blocked = False
+                return [_notice("you were unblocked")]
+            if what == "blocked":
+                return [_notice("you were blocked by the admin")]
+            return []  # our own entering, leaving, out and fired are told otherwise
+        text = {
+            "entered": f"{user} entered {room}",
+            "left": f"{user} left {room}",
+            "blocked": f"{user} was blocked",
+            "unblocked": f"{user} was unblocked",
+            "out": f"{user} was put out of {room}",
+            "fired": f"{user} was disconnected by the admin",
+        }.get(what, f"{user}: {what}")
+        return [_notice(text)]
+
+    # ---- user input ---------------------------------------------------------------------------
+
+    def _say(self, text: str, now: float) -> list[Effect]:
+        mid = self.next_mid
+        self.next_mid += 1
+        self.pending[mid] = _Pending(text, now)
+        if self.hello_pending:
+            return []  # sent again once the broker welcomes us back
+        return [self._send(Say(text, mid), now)]
+
+    def _command(self, line: str, now: float) -> list[Effect]:
+        command, *args = line.split()
+        match command, args:
+            case "/join", [room]:
+                if not valid_name(room):
+                    return [_notice(f"not a room name: {room!r} (a name is {NAME_RULE})")]
+                self.joins += 1
+                return [self._send(Join(room, self.history), now)]
+            case "/join", _:
+                return [_notice("usage: /join ROOM")]
+            case "/leave", []:
+                self.joins += 1
+                return [self._send(Leave(), now)]
+            case "/rooms", []:
+                return [self._send(ListRooms(), now)]
+            case "/who", []:
+                return [self._send(ListUsers(room=""), now)]
+            case "/who", [room]:
+                if not valid_name(room):
+                    return [_notice(f"not a room name: {room!r} (a name is {NAME_RULE})")]
+                return [self._send(ListUsers(room=room), now)]
+            case "/history", [] | [_]:
+                return self._history(args, now)
+            case "/help", []:
+                return _table(list(HELP))
+            case "/exit" | "/quit", []:
+                return self._begin_exit(now)
+            case (("/leave" | "/rooms" | "/who" | "/help" | "/exit" | "/quit" | "/history"), _):
+                usage = next((u for u, _ in HELP if u.split()[0] == command), command)
+                return [_notice(f"usage: {usage}")]
+        return [_notice(f"unknown command {command}: try /help")]
+
+    def _history(self, args: list[str], now: float) -> list[Effect]:
+        try:
+            count = int(args[0]) if args else HISTORY
+        except ValueError:
+            count = 0
+        if count <= 0:
+            return [_notice("usage: /history [N] with N a positive number")]
+        count = min(count, FETCH_LIMIT)  # the broker answers at most that many, oldest first
+        room = self.room
+        if room is None or self.last.get(room, 0) == 0:
+            return [_notice(f"no history in {room or self.want_room}")]
+        last = self.last[room]
+        after = max(0, last - count)
+        self.fetches.append(_Fetch(room, after, last, now, history=True))
+        return [self._send(Fetch(room, after=after, upto=last, limit=count), now)]
+
+    def _tell_blocked(self) -> list[Effect]:
+        if self.blocked:
+            return []
+        self.blocked = True
+        return [_notice(BLOCKED_LINE)]
+
+    # ---- leaving ------------------------------------------------------------------------------
+
+    def _begin_exit(self, now: float) -> list[Effect]:
+        self.exit_at = now + EXIT_WAIT
+        return self._maybe_quit(now)
+
+    def _maybe_quit(self, now: float) -> list[Effect]:
+        if self.exit_at is None or self.pending:
+            return []
+        return self._quit(now)
+
+    def _quit(self, now: float) -> list[Effect]:
+        return [self._send(Quit(), now), self._stop(Exit.OK)]
+
+    def _stop(self, code: Exit, error: str = "") -> Stop:
+        self.done = True
+        return Stop(code, error)
+
+    def _send(self, msg: ClientMsg, now: float) -> Send:
+        self.last_sent = now
+        return Send(msg)

@@ -1,0 +1,175 @@
+"""The real programs as child processes, over real sockets, with a timeout on every wait.
+
+Every process is started through the same Python as the tests, reads no terminal, and is killed at
+teardown if it has not exited. Every wait has a timeout, so no test can hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+WAIT = 10.0
+"""Seconds any single expectation may take before the test fails."""
+
+_LISTENING = re.compile(r"listening: router (\S+) pub (\S+) control (\S+)")
+
+
+def _cmd(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", f"from {module} import main; main()", *args]
+
+
+class Proc:
+    """A child process whose output lines are collected by a thread, to wait on with timeouts."""
+
+    def __init__(self, argv: list[str], *, stdin: bool = False, env: dict[str, str] | None = None):
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.err: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.popen.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._collect_err, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, stream, sink: queue.Queue[str]) -> None:
+        for line in stream:
+            sink.put(line.rstrip("\n"))
+
+    def _collect_err(self) -> None:
+        for line in self.popen.stderr:
+            self.err.append(line.rstrip("\n"))
+
+    def expect(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """Wait for an output line matching ``pattern`` (a regex, searched); return its match."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout}s; saw {self.seen[-15:]}; "
+                    f"stderr {self.err[-5:]}"
+                )
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            m = rx.search(line)
+            if m:
+                return m
+
+    def drain(self, quiet: float = 0.3) -> list[str]:
+        """Collect lines until none arrives for ``quiet`` seconds."""
+        got: list[str] = []
+        while True:
+            try:
+                line = self.lines.get(timeout=quiet)
+            except queue.Empty:
+                return got
+            self.seen.append(line)
+            got.append(line)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"process did not exit within {timeout}s") from None
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if stream:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+class BrokerProc(Proc):
+    """``room-broker start`` on free loopback ports."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None):
+        any_port = "tcp://127.0.0.1:0"
+        argv = _cmd(
+            "broker.cli", "start", "--router", any_port, "--pub", any_port,
+            "--control", any_port, "--data-dir", str(data_dir), *extra,
+        )  # fmt: skip
+        super().__init__(argv, env=env)
+        m = self.expect(_LISTENING.pattern)
+        self.router, self.pub, self.control = m.group(1), m.group(2), m.group(3)
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        return self.wait()
+
+
+class ClientProc(Proc):
+    """``room-client join`` in piped mode."""
+
+    def __init__(self, server: str, name: str, *extra: str):
+        super().__init__(
+            _cmd("client.cli", "join", "--server", server, "--name", name, *extra), stdin=True
+        )
+
+    def send(self, line: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def close_input(self) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.close()
+
+
+class ClientFactory:
+    """Starts clients against one broker; ``join`` waits until the client is in its room."""
+
+    def __init__(self, broker: BrokerProc):
+        self.broker = broker
+        self.started: list[ClientProc] = []
+
+    def start(self, name: str, *extra: str) -> ClientProc:
+        client = ClientProc(self.broker.router, name, *extra)
+        self.started.append(client)
+        return client
+
+    def join(self, name: str, room: str = "public", *extra: str) -> ClientProc:
+        client = self.start(name, "--room", room, *extra)
+        client.expect(rf"^\* joined {re.escape(room)}$")
+        return client
+
+    def kill_all(self) -> None:
+        for c in self.started:
+            c.kill()
+
+
+def ctl(
+    broker: BrokerProc | str, *args: str, timeout: float = WAIT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``room-ctl`` against a broker (or a control endpoint) and return what it did."""
+    endpoint = broker if isinstance(broker, str) else broker.control
+    argv = _cmd("client.ctl", "--control", endpoint, *args)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )

@@ -1,0 +1,341 @@
+"""Admin commands (broker.admin): every verb of COMMANDS through dispatch, and its refusals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker import protocol as p
+from broker.admin import COMMANDS, dispatch
+from broker.state import Chat, Outbox, Settings, User
+from broker.store import MemoryStore
+
+PUB = "tcp://127.0.0.1:1"
+T0 = 1_000.0
+
+
+def chat(store: MemoryStore | None = None, **settings: Any) -> Chat:
+    store = MemoryStore() if store is None else store
+    return Chat(store, Settings(pub_endpoint=PUB, **settings))
+
+
+def hello(c: Chat, name: str, peer: bytes | None = None, now: float = T0) -> User:
+    """Connect ``name`` and clear the outbox, so the test sees only what follows."""
+    peer = name.encode() if peer is None else peer
+    c.handle(peer, p.Hello(p.VERSION, name), now)
+    out = c.out.take()
+    assert isinstance(out.replies[-1][1], p.Welcome), out.replies
+    return c.users[name]
+
+
+def send(c: Chat, user: User | bytes, msg: Any, now: float = T0) -> Outbox:
+    peer = user.peer if isinstance(user, User) else user
+    c.handle(peer, msg, now)
+    return c.out.take()
+
+
+def in_room(c: Chat, user: User, room: str, messages: int = 0) -> None:
+    send(c, user, p.Join(room))
+    for i in range(messages):
+        send(c, user, p.Say(f"m{i}"))
+
+
+def ctl(c: Chat, command: str, *args: str, rid: int = 7) -> p.CtlReply:
+    reply = dispatch(c, p.CtlRequest(rid, command, list(args)), T0 + 1)
+    assert reply.id == rid
+    # Every reply, data included, must survive the wire.
+    assert p.decode_ctl_reply(p.encode(reply)) == reply
+    return reply
+
+
+def ok(reply: p.CtlReply) -> str:
+    assert reply.ok, reply
+    assert reply.code == ""
+    assert reply.message
+    return reply.message
+
+
+def refused(reply: p.CtlReply) -> str:
+    assert not reply.ok, reply
+    assert reply.message
+    return reply.code
+
+
+def test_the_table_holds_exactly_the_tested_verbs() -> None:
+    assert set(COMMANDS) == {"block", "unblock", "fire", "out", "reset", "close", "who", "rooms"}
+    for name, command in COMMANDS.items():
+        assert command.help, name
+        assert all(arg.isupper() for arg in command.args), name
+
+
+# ---- block / unblock ---------------------------------------------------------------------------
+
+
+def test_block_a_connected_user() -> None:
+    c = chat()
+    alice = hello(c, "alice")
+    in_room(c, alice, "x")
+    message = ok(ctl(c, "block", "alice"))
+    assert "alice" in message
+    assert "not connected" not in message
+    assert "alice" in c.store.blocked()
+    out = c.out.take()
+    assert out.rooms == {"x": [p.Presence("x", "alice", "blocked")]}
+    said = send(c, alice, p.Say("hi", 1))
+    assert said.replies[0][1].code is p.Code.BLOCKED
+    assert said.rooms == {}
+    assert ctl(c, "who").data["users"] == [{"name": "alice", "room": "x", "blocked": True}]
+
+
+def test_block_a_user_who_is_not_connected_holds_when_they_connect() -> None:
+    c = chat()
+    message = ok(ctl(c, "block", "bob"))
+    assert "not connected" in message
+    assert c.out.take().rooms == {}
+    c.handle(b"b", p.Hello(p.VERSION, "bob"), T0)
+    assert c.out.take().replies[0][1].blocked is True
+    refusal = send(c, b"b", p.Say("hi", 1)).replies[0][1]
+    assert refusal.code is p.Code.BLOCKED
+
+
+def test_block_twice_says_already_blocked() -> None:
+    c = chat()
+    hello(c, "alice")
+    ctl(c, "block", "alice")
+    c.out.take()
+    assert "already" in ok(ctl(c, "block", "alice"))
+    assert c.out.take().rooms == {}
+    assert c.store.blocked() == {"alice"}
+
+
+def test_unblock_a_connected_user() -> None:
+    c = chat()
+    alice = hello(c, "alice")
+    ctl(c, "block", "alice")
+    c.out.take()
+    assert "unblocked alice" in ok(ctl(c, "unblock", "alice"))
+    out = c.out.take()
+    assert out.rooms == {p.LOBBY: [p.Presence(p.LOBBY, "alice", "unblocked")]}
+    assert len(out.replies) == 1
+    peer, notice = out.replies[0]
+    assert peer == alice.peer
+    assert isinstance(notice, p.Notice)
+    assert "unblocked" in notice.text
+    assert c.store.blocked() == set()
+    assert send(c, alice, p.Say("free", 2)).replies == [(alice.peer, p.Ack(2, p.LOBBY, 1))]
+
+
+def test_unblock_someone_not_blocked_changes_nothing() -> None:
+    c = chat()
+    hello(c, "alice")
+    assert "not blocked" in ok(ctl(c, "unblock", "alice"))
+    out = c.out.take()
+    assert out.rooms == {} and out.replies == []
+
+
+def test_unblock_a_user_who_is_not_connected() -> None:
+    c = chat()
+    ctl(c, "block", "bob")
+    ok(ctl(c, "unblock", "bob"))
+    assert c.store.blocked() == set()
+    out = c.out.take()
+    assert out.rooms == {} and out.replies == []
+
+
+# ---- fire --------------------------------------------------------------------------------------
+
+
+def test_fire_says_goodbye_and_removes_the_user() -> None:
+    c = chat()
+    alice = hello(c, "alice", b"a")
+    hello(c, "bob")
+    in_room(c, alice, "x")
+    assert "alice" in ok(ctl(c, "fire", "alice"))
+    out = c.out.take()
+    assert out.replies == [(b"a", p.Goodbye(p.Bye.FIRED, "the admin disconnected you"))]
+    assert out.rooms == {"x": [p.Presence("x", "alice", "fired")]}
+    assert set(c.users) == {"bob"}
+    assert b"a" not in c.by_peer
+    assert c.members["x"] == set()
+    assert send(c, b"a", p.Say("hi")).replies[0][1].code is p.Code.HELLO_FIRST
+    hello(c, "alice", b"a2")  # the name is free
+
+
+def test_fire_of_an_unknown_user_is_no_such_user() -> None:
+    c = chat()
+    hello(c, "alice")
+    assert refused(ctl(c, "fire", "bob")) == p.Code.NO_SUCH_USER
+    assert set(c.users) == {"alice"}
+    out = c.out.take()
+    assert out.replies == [] and out.rooms == {}
+
+
+# ---- out ---------------------------------------------------------------------------------------
+
+
+def test_out_moves_the_user_back_to_public() -> None:
+    c = chat()
+    alice = hello(c, "alice")
+    in_room(c, alice, "x", messages=2)
+    assert "alice" in ok(ctl(c, "out", "alice"))
+    out = c.out.take()
+    assert out.replies == [(alice.peer, p.Joined(p.LOBBY, 0, [], forced=True))]
+    assert out.rooms == {
+        "x": [p.Presence("x", "alice", "out"), p.Presence("x", "alice", "left")],
+        p.LOBBY: [p.Presence(p.LOBBY, "alice", "entered")],
+    }
+    assert alice.room == p.LOBBY
+    assert c.members["x"] == set()
+    assert "alice" in c.members[p.LOBBY]
+
+
+def test_out_of_a_user_already_in_public_does_nothing() -> None:
+    c = chat()
+    alice = hello(c, "alice")
+    assert "already in public" in ok(ctl(c, "out", "alice"))
+    out = c.out.take()
+    assert out.replies == [] and out.rooms == {}
+    assert alice.room == p.LOBBY
+
+
+def test_out_of_an_unknown_user_is_no_such_user() -> None:
+    c = chat()
+    assert refused(ctl(c, "out", "ghost")) == p.Code.NO_SUCH_USER
+
+
+# ---- reset / close -----------------------------------------------------------------------------
+
+
+def test_reset_ends_every_session_and_removes_every_room_but_public() -> None:
+    c = chat(rate=0)
+    alice, bob, carol = hello(c, "alice"), hello(c, "bob"), hello(c, "carol")
+    in_room(c, alice, "x", messages=3)
+    in_room(c, bob, "y", messages=1)
+    send(c, carol, p.Say("in the lobby"))
+    ctl(c, "block", "dave")
+    c.out.take()
+
+    message = ok(ctl(c, "reset"))
+    assert "3" in message
+    out = c.out.take()
+    byes = {peer: msg for peer, msg in out.replies}
+    assert set(byes) == {alice.peer, bob.peer, carol.peer}
+    assert len(out.replies) == 3
+    assert all(msg.reason is p.Bye.RESET for msg in byes.values())
+    assert c.users == {} and c.by_peer == {}
+    assert set(c.members) == {p.LOBBY}
+    assert c.members[p.LOBBY] == set()
+    assert c.store.rooms() == [p.LOBBY]
+    assert c.store.last_seq("x") == 0
+    assert c.store.last_seq(p.LOBBY) == 0
+    assert c.store.blocked() == {"dave"}
+    assert ctl(c, "rooms").data == {"rooms": [{"name": p.LOBBY, "members": 0, "seq": 0}]}
+
+    # Life goes on: a room made again starts from seq 1.
+    alice = hello(c, "alice")
+    in_room(c, alice, "x")
+    assert send(c, alice, p.Say("again", 1)).replies == [(alice.peer, p.Ack(1, "x", 1))]
+
+
+def test_close_sets_closing() -> None:
+    c = chat()
+    hello(c, "alice")
+    assert c.closing is False
+    ok(ctl(c, "close"))
+    assert c.closing is True
+
+
+# ---- who / rooms -------------------------------------------------------------------------------
+
+
+def test_who_lists_users_and_the_blocklist() -> None:
+    c = chat()
+    alice = hello(c, "alice")
+    hello(c, "bob")
+    in_room(c, alice, "x")
+    ctl(c, "block", "zed")
+    ctl(c, "block", "bob")
+    reply = ctl(c, "who")
+    assert "2 users" in ok(reply)
+    assert reply.data == {
+        "users": [
+            {"name": "alice", "room": "x", "blocked": False},
+            {"name": "bob", "room": p.LOBBY, "blocked": True},
+        ],
+        "blocked": ["bob", "zed"],
+    }
+
+
+def test_who_with_nobody_connected() -> None:
+    reply = ctl(chat(), "who")
+    assert "0 users" in ok(reply)
+    assert reply.data == {"users": [], "blocked": []}
+
+
+def test_rooms_lists_members_and_seq() -> None:
+    c = chat()
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    hello(c, "carol")
+    in_room(c, alice, "x", messages=4)
+    in_room(c, bob, "x")
+    reply = ctl(c, "rooms")
+    assert "2 rooms" in ok(reply)
+    assert reply.data == {
+        "rooms": [
+            {"name": p.LOBBY, "members": 1, "seq": 0},
+            {"name": "x", "members": 2, "seq": 4},
+        ]
+    }
+
+
+# ---- refusals ----------------------------------------------------------------------------------
+
+
+def test_unknown_command() -> None:
+    c = chat()
+    reply = ctl(c, "kick", "alice")
+    assert refused(reply) == p.Code.UNKNOWN_COMMAND
+    assert "kick" in reply.message
+    assert all(verb in reply.message for verb in COMMANDS)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("block",),
+        ("block", "alice", "bob"),
+        ("unblock",),
+        ("fire",),
+        ("out", "alice", "x"),
+        ("reset", "now"),
+        ("close", "now"),
+        ("who", "x"),
+        ("rooms", "x"),
+    ],
+)
+def test_wrong_arg_count_is_bad_args_and_does_nothing(args: tuple[str, ...]) -> None:
+    c = chat()
+    alice = hello(c, "alice")
+    in_room(c, alice, "x")
+    reply = ctl(c, *args)
+    assert refused(reply) == p.Code.BAD_ARGS
+    assert "usage" in reply.message
+    assert args[0] in reply.message
+    assert c.users == {"alice": alice}
+    assert alice.room == "x"
+    assert c.closing is False
+    assert c.store.blocked() == set()
+    out = c.out.take()
+    assert out.replies == [] and out.rooms == {}
+
+
+@pytest.mark.parametrize("verb", ["block", "unblock", "fire", "out"])
+@pytest.mark.parametrize("name", ["", "a b", "-alice", "*", "a" * 33, "al\u00efce"])
+def test_invalid_user_name_is_bad_args(verb: str, name: str) -> None:
+    c = chat()
+    hello(c, "alice")
+    reply = ctl(c, verb, name)
+    assert refused(reply) == p.Code.BAD_ARGS
+    assert c.store.blocked() == set()
+    assert set(c.users) == {"alice"}

@@ -1,0 +1,233 @@
+"""MemoryStore (broker.store): sequence numbers, history windows, ranges, rooms, blocklist."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.protocol import LOBBY, Posted
+from broker.store import MemoryStore
+
+T0 = 1_000.0
+
+
+def filled(count: int, room: str = "x", keep: int = 10_000) -> MemoryStore:
+    store = MemoryStore(keep=keep)
+    for i in range(1, count + 1):
+        store.append(room, "alice", f"m{i}", T0 + i)
+    return store
+
+
+def seqs(messages: list[Posted]) -> list[int]:
+    return [m.seq for m in messages]
+
+
+# ---- append and last_seq -----------------------------------------------------------------------
+
+
+def test_append_numbers_each_room_from_one() -> None:
+    store = MemoryStore()
+    assert store.append("x", "alice", "a", T0) == Posted("x", 1, T0, "alice", "a")
+    assert store.append("x", "bob", "b", T0 + 1) == Posted("x", 2, T0 + 1, "bob", "b")
+    assert store.append("y", "bob", "c", T0 + 2) == Posted("y", 1, T0 + 2, "bob", "c")
+    assert store.append(LOBBY, "carol", "d", T0 + 3).seq == 1
+    assert (store.last_seq("x"), store.last_seq("y"), store.last_seq(LOBBY)) == (2, 1, 1)
+
+
+def test_last_seq_of_an_unknown_or_empty_room_is_zero() -> None:
+    store = MemoryStore()
+    store.add_room("empty")
+    assert store.last_seq("nowhere") == 0
+    assert store.last_seq("empty") == 0
+    assert store.last_seq(LOBBY) == 0
+
+
+def test_last_seq_keeps_counting_past_the_window() -> None:
+    store = filled(12, keep=5)
+    assert store.last_seq("x") == 12
+    assert store.append("x", "bob", "next", T0).seq == 13
+
+
+# ---- recent ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        (0, []),
+        (-3, []),
+        (1, [10]),
+        (3, [8, 9, 10]),
+        (10, list(range(1, 11))),
+        (99, list(range(1, 11))),
+    ],
+)
+def test_recent(count: int, expected: list[int]) -> None:
+    assert seqs(filled(10).recent("x", count)) == expected
+
+
+def test_recent_is_limited_to_the_window() -> None:
+    store = filled(12, keep=5)
+    assert seqs(store.recent("x", 100)) == [8, 9, 10, 11, 12]
+    assert seqs(store.recent("x", 2)) == [11, 12]
+
+
+def test_recent_of_an_unknown_or_empty_room_is_empty() -> None:
+    store = MemoryStore()
+    store.add_room("empty")
+    assert store.recent("nowhere", 5) == []
+    assert store.recent("empty", 5) == []
+
+
+def test_recent_returns_the_stored_messages() -> None:
+    store = filled(3)
+    assert store.recent("x", 1) == [Posted("x", 3, T0 + 3, "alice", "m3")]
+
+
+# ---- range -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("after", "upto", "limit", "expected"),
+    [
+        (0, 0, 1000, list(range(1, 11))),
+        (3, 6, 1000, [4, 5, 6]),
+        (3, 0, 2, [4, 5]),
+        (9, 0, 1000, [10]),
+        (10, 0, 1000, []),
+        (15, 0, 1000, []),
+        (6, 3, 1000, []),
+        (6, 6, 1000, []),
+        (5, 99, 1000, [6, 7, 8, 9, 10]),
+        (-5, 2, 1000, [1, 2]),
+        (0, -1, 1000, list(range(1, 11))),  # upto <= 0 means newest
+        (0, 0, 1, [1]),
+        (0, 0, 0, []),
+    ],
+)
+def test_range(after: int, upto: int, limit: int, expected: list[int]) -> None:
+    messages, first = filled(10).range("x", after, upto, limit)
+    assert seqs(messages) == expected
+    assert [m.text for m in messages] == [f"m{s}" for s in expected]
+    assert first == 1
+
+
+@pytest.mark.parametrize(
+    ("after", "upto", "limit", "expected"),
+    [
+        (0, 0, 1000, [8, 9, 10, 11, 12]),  # older ones are gone: start at the window
+        (3, 9, 1000, [8, 9]),
+        (7, 0, 2, [8, 9]),
+        (9, 11, 1000, [10, 11]),
+        (0, 5, 1000, []),  # everything asked for is gone
+        (12, 0, 1000, []),
+    ],
+)
+def test_range_with_a_window_smaller_than_the_history(
+    after: int, upto: int, limit: int, expected: list[int]
+) -> None:
+    messages, first = filled(12, keep=5).range("x", after, upto, limit)
+    assert seqs(messages) == expected
+    assert first == 8
+
+
+def test_first_moves_as_the_window_slides() -> None:
+    store = MemoryStore(keep=5)
+    firsts = []
+    for i in range(1, 9):
+        store.append("x", "alice", f"m{i}", T0)
+        firsts.append(store.range("x", 0, 0, 1000)[1])
+    assert firsts == [1, 1, 1, 1, 1, 2, 3, 4]
+
+
+def test_range_of_an_unknown_room_is_empty_from_one() -> None:
+    assert MemoryStore().range("nowhere", 0, 0, 1000) == ([], 1)
+
+
+def test_range_of_an_empty_room_is_empty_from_one() -> None:
+    store = MemoryStore()
+    store.add_room("empty")
+    assert store.range("empty", 0, 0, 1000) == ([], 1)
+
+
+def test_range_when_nothing_is_kept_says_everything_is_gone() -> None:
+    store = filled(4, keep=0)
+    assert store.last_seq("x") == 4
+    assert store.range("x", 0, 0, 1000) == ([], 5)
+
+
+@given(
+    count=st.integers(0, 30),
+    keep=st.integers(1, 12),
+    after=st.integers(-2, 35),
+    upto=st.integers(-2, 35),
+    limit=st.integers(0, 40),
+)
+def test_range_matches_a_filter_over_the_window(
+    count: int, keep: int, after: int, upto: int, limit: int
+) -> None:
+    store = filled(count, keep=keep)
+    window = list(range(max(1, count - keep + 1), count + 1))
+    top = count if upto <= 0 else upto
+    expected = [s for s in window if after < s <= top][: max(limit, 0)]
+    messages, first = store.range("x", after, upto, limit)
+    assert seqs(messages) == expected
+    assert first == (window[0] if window else count + 1)
+
+
+# ---- rooms and reset ---------------------------------------------------------------------------
+
+
+def test_rooms_start_with_the_lobby_and_grow_by_add_or_append() -> None:
+    store = MemoryStore()
+    assert store.rooms() == [LOBBY]
+    store.add_room("x")
+    store.append("y", "alice", "hi", T0)
+    assert set(store.rooms()) == {LOBBY, "x", "y"}
+
+
+def test_add_room_is_idempotent_and_keeps_history() -> None:
+    store = filled(3)
+    store.add_room("x")
+    assert store.last_seq("x") == 3
+    assert seqs(store.recent("x", 10)) == [1, 2, 3]
+    assert store.rooms().count("x") == 1
+
+
+def test_reset_removes_every_room_and_all_history_but_keeps_the_blocklist() -> None:
+    store = filled(3, keep=5)
+    store.append(LOBBY, "alice", "hi", T0)
+    store.block("mallory")
+    store.reset()
+    assert store.rooms() == [LOBBY]
+    assert store.last_seq("x") == 0
+    assert store.last_seq(LOBBY) == 0
+    assert store.recent(LOBBY, 10) == []
+    assert store.blocked() == {"mallory"}
+    # The window size survives the reset.
+    for i in range(7):
+        store.append("x", "alice", f"n{i}", T0)
+    assert seqs(store.recent("x", 100)) == [3, 4, 5, 6, 7]
+
+
+# ---- blocklist ---------------------------------------------------------------------------------
+
+
+def test_block_and_unblock_report_whether_anything_changed() -> None:
+    store = MemoryStore()
+    assert store.blocked() == set()
+    assert store.block("alice") is True
+    assert store.block("alice") is False
+    assert store.blocked() == {"alice"}
+    assert store.unblock("bob") is False
+    assert store.unblock("alice") is True
+    assert store.unblock("alice") is False
+    assert store.blocked() == set()
+
+
+def test_commit_and_close_are_harmless() -> None:
+    store = filled(2)
+    store.commit()
+    store.close()
+    assert store.last_seq("x") == 2
