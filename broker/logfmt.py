@@ -35,7 +35,7 @@ def format_text(e: LogEvent) -> str:
             suffix = f" ({e.text})" if e.text else ""
             return f"{when} * {e.user} connected in {e.room}{suffix}"
         case "disconnect":
-            return f"{when} * {e.user} left from {e.room}: {e.text}"
+            return f"{when} * {e.user} disconnected from {e.room}: {e.text}"
         case "enter":
             return f"{when} * {e.user} entered {e.room} ({e.text})"
         case "admin":

@@ -12,14 +12,13 @@ from broker.protocol import LOBBY, NAME_RULE, valid_name
 
 
 def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    # isprintable: valid_name's pattern ends in '$', which lets a trailing newline through.
-    if value is not None and not (valid_name(value) and value.isprintable()):
+    if value is not None and not valid_name(value):
         raise click.BadParameter(f"{value!r} is not a valid name: use {NAME_RULE}")
     return value
 
 
 def _prompted_name(value: str) -> str:
-    if not (valid_name(value) and value.isprintable()):
+    if not valid_name(value):
         raise click.BadParameter(f"use {NAME_RULE}")
     return value
 
