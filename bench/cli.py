@@ -1,0 +1,71 @@
+"""``room-bench``: the broker against a bare pyzmq relay in one run: a table, JSON, a plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from . import run as bench
+
+
+def _fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def row(entry: dict[str, Any]) -> str:
+    """One scenario: each broker figure beside the relay's."""
+    room, relay, name = entry["room"], entry["relay"], entry["name"]
+    if "connected" in room:
+        return (f"{name:<14} {room['connected']} clients connected: broker CPU "
+                f"{room['cpu_percent']:.1f}% of a core, peak {room['peak_mb']:.0f} MB "
+                "(the relay has no clients to hold)")  # fmt: skip
+    ratio = _fmt(entry["ratio"], ".2f")
+    text = (
+        f"{name:<14} {_fmt(room['rate']):>9} {_fmt(relay['rate']):>9} {ratio:>6}x"
+        f" {room['lost']:>6} {relay['lost']:>6} {room['repaired']:>7}"
+        f" {room['cpu_us_per_msg']:>7.1f} {relay['cpu_us_per_msg']:>7.1f}"
+        f" {room['peak_mb']:>6.0f} {relay['peak_mb']:>6.0f}"
+    )
+    if "latency_ms" in room:
+        a, b = room["latency_ms"], relay.get("latency_ms", {})
+        text += "  latency ms p50/p99/p99.9: broker " + "/".join(f"{v:.2f}" for v in a.values())
+        text += "  relay " + "/".join(f"{v:.2f}" for v in b.values())
+    return text
+
+
+HEADER = (
+    f"{'scenario':<14} {'broker/s':>9} {'relay/s':>9} {'ratio':>7} {'lost':>6} {'lost':>6}"
+    f" {'repair':>7} {'cpu us':>7} {'cpu us':>7} {'MB':>6} {'MB':>6}\n"
+    f"{'':<14} {'':>9} {'':>9} {'':>7} {'broker':>6} {'relay':>6}"
+    f" {'broker':>7} {'broker':>7} {'relay':>7} {'broker':>6} {'relay':>6}"
+)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, help="A small run that takes seconds (CI's smoke test).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Draw throughput and latency to a PNG (needs the 'plot' extra).")  # fmt: skip
+@click.option("--only", multiple=True, help="Run only this scenario (repeatable).")
+def main(quick: bool, json_path: str | None, plot_path: str | None, only: tuple[str, ...]) -> None:
+    """Measure the broker against a bare pyzmq ROUTER->PUB relay on this machine, in one run."""
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            click.echo("room-bench: --plot needs matplotlib: pip install 'room[plot]'", err=True)
+            sys.exit(1)
+    click.echo(HEADER)
+    report = bench.run(quick, list(only) or None, echo=lambda e: click.echo(row(e)))
+    m = report["machine"]
+    click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
+    if json_path:
+        Path(json_path).write_bytes(msgspec.json.encode(report))
+    if plot_path:
+        from .plot import draw
+
+        draw(report, Path(plot_path))

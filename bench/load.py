@@ -1,0 +1,319 @@
+"""The load generator: the same senders and subscribers for the broker and for the bare relay.
+
+Each role runs in its own process (``multiprocessing`` with spawn) and reports a dict on a queue.
+A message's text carries its counter and its send time (``time.monotonic_ns``, one clock for every
+process on the machine), so a subscriber measures loss and latency the same way on both sides.
+The room subscriber also repairs gaps the way the client does (``Fetch`` by sequence number), and
+counts what it repaired.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from typing import Any, Final
+
+import zmq
+
+from broker import protocol as p
+
+SETTLE: Final = 0.5
+"""Seconds a subscriber waits after subscribing, so the subscription reaches the publisher."""
+IDLE_END: Final = 3.0
+"""A subscriber stops after this long with nothing new once the sender has finished."""
+HEARTBEAT: Final = 1.0
+
+
+def payload(i: int, size: int) -> str:
+    """Counter and send time, padded to ``size`` characters."""
+    head = f"{i} {time.monotonic_ns()} "
+    return head + "x" * max(0, size - len(head))
+
+
+def _parse(text: str | bytes) -> tuple[int, int]:
+    parts = text.split(maxsplit=2)
+    return int(parts[0]), int(parts[1])
+
+
+def _handshake(dealer: zmq.Socket[bytes], name: str, room: str, timeout: float = 10.0) -> p.Welcome:
+    dealer.send(p.encode(p.Hello(p.VERSION, name)))
+    welcome = _await(dealer, p.Welcome, timeout)
+    dealer.send(p.encode(p.Join(room)))
+    _await(dealer, p.Joined, timeout)
+    return welcome
+
+
+def _await(dealer: zmq.Socket[bytes], kind: type, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if not dealer.poll(left * 1000):
+            break
+        msg = p.decode_server(dealer.recv())
+        if isinstance(msg, kind):
+            return msg
+        if isinstance(msg, p.Error):
+            raise RuntimeError(msg.reason)
+    raise TimeoutError(f"no {kind.__name__} from the broker")
+
+
+# ---- sender -------------------------------------------------------------------------------------
+
+
+def sender(
+    results: Queue, proto: str, router: str, rooms: list[str], count: int, size: int, rate: float
+) -> None:
+    """Send ``count`` messages over ``rooms`` in turn (one user per room), as fast as possible
+    (rate 0) or paced at ``rate`` per second. A text's counter is its index within its room."""
+    ctx = zmq.Context()
+    dealers = []
+    for k, room in enumerate(rooms):
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, 100_000)
+        dealer.setsockopt(zmq.RCVHWM, 100_000)
+        dealer.connect(router)
+        if proto == "room":
+            _handshake(dealer, f"sender{k}", room)
+        dealers.append(dealer)
+    is_room = proto == "room"
+    acked = refused = 0
+
+    def drain_acks(dealer: zmq.Socket[bytes]) -> None:
+        nonlocal acked, refused
+        while True:
+            try:
+                body = dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = p.decode_server(body)
+            if isinstance(msg, p.Ack):
+                acked += 1
+            elif isinstance(msg, p.Refused):
+                refused += 1
+
+    topics = [p.topic(room) for room in rooms]
+    n = len(rooms)
+    start = time.monotonic()
+    encode, say = p.encode, p.Say
+    for i in range(count):
+        if rate:
+            due = start + i / rate
+            while (wait := due - time.monotonic()) > 0:
+                if wait > 0.0005:
+                    time.sleep(wait - 0.0003)
+        k = i % n
+        dealer = dealers[k]
+        text = payload(i // n, size)
+        frames = [encode(say(text, i + 1))] if is_room else [topics[k], text.encode()]
+        while True:
+            try:
+                dealer.send_multipart(frames, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                if is_room:
+                    drain_acks(dealer)
+                dealer.poll(10, zmq.POLLOUT)
+        if is_room and i % 256 < n:
+            drain_acks(dealer)
+    sent_done = time.monotonic()
+    if is_room:
+        deadline = time.monotonic() + 10
+        while acked + refused < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+            for dealer in dealers:
+                drain_acks(dealer)
+    results.put({"role": "sender", "sent": count, "acked": acked, "refused": refused,
+                 "start": start, "sent_done": sent_done})  # fmt: skip
+    ctx.destroy(linger=0)
+
+
+# ---- subscribers --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sub:
+    room: str
+    sub: zmq.Socket[bytes]
+    dealer: zmq.Socket[bytes] | None
+    seen: bytearray
+    delivered: int = 0
+    duplicates: int = 0
+    repaired: int = 0
+    contig: int = 0  # every message up to this index has been seen
+    asked: int = 0  # highest index a Fetch was sent for
+    latencies: list[int] = field(default_factory=list)
+
+    def record(self, index: int, sent_ns: int, now_ns: int, sample: bool, repaired: bool) -> None:
+        if index >= len(self.seen) or index < 0:
+            return
+        if self.seen[index]:
+            self.duplicates += 1
+            return
+        self.seen[index] = 1
+        self.delivered += 1
+        if repaired:
+            self.repaired += 1
+        elif sample:
+            self.latencies.append(now_ns - sent_ns)
+        while self.contig < len(self.seen) and self.seen[self.contig]:
+            self.contig += 1
+
+
+def subscribers(
+    results: Queue,
+    ready: Queue,
+    proto: str,
+    router: str,
+    pub: str,
+    rooms: list[str],
+    expected: int,
+    sample: bool,
+) -> None:
+    """One subscriber per entry of ``rooms``, in one process; each must see ``expected``
+    messages of its room. ``sample``: keep the first subscriber's latencies."""
+    ctx = zmq.Context()
+    subs: list[_Sub] = []
+    room = proto == "room"
+    for k, name in enumerate(rooms):
+        dealer = None
+        endpoint = pub
+        if room:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(router)
+            endpoint = _handshake(dealer, f"sub{k}", name).pub
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub.connect(endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, p.topic(name))
+        subs.append(_Sub(name, sub, dealer, bytearray(expected)))
+    time.sleep(SETTLE)
+    poller = zmq.Poller()
+    owner: dict[zmq.Socket[bytes], _Sub] = {}
+    for s in subs:
+        poller.register(s.sub, zmq.POLLIN)
+        owner[s.sub] = s
+        if s.dealer is not None:
+            poller.register(s.dealer, zmq.POLLIN)
+            owner[s.dealer] = s
+    ready.put("ready")
+    first = last = 0.0
+    last_progress = time.monotonic()
+    next_beat = time.monotonic() + HEARTBEAT
+    decode_room, decode_server, now_ns = p.decode_room, p.decode_server, time.monotonic_ns
+    total = expected * len(subs)
+    got = 0
+    while got < total and time.monotonic() - last_progress < IDLE_END:
+        events = poller.poll(100)
+        before = got
+        for sock, _ in events:
+            s = owner[sock]
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                t = now_ns()
+                if sock is s.sub and not room:
+                    index, sent = _parse(frames[1])
+                    s.record(index, sent, t, sample, False)
+                    continue
+                if sock is s.sub:
+                    batch = decode_room(frames[1])
+                    repaired = False
+                else:
+                    msg = decode_server(frames[0])
+                    if not isinstance(msg, p.Messages):
+                        continue
+                    batch, repaired = msg.messages, True
+                for m in batch:
+                    if type(m) is p.Posted:
+                        index, sent = _parse(m.text)
+                        s.record(index, sent, t, sample, repaired)
+                        if not repaired and m.seq - 1 > s.contig and m.seq - 1 > s.asked:
+                            _fetch(s, m.seq - 1)
+            got = sum(x.delivered for x in subs)
+        now = time.monotonic()
+        if got > before:
+            last = now
+            first = first or now
+            last_progress = now
+        elif room and now - last_progress > 0.25:
+            for s in subs:  # a quiet tail: ask for whatever is still missing
+                if s.delivered < expected:
+                    _fetch(s, 0)
+        if room and now >= next_beat:
+            next_beat = now + HEARTBEAT
+            for s in subs:
+                assert s.dealer is not None
+                s.dealer.send(p.encode(p.Ping()))
+    results.put({
+        "role": "subscribers",
+        "delivered": got,
+        "expected": total,
+        "lost": total - got,
+        "duplicates": sum(s.duplicates for s in subs),
+        "repaired": sum(s.repaired for s in subs),
+        "first": first,
+        "last": last,
+        "latencies": subs[0].latencies if subs else [],
+    })  # fmt: skip
+    ctx.destroy(linger=0)
+
+
+def _fetch(s: _Sub, upto: int) -> None:
+    """Ask the broker for the gap after ``s.contig`` (``upto`` 0: to the newest)."""
+    assert s.dealer is not None
+    s.asked = max(s.asked, upto)
+    s.dealer.send(p.encode(p.Fetch(s.room, s.contig, upto, 1000)))
+
+
+# ---- idle clients -------------------------------------------------------------------------------
+
+
+def idle_clients(results: Queue, ready: Queue, router: str, count: int, hold: float) -> None:
+    """``count`` connected clients that only heartbeat, for ``hold`` seconds after all joined."""
+    ctx = zmq.Context()
+    dealers = []
+    for k in range(count):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(router)
+        d.send(p.encode(p.Hello(p.VERSION, f"idle{k}")))
+        dealers.append(d)
+    welcomed = 0
+    poller = zmq.Poller()
+    for d in dealers:
+        poller.register(d, zmq.POLLIN)
+    deadline = time.monotonic() + 30
+    pending = set(range(count))
+    index = {d: k for k, d in enumerate(dealers)}
+    while pending and time.monotonic() < deadline:
+        for sock, _ in poller.poll(100):
+            while True:
+                try:
+                    msg = p.decode_server(sock.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                if isinstance(msg, p.Welcome) and index[sock] in pending:
+                    pending.discard(index[sock])
+                    welcomed += 1
+    ready.put("ready")
+    end = time.monotonic() + hold
+    next_beat = 0.0
+    while time.monotonic() < end:
+        now = time.monotonic()
+        if now >= next_beat:
+            next_beat = now + HEARTBEAT
+            for d in dealers:
+                d.send(p.encode(p.Ping()), zmq.NOBLOCK)
+        for sock, _ in poller.poll(100):
+            while True:
+                try:
+                    sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+    results.put({"role": "idle", "connected": welcomed})
+    ctx.destroy(linger=0)
