@@ -9,6 +9,7 @@ from typing import Protocol
 from broker.config import Exit
 
 from .connection import Connection
+from .control import CurveKeys
 from .core import PROG, Line, Session, Stop
 
 
@@ -23,7 +24,16 @@ class Frontend(Protocol):
         ...
 
 
-def run(*, server: str, name: str, room: str, history: int, interactive: bool) -> int:
+def run(
+    *,
+    server: str,
+    name: str,
+    room: str,
+    history: int,
+    interactive: bool,
+    sub_hwm: int | None = None,
+    curve: CurveKeys | None = None,
+) -> int:
     """Chat until the user leaves or the broker ends the session; returns the exit code."""
     session = Session(name, room, history)
     front: Frontend
@@ -36,7 +46,7 @@ def run(*, server: str, name: str, room: str, history: int, interactive: bool) -
 
         front = Piped()
     try:
-        stop = asyncio.run(_chat(server, session, front))
+        stop = asyncio.run(_chat(server, session, front, sub_hwm, curve))
     except KeyboardInterrupt:  # before the front end could take the signal over
         stop = Stop(Exit.OK)
     except Exception as exc:  # a bug: still one line, never a traceback
@@ -46,8 +56,14 @@ def run(*, server: str, name: str, room: str, history: int, interactive: bool) -
     return int(stop.code)
 
 
-async def _chat(server: str, session: Session, front: Frontend) -> Stop:
-    conn = Connection(server, session, front.show)
+async def _chat(
+    server: str,
+    session: Session,
+    front: Frontend,
+    sub_hwm: int | None,
+    curve: CurveKeys | None = None,
+) -> Stop:
+    conn = Connection(server, session, front.show, sub_hwm=sub_hwm, curve=curve)
     stop: Stop | None = None
     try:
         stop = await conn.handshake()

@@ -7,8 +7,10 @@ import sys
 import click
 
 import client
-from broker.config import ENV_PREFIX, HISTORY, ROUTER
+from broker.config import DATA_DIR_ENV, ENV_PREFIX, HISTORY, ROUTER, Exit
+from broker.keys import KeyFileError
 from broker.protocol import LOBBY, NAME_RULE, valid_name
+from client.control import client_keys
 
 
 def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -58,14 +60,59 @@ def main() -> None:
     show_default=True,
     help="How many recent messages to show on joining a room.",
 )
+@click.option(
+    "--server-key",
+    default=None,
+    envvar=f"{ENV_PREFIX}_SERVER_KEY",
+    show_envvar=True,
+    help="The broker's public key, or its file; needed only for a broker started with --curve "
+    "[default: found in the data dir when such a broker runs on this host].",
+)
+@click.option(
+    "--data-dir",
+    default=None,
+    envvar=DATA_DIR_ENV,
+    show_envvar=True,
+    type=click.Path(file_okay=False),
+    help="The data dir of a broker on this host, to find its key [default: user data dir].",
+)
+@click.option(
+    "--sub-hwm",
+    default=None,
+    type=click.IntRange(min=1),
+    hidden=True,
+    help="RCVHWM of the room subscription (tests: a tiny queue forces gap repair).",
+)
 @click.pass_context
-def join(ctx: click.Context, room: str, name: str | None, server: str, history: int) -> None:
+def join(
+    ctx: click.Context,
+    room: str,
+    name: str | None,
+    server: str,
+    history: int,
+    server_key: str | None,
+    data_dir: str | None,
+    sub_hwm: int | None,
+) -> None:
     """Chat in ROOM as NAME: interactive on a terminal, one line per event when piped."""
+    try:
+        curve = client_keys(server_key, data_dir)
+    except KeyFileError as exc:
+        click.echo(f"room-client: no usable server key: {exc}", err=True)
+        ctx.exit(Exit.ERROR)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if name is None:
         if not sys.stdin.isatty():
             raise click.UsageError("--name is required when stdin is not a terminal", ctx)
         name = click.prompt("Your name", value_proc=_prompted_name)
     ctx.exit(
-        client.run(server=server, name=name, room=room, history=history, interactive=interactive)
+        client.run(
+            server=server,
+            name=name,
+            room=room,
+            history=history,
+            interactive=interactive,
+            sub_hwm=sub_hwm,
+            curve=curve,
+        )
     )

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from broker.config import CTL_TIMEOUT, Exit
 from broker.protocol import (
@@ -34,6 +35,7 @@ from broker.protocol import (
     encode,
 )
 
+from .control import HANDSHAKE_EVENTS, CurveKeys, handshake_failure
 from .core import PROG, Effect, Line, Reconnect, Send, Session, Stop, Subscribe, Unsubscribe
 
 TICK: Final = 0.05
@@ -62,8 +64,19 @@ def pub_endpoint(pub: str, server: str) -> str:
 class Connection:
     """One session's sockets and loop. ``handshake`` first, then ``run`` until the session stops."""
 
-    def __init__(self, server: str, session: Session, show: Callable[[Line], None]) -> None:
+    def __init__(
+        self,
+        server: str,
+        session: Session,
+        show: Callable[[Line], None],
+        *,
+        sub_hwm: int | None = None,
+        curve: CurveKeys | None = None,
+    ) -> None:
         self.server = server
+        self.curve = curve
+        """With keys, both sockets are CURVE clients of a ``--curve`` broker."""
+        self.sub_hwm = sub_hwm or RCVHWM
         self.session = session
         self.show = show
         self.ctx = zmq.asyncio.Context()
@@ -73,6 +86,7 @@ class Connection:
         self.settled = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._welcome_effects: list[Effect] = []
+        self._monitor: zmq.asyncio.Socket | None = None
 
     # ---- the front end's side -----------------------------------------------------------------
 
@@ -93,17 +107,40 @@ class Connection:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def handshake(self) -> Stop | None:
-        """Say Hello and wait for Welcome; a ``Stop`` says why the chat cannot start."""
+        """Say Hello and wait for Welcome; a ``Stop`` says why the chat cannot start. A monitor
+        on the DEALER reports a failed CURVE handshake (no server key for a ``--curve`` broker,
+        the wrong one, or a key for a plain broker) at once, instead of a timeout."""
         try:
-            dealer = self._new_dealer()
+            # The monitor goes on before the connect: a side that detects a failed handshake
+            # does not retry, so its one event must not be missed.
+            dealer = self._new_dealer(HANDSHAKE_EVENTS)
         except zmq.ZMQError as exc:
             return Stop(Exit.ERROR, f"{PROG}: cannot connect to {self.server}: {exc.strerror}")
+        monitor = self._monitor
+        assert monitor is not None
+        try:
+            return await self._await_welcome(dealer, monitor)
+        finally:
+            dealer.disable_monitor()
+            monitor.close(linger=0)
+
+    async def _await_welcome(
+        self, dealer: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket
+    ) -> Stop | None:
         await self._send_on(dealer, self.session.hello())
+        poller = zmq.asyncio.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CTL_TIMEOUT
         while (left := deadline - loop.time()) > 0:
-            if not await dealer.poll(left * 1000, zmq.POLLIN):
-                break
+            ready = dict(await poller.poll(left * 1000))
+            if monitor in ready:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                why = handshake_failure(event, self.server, self.curve)
+                return Stop(Exit.REFUSED, f"{PROG}: {why}")
+            if dealer not in ready:
+                continue
             msg = _decode_reply(await dealer.recv_multipart())
             if isinstance(msg, Error):
                 return Stop(Exit.ERROR, f"{PROG}: {msg.reason}")
@@ -119,7 +156,9 @@ class Connection:
         endpoint = pub_endpoint(welcome.pub, self.server)
         sub: zmq.asyncio.Socket = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, RCVHWM)
+        sub.setsockopt(zmq.RCVHWM, self.sub_hwm)
+        if self.curve is not None:
+            self.curve.apply(sub)
         self.sub = sub
         try:
             sub.connect(endpoint)
@@ -226,14 +265,23 @@ class Connection:
         await self._send_on(dealer, hello)
         self._start_receiver("dealer", dealer, self._dealer_frames)
 
-    def _new_dealer(self) -> zmq.asyncio.Socket:
+    def _new_dealer(self, monitor_events: int = 0) -> zmq.asyncio.Socket:
+        """A DEALER connected to the broker; with ``monitor_events``, ``self._monitor`` reports
+        them from before the connect."""
         dealer: zmq.asyncio.Socket = self.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, DEALER_SNDHWM)
         dealer.setsockopt(zmq.RCVHWM, RCVHWM)
+        if self.curve is not None:
+            self.curve.apply(dealer)
+        if monitor_events:
+            self._monitor = dealer.get_monitor_socket(monitor_events)
         try:
             dealer.connect(self.server)
         except zmq.ZMQError:
+            if monitor_events:
+                dealer.disable_monitor()
+                self._monitor.close(linger=0)
             dealer.close(linger=0)
             raise
         self.dealer = dealer

@@ -71,7 +71,8 @@ FETCH_RETRY: Final = 2.0
 EXIT_WAIT: Final = 2.0
 """Seconds ``/exit`` and end of input wait for pending messages to be acknowledged."""
 LOST_AFTER: Final = HEARTBEAT * LIVENESS
-"""Seconds of silence from the broker before it is taken for lost (and again between retries)."""
+"""Seconds of silence from the broker before it is taken for lost (and again between retries),
+until a ``Welcome`` gives the broker's own heartbeat interval (then LIVENESS intervals)."""
 FETCH_LIMIT: Final = 1000
 
 BLOCKED_LINE: Final = "you are blocked: your messages reach only the server"
@@ -273,6 +274,10 @@ class Session:
         broker may have started over on empty storage, and only Joined can tell."""
         self.hello_pending = False
         """Whether a new DEALER sent ``Hello`` and waits for ``Welcome`` (the broker was lost)."""
+        self.heartbeat = HEARTBEAT
+        """Seconds between our pings when otherwise silent: the broker's, from ``Welcome``."""
+        self.lost_after = LOST_AFTER
+        """Seconds of silence before the broker is taken for lost: LIVENESS of its intervals."""
         self.retry_at = 0.0
         self.last_sent = 0.0
         self.last_recv = 0.0
@@ -388,12 +393,12 @@ class Session:
         if self.hello_pending:
             # Anything but Hello would only earn a hello_first error: wait, and retry Hello.
             if now >= self.retry_at:
-                self.retry_at = now + LOST_AFTER
+                self.retry_at = now + self.lost_after
                 out.append(Reconnect(self.hello()))
             return out
-        if now - self.last_recv >= LOST_AFTER:
+        if now - self.last_recv >= self.lost_after:
             self.hello_pending = True
-            self.retry_at = now + LOST_AFTER
+            self.retry_at = now + self.lost_after
             return [_notice(LOST_LINE), Reconnect(self.hello())]
         if self.sync_nonce is not None and now - self.sync_sent_at >= SYNC_RETRY:
             self.sync_sent_at = now
@@ -406,7 +411,7 @@ class Session:
             if not fetch.history and now - fetch.sent_at >= FETCH_RETRY:
                 fetch.sent_at = now
                 out.append(self._send(Fetch(fetch.room, fetch.after, fetch.upto), now))
-        if now - self.last_sent >= HEARTBEAT:
+        if now - self.last_sent >= self.heartbeat:
             out.append(self._send(Ping(), now))
         return out
 
@@ -418,6 +423,9 @@ class Session:
         self.name = msg.name
         self.hello_pending = False
         self.last_sent = now
+        if msg.heartbeat > 0:  # follow the broker's liveness, whatever its --heartbeat
+            self.heartbeat = msg.heartbeat
+            self.lost_after = msg.heartbeat * LIVENESS
         if msg.blocked:
             out += self._tell_blocked()
         resuming = self.started
@@ -490,7 +498,7 @@ class Session:
             if self.hello_pending:
                 return []  # an answer to something sent before our new Hello
             self.hello_pending = True
-            self.retry_at = now + LOST_AFTER
+            self.retry_at = now + self.lost_after
             return [_notice("the broker forgot this session; rejoining"), Reconnect(self.hello())]
         if self.hello_pending and msg.code in (
             Code.NAME_TAKEN,

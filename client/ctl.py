@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 import msgspec
 
 from broker import config
+from broker import keys as keyfiles
 from broker.admin import COMMANDS
 from broker.config import Exit
-from broker.protocol import ProtocolError
+from broker.logfmt import stamp
+from broker.protocol import Code, ProtocolError
 
-from .control import Unreachable, request
+from .control import CurveKeys, Refused, Unreachable, request
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -40,23 +43,76 @@ from .control import Unreachable, request
     show_envvar=True,
     help="Seconds to wait for the broker.",
 )
+@click.option(
+    "--key",
+    default=None,
+    envvar=f"{config.ENV_PREFIX}_KEY",
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The admin's secret key file [default: keys/admin.key_secret in the data dir].",
+)
+@click.option(
+    "--server-key",
+    default=None,
+    envvar=f"{config.ENV_PREFIX}_SERVER_KEY",
+    show_envvar=True,
+    help="The broker's public key, or its file [default: keys/broker.key in the data dir].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as one JSON document.")
 @click.pass_context
 def main(
-    ctx: click.Context, control: str, data_dir: str | None, timeout: float, as_json: bool
+    ctx: click.Context,
+    control: str,
+    data_dir: str | None,
+    timeout: float,
+    key: Path | None,
+    server_key: str | None,
+    as_json: bool,
 ) -> None:
-    """Moderate a running room broker."""
-    ctx.obj = {"control": control, "timeout": timeout, "json": as_json}
+    """Moderate a running room broker. The admin key is found in the broker's data dir, so the
+    broker's user on its host needs no option."""
+    ctx.obj = {
+        "control": control,
+        "timeout": timeout,
+        "json": as_json,
+        "data_dir": data_dir,
+        "key": key,
+        "server_key": server_key,
+    }
+
+
+def _keys(opts: dict[str, Any]) -> CurveKeys:
+    """The admin's key pair and the broker's public key, from the options or the data dir."""
+    kd = keyfiles.KeyDir.of(config.data_dir(opts["data_dir"]))
+    key_file: Path = opts["key"] or kd.admin_secret
+    try:
+        public, secret = keyfiles.load_secret(key_file)
+    except keyfiles.KeyFileError as exc:
+        hint = "pass --key FILE" if opts["key"] else "run room-ctl as the broker's user, or --key"
+        _fail(f"no usable admin key: {exc}: {hint}")
+    try:
+        if opts["server_key"]:
+            server, server_source = keyfiles.key_or_file(opts["server_key"]), "--server-key"
+        else:
+            server, server_source = keyfiles.load_public(kd.broker_public), str(kd.broker_public)
+    except keyfiles.KeyFileError as exc:
+        _fail(f"no broker public key: {exc}: pass --server-key or --data-dir")
+    hint = "use the key from the broker's data dir or --key"
+    return CurveKeys(public, secret, server, f"the admin key {key_file}", server_source, hint)
 
 
 def _run(ctx: click.Context, command: str, args: list[str]) -> None:
     opts = ctx.find_root().obj
+    keys = _keys(opts)
     try:
-        reply = request(opts["control"], command, args, opts["timeout"])
+        reply = request(opts["control"], command, args, opts["timeout"], keys)
     except Unreachable as exc:
         _fail(f"{exc}: is room-broker running? check --control", Exit.UNREACHABLE)
+    except Refused as exc:
+        _fail(str(exc), Exit.REFUSED)
     except ProtocolError as exc:
         _fail(f"the broker at {opts['control']} sent a reply this room-ctl cannot read: {exc}")
+    failed = Exit.REFUSED if reply.code == Code.REFUSED else Exit.ERROR
     if opts["json"]:
         document = {
             "ok": reply.ok,
@@ -65,9 +121,9 @@ def _run(ctx: click.Context, command: str, args: list[str]) -> None:
             "data": reply.data,
         }
         click.echo(msgspec.json.encode(document).decode())
-        sys.exit(Exit.OK if reply.ok else Exit.ERROR)
+        sys.exit(Exit.OK if reply.ok else failed)
     if not reply.ok:
-        _fail(reply.message)
+        _fail(reply.message, failed)
     click.echo(reply.message)
     if isinstance(reply.data, dict):
         for line in render(reply.data):
@@ -76,7 +132,7 @@ def _run(ctx: click.Context, command: str, args: list[str]) -> None:
 
 
 def render(data: dict[str, Any]) -> list[str]:
-    """Aligned tables for listings (`who`, `rooms`)."""
+    """Aligned tables for listings (`who`, `rooms`, `audit`)."""
     lines: list[str] = []
     if "users" in data:
         rows = [(u["name"], u["room"], "blocked" if u["blocked"] else "") for u in data["users"]]
@@ -89,6 +145,18 @@ def render(data: dict[str, Any]) -> list[str]:
     if "rooms" in data:
         rows = [(r["name"], str(r["members"]), str(r["seq"])) for r in data["rooms"]]
         lines += _table(("ROOM", "MEMBERS", "MESSAGES"), rows)
+    if "audit" in data:
+        rows = [
+            (
+                stamp(e["ts"]),
+                e["admin"] or "(refused)",
+                keyfiles.short(e["key"]),
+                " ".join((e["command"], *e["args"])) or "(unreadable request)",
+                ("ok: " if e["ok"] else "failed: ") + e["message"],
+            )
+            for e in data["audit"]
+        ]
+        lines += _table(("TIME", "ADMIN", "KEY", "COMMAND", "RESULT"), rows)
     return lines
 
 
@@ -100,18 +168,26 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     ]
 
 
-def _fail(message: str, code: Exit = Exit.ERROR) -> None:
+def _fail(message: str, code: Exit = Exit.ERROR) -> NoReturn:
     click.echo(f"room-ctl: {message}", err=True)
     sys.exit(code)
 
 
-def _verb(name: str, argnames: tuple[str, ...], help_text: str) -> click.Command:
-    def callback(**kwargs: str) -> None:
-        _run(click.get_current_context(), name, [kwargs[a.lower()] for a in argnames])
+def _verb(
+    name: str, argnames: tuple[str, ...], options: tuple[str, ...], help_text: str
+) -> click.Command:
+    def callback(**kwargs: str | None) -> None:
+        args = [kwargs[a.lower()] for a in argnames]
+        args += [kwargs[o.lower()] for o in options if kwargs[o.lower()] is not None]
+        _run(click.get_current_context(), name, [str(a) for a in args])
 
     params: list[click.Parameter] = [click.Argument([a.lower()]) for a in argnames]
+    params += [
+        click.Option([f"--{o.lower()}"], metavar=o, default=None, help=f"{o} (optional)")
+        for o in options
+    ]
     return click.Command(name, callback=callback, params=params, help=help_text)
 
 
 for _name, _command in COMMANDS.items():
-    main.add_command(_verb(_name, _command.args, _command.help))
+    main.add_command(_verb(_name, _command.args, _command.options, _command.help))

@@ -382,6 +382,21 @@ def test_silence_from_the_broker_is_reported_and_a_new_hello_resumes() -> None:
     assert sent(out) == [p.Fetch("public", after=3, upto=5)]
 
 
+def test_the_brokers_heartbeat_sets_the_ping_interval_and_the_lost_timeout() -> None:
+    s = Session("alice", rng=random.Random(7))
+    fast = p.Welcome(p.VERSION, "alice", p.LOBBY, "tcp://127.0.0.1:1", "secret", 0.2)
+    s.on_server(fast, T0)
+    s.on_server(p.Joined("public", 0), T0)
+    s.on_room([p.Synced("public", s.sync_nonce, 0)], T0)
+    assert sent(s.tick(T0 + 0.25)) == [p.Ping()]
+    assert lines(s.tick(T0 + 0.95)) == []  # 0.95 s of silence: not yet 5 intervals
+    out = s.tick(T0 + 1.05)
+    assert lines(out) == [f"* {LOST_LINE}"]
+    assert [e for e in out if isinstance(e, Reconnect)] == [Reconnect(s.hello())]
+    assert s.tick(T0 + 1.5) == []
+    assert s.tick(T0 + 2.1) == [Reconnect(s.hello())]  # Hello again every 5 intervals
+
+
 def test_resume_keeps_messages_the_sub_delivered_before_joined() -> None:
     s = joined("public", 1)
     s.on_input("during", T0)
