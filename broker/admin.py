@@ -1,7 +1,9 @@
 """Admin commands: one small handler per verb, in one explicit table.
 
 A handler takes the chat, its arguments and the time, acts, and returns the reply. It raises
-``AdminError`` for a request it refuses; the dispatcher turns that into an error reply.
+``AdminError`` for a request it refuses; the dispatcher turns that into an error reply. A verb's
+``args`` are required; its ``options`` may follow them (room-ctl shows them as ``--option``).
+The broker's I/O layer records every request in the audit log after dispatch (``audit`` reads it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from typing import Any
 
 from . import protocol as p
 from .state import Chat, User
+
+AUDIT_SHOWN = 20
+"""Audit entries ``audit`` shows unless told otherwise."""
+AUDIT_MAX = 10_000
 
 
 class AdminError(Exception):
@@ -32,6 +38,10 @@ class Command:
     run: Callable[[Chat, list[str], float], Result]
     args: tuple[str, ...]
     help: str
+    options: tuple[str, ...] = ()
+
+    def usage(self, verb: str) -> str:
+        return " ".join((verb, *self.args, *(f"[{o}]" for o in self.options)))
 
 
 def _name(args: list[str]) -> str:
@@ -111,6 +121,27 @@ def rooms(chat: Chat, args: list[str], now: float) -> Result:
     return Result(f"{len(listing)} rooms", {"rooms": [_fields(r) for r in listing]})
 
 
+def audit(chat: Chat, args: list[str], now: float) -> Result:
+    text = args[0] if args else str(AUDIT_SHOWN)
+    if not text.isdigit() or not 1 <= int(text) <= AUDIT_MAX:
+        raise AdminError(p.Code.BAD_ARGS, f"LIMIT must be a number from 1 to {AUDIT_MAX}")
+    entries = chat.store.audit_log(int(text))
+    rows = [
+        {
+            "ts": e.ts,
+            "admin": e.admin,
+            "key": e.key,
+            "command": e.command,
+            "args": list(e.args),
+            "ok": e.ok,
+            "message": e.message,
+        }
+        for e in entries
+    ]
+    noun = "entry" if len(rows) == 1 else "entries"
+    return Result(f"{len(rows)} audit {noun}, oldest first", {"audit": rows})
+
+
 def _fields(struct: Any) -> dict[str, Any]:
     return {f: getattr(struct, f) for f in struct.__struct_fields__}
 
@@ -124,6 +155,9 @@ COMMANDS: dict[str, Command] = {
     "close": Command(close, (), "shut the broker down cleanly"),
     "who": Command(who, (), "connected users, their rooms, and the blocklist"),
     "rooms": Command(rooms, (), "rooms with member counts"),
+    "audit": Command(
+        audit, (), f"the latest admin requests (LIMIT, default {AUDIT_SHOWN})", ("LIMIT",)
+    ),
 }
 
 
@@ -136,9 +170,8 @@ def dispatch(chat: Chat, request: p.CtlRequest, now: float) -> p.CtlReply:
             raise AdminError(
                 p.Code.UNKNOWN_COMMAND, f"unknown command {request.command!r}: use one of {known}"
             )
-        if len(request.args) != len(command.args):
-            usage = " ".join((request.command, *command.args))
-            raise AdminError(p.Code.BAD_ARGS, f"usage: {usage}")
+        if not len(command.args) <= len(request.args) <= len(command.args) + len(command.options):
+            raise AdminError(p.Code.BAD_ARGS, f"usage: {command.usage(request.command)}")
         result = command.run(chat, request.args, now)
     except AdminError as exc:
         return p.CtlReply(request.id, False, exc.message, exc.code.value)

@@ -1,16 +1,19 @@
-"""``room-broker``: parse options, then start the library's broker."""
+"""``room-broker``: parse options, then start the library's broker, or manage its admin keys."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from . import config
+from . import keys as keyfiles
 from .config import Exit, Limits
 from .logfmt import LogWriter
 from .server import Broker, Endpoints, StartError, open_store
-from .sqlstore import SYNC_MODES
+from .sqlstore import DEFAULT_SYNC, SYNC_MODES
 
 
 def _env(name: str) -> str:
@@ -98,12 +101,12 @@ def main() -> None:
     type=click.FloatRange(min=0.05),
     envvar=_env("HEARTBEAT"),
     show_envvar=True,
-    help=f"Seconds between heartbeats; a client silent for {config.LIVENESS} is dropped.",
+    help=f"Seconds between heartbeats; a client silent for {config.LIVENESS} of them is dropped.",
 )
 @click.option(
     "--sync",
     type=click.Choice(SYNC_MODES),
-    default="full",
+    default=DEFAULT_SYNC,
     envvar=_env("SYNC"),
     show_envvar=True,
     help="full: an acknowledged message survives power loss; normal: a broker crash only.",
@@ -123,6 +126,13 @@ def main() -> None:
     show_envvar=True,
     help="Hide chat lines; admin and error lines still show.",
 )
+@click.option(
+    "--curve",
+    is_flag=True,
+    envvar=_env("CURVE"),
+    show_envvar=True,
+    help="Encrypt chat traffic (CURVE); clients then need the broker's public key.",
+)
 def start(
     router: str,
     pub: str,
@@ -137,12 +147,19 @@ def start(
     sync: str,
     log_format: str,
     quiet: bool,
+    curve: bool,
 ) -> None:
     """Start the broker and serve until Ctrl-C, SIGTERM or `room-ctl close`."""
-    limits = Limits(max_message=max_message, max_clients=max_clients, max_rooms=max_rooms)
+    max_frame = max(config.DEFAULT_LIMITS.max_frame, max_message + config.FRAME_OVERHEAD)
+    limits = Limits(
+        max_message=max_message, max_clients=max_clients, max_rooms=max_rooms, max_frame=max_frame
+    )
     store = None
+    home = config.data_dir(data_dir)
     try:
-        store = open_store(config.data_dir(data_dir), sync)
+        store = open_store(home, sync)
+        kd = keyfiles.ensure(home)  # under the data dir's lock: one broker creates the keys
+        keyfiles.mark_chat(kd, curve)
         broker = Broker(
             Endpoints(router, pub, control),
             store=store,
@@ -151,8 +168,10 @@ def start(
             burst=burst,
             heartbeat=heartbeat,
             log=LogWriter(fmt=log_format, quiet=quiet),
+            keys=kd,
+            curve=curve,
         )
-    except StartError as exc:
+    except (StartError, keyfiles.KeyFileError) as exc:
         if store is not None:
             store.close()
         _fail(str(exc))
@@ -161,6 +180,90 @@ def start(
     sys.exit(Exit.OK)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"room-broker: {message}", err=True)
     sys.exit(Exit.ERROR)
+
+
+# ---- room-broker keys --------------------------------------------------------------------------
+
+
+@main.group()
+@click.option(
+    "--data-dir",
+    default=None,
+    envvar=config.DATA_DIR_ENV,
+    show_envvar=True,
+    type=click.Path(file_okay=False),
+    help="The broker's data dir [default: user data dir].",
+)
+@click.pass_context
+def keys(ctx: click.Context, data_dir: str | None) -> None:
+    """Manage the admin keys that room-ctl may use. A running broker picks changes up within a
+    heartbeat; no restart is needed."""
+    try:
+        ctx.obj = keyfiles.ensure(config.data_dir(data_dir))
+    except keyfiles.KeyFileError as exc:
+        _fail(str(exc))
+
+
+@keys.command("list")
+@click.pass_obj
+def keys_list(kd: keyfiles.KeyDir) -> None:
+    """The allowed admin keys, and the broker's public key."""
+    try:
+        rows = keyfiles.listing(kd)
+        broker_key = keyfiles.load_public(kd.broker_public).decode()
+    except keyfiles.KeyFileError as exc:
+        _fail(str(exc))
+    click.echo(f"broker public key {broker_key} ({kd.broker_public})")
+    if not rows:
+        click.echo("no admin key: room-ctl is refused until `room-broker keys add`")
+        return
+    width = max(len("ADMIN"), *(len(name) for name, _ in rows))
+    click.echo(f"{'ADMIN'.ljust(width)}  PUBLIC KEY")
+    for name, key in rows:
+        click.echo(f"{name.ljust(width)}  {key}")
+
+
+@keys.command("add")
+@click.argument("name")
+@click.argument("public_key_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def keys_add(kd: keyfiles.KeyDir, name: str, public_key_file: Path) -> None:
+    """Allow the admin key in PUBLIC_KEY_FILE (a .key file; only its public key is copied)."""
+    try:
+        key = keyfiles.add(kd, name, public_key_file)
+    except keyfiles.KeyFileError as exc:
+        _fail(str(exc))
+    click.echo(f"allowed {name} ({keyfiles.short(key)}...)")
+
+
+@keys.command("remove")
+@click.argument("name")
+@click.pass_obj
+def keys_remove(kd: keyfiles.KeyDir, name: str) -> None:
+    """Refuse the admin key NAME from now on."""
+    try:
+        keyfiles.remove(kd, name)
+    except keyfiles.KeyFileError as exc:
+        _fail(str(exc))
+    click.echo(f"removed {name}")
+
+
+@keys.command("new")
+@click.argument("name")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the key pair [default: the data dir's keys dir].",
+)
+@click.pass_obj
+def keys_new(kd: keyfiles.KeyDir, name: str, out: Path | None) -> None:
+    """Make a key pair for a new admin NAME and allow it."""
+    try:
+        secret, key = keyfiles.new(kd, name, out)
+    except keyfiles.KeyFileError as exc:
+        _fail(str(exc))
+    click.echo(f"allowed {name} ({keyfiles.short(key)}...): room-ctl --key {secret}")

@@ -40,6 +40,7 @@ class Exit(IntEnum):
     UNREACHABLE = 3  # no answer from the broker within the timeout
     FIRED = 4  # the admin disconnected this user
     DISCONNECTED = 5  # the broker closed or reset, or dropped the session
+    REFUSED = 6  # the broker refused the connection: wrong or missing key (CURVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,13 @@ class Limits:
     max_clients: int = 10_000
     max_rooms: int = 1_000
     history_keep: int = 10_000  # messages kept per room for history and gap fill
-    max_frame: int = 64 * 1024  # MAXMSGSIZE on every bound socket
+    max_frame: int = 64 * 1024  # MAXMSGSIZE on the ROUTER and control sockets
+    max_subscription: int = 1024  # MAXMSGSIZE on the PUB socket: a subscription is one room
+    # topic (at most 34 bytes), but a CURVE handshake's INITIATE (about 300 bytes) counts too
+
+
+FRAME_OVERHEAD: Final = 1024
+"""Bytes a client message may add around its text; ``max_frame`` grows with ``--max-message``."""
 
 
 DEFAULT_LIMITS: Final = Limits()

@@ -19,9 +19,17 @@ CHAT_KINDS = frozenset({"msg", "blocked"})
 """Kinds that ``--quiet`` hides; admin and error lines always show."""
 
 
+_second: list = [None, ""]  # the last whole second formatted, and its text
+
+
 def stamp(ts: float) -> str:
-    """UTC time with milliseconds, ISO 8601."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """UTC time with milliseconds, ISO 8601. The text of the second is reused while it lasts:
+    every chat message is logged, so this is on the broker's hot path."""
+    whole = int(ts)
+    if _second[0] != whole:
+        _second[0] = whole
+        _second[1] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{int((ts - whole) * 1000):03d}Z"
 
 
 def format_text(e: LogEvent) -> str:

@@ -73,6 +73,7 @@ class Code(StrEnum):
     UNKNOWN_COMMAND = "unknown_command"  # control command not in the table
     BAD_ARGS = "bad_args"  # control command with wrong arguments
     NO_SUCH_USER = "no_such_user"  # control command about a user who is not connected
+    REFUSED = "refused"  # control request from a key that is not (or no longer) an admin's
     UNAVAILABLE = "unavailable"  # storage refused the message; it was not accepted
     INTERNAL = "internal"  # a bug in the broker; the request had no effect
 

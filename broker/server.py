@@ -4,6 +4,13 @@ One thread owns every socket. Each turn of the loop drains what is waiting (up t
 messages per socket), hands each decoded message to the chat, then flushes once: commit the store,
 publish each room's events in one PUB send, send the replies, write the log. An idle broker
 therefore answers a lone message at once, and a busy one packs its sends.
+
+Security (ZeroMQ CURVE): the control socket is always a CURVE server whose ZAP domain accepts only
+the public keys on the admins' allow-list (``keys.AllowList``, re-read at each heartbeat tick when
+its files changed); a ``zmq.auth`` authenticator thread answers the handshakes. A monitor on
+the control socket reports refused handshakes, which the loop logs. With ``curve``, the ROUTER and
+PUB sockets are CURVE servers too, in a domain that accepts any client key: encryption, not client
+authentication (a user is still known by its connection and its session secret).
 """
 
 from __future__ import annotations
@@ -21,14 +28,17 @@ from types import FrameType
 from typing import Final
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as p
 from .admin import dispatch
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from .keys import AllowList, KeyDir, KeyFileError, load_secret, short
 from .logfmt import LogWriter
-from .sqlstore import SQLiteStore, StoreError
+from .sqlstore import DEFAULT_SYNC, SQLiteStore, StoreError
 from .state import Chat, Settings
-from .store import MemoryStore, Store
+from .store import AuditEntry, MemoryStore, Store
 
 BATCH: Final = 512
 """Messages read from one socket before the loop flushes; bounds latency under load."""
@@ -41,6 +51,26 @@ by sequence number; the broker never waits for it."""
 CLOSE_LINGER_MS: Final = 500
 """How long goodbyes may take to leave at shutdown before the sockets are dropped."""
 
+CONTROL_DOMAIN: Final = "room-control"
+"""ZAP domain of the control socket: only the admins' public keys pass."""
+CHAT_DOMAIN: Final = "room-chat"
+"""ZAP domain of the ROUTER and PUB sockets with ``curve``: any client key passes."""
+REFUSED_EVENTS: Final = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+REFUSALS_LOGGED: Final = 20
+"""Refused control handshakes logged one by one per heartbeat interval; the rest are counted, so a
+flood of bad handshakes cannot flood the log."""
+
+
+# Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_SNDMORE: Final = int(zmq.SNDMORE)
+_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE: Final = int(zmq.RCVMORE)
+
 
 class StartError(Exception):
     """The broker cannot start; the message is one line for the operator."""
@@ -50,7 +80,7 @@ DB_FILE: Final = "room.db"
 LOCK_FILE: Final = "broker.lock"
 
 
-def open_store(home: Path, sync: str = "full") -> SQLiteStore:
+def open_store(home: Path, sync: str = DEFAULT_SYNC) -> SQLiteStore:
     """Create the data dir, take its lock (one broker per data dir) and open the database."""
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -99,8 +129,45 @@ def _bindable(endpoint: str) -> str:
     )
 
 
+class _AnyClient:
+    """ZAP credentials for the chat domain: every CURVE client key is accepted."""
+
+    @staticmethod
+    def callback(domain: str, key: bytes) -> bool:
+        return True
+
+
+def _refusal(event: dict[str, object], admins: AllowList) -> str:
+    """Why a control handshake failed, from its monitor event, in words an admin can act on."""
+    kind, value = event["event"], event["value"]
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        key = admins.refused.pop(0) if admins.refused else b""
+        who = f"key {short(key)}... " if key else "its key "
+        return f"{who}is not on the admin allow-list (ZAP {value})"
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return "the peer does not use CURVE (a plain socket)"
+        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            return "the CURVE handshake failed (the peer has another broker key)"
+        return f"protocol error 0x{value:x} in the handshake"
+    return f"the peer hung up in the handshake (errno {value}): a plain socket, or another key"
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The CURVE User-Id (the z85 client public key, set by zmq.auth) of a received frame."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:  # no such property: not an authenticated connection
+        return ""
+
+
 class Broker:
-    """Binds the sockets on construction; ``run`` serves until closed or stopped."""
+    """Binds the sockets on construction; ``run`` serves until closed or stopped.
+
+    ``keys`` is the data dir's key directory (the broker's pair and the admin allow-list); without
+    it the broker makes a throwaway key pair and allows no admin key. ``curve`` encrypts the chat
+    sockets too.
+    """
 
     def __init__(
         self,
@@ -114,7 +181,19 @@ class Broker:
         liveness: int = LIVENESS,
         log: LogWriter | None = None,
         clock: Callable[[], float] = time.time,
+        keys: KeyDir | None = None,
+        curve: bool = False,
     ) -> None:
+        self.admins = AllowList(keys.admins if keys else None)
+        try:
+            _, self._secret = load_secret(keys.broker_secret) if keys else zmq.curve_keypair()
+        except KeyFileError as exc:
+            raise StartError(f"{exc}: the broker needs its key pair") from None
+        self.curve = curve
+        self._peer_keys: dict[bytes, str] = {}
+        """With ``curve``: the client key of each ROUTER peer id, so a new connection that
+        claims a dead connection's id (with another key) cannot act as its user."""
+        self._refused = 0
         self.ctx = zmq.Context()
         self.log = log or LogWriter()
         self.clock = clock
@@ -123,28 +202,46 @@ class Broker:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopping = False
+        # The authenticator answers handshakes; it must run before any socket is bound.
+        self.auth = ThreadAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve_callback(CONTROL_DOMAIN, self.admins)
+        chat_domain = CHAT_DOMAIN if curve else None
+        if curve:
+            self.auth.configure_curve_callback(CHAT_DOMAIN, _AnyClient())
         try:
-            self.router = self._bind(zmq.ROUTER, endpoints.router, limits)
+            self.router = self._bind(zmq.ROUTER, endpoints.router, limits.max_frame, chat_domain)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.router.setsockopt(zmq.SNDHWM, ROUTER_HWM)
             self.router.setsockopt(zmq.RCVHWM, ROUTER_HWM)
-            self.pub = self._bind(zmq.PUB, endpoints.pub, limits)
+            self.pub = self._bind(zmq.PUB, endpoints.pub, limits.max_subscription, chat_domain)
             self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-            self.control = self._bind(zmq.ROUTER, endpoints.control, limits)
+            self.control = self._bind(
+                zmq.ROUTER, endpoints.control, limits.max_frame, CONTROL_DOMAIN
+            )
         except StartError:
+            self.auth.stop()
             self.ctx.destroy(linger=0)
             raise
+        self.control_monitor = self.control.get_monitor_socket(REFUSED_EVENTS)
         self.endpoints = Endpoints(
             self._endpoint(self.router), self._endpoint(self.pub), self._endpoint(self.control)
         )
         settings = Settings(self.endpoints.pub, limits, rate, burst, heartbeat, liveness)
         self.chat = Chat(store or MemoryStore(limits.history_keep), settings)
+        self._refresh_admins(self.clock())
 
-    def _bind(self, kind: int, endpoint: str, limits: Limits) -> zmq.Socket[bytes]:
+    def _bind(
+        self, kind: int, endpoint: str, max_frame: int, domain: str | None
+    ) -> zmq.Socket[bytes]:
+        """Bind a socket with ``MAXMSGSIZE``; with a ZAP ``domain``, as a CURVE server."""
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        if kind != zmq.PUB:
-            sock.setsockopt(zmq.MAXMSGSIZE, limits.max_frame)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        if domain is not None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
+            sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
         try:
             sock.bind(_bindable(endpoint))
         except zmq.ZMQError as exc:
@@ -182,6 +279,9 @@ class Broker:
         """Serve until ``close`` or ``stop``; then tell every client and release the sockets."""
         e = self.endpoints
         self.log.line(f"room-broker listening: router {e.router} pub {e.pub} control {e.control}")
+        chat = "encrypted (CURVE)" if self.curve else "not encrypted (start with --curve)"
+        self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
+        self._flush([])  # the admin keys found at start
         try:
             self._loop()
         finally:
@@ -191,8 +291,11 @@ class Broker:
             self._close()
 
     def _close(self) -> None:
+        self.control.disable_monitor()
+        self.control_monitor.close(linger=0)
         for sock in (self.router, self.pub, self.control):
             sock.close(linger=CLOSE_LINGER_MS)
+        self.auth.stop()
         self.ctx.term()
         self.chat.store.close()
         self._wake_r.close()
@@ -204,6 +307,7 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
+        poller.register(self.control_monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         interval = self.chat.settings.heartbeat
         next_tick = self.clock() + interval
@@ -215,27 +319,40 @@ class Broker:
                 self._drain_router()
             if self.control in ready:
                 ctl_replies = self._drain_control()
+            if self.control_monitor in ready:
+                self._drain_monitor()
             now = self.clock()
             if now >= next_tick:
                 self.chat.tick(now)
+                self._security_tick(now)
                 next_tick = now + interval
             self._flush(ctl_replies)
 
     def _drain_router(self) -> None:
         router, chat, clock = self.router, self.chat, self.clock
-        decode = p.decode_client
+        recv, more, decode = router.recv, router.getsockopt, p.decode_client
+        curve = self.curve
         for _ in range(BATCH):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                peer = recv(_NOBLOCK)
             except zmq.Again:
                 return
+            if curve:  # the body's metadata says which CURVE key sent it
+                frame = recv(_NOBLOCK, copy=False)
+                body = frame.bytes
+                self._check_key(peer, _user_id(frame))
+            else:
+                body = recv(_NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
             self.stats.received += 1
-            peer = frames[0]
-            if len(frames) != 2:
-                self._bad_frame(peer, f"expected 1 frame after the peer id, got {len(frames) - 1}")
+            if more(_RCVMORE):
+                extra = 1
+                while more(_RCVMORE):
+                    recv(_NOBLOCK)
+                    extra += 1
+                self._bad_frame(peer, f"expected 1 frame after the peer id, got {extra + 1}")
                 continue
             try:
-                msg = decode(frames[1])
+                msg = decode(body)
             except p.ProtocolError as exc:
                 self._bad_frame(peer, exc.reason)
                 continue
@@ -255,46 +372,117 @@ class Broker:
         self.chat.error(peer, p.Code.BAD_FRAME, reason)
         self.chat.out.log(self.clock(), "error", text=f"bad frame from peer {peer.hex()}: {reason}")
 
+    def _check_key(self, peer: bytes, key: str) -> None:
+        """With ``curve``: a peer id seen before with another client key is a new connection that
+        took a dead connection's id; the user of the old one is dropped, not handed over (a
+        real client resumes with its session secret)."""
+        old = self._peer_keys.get(peer)
+        if old == key:
+            return
+        self._peer_keys[peer] = key
+        user = self.chat.by_peer.get(peer) if old is not None else None
+        if user is not None:
+            self.chat.remove(user, self.clock(), "its connection id was taken by another key")
+
     def _drain_control(self) -> list[list[bytes]]:
+        """Answer control requests. Each is checked against the allow-list again (a key removed
+        since its connection's handshake is refused) and recorded in the audit log."""
         replies: list[list[bytes]] = []
         for _ in range(BATCH):
             try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK)
+                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             now = self.clock()
-            if len(frames) != 3 or frames[1] != b"":
+            key = _user_id(frames[-1])
+            admin = self.admins.name(key)
+            if len(frames) != 3 or frames[1].bytes != b"":
                 self.chat.out.log(now, "error", text="malformed control request: ignored")
                 continue  # not a REQ peer: nothing we could address a reply to
             try:
-                request = p.decode_ctl_request(frames[2])
+                request = p.decode_ctl_request(frames[2].bytes)
             except p.ProtocolError as exc:
+                request = p.CtlRequest(0, "", [])
                 reply = p.CtlReply(0, False, exc.reason, exc.code.value)
             else:
-                try:
-                    reply = dispatch(self.chat, request, now)
-                except Exception as exc:  # a bug must cost one request, never the broker
-                    self._internal_error(None, request, exc)
-                    reply = p.CtlReply(
-                        request.id, False, "the broker failed; see its log", "internal"
-                    )
-                command = " ".join((request.command, *request.args))
-                self.chat.out.log(now, "admin", text=f"{command}: {reply.message}")
-            replies.append([frames[0], b"", p.encode(reply)])
+                reply = self._admin_request(request, admin, now)
+            command = " ".join((request.command, *request.args)) or "(unreadable request)"
+            name = admin or f"unknown key {short(key)}"
+            self.chat.out.log(
+                now, "admin", user=name, text=f"{command}: {reply.message} (by {name})"
+            )
+            entry = AuditEntry(
+                now, admin or "", key, request.command, tuple(request.args), reply.ok, reply.message
+            )
+            self.chat.store.audit(entry)
+            replies.append([frames[0].bytes, b"", p.encode(reply)])
         return replies
+
+    def _admin_request(self, request: p.CtlRequest, admin: str | None, now: float) -> p.CtlReply:
+        if admin is None:
+            reason = "this key is not (or no longer) on the admin allow-list: see room-broker keys"
+            return p.CtlReply(request.id, False, reason, p.Code.REFUSED.value)
+        try:
+            return dispatch(self.chat, request, now)
+        except Exception as exc:  # a bug must cost one request, never the broker
+            self._internal_error(None, request, exc)
+            return p.CtlReply(request.id, False, "the broker failed; see its log", "internal")
+
+    def _drain_monitor(self) -> None:
+        """Log refused control handshakes (at most ``REFUSALS_LOGGED`` per interval)."""
+        for _ in range(BATCH):
+            try:
+                event = parse_monitor_message(self.control_monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            self._refused += 1
+            why = _refusal(event, self.admins)
+            if self._refused <= REFUSALS_LOGGED:
+                text = f"refused a control connection: {why}"
+                self.chat.out.log(self.clock(), "security", text=text)
+
+    def _security_tick(self, now: float) -> None:
+        if self._refused > REFUSALS_LOGGED:
+            more = self._refused - REFUSALS_LOGGED
+            self.chat.out.log(now, "security", text=f"refused {more} more control connections")
+        self._refused = 0
+        self.admins.refused.clear()
+        self._refresh_admins(now)
+        if self.curve:  # forget the keys of peers that are no user's connection
+            users = self.chat.by_peer
+            self._peer_keys = {k: v for k, v in self._peer_keys.items() if k in users}
+
+    def _refresh_admins(self, now: float) -> None:
+        """Re-read the admin allow-list if its directory changed; log what is allowed now."""
+        problems = self.admins.refresh()
+        if problems is None:
+            return
+        for problem in problems:
+            self.chat.out.log(now, "security", text=f"admin key ignored: {problem}")
+        names = sorted(self.admins.keys.values())
+        where = self.admins.directory
+        text = (
+            f"admin keys allowed: {', '.join(names)} (from {where})"
+            if names
+            else f"no admin key in {where}: room-ctl is refused until `room-broker keys add`"
+        )
+        self.chat.out.log(now, "security", text=text)
 
     def _flush(self, ctl_replies: list[list[bytes]]) -> None:
         out = self.chat.out.take()
-        if out.rooms or out.replies:
-            self.chat.store.commit()
-        pub, router, encode, topic = self.pub, self.router, p.encode, p.topic
+        self.chat.store.commit()  # before anything leaves: an Ack means stored
+        encode, topic = p.encode, p.topic
+        pub_send, send = self.pub.send, self.router.send
         for room, events in out.rooms.items():
-            pub.send_multipart((topic(room), encode(events)))
+            pub_send(topic(room), _SNDMORE)
+            pub_send(encode(events))
         for peer, msg in out.replies:
             try:
-                router.send_multipart((peer, encode(msg)), zmq.NOBLOCK)
+                send(peer, _SNDMORE_NOBLOCK)  # an unknown or full peer fails here, whole
             except zmq.ZMQError:  # peer gone or its queue full: it repairs by retry or gap fill
                 self.stats.dropped_replies += 1
+                continue
+            send(encode(msg), _NOBLOCK)
         for frames in ctl_replies:
             with contextlib.suppress(zmq.ZMQError):  # room-ctl gave up waiting
                 self.control.send_multipart(frames, zmq.NOBLOCK)

@@ -8,12 +8,28 @@ backbone implement the same methods.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from .protocol import LOBBY, Ack, Posted
 
 ACKS_KEPT: Final = 64
 """Message ids remembered per sender: more than a client ever has in flight."""
+AUDIT_KEPT: Final = 10_000
+"""Audit entries a MemoryStore keeps (the SQLite store keeps them all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin request: when, by whom (allow-list name and public key), what, and its result."""
+
+    ts: float
+    admin: str
+    key: str
+    command: str
+    args: tuple[str, ...]
+    ok: bool
+    message: str
 
 
 class Store(Protocol):
@@ -40,6 +56,14 @@ class Store(Protocol):
     def blocked(self) -> set[str]: ...
     def block(self, name: str) -> bool: ...
     def unblock(self, name: str) -> bool: ...
+    def audit(self, entry: AuditEntry) -> None:
+        """Record an admin request; kept across restarts and ``reset``."""
+        ...
+
+    def audit_log(self, limit: int) -> list[AuditEntry]:
+        """The latest ``limit`` audit entries, oldest first."""
+        ...
+
     def commit(self) -> None: ...
     def close(self) -> None: ...
 
@@ -62,6 +86,7 @@ class MemoryStore:
         self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
         self._blocked: set[str] = set()
         self._acks: dict[str, deque[Ack]] = {}
+        self._audit: deque[AuditEntry] = deque(maxlen=AUDIT_KEPT)
 
     def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted:
         log = self._rooms.get(room) or self._new_room(room)
@@ -125,6 +150,12 @@ class MemoryStore:
             self._blocked.discard(name)
             return True
         return False
+
+    def audit(self, entry: AuditEntry) -> None:
+        self._audit.append(entry)
+
+    def audit_log(self, limit: int) -> list[AuditEntry]:
+        return list(self._audit)[-limit:] if limit > 0 else []
 
     def commit(self) -> None:
         """Nothing to make durable in memory."""

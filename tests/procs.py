@@ -105,15 +105,37 @@ class Proc:
                     stream.close()
 
 
-class BrokerProc(Proc):
-    """``room-broker start`` on free loopback ports."""
+ANY_PORT = "tcp://127.0.0.1:0"
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None):
-        any_port = "tcp://127.0.0.1:0"
-        argv = _cmd(
-            "broker.cli", "start", "--router", any_port, "--pub", any_port,
-            "--control", any_port, "--data-dir", str(data_dir), *extra,
-        )  # fmt: skip
+
+def broker_argv(
+    data_dir: Path,
+    *extra: str,
+    router: str = ANY_PORT,
+    pub: str = ANY_PORT,
+    control: str = ANY_PORT,
+) -> list[str]:
+    """The command line of ``room-broker start`` (free loopback ports unless given)."""
+    return _cmd(
+        "broker.cli", "start", "--router", router, "--pub", pub, "--control", control,
+        "--data-dir", str(data_dir), *extra,
+    )  # fmt: skip
+
+
+class BrokerProc(Proc):
+    """``room-broker start`` on free loopback ports, or on the endpoints given."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        router: str = ANY_PORT,
+        pub: str = ANY_PORT,
+        control: str = ANY_PORT,
+    ):
+        self.data_dir, self.extra, self.env = data_dir, extra, env
+        argv = broker_argv(data_dir, *extra, router=router, pub=pub, control=control)
         super().__init__(argv, env=env)
         m = self.expect(_LISTENING.pattern)
         self.router, self.pub, self.control = m.group(1), m.group(2), m.group(3)
@@ -123,13 +145,28 @@ class BrokerProc(Proc):
             self.popen.send_signal(signal.SIGTERM)
         return self.wait()
 
+    def kill9(self) -> None:
+        """SIGKILL: no goodbyes, no last commit; only what was committed survives."""
+        assert self.popen.poll() is None, "the broker had already exited"
+        self.kill()
+
+    def restart(self, *extra: str) -> BrokerProc:
+        """A new broker on the same endpoints and data dir (after ``kill9`` or ``stop``);
+        the same extra arguments unless others are given."""
+        return BrokerProc(
+            self.data_dir, *(extra or self.extra), env=self.env,
+            router=self.router, pub=self.pub, control=self.control,
+        )  # fmt: skip
+
 
 class ClientProc(Proc):
     """``room-client join`` in piped mode."""
 
-    def __init__(self, server: str, name: str, *extra: str):
+    def __init__(self, server: str, name: str, *extra: str, env: dict[str, str] | None = None):
         super().__init__(
-            _cmd("client.cli", "join", "--server", server, "--name", name, *extra), stdin=True
+            _cmd("client.cli", "join", "--server", server, "--name", name, *extra),
+            stdin=True,
+            env=env,
         )
 
     def send(self, line: str) -> None:
@@ -150,7 +187,9 @@ class ClientFactory:
         self.started: list[ClientProc] = []
 
     def start(self, name: str, *extra: str) -> ClientProc:
-        client = ClientProc(self.broker.router, name, *extra)
+        # The broker's data dir: a --curve broker's key is found there, and never the user's own.
+        env = {"ROOM_DATA_DIR": str(self.broker.data_dir)}
+        client = ClientProc(self.broker.router, name, *extra, env=env)
         self.started.append(client)
         return client
 
@@ -165,11 +204,23 @@ class ClientFactory:
 
 
 def ctl(
-    broker: BrokerProc | str, *args: str, timeout: float = WAIT
+    broker: BrokerProc | str,
+    *args: str,
+    timeout: float = WAIT,
+    data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``room-ctl`` against a broker (or a control endpoint) and return what it did."""
+    """Run ``room-ctl`` against a broker (or a control endpoint) and return what it did. It finds
+    the admin key in the broker's data dir (or ``data_dir``), as on the broker's host."""
     endpoint = broker if isinstance(broker, str) else broker.control
-    argv = _cmd("client.ctl", "--control", endpoint, *args)
+    home = data_dir or (None if isinstance(broker, str) else broker.data_dir)
+    where = ["--data-dir", str(home)] if home is not None else []
+    argv = _cmd("client.ctl", "--control", endpoint, *where, *args)
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )

@@ -9,7 +9,7 @@ import pytest
 from broker import protocol as p
 from broker.admin import COMMANDS, dispatch
 from broker.state import Chat, Outbox, Settings, User
-from broker.store import MemoryStore
+from broker.store import AuditEntry, MemoryStore
 
 PUB = "tcp://127.0.0.1:1"
 T0 = 1_000.0
@@ -63,10 +63,11 @@ def refused(reply: p.CtlReply) -> str:
 
 
 def test_the_table_holds_exactly_the_tested_verbs() -> None:
-    assert set(COMMANDS) == {"block", "unblock", "fire", "out", "reset", "close", "who", "rooms"}
+    verbs = {"block", "unblock", "fire", "out", "reset", "close", "who", "rooms", "audit"}
+    assert set(COMMANDS) == verbs
     for name, command in COMMANDS.items():
         assert command.help, name
-        assert all(arg.isupper() for arg in command.args), name
+        assert all(arg.isupper() for arg in (*command.args, *command.options)), name
 
 
 # ---- block / unblock ---------------------------------------------------------------------------
@@ -312,6 +313,7 @@ def test_unknown_command() -> None:
         ("close", "now"),
         ("who", "x"),
         ("rooms", "x"),
+        ("audit", "1", "2"),
     ],
 )
 def test_wrong_arg_count_is_bad_args_and_does_nothing(args: tuple[str, ...]) -> None:
@@ -339,3 +341,38 @@ def test_invalid_user_name_is_bad_args(verb: str, name: str) -> None:
     assert refused(reply) == p.Code.BAD_ARGS
     assert c.store.blocked() == set()
     assert set(c.users) == {"alice"}
+
+
+# ---- audit -------------------------------------------------------------------------------------
+
+
+def test_audit_lists_the_latest_entries_oldest_first() -> None:
+    store = MemoryStore()
+    c = chat(store)
+    for i in range(25):
+        store.audit(AuditEntry(T0 + i, "admin", "K" * 40, "block", (f"u{i}",), i != 3, f"m{i}"))
+    reply = ctl(c, "audit")
+    assert ok(reply) == "20 audit entries, oldest first"
+    rows = reply.data["audit"]
+    assert [r["args"] for r in rows] == [[f"u{i}"] for i in range(5, 25)]
+    assert rows[0] == {
+        "ts": T0 + 5,
+        "admin": "admin",
+        "key": "K" * 40,
+        "command": "block",
+        "args": ["u5"],
+        "ok": True,
+        "message": "m5",
+    }
+    few = ctl(c, "audit", "2")
+    assert ok(few) == "2 audit entries, oldest first"
+    assert [r["message"] for r in few.data["audit"]] == ["m23", "m24"]
+    assert ok(ctl(c, "audit", "1")) == "1 audit entry, oldest first"
+    assert ctl(chat(), "audit").data == {"audit": []}
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "x", "10001", "1.5", ""])
+def test_audit_limit_must_be_a_positive_number(limit: str) -> None:
+    reply = ctl(chat(), "audit", limit)
+    assert refused(reply) == p.Code.BAD_ARGS
+    assert "LIMIT" in reply.message

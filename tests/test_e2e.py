@@ -11,6 +11,8 @@ from procs import WAIT, BrokerProc, ClientFactory, ctl
 
 from broker import protocol as p
 from broker.config import Exit
+from broker.keys import KeyDir, load_public, load_secret
+from broker.keys import ensure as ensure_keys
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
@@ -188,11 +190,15 @@ def test_who_and_rooms_list_users_and_counts(broker: BrokerProc, clients: Client
 
 
 def test_ctl_against_a_dead_endpoint_times_out(tmp_path):
+    home = tmp_path / "data"
+    _, secret = load_secret(ensure_keys(home).broker_secret)
     with zmq.Context() as ctx:
         sock = ctx.socket(zmq.ROUTER)  # bound, so connect succeeds, but it never answers
         sock.linger = 0
+        sock.curve_server = True  # the broker's key: the handshake succeeds (no ZAP handler)
+        sock.curve_secretkey = secret
         port = sock.bind_to_random_port("tcp://127.0.0.1")
-        done = ctl(f"tcp://127.0.0.1:{port}", "--timeout", "0.5", "who")
+        done = ctl(f"tcp://127.0.0.1:{port}", "--timeout", "0.5", "who", data_dir=home)
         sock.close(0)
     assert done.returncode == Exit.UNREACHABLE
     assert done.stderr.count("\n") == 1 and "no answer" in done.stderr
@@ -229,15 +235,25 @@ def test_malformed_frames_never_stop_the_broker(broker: BrokerProc, clients: Cli
         reply = p.decode_server(_recv(rogue)[0])
         assert isinstance(reply, p.Error) and reply.code == p.Code.HELLO_FIRST
 
-        admin = ctx.socket(zmq.REQ)
-        admin.linger = 0
-        admin.connect(broker.control)
+        kd = KeyDir.of(broker.data_dir)
+        public, secret = load_secret(kd.admin_secret)
+        server = load_public(kd.broker_public)
+
+        def as_admin(sock: zmq.Socket) -> zmq.Socket:  # the control socket takes only admins
+            sock.linger = 0
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = (
+                public,
+                secret,
+                server,
+            )
+            sock.connect(broker.control)
+            return sock
+
+        admin = as_admin(ctx.socket(zmq.REQ))
         admin.send(b"not msgpack at all")
         reply = p.decode_ctl_reply(_recv(admin)[0])
         assert not reply.ok and reply.code == p.Code.BAD_FRAME
-        raw = ctx.socket(zmq.DEALER)  # no empty delimiter: unanswerable, must be ignored
-        raw.linger = 0
-        raw.connect(broker.control)
+        raw = as_admin(ctx.socket(zmq.DEALER))  # no empty delimiter: unanswerable, ignored
         raw.send(b"junk")
         admin.send(p.encode(p.CtlRequest(9, "launch", [])))
         reply = p.decode_ctl_reply(_recv(admin)[0])

@@ -1,13 +1,17 @@
-"""MemoryStore (broker.store): sequence numbers, history windows, ranges, rooms, blocklist."""
+"""MemoryStore (broker.store): sequence numbers, history windows, ranges, rooms, blocklist; and
+the audit log of both stores."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.protocol import LOBBY, Posted
-from broker.store import MemoryStore
+from broker.sqlstore import SQLiteStore
+from broker.store import AuditEntry, MemoryStore
 
 T0 = 1_000.0
 
@@ -231,3 +235,37 @@ def test_commit_and_close_are_harmless() -> None:
     store.commit()
     store.close()
     assert store.last_seq("x") == 2
+
+
+# ---- audit log ---------------------------------------------------------------------------------
+
+
+def _entry(i: int, ok: bool = True) -> AuditEntry:
+    return AuditEntry(T0 + i, "admin", "K" * 40, "block", (f"user{i}",), ok, f"blocked user{i}")
+
+
+def test_memory_audit_log_keeps_the_latest_oldest_first() -> None:
+    store = MemoryStore()
+    assert store.audit_log(5) == []
+    for i in range(4):
+        store.audit(_entry(i, ok=i % 2 == 0))
+    assert store.audit_log(10) == [_entry(i, ok=i % 2 == 0) for i in range(4)]
+    assert [e.args for e in store.audit_log(2)] == [("user2",), ("user3",)]
+    assert store.audit_log(0) == []
+    store.reset()  # the audit log is not chat state: reset keeps it
+    assert len(store.audit_log(10)) == 4
+
+
+def test_sqlite_audit_log_survives_a_reopen(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "room.db")
+    for i in range(3):
+        store.audit(_entry(i, ok=i != 1))
+    assert [e.ts for e in store.audit_log(2)] == [T0 + 1, T0 + 2]  # visible before commit
+    store.reset()
+    store.close()
+    again = SQLiteStore(tmp_path / "room.db")
+    try:
+        assert again.audit_log(10) == [_entry(i, ok=i != 1) for i in range(3)]
+        assert again.audit_log(0) == []
+    finally:
+        again.close()
