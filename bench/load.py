@@ -21,7 +21,9 @@ from broker import protocol as p
 SETTLE: Final = 0.5
 """Seconds a subscriber waits after subscribing, so the subscription reaches the publisher."""
 IDLE_END: Final = 3.0
-"""A subscriber stops after this long with nothing new once the sender has finished."""
+"""A subscriber stops after this long with nothing new, once messages have started to arrive."""
+FIRST_WAIT: Final = 60.0
+"""How long a subscriber waits for the first message (the sender process is still starting)."""
 HEARTBEAT: Final = 1.0
 
 
@@ -49,11 +51,11 @@ def _await(dealer: zmq.Socket[bytes], kind: type, timeout: float) -> Any:
     while (left := deadline - time.monotonic()) > 0:
         if not dealer.poll(left * 1000):
             break
-        msg = p.decode_server(dealer.recv())
-        if isinstance(msg, kind):
-            return msg
-        if isinstance(msg, p.Error):
-            raise RuntimeError(msg.reason)
+        for msg in p.decode_server(dealer.recv()):
+            if isinstance(msg, kind):
+                return msg
+            if isinstance(msg, p.Error):
+                raise RuntimeError(msg.reason)
     raise TimeoutError(f"no {kind.__name__} from the broker")
 
 
@@ -86,11 +88,11 @@ def sender(
                 body = dealer.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            msg = p.decode_server(body)
-            if isinstance(msg, p.Ack):
-                acked += 1
-            elif isinstance(msg, p.Refused):
-                refused += 1
+            for msg in p.decode_server(body):
+                if type(msg) is p.Ack:
+                    acked += 1
+                elif type(msg) is p.Refused:
+                    refused += 1
 
     topics = [p.topic(room) for room in rooms]
     n = len(rooms)
@@ -205,7 +207,7 @@ def subscribers(
     decode_room, decode_server, now_ns = p.decode_room, p.decode_server, time.monotonic_ns
     total = expected * len(subs)
     got = 0
-    while got < total and time.monotonic() - last_progress < IDLE_END:
+    while got < total and time.monotonic() - last_progress < (IDLE_END if got else FIRST_WAIT):
         events = poller.poll(100)
         before = got
         for sock, _ in events:
@@ -224,10 +226,9 @@ def subscribers(
                     batch = decode_room(frames[1])
                     repaired = False
                 else:
-                    msg = decode_server(frames[0])
-                    if not isinstance(msg, p.Messages):
-                        continue
-                    batch, repaired = msg.messages, True
+                    batch = [m for r in decode_server(frames[0]) if type(r) is p.Messages
+                             for m in r.messages]  # fmt: skip
+                    repaired = True
                 for m in batch:
                     if type(m) is p.Posted:
                         index, sent = _parse(m.text)
@@ -240,7 +241,7 @@ def subscribers(
             last = now
             first = first or now
             last_progress = now
-        elif room and now - last_progress > 0.25:
+        elif room and got and now - last_progress > 0.25:
             for s in subs:  # a quiet tail: ask for whatever is still missing
                 if s.delivered < expected:
                     _fetch(s, 0)
@@ -294,10 +295,11 @@ def idle_clients(results: Queue, ready: Queue, router: str, count: int, hold: fl
         for sock, _ in poller.poll(100):
             while True:
                 try:
-                    msg = p.decode_server(sock.recv(zmq.NOBLOCK))
+                    msgs = p.decode_server(sock.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
-                if isinstance(msg, p.Welcome) and index[sock] in pending:
+                welcome = any(isinstance(m, p.Welcome) for m in msgs)
+                if welcome and index[sock] in pending:
                     pending.discard(index[sock])
                     welcomed += 1
     ready.put("ready")

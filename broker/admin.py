@@ -121,6 +121,27 @@ def rooms(chat: Chat, args: list[str], now: float) -> Result:
     return Result(f"{len(listing)} rooms", {"rooms": [_fields(r) for r in listing]})
 
 
+def stats(chat: Chat, args: list[str], now: float) -> Result:
+    c = chat.counters
+    uptime = now - c.started if c.started else 0.0
+    data = {
+        "clients": len(chat.users),
+        "rooms": len(chat.members),
+        "blocked": len(chat.store.blocked()),
+        "messages_in": c.accepted,
+        "messages_out": c.published,
+        "direct": c.direct,
+        "refused": c.refused,
+        "messages_per_second": round(c.rate, 1),
+        "drops": c.dropped_replies,
+        "bad_frames": c.bad_frames,
+        "uptime_seconds": round(uptime, 1),
+        "database_bytes": chat.store.size(),
+    }
+    text = f"up {uptime:.0f}s, {len(chat.users)} clients, {c.accepted} messages"
+    return Result(text, {"stats": data})
+
+
 def audit(chat: Chat, args: list[str], now: float) -> Result:
     text = args[0] if args else str(AUDIT_SHOWN)
     if not text.isdigit() or not 1 <= int(text) <= AUDIT_MAX:
@@ -155,6 +176,7 @@ COMMANDS: dict[str, Command] = {
     "close": Command(close, (), "shut the broker down cleanly"),
     "who": Command(who, (), "connected users, their rooms, and the blocklist"),
     "rooms": Command(rooms, (), "rooms with member counts"),
+    "stats": Command(stats, (), "counters: clients, rooms, messages, rate, drops, uptime, size"),
     "audit": Command(
         audit, (), f"the latest admin requests (LIMIT, default {AUDIT_SHOWN})", ("LIMIT",)
     ),

@@ -15,7 +15,7 @@ import msgspec
 
 from .state import LogEvent
 
-CHAT_KINDS = frozenset({"msg", "blocked"})
+CHAT_KINDS = frozenset({"msg", "direct", "blocked"})
 """Kinds that ``--quiet`` hides; admin and error lines always show."""
 
 
@@ -35,7 +35,7 @@ def stamp(ts: float) -> str:
 def format_text(e: LogEvent) -> str:
     when = stamp(e.ts)
     match e.kind:
-        case "msg":
+        case "msg" | "direct":
             return f"{when} [{e.room}] {e.user}: {e.text}"
         case "blocked":
             return f"{when} [{e.room}] {e.user} (blocked, not published): {e.text}"

@@ -7,7 +7,7 @@ one pass (an invalid message cannot be constructed from the wire).
 Sockets and frames::
 
     client DEALER  -> broker ROUTER    [body: ClientMsg]            (ROUTER adds the peer id)
-    broker ROUTER  -> client DEALER    [body: ServerMsg]
+    broker ROUTER  -> client DEALER    [body: list[ServerMsg]]
     broker PUB     -> client SUB       [topic: room + b"\\0", body: list[RoomEvent]]
     room-ctl REQ   -> broker ROUTER    [b"", body: CtlRequest]      (REQ adds the empty delimiter)
     broker ROUTER  -> room-ctl REQ     [b"", body: CtlReply]
@@ -17,7 +17,8 @@ session secret) or ``Error``. From then on the broker knows the user by the conn
 peer id), so no later message names its sender. Room messages carry a per-room sequence number: a
 client that sees a gap, or a ``Synced``/``Ping`` with a higher sequence than it has, fetches the
 missing range with ``Fetch``. A PUB body is a list so that the broker can pack every event waiting
-for a room into one send; the client handles each in order.
+for a room into one send, and so is a body to a client: every reply waiting for one peer goes in
+one send (under load, hundreds of Acks). The client handles each item in order.
 
 The topic is the room name followed by NUL. Room names cannot contain NUL, so no room's topic is a
 prefix of another's (a client in ``pub`` never sees ``public``).
@@ -161,7 +162,17 @@ class Quit(_Msg, tag="quit"):
     """The user leaves the chat (``/exit``); the broker frees the name at once."""
 
 
-ClientMsg = Hello | Join | Leave | Say | Sync | Fetch | ListUsers | ListRooms | Ping | Quit
+class Tell(_Msg, tag="tell"):
+    """A direct message to one connected user (``/msg``), under the same block and rate rules as
+    room messages. Not stored: it reaches ``to`` now or not at all. Answered by Ack (room "",
+    seq 0) or Refused, and a ``Told`` copy to both sides."""
+
+    to: str
+    text: str
+    mid: int = 0
+
+
+ClientMsg = Hello | Join | Leave | Say | Sync | Fetch | ListUsers | ListRooms | Ping | Quit | Tell
 
 
 # ---- broker -> client (ROUTER -> DEALER) -------------------------------------------------------
@@ -258,6 +269,15 @@ class Rooms(_Msg, tag="roomlist"):
     rooms: list[RoomInfo]
 
 
+class Told(_Msg, tag="told"):
+    """A direct message, delivered to its recipient and echoed to its sender."""
+
+    sender: str
+    to: str
+    text: str
+    ts: float
+
+
 class Goodbye(_Msg, tag="bye"):
     """The broker ended the session; the client must exit (``fired``) or may reconnect."""
 
@@ -278,6 +298,7 @@ ServerMsg = (
     | Goodbye
     | Ping
     | Posted
+    | Told
 )
 
 
@@ -340,7 +361,7 @@ _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
 
 _client_decoder = msgspec.msgpack.Decoder(ClientMsg)
-_server_decoder = msgspec.msgpack.Decoder(ServerMsg)
+_server_decoder = msgspec.msgpack.Decoder(list[ServerMsg])
 _room_decoder = msgspec.msgpack.Decoder(list[RoomEvent])
 _ctl_request_decoder = msgspec.msgpack.Decoder(CtlRequest)
 _ctl_reply_decoder = msgspec.msgpack.Decoder(CtlReply)
@@ -359,7 +380,7 @@ def _decoder(decode: Any, what: str) -> Any:
 
 
 decode_client = _decoder(_client_decoder.decode, "client message")
-decode_server = _decoder(_server_decoder.decode, "server message")
+decode_server = _decoder(_server_decoder.decode, "server message batch")
 decode_room = _decoder(_room_decoder.decode, "room event batch")
 decode_ctl_request = _decoder(_ctl_request_decoder.decode, "control request")
 decode_ctl_reply = _decoder(_ctl_reply_decoder.decode, "control reply")

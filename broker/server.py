@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -112,14 +112,6 @@ class Endpoints:
     control: str
 
 
-@dataclass
-class Stats:
-    received: int = 0
-    bad_frames: int = 0
-    dropped_replies: int = 0
-    started: float = field(default_factory=time.time)
-
-
 def _bindable(endpoint: str) -> str:
     """Accept port 0 as 'any free port', the way people write it."""
     return (
@@ -197,7 +189,6 @@ class Broker:
         self.ctx = zmq.Context()
         self.log = log or LogWriter()
         self.clock = clock
-        self.stats = Stats()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -229,6 +220,7 @@ class Broker:
         )
         settings = Settings(self.endpoints.pub, limits, rate, burst, heartbeat, liveness)
         self.chat = Chat(store or MemoryStore(limits.history_keep), settings)
+        self.chat.counters.started = self.clock()
         self._refresh_admins(self.clock())
 
     def _bind(
@@ -331,6 +323,7 @@ class Broker:
     def _drain_router(self) -> None:
         router, chat, clock = self.router, self.chat, self.clock
         recv, more, decode = router.recv, router.getsockopt, p.decode_client
+        counters = chat.counters
         curve = self.curve
         for _ in range(BATCH):
             try:
@@ -343,7 +336,7 @@ class Broker:
                 self._check_key(peer, _user_id(frame))
             else:
                 body = recv(_NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
-            self.stats.received += 1
+            counters.received += 1
             if more(_RCVMORE):
                 extra = 1
                 while more(_RCVMORE):
@@ -368,7 +361,7 @@ class Broker:
         self.chat.out.log(self.clock(), "error", text=f"internal error on {what}")
 
     def _bad_frame(self, peer: bytes, reason: str) -> None:
-        self.stats.bad_frames += 1
+        self.chat.counters.bad_frames += 1
         self.chat.error(peer, p.Code.BAD_FRAME, reason)
         self.chat.out.log(self.clock(), "error", text=f"bad frame from peer {peer.hex()}: {reason}")
 
@@ -470,19 +463,28 @@ class Broker:
 
     def _flush(self, ctl_replies: list[list[bytes]]) -> None:
         out = self.chat.out.take()
+        counters = self.chat.counters
         self.chat.store.commit()  # before anything leaves: an Ack means stored
         encode, topic = p.encode, p.topic
         pub_send, send = self.pub.send, self.router.send
         for room, events in out.rooms.items():
             pub_send(topic(room), _SNDMORE)
             pub_send(encode(events))
-        for peer, msg in out.replies:
+        counters.published += len(out.rooms)
+        batches: dict[bytes, list[p.ServerMsg]] = {}
+        for peer, msg in out.replies:  # one send per peer, however many replies it has
+            batch = batches.get(peer)
+            if batch is None:
+                batches[peer] = [msg]
+            else:
+                batch.append(msg)
+        for peer, batch in batches.items():
             try:
                 send(peer, _SNDMORE_NOBLOCK)  # an unknown or full peer fails here, whole
             except zmq.ZMQError:  # peer gone or its queue full: it repairs by retry or gap fill
-                self.stats.dropped_replies += 1
+                counters.dropped_replies += len(batch)
                 continue
-            send(encode(msg), _NOBLOCK)
+            send(encode(batch), _NOBLOCK)
         for frames in ctl_replies:
             with contextlib.suppress(zmq.ZMQError):  # room-ctl gave up waiting
                 self.control.send_multipart(frames, zmq.NOBLOCK)

@@ -225,6 +225,10 @@ class SQLiteStore:
             self._db.execute("COMMIT")
             self._dirty = False
 
+    def size(self) -> int:
+        files = (self.path, self.path.with_name(self.path.name + "-wal"))
+        return sum(f.stat().st_size for f in files if f.exists())
+
     def close(self) -> None:
         self.commit()
         self._checkpointer.stop()

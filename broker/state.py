@@ -72,6 +72,22 @@ class User:
     mids: OrderedDict[int, p.Ack] = field(default_factory=OrderedDict)
 
 
+@dataclass(slots=True)
+class Counters:
+    """What the broker has done since it started, for ``room-ctl stats``."""
+
+    accepted: int = 0  # room messages stored and published
+    refused: int = 0  # room and direct messages refused (blocked, rate, too long, ...)
+    direct: int = 0  # direct messages delivered
+    received: int = 0  # frames read from clients (the I/O layer counts them)
+    bad_frames: int = 0
+    dropped_replies: int = 0  # replies a peer's full or gone queue could not take
+    published: int = 0  # PUB sends (each one a batch of room events)
+    started: float = 0.0  # when the broker started (set by the I/O layer)
+    rate: float = 0.0  # room messages accepted per second over the last heartbeat interval
+    _mark: tuple[float, int] = (0.0, 0)  # (time, accepted) at the last tick
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """What the chat needs to know about its broker."""
@@ -96,6 +112,7 @@ class Chat:
         self.members: dict[str, set[str]] = {room: set() for room in store.rooms()}
         self.members.setdefault(p.LOBBY, set())
         self.closing = False
+        self.counters = Counters()
 
     # ---- client messages ----------------------------------------------------------------------
 
@@ -114,6 +131,8 @@ class Chat:
         match msg:
             case p.Say():
                 self._say(user, msg, now)
+            case p.Tell():
+                self._tell(user, msg, now)
             case p.Ping():
                 pass
             case p.Sync():
@@ -191,12 +210,10 @@ class Chat:
             return
         refusal = self._refusal(user, msg.text, now)
         if refusal is not None:
-            code, reason = refusal
-            if code is p.Code.BLOCKED:
-                self.out.log(now, "blocked", user.room, user.name, msg.text)
-            self.out.reply(user.peer, p.Refused(msg.mid, code, reason))
+            self._refuse(user, msg.mid, refusal, user.room, msg.text, now)
             return
         posted = self.store.append(user.room, user.name, msg.text, now, msg.mid)
+        self.counters.accepted += 1
         self.out.publish(user.room, posted)
         self.out.log(now, "msg", user.room, user.name, msg.text)
         ack = p.Ack(msg.mid, posted.room, posted.seq)
@@ -205,6 +222,32 @@ class Chat:
             if len(user.mids) > ACKS_KEPT:
                 user.mids.popitem(last=False)
         self.out.reply(user.peer, ack)
+
+    def _refuse(
+        self, user: User, mid: int, refusal: tuple[p.Code, str], where: str, text: str, now: float
+    ) -> None:
+        code, reason = refusal
+        self.counters.refused += 1
+        if code is p.Code.BLOCKED:
+            self.out.log(now, "blocked", where, user.name, text)
+        self.out.reply(user.peer, p.Refused(mid, code, reason))
+
+    def _tell(self, user: User, msg: p.Tell, now: float) -> None:
+        target = self.users.get(msg.to)
+        refusal = self._refusal(user, msg.text, now)
+        if refusal is None and target is None:
+            refusal = p.Code.NO_SUCH_USER, f"{msg.to} is not connected: see /who"
+        if refusal is not None:
+            self._refuse(user, msg.mid, refusal, f"@{msg.to}", msg.text, now)
+            return
+        assert target is not None
+        self.counters.direct += 1
+        told = p.Told(user.name, target.name, msg.text, now)
+        self.out.reply(target.peer, told)
+        if target is not user:
+            self.out.reply(user.peer, told)
+        self.out.reply(user.peer, p.Ack(msg.mid, "", 0))
+        self.out.log(now, "direct", f"@{target.name}", user.name, msg.text)
 
     def _refusal(self, user: User, text: str, now: float) -> tuple[p.Code, str] | None:
         if user.name in self.store.blocked():
@@ -266,6 +309,10 @@ class Chat:
     def tick(self, now: float) -> None:
         """Drop users silent for too long and send every other user a heartbeat."""
         s = self.settings
+        c = self.counters
+        if c._mark[0]:
+            c.rate = (c.accepted - c._mark[1]) / max(now - c._mark[0], 1e-9)
+        c._mark = (now, c.accepted)
         deadline = now - s.heartbeat * s.liveness
         for user in list(self.users.values()):
             if user.last_seen < deadline:

@@ -66,6 +66,9 @@ class Store(Protocol):
 
     def commit(self) -> None: ...
     def close(self) -> None: ...
+    def size(self) -> int:
+        """Bytes the store holds on disk (0 in memory)."""
+        ...
 
 
 class _RoomLog:
@@ -159,6 +162,9 @@ class MemoryStore:
 
     def commit(self) -> None:
         """Nothing to make durable in memory."""
+
+    def size(self) -> int:
+        return 0
 
     def close(self) -> None:
         """Nothing to release."""

@@ -141,11 +141,11 @@ class Connection:
                 return Stop(Exit.REFUSED, f"{PROG}: {why}")
             if dealer not in ready:
                 continue
-            msg = _decode_reply(await dealer.recv_multipart())
-            if isinstance(msg, Error):
-                return Stop(Exit.ERROR, f"{PROG}: {msg.reason}")
-            if isinstance(msg, Welcome):
-                return self._welcomed(msg, loop.time())
+            for msg in _decode_replies(await dealer.recv_multipart()):
+                if isinstance(msg, Error):
+                    return Stop(Exit.ERROR, f"{PROG}: {msg.reason}")
+                if isinstance(msg, Welcome):
+                    return self._welcomed(msg, loop.time())
         return Stop(
             Exit.UNREACHABLE,
             f"{PROG}: no answer from the broker at {self.server} within {CTL_TIMEOUT:g}s: "
@@ -201,7 +201,7 @@ class Connection:
         s = self.session
         match kind:
             case "server":
-                return s.on_server(item, now)
+                return [effect for msg in item for effect in s.on_server(msg, now)]
             case "room":
                 return s.on_room(item, now)
             case "input":
@@ -305,8 +305,8 @@ class Connection:
 
     @staticmethod
     def _dealer_frames(frames: list[bytes]) -> tuple[str, Any] | None:
-        msg = _decode_reply(frames)
-        return None if msg is None else ("server", msg)
+        msgs = _decode_replies(frames)
+        return ("server", msgs) if msgs else None
 
     @staticmethod
     def _sub_frames(frames: list[bytes]) -> tuple[str, Any] | None:
@@ -318,11 +318,11 @@ class Connection:
             return None  # not ours to answer; a gap in sequence numbers repairs any loss
 
 
-def _decode_reply(frames: list[bytes]) -> ServerMsg | None:
-    """The broker's message in ``frames``, or None for anything malformed (ignored)."""
+def _decode_replies(frames: list[bytes]) -> list[ServerMsg]:
+    """The broker's messages in ``frames`` (one batch), or none for anything malformed."""
     if len(frames) != 1:
-        return None
+        return []
     try:
         return decode_server(frames[0])
     except ProtocolError:
-        return None
+        return []

@@ -145,6 +145,9 @@ def render(data: dict[str, Any]) -> list[str]:
     if "rooms" in data:
         rows = [(r["name"], str(r["members"]), str(r["seq"])) for r in data["rooms"]]
         lines += _table(("ROOM", "MEMBERS", "MESSAGES"), rows)
+    if "stats" in data:
+        rows = [(key.replace("_", " "), f"{value:,}") for key, value in data["stats"].items()]
+        lines += _table(("COUNTER", "VALUE"), rows)
     if "audit" in data:
         rows = [
             (

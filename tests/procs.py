@@ -15,7 +15,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
+
+import zmq
+
+from broker import protocol as p
 
 WAIT = 10.0
 """Seconds any single expectation may take before the test fails."""
@@ -224,3 +229,28 @@ def ctl(
         stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
+
+
+class Replies:
+    """The broker's replies on one raw DEALER, one message at a time (a body is a batch)."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.pending: deque[p.ServerMsg] = deque()
+
+    def next(self, timeout: float = WAIT) -> p.ServerMsg | None:
+        """The next message within ``timeout``, or None."""
+        if not self.pending:
+            if not self.sock.poll(timeout * 1000):
+                return None
+            self.pending.extend(p.decode_server(self.sock.recv()))
+        return self.pending.popleft()
+
+    def expect(self, kinds: type | tuple[type, ...], timeout: float = WAIT) -> p.ServerMsg:
+        """The next message of ``kinds``, skipping others (heartbeats, notices)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.next(left)
+            if isinstance(msg, kinds):
+                return msg
+        raise AssertionError(f"no {kinds} from the broker within {timeout}s")

@@ -63,7 +63,7 @@ def refused(reply: p.CtlReply) -> str:
 
 
 def test_the_table_holds_exactly_the_tested_verbs() -> None:
-    verbs = {"block", "unblock", "fire", "out", "reset", "close", "who", "rooms", "audit"}
+    verbs = {"block", "unblock", "fire", "out", "reset", "close", "who", "rooms", "audit", "stats"}
     assert set(COMMANDS) == verbs
     for name, command in COMMANDS.items():
         assert command.help, name
@@ -376,3 +376,27 @@ def test_audit_limit_must_be_a_positive_number(limit: str) -> None:
     reply = ctl(chat(), "audit", limit)
     assert refused(reply) == p.Code.BAD_ARGS
     assert "LIMIT" in reply.message
+
+
+def test_stats_counts_clients_rooms_and_messages() -> None:
+    c = chat(rate=0)
+    c.counters.started = T0 - 10
+    alice = hello(c, "alice")
+    hello(c, "bob")
+    in_room(c, alice, "games", messages=3)
+    c.store.block("bob")
+    send(c, c.users["bob"], p.Say("spam"))
+    c.tick(T0)
+    stats = ok_data(ctl(c, "stats"))["stats"]
+    assert stats["clients"] == 2
+    assert stats["rooms"] == 2
+    assert stats["messages_in"] == 3
+    assert stats["refused"] == 1
+    assert stats["blocked"] == 1
+    assert stats["uptime_seconds"] == 11.0
+    assert stats["database_bytes"] == 0
+
+
+def ok_data(reply: p.CtlReply) -> Any:
+    ok(reply)
+    return reply.data

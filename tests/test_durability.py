@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from procs import WAIT, BrokerProc, ClientFactory, ClientProc, broker_argv, ctl
+from procs import WAIT, BrokerProc, ClientFactory, ClientProc, Replies, broker_argv, ctl
 
 from broker import protocol as p
 from broker.config import Exit
@@ -42,6 +42,7 @@ class Raw:
         self.sock.rcvhwm = 0  # keep every Ack of a flood
         self.sock.sndtimeo = int(WAIT * 1000)  # a send never blocks a test for long
         self.sock.connect(router)
+        self.replies = Replies(self.sock)
         self.send(p.Hello(p.VERSION, name))
         self.expect(p.Welcome)
         if room != p.LOBBY:
@@ -53,9 +54,7 @@ class Raw:
 
     def recv(self, timeout: float) -> p.ServerMsg | None:
         """The next message within ``timeout``, or None."""
-        if not self.sock.poll(timeout * 1000):
-            return None
-        return p.decode_server(self.sock.recv())
+        return self.replies.next(timeout)
 
     def expect(self, kind: type, timeout: float = WAIT) -> p.ServerMsg:
         """Wait for a message of ``kind``, skipping others (heartbeats, notices)."""

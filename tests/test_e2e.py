@@ -229,10 +229,10 @@ def test_malformed_frames_never_stop_the_broker(broker: BrokerProc, clients: Cli
             [p.encode(p.Posted("x", 1, 0, "a", "b"))],
         ):
             rogue.send_multipart(frames)
-            reply = p.decode_server(_recv(rogue)[0])
+            [reply] = p.decode_server(_recv(rogue)[0])
             assert isinstance(reply, p.Error) and reply.code == p.Code.BAD_FRAME
         rogue.send(p.encode(p.Join("games")))
-        reply = p.decode_server(_recv(rogue)[0])
+        [reply] = p.decode_server(_recv(rogue)[0])
         assert isinstance(reply, p.Error) and reply.code == p.Code.HELLO_FIRST
 
         kd = KeyDir.of(broker.data_dir)

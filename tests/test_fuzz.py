@@ -17,7 +17,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from procs import WAIT, BrokerProc, ClientFactory, ctl
+from procs import WAIT, BrokerProc, ClientFactory, Replies, ctl
 
 from broker import keys
 from broker import protocol as p
@@ -130,10 +130,10 @@ class Live:
         assert self.broker.popen.poll() is None, f"the broker exited: {self.broker.err[-5:]}"
         self.probe.send(p.encode(p.ListRooms()))
         deadline = time.monotonic() + WAIT
+        replies = Replies(self.probe)
         while time.monotonic() < deadline:
-            assert self.probe.poll(WAIT * 1000), "the broker stopped answering"
-            reply = p.decode_server(self.probe.recv())
-            if isinstance(reply, p.Error) and reply.code == p.Code.HELLO_FIRST:
+            reply = replies.expect(p.Error)
+            if reply.code == p.Code.HELLO_FIRST:
                 return
         raise AssertionError("no answer to the probe")
 

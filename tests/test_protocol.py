@@ -34,6 +34,7 @@ CLIENT_MSGS: list[Any] = [
     p.Ping(),
     p.Ping("room-1", 12),
     p.Quit(),
+    p.Tell("bob", "psst", 9),
 ]
 
 SERVER_MSGS: list[Any] = [
@@ -50,6 +51,7 @@ SERVER_MSGS: list[Any] = [
     p.Users([p.UserInfo("alice", p.LOBBY, False), p.UserInfo("bob", "room-1", True)]),
     p.Rooms([p.RoomInfo(p.LOBBY, 2, 0), p.RoomInfo("room-1", 1, 7)]),
     p.Goodbye(p.Bye.FIRED, "the admin disconnected you"),
+    p.Told("alice", "bob", "psst", 1.5),
     p.Ping("room-1", 3),
     POSTED,
 ]
@@ -97,9 +99,18 @@ def test_client_message_round_trip(msg: Any) -> None:
 
 @pytest.mark.parametrize("msg", SERVER_MSGS, ids=_ids(SERVER_MSGS))
 def test_server_message_round_trip(msg: Any) -> None:
-    decoded = p.decode_server(p.encode(msg))
+    [decoded] = p.decode_server(p.encode([msg]))
     assert decoded == msg
     assert type(decoded) is type(msg)
+
+
+def test_server_batch_keeps_order_and_types() -> None:
+    batch = [p.Ack(1, "r", 1), p.Ping("r", 1), p.Ack(2, "r", 2), p.Notice("hi")]
+    assert p.decode_server(p.encode(batch)) == batch
+
+
+def test_a_lone_server_message_is_not_a_batch() -> None:
+    assert_bad_frame(p.decode_server, p.encode(p.Ack(1, "r", 1)))
 
 
 @pytest.mark.parametrize("batch", ROOM_BATCHES)
@@ -120,8 +131,9 @@ def test_ctl_reply_round_trip(msg: p.CtlReply) -> None:
 
 
 def test_enum_fields_decode_as_enums() -> None:
-    refused = p.decode_server(p.encode(p.Refused(1, p.Code.BLOCKED, "no")))
-    bye = p.decode_server(p.encode(p.Goodbye(p.Bye.RESET, "reset")))
+    [refused, bye] = p.decode_server(
+        p.encode([p.Refused(1, p.Code.BLOCKED, "no"), p.Goodbye(p.Bye.RESET, "reset")])
+    )
     assert refused.code is p.Code.BLOCKED
     assert bye.reason is p.Bye.RESET
 
@@ -231,13 +243,14 @@ def test_wrong_field_types_are_bad_frame(body: bytes) -> None:
     assert_bad_frame(p.decode_client, body)
 
 
-@pytest.mark.parametrize("which", ["client", "server", "ctl_request", "ctl_reply"])
+@pytest.mark.parametrize("which", ["client", "ctl_request", "ctl_reply"])
 def test_empty_array_is_bad_frame(which: str) -> None:
     assert_bad_frame(DECODERS[which], _pack())
 
 
-def test_empty_room_batch_is_valid() -> None:
-    assert p.decode_room(_pack()) == []
+@pytest.mark.parametrize("which", ["server", "room"])
+def test_empty_batch_is_valid(which: str) -> None:
+    assert DECODERS[which](_pack()) == []
 
 
 SERVER_ONLY = [m for m in SERVER_MSGS if not isinstance(m, p.Ping)]  # Ping travels both ways
@@ -253,12 +266,13 @@ CLIENT_ONLY = [m for m in CLIENT_MSGS if not isinstance(m, p.Ping)]
 
 @pytest.mark.parametrize("msg", CLIENT_ONLY, ids=_ids(CLIENT_ONLY))
 def test_client_message_fed_to_decode_server_is_bad_frame(msg: Any) -> None:
-    assert_bad_frame(p.decode_server, p.encode(msg))
+    assert_bad_frame(p.decode_server, p.encode([msg]))
 
 
 def test_ping_is_understood_both_ways() -> None:
     body = p.encode(p.Ping("room-1", 3))
-    assert p.decode_client(body) == p.decode_server(body) == p.Ping("room-1", 3)
+    assert p.decode_client(body) == p.Ping("room-1", 3)
+    assert p.decode_server(p.encode([p.Ping("room-1", 3)])) == [p.Ping("room-1", 3)]
 
 
 @pytest.mark.parametrize(
@@ -298,7 +312,7 @@ def test_bad_ctl_requests_are_bad_frame(body: bytes) -> None:
     ],
 )
 def test_bad_server_fields_are_bad_frame(body: bytes) -> None:
-    assert_bad_frame(p.decode_server, body)
+    assert_bad_frame(p.decode_server, b"\x91" + body)  # a one-item batch
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
-from procs import WAIT, BrokerProc, ClientFactory, ClientProc, _cmd, ctl
+from procs import WAIT, BrokerProc, ClientFactory, ClientProc, Replies, _cmd, ctl
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import keys
@@ -481,12 +481,7 @@ def hello(sock: zmq.Socket, name: str, session: str = "") -> p.ServerMsg:
 
 def next_reply(sock: zmq.Socket, kinds: tuple[type, ...]) -> p.ServerMsg:
     """The next reply of one of ``kinds`` (skipping heartbeats and the like)."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        msg = p.decode_server(recv(sock)[0])
-        if isinstance(msg, kinds):
-            return msg
-    raise AssertionError(f"no {kinds} within {WAIT}s")
+    return Replies(sock).expect(kinds)
 
 
 def test_a_message_cannot_name_its_sender(broker: BrokerProc, ctx: zmq.Context):

@@ -690,3 +690,41 @@ def test_outbox_groups_events_per_room_in_order_and_take_empties_it() -> None:
     assert taken.replies == [(b"a", p.Notice("hi"))]
     assert taken.logs == [LogEvent(T0, "admin", "", "", "who")]
     assert (box.replies, box.rooms, box.logs) == ([], {}, [])
+
+
+# ---- direct messages ----------------------------------------------------------------------------
+
+
+def test_tell_reaches_the_target_and_echoes_to_the_sender() -> None:
+    c = chat()
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    hello(c, "carol")
+    out = send(c, alice, p.Tell("bob", "psst", 5))
+    told = p.Told("alice", "bob", "psst", T0)
+    assert (bob.peer, told) in out.replies
+    assert (alice.peer, told) in out.replies
+    assert (alice.peer, p.Ack(5, "", 0)) in out.replies
+    assert {peer for peer, _ in out.replies} == {alice.peer, bob.peer}
+    assert out.rooms == {}
+    assert c.store.last_seq(p.LOBBY) == 0
+
+
+def test_tell_follows_the_block_and_rate_rules() -> None:
+    c = chat(rate=10, burst=1)
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    send(c, alice, p.Tell("bob", "one", 1))
+    assert refused_code(send(c, alice, p.Tell("bob", "two", 2)), alice.peer, 2) == (
+        p.Code.RATE_LIMITED
+    )
+    c.store.block("bob")
+    out = send(c, bob, p.Tell("alice", "hi", 3), now=T0 + 5)
+    assert refused_code(out, bob.peer, 3) == p.Code.BLOCKED
+    assert [e.kind for e in out.logs] == ["blocked"]
+
+
+def test_tell_to_someone_not_connected_is_refused() -> None:
+    c = chat()
+    alice = hello(c, "alice")
+    assert refused_code(send(c, alice, p.Tell("ghost", "hi", 4)), alice.peer, 4) == (
+        p.Code.NO_SUCH_USER
+    )
