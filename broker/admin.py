@@ -130,6 +130,7 @@ def stats(chat: Chat, args: list[str], now: float) -> Result:
         "blocked": len(chat.store.blocked()),
         "messages_in": c.accepted,
         "messages_out": c.published,
+        "fetched": c.fetched,
         "direct": c.direct,
         "refused": c.refused,
         "messages_per_second": round(c.rate, 1),

@@ -12,7 +12,7 @@ from . import config
 from . import keys as keyfiles
 from .config import Exit, Limits
 from .logfmt import LogWriter
-from .server import Broker, Endpoints, StartError, open_store
+from .server import PUB_HWM, Broker, Endpoints, StartError, open_store
 from .sqlstore import DEFAULT_SYNC, SYNC_MODES
 
 
@@ -133,6 +133,20 @@ def main() -> None:
     show_envvar=True,
     help="Encrypt chat traffic (CURVE); clients then need the broker's public key.",
 )
+@click.option(
+    "--pub-hwm",
+    default=PUB_HWM,
+    type=click.IntRange(min=0),
+    hidden=True,
+    help="SNDHWM of the PUB socket (tests: a small one makes a slow subscriber lose messages).",
+)
+@click.option(
+    "--pub-sndbuf",
+    default=None,
+    type=click.IntRange(min=1),
+    hidden=True,
+    help="SO_SNDBUF of the PUB socket in bytes [default: the OS's].",
+)
 def start(
     router: str,
     pub: str,
@@ -148,6 +162,8 @@ def start(
     log_format: str,
     quiet: bool,
     curve: bool,
+    pub_hwm: int,
+    pub_sndbuf: int | None,
 ) -> None:
     """Start the broker and serve until Ctrl-C, SIGTERM or `room-ctl close`."""
     max_frame = max(config.DEFAULT_LIMITS.max_frame, max_message + config.FRAME_OVERHEAD)
@@ -170,6 +186,8 @@ def start(
             log=LogWriter(fmt=log_format, quiet=quiet),
             keys=kd,
             curve=curve,
+            pub_hwm=pub_hwm,
+            pub_sndbuf=pub_sndbuf,
         )
     except (StartError, keyfiles.KeyFileError) as exc:
         if store is not None:

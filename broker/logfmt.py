@@ -7,6 +7,7 @@ flush, not one per line.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TextIO
@@ -67,7 +68,8 @@ class LogWriter:
         self, stream: TextIO | None = None, fmt: str = "text", quiet: bool = False
     ) -> None:
         self.stream = stream or sys.stdout
-        self.format = format_json if fmt == "json" else format_text
+        self.json = fmt == "json"
+        self.format = format_json if self.json else format_text
         self.quiet = quiet
 
     def events(self, events: Iterable[LogEvent]) -> None:
@@ -77,7 +79,10 @@ class LogWriter:
             self._write("\n".join(lines) + "\n")
 
     def line(self, text: str) -> None:
-        """A plain status line (start, stop), shown in every mode."""
+        """A status line (start, stop), shown even when quiet: as it is, or in JSON a record of
+        kind ``status``, so that every line of a JSON log parses."""
+        if self.json:
+            text = format_json(LogEvent(time.time(), "status", text=text))
         self._write(text + "\n")
 
     def _write(self, text: str) -> None:

@@ -3,7 +3,9 @@
 One thread owns every socket. Each turn of the loop drains what is waiting (up to ``BATCH``
 messages per socket), hands each decoded message to the chat, then flushes once: commit the store,
 publish each room's events in one PUB send, send the replies, write the log. An idle broker
-therefore answers a lone message at once, and a busy one packs its sends.
+therefore answers a lone message at once, and a busy one packs its sends. A commit that fails (disk
+full, I/O error) costs that batch only: its messages are refused, nothing of it is published, one
+line is logged, and the loop goes on.
 
 Security (ZeroMQ CURVE): the control socket is always a CURVE server whose ZAP domain accepts only
 the public keys on the admins' allow-list (``keys.AllowList``, re-read at each heartbeat tick when
@@ -36,9 +38,9 @@ from .admin import dispatch
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
 from .keys import AllowList, KeyDir, KeyFileError, load_secret, short
 from .logfmt import LogWriter
-from .sqlstore import DEFAULT_SYNC, SQLiteStore, StoreError
+from .sqlstore import DEFAULT_SYNC, SQLiteStore
 from .state import Chat, Settings
-from .store import AuditEntry, MemoryStore, Store
+from .store import AuditEntry, MemoryStore, Store, StoreError
 
 BATCH: Final = 512
 """Messages read from one socket before the loop flushes; bounds latency under load."""
@@ -175,6 +177,8 @@ class Broker:
         clock: Callable[[], float] = time.time,
         keys: KeyDir | None = None,
         curve: bool = False,
+        pub_hwm: int = PUB_HWM,
+        pub_sndbuf: int | None = None,
     ) -> None:
         self.admins = AllowList(keys.admins if keys else None)
         try:
@@ -201,12 +205,17 @@ class Broker:
         if curve:
             self.auth.configure_curve_callback(CHAT_DOMAIN, _AnyClient())
         try:
-            self.router = self._bind(zmq.ROUTER, endpoints.router, limits.max_frame, chat_domain)
+            router_options = {zmq.SNDHWM: ROUTER_HWM, zmq.RCVHWM: ROUTER_HWM}
+            self.router = self._bind(
+                zmq.ROUTER, endpoints.router, limits.max_frame, chat_domain, router_options
+            )
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            self.router.setsockopt(zmq.SNDHWM, ROUTER_HWM)
-            self.router.setsockopt(zmq.RCVHWM, ROUTER_HWM)
-            self.pub = self._bind(zmq.PUB, endpoints.pub, limits.max_subscription, chat_domain)
-            self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+            pub_options = {zmq.SNDHWM: pub_hwm}
+            if pub_sndbuf is not None:  # tests: a small kernel buffer makes a slow peer drop
+                pub_options[zmq.SNDBUF] = pub_sndbuf
+            self.pub = self._bind(
+                zmq.PUB, endpoints.pub, limits.max_subscription, chat_domain, pub_options
+            )
             self.control = self._bind(
                 zmq.ROUTER, endpoints.control, limits.max_frame, CONTROL_DOMAIN
             )
@@ -224,12 +233,22 @@ class Broker:
         self._refresh_admins(self.clock())
 
     def _bind(
-        self, kind: int, endpoint: str, max_frame: int, domain: str | None
+        self,
+        kind: int,
+        endpoint: str,
+        max_frame: int,
+        domain: str | None,
+        options: dict[int, int] | None = None,
     ) -> zmq.Socket[bytes]:
-        """Bind a socket with ``MAXMSGSIZE``; with a ZAP ``domain``, as a CURVE server."""
+        """Bind a socket with ``MAXMSGSIZE`` and ``options``; with a ZAP ``domain``, as a CURVE
+        server. Every option is set before the bind: libzmq copies them into the listener then,
+        and an option set later never reaches the connections it accepts (high-water marks,
+        buffer sizes)."""
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        for option, value in (options or {}).items():
+            sock.setsockopt(option, value)
         if domain is not None:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
@@ -306,7 +325,7 @@ class Broker:
         while not self._stopping and not self.chat.closing:
             wait = max(0.0, next_tick - self.clock())
             ready = dict(poller.poll(wait * 1000))
-            ctl_replies: list[list[bytes]] = []
+            ctl_replies: list[tuple[bytes, p.CtlReply]] = []
             if self.router in ready:
                 self._drain_router()
             if self.control in ready:
@@ -377,10 +396,11 @@ class Broker:
         if user is not None:
             self.chat.remove(user, self.clock(), "its connection id was taken by another key")
 
-    def _drain_control(self) -> list[list[bytes]]:
+    def _drain_control(self) -> list[tuple[bytes, p.CtlReply]]:
         """Answer control requests. Each is checked against the allow-list again (a key removed
-        since its connection's handshake is refused) and recorded in the audit log."""
-        replies: list[list[bytes]] = []
+        since its connection's handshake is refused) and recorded in the audit log. The replies
+        go out at the flush, after the commit."""
+        replies: list[tuple[bytes, p.CtlReply]] = []
         for _ in range(BATCH):
             try:
                 frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -408,7 +428,7 @@ class Broker:
                 now, admin or "", key, request.command, tuple(request.args), reply.ok, reply.message
             )
             self.chat.store.audit(entry)
-            replies.append([frames[0].bytes, b"", p.encode(reply)])
+            replies.append((frames[0].bytes, reply))
         return replies
 
     def _admin_request(self, request: p.CtlRequest, admin: str | None, now: float) -> p.CtlReply:
@@ -461,10 +481,16 @@ class Broker:
         )
         self.chat.out.log(now, "security", text=text)
 
-    def _flush(self, ctl_replies: list[list[bytes]]) -> None:
+    def _flush(self, ctl_replies: list[tuple[bytes, p.CtlReply]]) -> None:
         out = self.chat.out.take()
         counters = self.chat.counters
-        self.chat.store.commit()  # before anything leaves: an Ack means stored
+        try:
+            self.chat.store.commit()  # before anything leaves: an Ack means stored
+        except StoreError as exc:  # the batch is lost, not the broker: refuse what it stored
+            refused = self.chat.commit_failed(out)
+            ctl_replies = [(peer, _unstored(reply)) for peer, reply in ctl_replies]
+            text = f"{exc}: {refused} messages refused, nothing of the batch published"
+            out.log(self.clock(), "error", text=text)
         encode, topic = p.encode, p.topic
         pub_send, send = self.pub.send, self.router.send
         for room, events in out.rooms.items():
@@ -485,8 +511,15 @@ class Broker:
                 counters.dropped_replies += len(batch)
                 continue
             send(encode(batch), _NOBLOCK)
-        for frames in ctl_replies:
+        for peer, reply in ctl_replies:
             with contextlib.suppress(zmq.ZMQError):  # room-ctl gave up waiting
-                self.control.send_multipart(frames, zmq.NOBLOCK)
+                self.control.send_multipart([peer, b"", encode(reply)], zmq.NOBLOCK)
         if out.logs:
             self.log.events(out.logs)
+
+
+def _unstored(reply: p.CtlReply) -> p.CtlReply:
+    """The answer to a control request whose batch could not be stored: its audit entry and any
+    change to the blocklist are lost (a block or unblock did not happen), so it is not an ok."""
+    reason = "the broker could not store this request: try again; see its log"
+    return p.CtlReply(reply.id, False, reason, p.Code.UNAVAILABLE.value)

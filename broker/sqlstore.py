@@ -4,6 +4,11 @@ mode).
 Writes go into one open transaction; the broker calls ``commit`` once per batch, before it
 publishes or acknowledges anything from that batch (a group commit). An Ack therefore always means
 the message is on disk, and a burst of messages costs one fsync, not one each.
+
+A write that fails (disk full, I/O error) fails the whole batch: ``commit`` rolls the transaction
+back, puts the sequence counters and the blocklist back where the last commit left them (numbering
+stays dense) and raises ``StoreError``; the broker then refuses what the batch would have
+acknowledged, and the next batch starts clean.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import IO, Final
 import msgspec
 
 from .protocol import LOBBY, Ack, Posted
-from .store import AuditEntry
+from .store import AuditEntry, StoreError
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -30,7 +35,8 @@ CREATE TABLE IF NOT EXISTS messages (
     mid INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (sender, mid);
+DROP INDEX IF EXISTS messages_by_sender;
+CREATE INDEX IF NOT EXISTS messages_by_sender_ts ON messages (sender, ts, mid);
 CREATE TABLE IF NOT EXISTS blocked (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
@@ -44,6 +50,12 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
+RECENT_ACKS: Final = (
+    "SELECT mid, room, seq FROM messages WHERE sender = ? AND mid != 0 ORDER BY ts DESC LIMIT ?"
+)
+"""A sender's latest message ids; ``messages_by_sender_ts`` answers it from the index alone, newest
+first, however many messages the sender has (the old index on (sender, mid) needed a sort)."""
+
 SYNC_MODES: Final = ("normal", "full")
 """``normal`` (the default): a commit is in the WAL file before the Ack, so it survives a crash or
 kill -9 of the broker; an OS crash or power cut may lose the last commits. ``full`` adds an fsync
@@ -54,10 +66,6 @@ DEFAULT_SYNC: Final = SYNC_MODES[0]
 CHECKPOINT_EVERY: Final = 1.0
 """Seconds between WAL checkpoints, run by a thread of their own so that their fsyncs never
 stall the broker's loop (SQLite's automatic checkpoint would run inside a commit)."""
-
-
-class StoreError(Exception):
-    """The database cannot be used; the message is one line for the operator."""
 
 
 class _Checkpointer(threading.Thread):
@@ -107,29 +115,50 @@ class SQLiteStore:
         self._dirty = False
         self._rows: list[tuple[str, int, float, str, str, int]] = []
         """Messages appended since the last write to the database; one executemany each batch."""
+        self._failed: sqlite3.Error | None = None
+        """The first write error of the open batch: later writes are skipped, ``commit`` fails."""
+        self._undo: dict[str, int | None] = {}
+        """Each room's sequence counter before the open batch changed it (None: a new room)."""
+        self._blocked_before: set[str] | None = None
+        """The blocklist before the open batch changed it."""
         self.lock: IO[str] | None = None  # the data dir's lock file, released on close
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
-        if not self._dirty:
-            self._db.execute("BEGIN")
-            self._dirty = True
-        self._db.execute(sql, args)
+        """One statement in the batch's transaction. An error is kept for ``commit`` to raise,
+        never raised here: the chat's decisions stand until the commit says the batch failed."""
+        if self._failed is not None:
+            return
+        try:
+            if not self._dirty:
+                self._db.execute("BEGIN")
+                self._dirty = True
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            self._failed = exc
 
     def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted:
-        seq = self._seq.get(room, 0) + 1
-        if room not in self._seq:
+        old = self._seq.get(room)
+        if room not in self._undo:
+            self._undo[room] = old
+        if old is None:
             self._write("INSERT OR IGNORE INTO rooms VALUES (?)", (room,))
-        self._seq[room] = seq
+        seq = self._seq[room] = (old or 0) + 1
         self._rows.append((room, seq, ts, sender, text, mid))
         return Posted(room, seq, ts, sender, text)
 
     def _write_rows(self) -> None:
         """Put the buffered messages into the open transaction (before any read, and at commit)."""
         if self._rows:
-            if not self._dirty:
-                self._db.execute("BEGIN")
-                self._dirty = True
-            self._db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", self._rows)
+            if self._failed is None:
+                try:
+                    if not self._dirty:
+                        self._db.execute("BEGIN")
+                        self._dirty = True
+                    self._db.executemany(
+                        "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", self._rows
+                    )
+                except sqlite3.Error as exc:
+                    self._failed = exc
             self._rows.clear()
 
     def last_seq(self, room: str) -> int:
@@ -161,11 +190,7 @@ class SQLiteStore:
 
     def recent_acks(self, sender: str, count: int) -> list[Ack]:
         self._write_rows()
-        rows = self._db.execute(
-            "SELECT mid, room, seq FROM messages WHERE sender = ? AND mid != 0 "
-            "ORDER BY ts DESC LIMIT ?",
-            (sender, count),
-        ).fetchall()
+        rows = self._db.execute(RECENT_ACKS, (sender, count)).fetchall()
         return [Ack(*row) for row in reversed(rows)]
 
     def rooms(self) -> list[str]:
@@ -173,11 +198,14 @@ class SQLiteStore:
 
     def add_room(self, room: str) -> None:
         if room not in self._seq:
+            self._undo.setdefault(room, None)
             self._seq[room] = 0
             self._write("INSERT OR IGNORE INTO rooms VALUES (?)", (room,))
 
     def reset(self) -> None:
         self._rows.clear()
+        for room, seq in self._seq.items():
+            self._undo.setdefault(room, seq)
         self._write("DELETE FROM messages", ())
         self._write("DELETE FROM rooms WHERE name != ?", (LOBBY,))
         self._seq = {LOBBY: 0}
@@ -188,6 +216,7 @@ class SQLiteStore:
     def block(self, name: str) -> bool:
         if name in self._blocked:
             return False
+        self._keep_blocked()
         self._blocked.add(name)
         self._write("INSERT OR IGNORE INTO blocked VALUES (?)", (name,))
         return True
@@ -195,9 +224,14 @@ class SQLiteStore:
     def unblock(self, name: str) -> bool:
         if name not in self._blocked:
             return False
+        self._keep_blocked()
         self._blocked.discard(name)
         self._write("DELETE FROM blocked WHERE name = ?", (name,))
         return True
+
+    def _keep_blocked(self) -> None:
+        if self._blocked_before is None:
+            self._blocked_before = set(self._blocked)
 
     def audit(self, entry: AuditEntry) -> None:
         args = msgspec.json.encode(list(entry.args)).decode()
@@ -220,17 +254,44 @@ class SQLiteStore:
         ]
 
     def commit(self) -> None:
+        """Make the batch durable, or roll it back and raise ``StoreError`` (see the module)."""
         self._write_rows()
-        if self._dirty:
-            self._db.execute("COMMIT")
-            self._dirty = False
+        try:
+            if self._failed is not None:
+                raise self._failed
+            if self._dirty:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"the database {self.path} could not store a batch ({exc})") from None
+        self._dirty = False
+        self._undo.clear()
+        self._blocked_before = None
+
+    def _rollback(self) -> None:
+        """Forget the failed batch, in the database and in the counters kept here."""
+        if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, IOERR)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        self._rows.clear()
+        self._dirty = False
+        self._failed = None
+        for room, seq in self._undo.items():
+            if seq is None:
+                self._seq.pop(room, None)
+            else:
+                self._seq[room] = seq
+        self._undo.clear()
+        if self._blocked_before is not None:
+            self._blocked, self._blocked_before = self._blocked_before, None
 
     def size(self) -> int:
         files = (self.path, self.path.with_name(self.path.name + "-wal"))
         return sum(f.stat().st_size for f in files if f.exists())
 
     def close(self) -> None:
-        self.commit()
+        with contextlib.suppress(StoreError):  # nothing uncommitted was acknowledged
+            self.commit()
         self._checkpointer.stop()
         self._db.close()
         if self.lock is not None:

@@ -3,7 +3,8 @@
 ``Chat`` takes decoded messages (with the ROUTER peer id they came from and the time) and fills an
 ``Outbox``: replies to peers, events per room, and log records. The I/O layer drains the outbox
 after each batch of input, so everything a batch produces for one room goes out in one PUB send,
-after one store commit (an Ack always means "stored").
+after one store commit (an Ack always means "stored"). When that commit fails, ``commit_failed``
+turns the batch's outbox into what may still go out: refusals instead of Acks, nothing published.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from . import protocol as p
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
 from .store import ACKS_KEPT, Store
+
+STORE_FAILED: Final = "the broker could not store this message: try again"
+"""The reason of the refusal a sender gets when the batch of its message could not be stored."""
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """Characters that would break the one-line-per-message log and client output."""
@@ -83,6 +87,7 @@ class Counters:
     bad_frames: int = 0
     dropped_replies: int = 0  # replies a peer's full or gone queue could not take
     published: int = 0  # PUB sends (each one a batch of room events)
+    fetched: int = 0  # stored messages sent in answer to Fetch (gap repair, /history)
     started: float = 0.0  # when the broker started (set by the I/O layer)
     rate: float = 0.0  # room messages accepted per second over the last heartbeat interval
     _mark: tuple[float, int] = (0.0, 0)  # (time, accepted) at the last tick
@@ -152,6 +157,42 @@ class Chat:
                 self.remove(user, now, "left the chat")
             case p.Hello():
                 self.error(peer, p.Code.ALREADY, f"already connected as {user.name}")
+
+    def commit_failed(self, out: Outbox) -> int:
+        """The store could not commit the batch that filled ``out`` and rolled it back, so its
+        ``last_seq`` is the last committed again. Nothing the batch stored exists: its messages
+        are refused (UNAVAILABLE) instead of acknowledged, and forgotten as sent ids so that a
+        retry is stored; nothing of the batch is published, and its chat lines are not logged.
+        Replies that read the lost messages (Joined, Messages, Ping, Rooms) are cut back to
+        what is stored: no client may learn a sequence number that will be used again. Returns
+        how many messages were refused."""
+        last = self.store.last_seq
+        lost: set[tuple[str, int]] = set()  # a retry in the same batch is the same message
+        for i, (peer, msg) in enumerate(out.replies):
+            match msg:
+                case p.Ack(mid=mid, room=room, seq=seq) if room and seq > last(room):
+                    lost.add((room, seq))
+                    out.replies[i] = (peer, p.Refused(mid, p.Code.UNAVAILABLE, STORE_FAILED))
+                    user = self.by_peer.get(peer)
+                    if user is not None and user.mids.get(mid) == msg:
+                        del user.mids[mid]
+                case p.Joined(room=room, seq=seq) if seq > last(room):
+                    kept = [m for m in msg.history if m.seq <= last(room)]
+                    out.replies[i] = (peer, p.Joined(room, last(room), kept, msg.forced))
+                case p.Messages(room=room, messages=messages, first=first):
+                    kept = [m for m in messages if m.seq <= last(room)]
+                    first = min(first, last(room) + 1)
+                    out.replies[i] = (peer, p.Messages(room, kept, first))
+                case p.Ping(room=room, seq=seq) if room and seq > last(room):
+                    out.replies[i] = (peer, p.Ping(room, last(room)))
+                case p.Rooms(rooms=rooms):
+                    infos = [p.RoomInfo(r.name, r.members, min(r.seq, last(r.name))) for r in rooms]
+                    out.replies[i] = (peer, p.Rooms(infos))
+        out.rooms.clear()
+        out.logs = [e for e in out.logs if e.kind != "msg"]
+        self.counters.accepted -= len(lost)
+        self.counters.refused += len(lost)
+        return len(lost)
 
     def error(self, peer: bytes, code: p.Code, reason: str) -> None:
         """Tell a peer its request failed (also used by the I/O layer for bad frames)."""
@@ -273,6 +314,7 @@ class Chat:
             return
         limit = max(1, min(msg.limit, 1000))
         messages, first = self.store.range(msg.room, msg.after, msg.upto, limit)
+        self.counters.fetched += len(messages)
         self.out.reply(user.peer, p.Messages(msg.room, messages, first))
 
     def _join(self, user: User, room: str, history: int, now: float, forced: bool = False) -> None:

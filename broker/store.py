@@ -19,6 +19,11 @@ AUDIT_KEPT: Final = 10_000
 """Audit entries a MemoryStore keeps (the SQLite store keeps them all)."""
 
 
+class StoreError(Exception):
+    """The database cannot be used, or could not store a batch; the message is one line for the
+    operator."""
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One admin request: when, by whom (allow-list name and public key), what, and its result."""
@@ -64,7 +69,11 @@ class Store(Protocol):
         """The latest ``limit`` audit entries, oldest first."""
         ...
 
-    def commit(self) -> None: ...
+    def commit(self) -> None:
+        """Make the batch durable, or raise ``StoreError``: then nothing of the batch is stored,
+        and ``last_seq``, ``rooms`` and ``blocked`` are back where the last commit left them."""
+        ...
+
     def close(self) -> None: ...
     def size(self) -> int:
         """Bytes the store holds on disk (0 in memory)."""

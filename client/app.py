@@ -35,7 +35,7 @@ def run(
     curve: CurveKeys | None = None,
 ) -> int:
     """Chat until the user leaves or the broker ends the session; returns the exit code."""
-    session = Session(name, room, history)
+    session = Session(name, room, history, track=interactive)
     front: Frontend
     if interactive:
         from .tui import Tui

@@ -19,6 +19,7 @@ that from then on the user sees every later message of the room.
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -54,6 +55,9 @@ from broker.protocol import (
     ServerMsg,
     Sync,
     Synced,
+    Tell,
+    Told,
+    UserInfo,
     Users,
     Welcome,
     topic,
@@ -74,6 +78,9 @@ LOST_AFTER: Final = HEARTBEAT * LIVENESS
 """Seconds of silence from the broker before it is taken for lost (and again between retries),
 until a ``Welcome`` gives the broker's own heartbeat interval (then LIVENESS intervals)."""
 FETCH_LIMIT: Final = 1000
+ROSTER_REFRESH: Final = 30.0
+"""Seconds between quiet refreshes of who and which rooms exist, for a session that tracks them
+(the terminal's status bar and completion); presence events keep the current room exact."""
 
 BLOCKED_LINE: Final = "you are blocked: your messages reach only the server"
 LOST_LINE: Final = "lost the broker; still trying"
@@ -83,6 +90,7 @@ HELP: Final = (
     ("/leave", f"go back to {LOBBY}"),
     ("/rooms", "list the rooms and their member counts"),
     ("/who [ROOM]", "list who is connected, everywhere or in ROOM"),
+    ("/msg USER TEXT", "send TEXT to USER alone (a direct message, not stored)"),
     ("/history [N]", f"show the last N messages of this room (default {HISTORY})"),
     ("/help", "show this list"),
     ("/exit", "leave the chat (also Ctrl-D)"),
@@ -128,6 +136,7 @@ class Kind(StrEnum):
 
     MESSAGE = "message"  # a live room message
     HISTORY = "history"  # an older room message, shown on join or /history
+    DIRECT = "direct"  # a direct message, to this user or from it
     NOTICE = "notice"  # anything else the broker or the client says
     ERROR = "error"  # a failed request
 
@@ -142,11 +151,16 @@ class Line:
     sender: str = ""
     ts: float = 0.0
     own: bool = False
+    to: str = ""
+    """The recipient of a direct message."""
 
     def render(self) -> str:
-        """The plain line of the piped-mode contract: ``[ROOM] SENDER: TEXT`` or ``* TEXT``."""
+        """The plain line of the piped-mode contract: ``[ROOM] SENDER: TEXT``, a direct message
+        ``[@TO] SENDER: TEXT`` (on both sides; no room name starts with ``@``), or ``* TEXT``."""
         if self.kind in (Kind.MESSAGE, Kind.HISTORY):
             return f"[{self.room}] {self.sender}: {clean(self.text)}"
+        if self.kind is Kind.DIRECT:
+            return f"[@{self.to}] {self.sender}: {clean(self.text)}"
         return f"* {clean(self.text)}"
 
 
@@ -232,6 +246,7 @@ class Session:
         history: int = HISTORY,
         *,
         rng: random.Random | None = None,
+        track: bool = False,
     ) -> None:
         self.name = name
         self.want_room = room
@@ -274,6 +289,8 @@ class Session:
         broker may have started over on empty storage, and only Joined can tell."""
         self.hello_pending = False
         """Whether a new DEALER sent ``Hello`` and waits for ``Welcome`` (the broker was lost)."""
+        self.taken_since: float | None = None
+        """While resuming: when the broker first said our name is taken (see ``_error``)."""
         self.heartbeat = HEARTBEAT
         """Seconds between our pings when otherwise silent: the broker's, from ``Welcome``."""
         self.lost_after = LOST_AFTER
@@ -283,6 +300,22 @@ class Session:
         self.last_recv = 0.0
         self.exit_at: float | None = None
         self.done = False
+        self.telling: dict[int, str] = {}
+        """Sent ``Tell`` messages by mid (their recipient), until ``Ack`` or ``Refused``. Never
+        sent again: the broker does not store them, so a retry could deliver one twice."""
+        self.is_blocked = False
+        """Whether the user is blocked now, as far as the session knows (the status bar)."""
+        self.track = track
+        """Keep ``users`` and ``rooms`` fresh with quiet listings (a terminal front end)."""
+        self.users: dict[str, str] = {}
+        """Known users and their rooms ("" when unknown): listings, presence, senders."""
+        self.blocked_users: set[str] = set()
+        self.rooms: dict[str, int] = {}
+        """Known rooms and their member counts, from the last room listing."""
+        self.asked: dict[type, deque[tuple[bool, str]]] = {Users: deque(), Rooms: deque()}
+        """Per listing, each outstanding request: whether to show its answer (or keep it quiet,
+        a refresh) and the room it asked about. The broker answers in order."""
+        self.refresh_at: float | None = None
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -299,7 +332,31 @@ class Session:
         """
         if self.room is None or self.announce or self.joins or self.pending or self.fetches:
             return False
+        if self.telling:
+            return False
         return self.own_seq <= self.last.get(self.room, 0)
+
+    @property
+    def state(self) -> str:
+        """The connection as a word for the status bar."""
+        if self.done:
+            return "disconnected"
+        if not self.started:
+            return "connecting"
+        return "reconnecting" if self.hello_pending else "connected"
+
+    def members(self) -> list[str]:
+        """Who is in the current room, as far as listings and presence tell."""
+        room = self.room
+        return sorted(name for name, where in self.users.items() if room and where == room)
+
+    def room_names(self) -> list[str]:
+        """Every room the session knows of (completion)."""
+        return sorted({LOBBY, *self.rooms, *([self.room] if self.room else [])})
+
+    def user_names(self) -> list[str]:
+        """Every user the session knows of, but this one (completion)."""
+        return sorted(name for name in self.users if name != self.name)
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -324,12 +381,15 @@ class Session:
                     out += self._drain(now)
             case Ack(mid=mid, room=room, seq=seq):
                 self.pending.pop(mid, None)
+                self.telling.pop(mid, None)
                 if room == self.room:
                     self.own_seq = max(self.own_seq, seq)
                 out += self._maybe_quit(now)
             case Refused(mid=mid, code=code, reason=reason):
                 self.pending.pop(mid, None)
+                self.telling.pop(mid, None)
                 if code is Code.BLOCKED:
+                    self.is_blocked = True
                     out += self._tell_blocked()
                 else:
                     out.append(_notice(f"not delivered: {reason}"))
@@ -339,11 +399,21 @@ class Session:
             case Notice(text=text):
                 out.append(_notice(text))
             case Users(users=users):
-                rows = [(u.name, u.room + ("  (blocked)" if u.blocked else "")) for u in users]
-                out += _table(rows) if rows else [_notice("nobody is connected there")]
+                shown, where = self._answer(Users)
+                self._learn_users(users, where)
+                if shown:
+                    rows = [(u.name, u.room + ("  (blocked)" if u.blocked else "")) for u in users]
+                    out += _table(rows) if rows else [_notice("nobody is connected there")]
             case Rooms(rooms=rooms):
-                rows = [(r.name, _members(r.members)) for r in rooms]
-                out += _table(rows) if rows else [_notice("there are no rooms")]
+                self.rooms = {r.name: r.members for r in rooms}
+                if self._answer(Rooms)[0]:
+                    rows = [(r.name, _members(r.members)) for r in rooms]
+                    out += _table(rows) if rows else [_notice("there are no rooms")]
+            case Told(sender=sender, to=to, text=text, ts=ts):
+                for name in (sender, to):
+                    self.users.setdefault(name, "")
+                own = sender == self.name
+                out.append(Line(Kind.DIRECT, text, sender=sender, ts=ts, own=own, to=to))
             case Goodbye(reason=reason, text=text):
                 code, line = _GOODBYE.get(reason, (Exit.DISCONNECTED, text or str(reason)))
                 out.append(self._stop(code, f"{PROG}: {line}"))
@@ -411,6 +481,8 @@ class Session:
             if not fetch.history and now - fetch.sent_at >= FETCH_RETRY:
                 fetch.sent_at = now
                 out.append(self._send(Fetch(fetch.room, fetch.after, fetch.upto), now))
+        if self.refresh_at is not None and now >= self.refresh_at:
+            out += self._refresh(now)
         if now - self.last_sent >= self.heartbeat:
             out.append(self._send(Ping(), now))
         return out
@@ -422,10 +494,12 @@ class Session:
         self.session_secret = msg.session
         self.name = msg.name
         self.hello_pending = False
+        self.taken_since = None
         self.last_sent = now
         if msg.heartbeat > 0:  # follow the broker's liveness, whatever its --heartbeat
             self.heartbeat = msg.heartbeat
             self.lost_after = msg.heartbeat * LIVENESS
+        self.is_blocked = msg.blocked
         if msg.blocked:
             out += self._tell_blocked()
         resuming = self.started
@@ -437,6 +511,11 @@ class Session:
         # Back after losing the broker: the same room without history (the gap is fetched
         # instead), and every unacknowledged message again (the broker drops those it has).
         out.append(_notice("reconnected to the broker"))
+        for to in self.telling.values():  # not stored, so not sent again: say so
+            out.append(_notice(f"not delivered to {to}: the broker was lost; send it again"))
+        self.telling.clear()
+        for asked in self.asked.values():  # answers to the old connection will not come
+            asked.clear()
         self.check_numbering = True
         self.fetches.clear()
         out.append(self._send(Join(self.room or self.want_room, 0), now))
@@ -491,7 +570,7 @@ class Session:
         self.live = True
         self.target = max(self.target, msg.seq)
         self.known = max(self.known, msg.seq)
-        return self._drain(now)
+        return self._drain(now) + self._refresh(now)
 
     def _error(self, msg: Error, now: float) -> list[Effect]:
         if msg.code is Code.HELLO_FIRST:
@@ -500,6 +579,16 @@ class Session:
             self.hello_pending = True
             self.retry_at = now + self.lost_after
             return [_notice("the broker forgot this session; rejoining"), Reconnect(self.hello())]
+        if self.hello_pending and msg.code is Code.NAME_TAKEN:
+            # Perhaps by ourselves: a broker that forgot us welcomed an earlier Hello as a new
+            # session (new secret) on a connection we have replaced since. The broker drops that
+            # stale session after LIVENESS silent intervals, at its next tick: until then, say
+            # Hello again every interval; only a name still taken after that is someone else's.
+            if self.taken_since is None:
+                self.taken_since = now
+            if now - self.taken_since < self.lost_after + self.heartbeat:
+                self.retry_at = now + self.heartbeat
+                return []
         if self.hello_pending and msg.code in (
             Code.NAME_TAKEN,
             Code.BAD_NAME,
@@ -598,12 +687,29 @@ class Session:
 
     def _message(self, msg: Posted, kind: Kind) -> Line:
         own = msg.sender == self.name
+        self.users.setdefault(msg.sender, "")
         return Line(kind, msg.text, room=msg.room, sender=msg.sender, ts=msg.ts, own=own)
+
+    def _track_presence(self, user: str, room: str, what: str) -> None:
+        match what:
+            case "entered":
+                self.users[user] = room
+            case "left" | "out":
+                if self.users.get(user) == room:
+                    self.users[user] = ""  # gone elsewhere, or away
+            case "fired":
+                self.users.pop(user, None)
+            case "blocked" | "unblocked":
+                self.users.setdefault(user, room)
+                (self.blocked_users.add if what == "blocked" else self.blocked_users.discard)(user)
+                if user == self.name:
+                    self.is_blocked = what == "blocked"
 
     def _presence(self, event: Presence) -> list[Effect]:
         if event.room != self.room:
             return []
         user, room, what = event.user, event.room, event.what
+        self._track_presence(user, room, what)
         if user == self.name:
             if what == "unblocked":
                 self.blocked = False
@@ -620,6 +726,43 @@ class Session:
             "fired": f"{user} was disconnected by the admin",
         }.get(what, f"{user}: {what}")
         return [_notice(text)]
+
+    # ---- who is where -------------------------------------------------------------------------
+
+    def _ask(self, msg: ListUsers | ListRooms, now: float, shown: bool = True) -> Send:
+        if isinstance(msg, ListUsers):
+            self.asked[Users].append((shown, msg.room))
+        else:
+            self.asked[Rooms].append((shown, ""))
+        return self._send(msg, now)
+
+    def _answer(self, kind: type) -> tuple[bool, str | None]:
+        """Whether to show a listing that came, and the room it was about (None: not known)."""
+        asked = self.asked[kind]
+        return asked.popleft() if asked else (True, None)
+
+    def _learn_users(self, users: list[UserInfo], where: str | None) -> None:
+        listed = {u.name: u.room for u in users}
+        if where == "":  # everyone: the whole truth
+            self.users = listed
+            self.blocked_users = {u.name for u in users if u.blocked}
+        else:
+            if where:
+                for name in [n for n, room in self.users.items() if room == where]:
+                    if name not in listed:
+                        self.users[name] = ""
+            self.users.update(listed)
+            for u in users:
+                (self.blocked_users.add if u.blocked else self.blocked_users.discard)(u.name)
+        if self.name in self.blocked_users:
+            self.is_blocked = True
+
+    def _refresh(self, now: float) -> list[Effect]:
+        """Quiet listings of every user and room, for a session that tracks them."""
+        if not self.track:
+            return []
+        self.refresh_at = now + ROSTER_REFRESH
+        return [self._ask(ListUsers(""), now, shown=False), self._ask(ListRooms(), now, False)]
 
     # ---- user input ---------------------------------------------------------------------------
 
@@ -645,13 +788,15 @@ class Session:
                 self.joins += 1
                 return [self._send(Leave(), now)]
             case "/rooms", []:
-                return [self._send(ListRooms(), now)]
+                return [self._ask(ListRooms(), now)]
             case "/who", []:
-                return [self._send(ListUsers(room=""), now)]
+                return [self._ask(ListUsers(room=""), now)]
             case "/who", [room]:
                 if not valid_name(room):
                     return [_notice(f"not a room name: {room!r} (a name is {NAME_RULE})")]
-                return [self._send(ListUsers(room=room), now)]
+                return [self._ask(ListUsers(room=room), now)]
+            case "/msg", _:
+                return self._tell(line, now)
             case "/history", [] | [_]:
                 return self._history(args, now)
             case "/help", []:
@@ -662,6 +807,21 @@ class Session:
                 usage = next((u for u, _ in HELP if u.split()[0] == command), command)
                 return [_notice(f"usage: {usage}")]
         return [_notice(f"unknown command {command}: try /help")]
+
+    def _tell(self, line: str, now: float) -> list[Effect]:
+        """``/msg USER TEXT``: the text keeps its own spacing."""
+        parts = line.split(None, 2)
+        if len(parts) < 3 or not parts[2].strip():
+            return [_notice("usage: /msg USER TEXT")]
+        to, text = parts[1].removeprefix("@"), parts[2]
+        if not valid_name(to):
+            return [_notice(f"not a user name: {to!r} (a name is {NAME_RULE})")]
+        if self.hello_pending:
+            return [_notice(f"not delivered to {to}: the broker is not reachable; try again")]
+        mid = self.next_mid
+        self.next_mid += 1
+        self.telling[mid] = to
+        return [self._send(Tell(to, text, mid), now)]
 
     def _history(self, args: list[str], now: float) -> list[Effect]:
         try:
@@ -692,7 +852,7 @@ class Session:
         return self._maybe_quit(now)
 
     def _maybe_quit(self, now: float) -> list[Effect]:
-        if self.exit_at is None or self.pending:
+        if self.exit_at is None or self.pending or self.telling:
             return []
         return self._quit(now)
 

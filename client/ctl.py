@@ -146,8 +146,10 @@ def render(data: dict[str, Any]) -> list[str]:
         rows = [(r["name"], str(r["members"]), str(r["seq"])) for r in data["rooms"]]
         lines += _table(("ROOM", "MEMBERS", "MESSAGES"), rows)
     if "stats" in data:
-        rows = [(key.replace("_", " "), f"{value:,}") for key, value in data["stats"].items()]
-        lines += _table(("COUNTER", "VALUE"), rows)
+        rows = [
+            (_STAT_NAMES.get(k, k.replace("_", " ")), _stat(k, v)) for k, v in data["stats"].items()
+        ]
+        lines += _table(("COUNTER", "VALUE"), rows, right={1})
     if "audit" in data:
         rows = [
             (
@@ -163,10 +165,41 @@ def render(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+_STAT_NAMES = {"uptime_seconds": "uptime", "database_bytes": "database size"}
+
+
+def _stat(key: str, value: Any) -> str:
+    """A counter for people: sizes in KiB or MiB, the uptime in h/m/s, thousands grouped."""
+    if not isinstance(value, int | float):
+        return str(value)
+    if key.endswith("_bytes"):
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if value >= size:
+                return f"{value / size:,.1f} {unit}"
+        return f"{value} B"
+    if key.endswith("_seconds"):
+        whole = int(value)
+        hours, rest = divmod(whole, 3600)
+        return (
+            f"{hours}h {rest // 60:02d}m {rest % 60:02d}s"
+            if hours
+            else f"{rest // 60}m {rest % 60:02d}s"
+        )
+    return f"{value:,}"
+
+
+def _table(
+    header: tuple[str, ...],
+    rows: list[tuple[str, ...]],
+    right: frozenset[int] | set[int] = frozenset(),
+) -> list[str]:
+    """Aligned columns; the columns in ``right`` (numbers) aligned to the right."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
         for r in [header, *rows]
     ]
 
@@ -179,16 +212,24 @@ def _fail(message: str, code: Exit = Exit.ERROR) -> NoReturn:
 def _verb(
     name: str, argnames: tuple[str, ...], options: tuple[str, ...], help_text: str
 ) -> click.Command:
-    def callback(**kwargs: str | None) -> None:
+    def callback(as_json: bool, **kwargs: str | None) -> None:
+        ctx = click.get_current_context()
+        if as_json:  # `room-ctl who --json` as well as `room-ctl --json who`
+            ctx.find_root().obj["json"] = True
         args = [kwargs[a.lower()] for a in argnames]
         args += [kwargs[o.lower()] for o in options if kwargs[o.lower()] is not None]
-        _run(click.get_current_context(), name, [str(a) for a in args])
+        _run(ctx, name, [str(a) for a in args])
 
     params: list[click.Parameter] = [click.Argument([a.lower()]) for a in argnames]
     params += [
         click.Option([f"--{o.lower()}"], metavar=o, default=None, help=f"{o} (optional)")
         for o in options
     ]
+    params.append(
+        click.Option(
+            ["--json", "as_json"], is_flag=True, help="Print the reply as one JSON document."
+        )
+    )
     return click.Command(name, callback=callback, params=params, help=help_text)
 
 

@@ -25,7 +25,8 @@ from broker import protocol as p
 WAIT = 10.0
 """Seconds any single expectation may take before the test fails."""
 
-_LISTENING = re.compile(r"listening: router (\S+) pub (\S+) control (\S+)")
+_LISTENING = re.compile(r'listening: router ([^\s"]+) pub ([^\s"]+) control ([^\s"]+)')
+"""The broker's first line, as text or inside a JSON status record."""
 
 
 def _cmd(module: str, *args: str) -> list[str]:

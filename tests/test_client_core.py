@@ -426,6 +426,59 @@ def test_a_broker_that_started_over_is_followed_after_a_resume() -> None:
     assert lines(s.on_room([post("public", 2)], T0 + 6)) == ["[public] bob: m2"]
 
 
+TAKEN = p.Error(p.Code.NAME_TAKEN, "the name 'alice' is taken: choose another")
+
+
+def lost(s: Session, at: float) -> None:
+    """The broker falls silent: at ``at`` the session says Hello on a new connection."""
+    out = s.tick(at)
+    assert lines(out) == [f"* {LOST_LINE}"]
+    assert [e for e in out if isinstance(e, Reconnect)] == [Reconnect(s.hello())]
+
+
+def test_name_taken_while_resuming_is_retried_until_the_stale_session_is_gone() -> None:
+    # A restarted broker welcomed our first Hello as a new session on a connection we replaced
+    # since; our next Hello meets that session, whose secret we never got. It is ours: wait for
+    # the broker to drop it (5 silent intervals), saying Hello again every interval.
+    s = joined("public", 3)
+    s.on_input("typed meanwhile", T0 + 1)
+    t = T0 + 5.1
+    lost(s, t)
+    assert s.on_server(TAKEN, t + 0.1) == []  # no exit, no line
+    assert s.tick(t + 0.1 + HEARTBEAT / 2) == []
+    assert s.tick(t + 0.1 + HEARTBEAT) == [Reconnect(s.hello())]  # every interval, not every 5
+    assert s.on_server(TAKEN, t + 1.2) == []
+    assert s.tick(t + 2.2) == [Reconnect(s.hello())]
+    out = s.on_server(welcome(), t + 5.5)  # the stale session is gone: a new one
+    assert lines(out) == ["* reconnected to the broker"]
+    assert p.Join("public", 0) in sent(out)
+    assert [m.text for m in sent(out) if isinstance(m, p.Say)] == ["typed meanwhile"]
+    assert not s.done
+    # Losing the broker again later starts a fresh wait.
+    s.on_server(p.Joined("public", 3), t + 5.5)
+    s.on_room([p.Synced("public", s.sync_nonce, 3)], t + 5.5)
+    lost(s, t + 11)
+    assert s.on_server(TAKEN, t + 11.1) == []
+
+
+def test_name_taken_while_resuming_gives_up_after_a_liveness_period() -> None:
+    s = joined()
+    t = T0 + 5.1
+    lost(s, t)
+    s.on_server(TAKEN, t)
+    retried = 0
+    now = t
+    while now < t + 5 * HEARTBEAT:  # the broker's liveness: 5 intervals, plus its tick
+        now += HEARTBEAT / 2
+        if any(isinstance(e, Reconnect) for e in s.tick(now)):
+            retried += 1
+            assert s.on_server(TAKEN, now) == []  # the answer to that Hello
+    assert retried >= 4
+    out = s.on_server(TAKEN, t + 6 * HEARTBEAT)
+    assert out == [Stop(Exit.DISCONNECTED, f"room-client: could not rejoin: {TAKEN.reason}")]
+    assert s.done
+
+
 @pytest.mark.parametrize(
     ("pub", "server", "expected"),
     [
@@ -439,3 +492,117 @@ def test_a_wildcard_pub_host_becomes_the_servers_host(pub: str, server: str, exp
     from client.connection import pub_endpoint  # a pure helper of the I/O layer
 
     assert pub_endpoint(pub, server) == expected
+
+
+# ---- direct messages --------------------------------------------------------------------------
+
+
+def test_msg_sends_a_tell_and_waits_for_its_ack() -> None:
+    s = joined()
+    tell = one_sent(s.on_input("/msg bob  two  spaces kept", T0), p.Tell)
+    assert (tell.to, tell.text) == ("bob", "two  spaces kept")
+    assert not s.settled
+    told = p.Told("alice", "bob", tell.text, T0)
+    out = s.on_server(told, T0)
+    assert lines(out) == ["[@bob] alice: two  spaces kept"]
+    assert [e.own for e in out if isinstance(e, Line)] == [True]
+    assert {e.kind for e in out if isinstance(e, Line)} == {Kind.DIRECT}
+    s.on_server(p.Ack(tell.mid, "", 0), T0)
+    assert s.settled
+    assert sent(s.tick(T0 + RESEND_AFTER + 1)) in ([], [p.Ping()])  # never resent
+
+
+def test_a_direct_message_received_names_both_sides() -> None:
+    s = joined()
+    out = s.on_server(p.Told("bob", "alice", "psst", T0), T0)
+    assert lines(out) == ["[@alice] bob: psst"]
+    assert "bob" in s.user_names()
+
+
+def test_msg_refusals_and_usage() -> None:
+    s = joined()
+    tell = one_sent(s.on_input("/msg ghost hi", T0), p.Tell)
+    out = s.on_server(p.Refused(tell.mid, p.Code.NO_SUCH_USER, "ghost is not connected"), T0)
+    assert lines(out) == ["* not delivered: ghost is not connected"]
+    assert s.settled
+    for bad in ("/msg", "/msg bob", "/msg bob   "):
+        assert lines(s.on_input(bad, T0)) == ["* usage: /msg USER TEXT"], bad
+    assert lines(s.on_input("/msg no/such hi", T0))[0].startswith("* not a user name")
+    tell = one_sent(s.on_input("/msg bob spam", T0), p.Tell)
+    s.on_server(p.Refused(tell.mid, p.Code.BLOCKED, "blocked"), T0)
+    assert s.is_blocked
+
+
+def test_a_tell_in_flight_when_the_broker_is_lost_is_reported_not_resent() -> None:
+    s = joined()
+    one_sent(s.on_input("/msg bob hi", T0), p.Tell)
+    later = T0 + s.lost_after + 0.1
+    assert any(isinstance(e, Reconnect) for e in s.tick(later))
+    assert s.state == "reconnecting"
+    assert lines(s.on_input("/msg bob again", later)) == [
+        "* not delivered to bob: the broker is not reachable; try again"
+    ]
+    out = s.on_server(welcome(), later + 1)
+    assert "* not delivered to bob: the broker was lost; send it again" in lines(out)
+    assert not any(isinstance(m, p.Tell) for m in sent(out))
+    assert s.state == "connected"
+
+
+# ---- what the status bar and completion read --------------------------------------------------
+
+
+def tracking() -> Session:
+    s = Session("alice", rng=random.Random(7), track=True)
+    s.on_server(welcome(), T0)
+    s.on_server(p.Joined("public", 0), T0)
+    return s
+
+
+def test_a_tracking_session_lists_users_and_rooms_quietly_once_joined() -> None:
+    s = tracking()
+    out = s.on_room([p.Synced("public", s.sync_nonce, 0)], T0)
+    assert lines(out) == ["* joined public"]
+    assert sent(out)[-2:] == [p.ListUsers(""), p.ListRooms()]
+    users = [
+        p.UserInfo("alice", "public", False),
+        p.UserInfo("bob", "public", True),
+        p.UserInfo("carol", "games", False),
+    ]
+    assert lines(s.on_server(p.Users(users), T0)) == []
+    assert lines(s.on_server(p.Rooms([p.RoomInfo("games", 1, 3)]), T0)) == []
+    assert s.members() == ["alice", "bob"]
+    assert s.user_names() == ["bob", "carol"]
+    assert s.room_names() == ["games", "public"]
+    assert s.blocked_users == {"bob"}
+    # Asked by the user: shown, and learnt from too.
+    one_sent(s.on_input("/who", T0), p.ListUsers)
+    assert lines(s.on_server(p.Users(users[:1]), T0)) == ["* alice  public"]
+    assert s.members() == ["alice"]
+    # Refreshed now and then, quietly.
+    s.on_server(p.Ping(), T0 + 30)  # the broker is alive
+    assert p.ListRooms() in sent(s.tick(T0 + 31))
+
+
+def test_presence_keeps_the_members_of_the_room() -> None:
+    s = tracking()
+    s.on_room([p.Synced("public", s.sync_nonce, 0)], T0)
+    s.on_server(p.Users([p.UserInfo("alice", "public", False)]), T0)
+    s.on_room([p.Presence("public", "bob", "entered")], T0)
+    assert s.members() == ["alice", "bob"]
+    s.on_room([p.Presence("public", "alice", "blocked")], T0)
+    assert s.is_blocked
+    s.on_room([p.Presence("public", "alice", "unblocked")], T0)
+    assert not s.is_blocked
+    s.on_room([p.Presence("public", "bob", "left")], T0)
+    assert s.members() == ["alice"]
+    assert s.user_names() == ["bob"]  # still a name to complete
+    s.on_room([p.Presence("public", "bob", "fired")], T0)
+    assert s.user_names() == []
+
+
+def test_an_untracked_session_sends_no_listings_of_its_own() -> None:
+    s = started()
+    s.on_server(p.Joined("public", 0), T0)
+    out = s.on_room([p.Synced("public", s.sync_nonce, 0)], T0)
+    assert not any(isinstance(m, p.ListUsers | p.ListRooms) for m in sent(out))
+    assert s.state == "connected"

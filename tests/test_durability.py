@@ -8,6 +8,7 @@ short ``--heartbeat`` so that liveness (5 intervals) plays out in about a second
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -207,8 +208,7 @@ def test_a_client_with_a_tiny_queue_still_sees_every_message_once_in_order(
     tmp_path: Path, ctx: zmq.Context, procs: list
 ):
     # Over TCP a full SUB queue pushes back to the broker's PUB queue (100 000 sends deep), which
-    # is where a slow subscriber would lose messages; loss on the SUB and its repair are tested
-    # across a broker restart (test_kill9...) and in test_client_core.
+    # is where a slow subscriber would lose messages: see the next test, which makes it drop.
     broker = BrokerProc(tmp_path / "data", *NO_LIMIT)
     procs.append(broker)
     slow = ClientFactory(broker).join("slow", "flood", "--sub-hwm", "1", "--history", "0")
@@ -223,6 +223,53 @@ def test_a_client_with_a_tiny_queue_still_sees_every_message_once_in_order(
     slow.drain(0.3)
     assert _room_lines(slow, "flood", "flooder") == texts
     assert not any("lost" in line for line in slow.seen)
+    assert broker.stop() == 0
+
+
+DROP_FLOOD = 4000
+PUB_DROPS = ("--pub-hwm", "1", "--pub-sndbuf", "4096", "--heartbeat", "30")
+"""A PUB queue of one send and a small kernel buffer: a stopped subscriber loses messages at once.
+The long heartbeat keeps the broker's Pings, which also say a room's newest seq, out of the test."""
+
+
+def test_messages_the_pub_dropped_for_a_stopped_client_are_repaired_once_in_order(
+    tmp_path: Path, ctx: zmq.Context, procs: list
+):
+    broker = BrokerProc(tmp_path / "data", *NO_LIMIT, *PUB_DROPS)
+    procs.append(broker)
+    slow = ClientFactory(broker).join("slow", "flood", "--sub-hwm", "1", "--history", "0")
+    procs.append(slow)
+    flooder = Raw(ctx, broker.router, "flooder", "flood")
+    pad = "x" * 500  # about 2 MB in all: more than the TCP buffers between broker and client hold
+    texts = [f"d{i:05d} {pad}" for i in range(DROP_FLOOD)]
+    os.kill(slow.popen.pid, signal.SIGSTOP)
+    try:
+        for text in texts:
+            flooder.send(p.Say(text, next(_mids)))
+        for _ in texts:
+            flooder.expect(p.Ack)
+    finally:
+        os.kill(slow.popen.pid, signal.SIGCONT)
+    # Once the client has shown what reached it, one more message shows it the hole; the PUB may
+    # drop that one too while the client still drains its backlog, so it is sent until one comes.
+    slow.drain(0.5)
+    ends: list[str] = []
+    while not any(f"[flood] flooder: {end}" in slow.seen for end in ends):
+        assert len(ends) < 5, "no message after the flood reached the client"
+        ends.append(f"the end {len(ends)}")
+        flooder.say(ends[-1])
+        slow.drain(1.0)
+    if f"[flood] flooder: {ends[-1]}" not in slow.seen:
+        slow.expect(rf"^\[flood\] flooder: {ends[-1]}$", timeout=20)
+    slow.drain(0.3)
+    assert _room_lines(slow, "flood", "flooder") == [*texts, *ends]
+    assert not any("lost" in line for line in slow.seen)
+    # Without broker Pings the client fetches only what it saw missing between the messages the
+    # PUB delivered: anything fetched was dropped at the PUB.
+    done = ctl(broker, "--json", "stats")
+    assert done.returncode == 0, done.stderr
+    fetched = json.loads(done.stdout)["data"]["stats"]["fetched"]
+    assert 0 < fetched <= DROP_FLOOD + len(ends), fetched
     assert broker.stop() == 0
 
 

@@ -1,8 +1,9 @@
-"""MemoryStore (broker.store): sequence numbers, history windows, ranges, rooms, blocklist; and
-the audit log of both stores."""
+"""MemoryStore (broker.store): sequence numbers, history windows, ranges, rooms, blocklist; the
+audit log of both stores; and the SQLite store's sender index and failed commits."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.protocol import LOBBY, Posted
-from broker.sqlstore import SQLiteStore
-from broker.store import AuditEntry, MemoryStore
+from broker.sqlstore import RECENT_ACKS, SQLiteStore
+from broker.store import AuditEntry, MemoryStore, StoreError
 
 T0 = 1_000.0
 
@@ -267,5 +268,94 @@ def test_sqlite_audit_log_survives_a_reopen(tmp_path: Path) -> None:
     try:
         assert again.audit_log(10) == [_entry(i, ok=i != 1) for i in range(3)]
         assert again.audit_log(0) == []
+    finally:
+        again.close()
+
+
+# ---- SQLite: the sender index ------------------------------------------------------------------
+
+
+def test_recent_acks_is_served_by_an_index_without_a_sort(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "room.db")
+    try:
+        for i in range(1, 301):
+            store.append(LOBBY if i % 2 else "x", "alice" if i % 3 else "bob", f"m{i}", T0 + i, i)
+        store.commit()
+        plan = [row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + RECENT_ACKS, ("a", 9))]
+        assert len(plan) == 1, plan
+        assert "INDEX messages_by_sender_ts (sender=?)" in plan[0], plan
+        assert not any("TEMP B-TREE" in step or step.startswith("SCAN") for step in plan), plan
+        newest = [(294, "x", 147), (297, LOBBY, 149), (300, "x", 150)]  # oldest first
+        assert [(a.mid, a.room, a.seq) for a in store.recent_acks("bob", 3)] == newest
+    finally:
+        store.close()
+
+
+def test_a_database_with_the_old_sender_index_gets_the_new_one(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "room.db")
+    db.executescript(
+        "CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, "
+        "sender TEXT NOT NULL, text TEXT NOT NULL, mid INTEGER NOT NULL DEFAULT 0, "
+        "PRIMARY KEY (room, seq)) WITHOUT ROWID;"
+        "CREATE INDEX messages_by_sender ON messages (sender, mid);"
+        f"INSERT INTO messages VALUES ('{LOBBY}', 1, {T0}, 'alice', 'old', 42);"
+    )
+    db.close()
+    store = SQLiteStore(tmp_path / "room.db")
+    try:
+        indexes = {
+            n for (n,) in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert "messages_by_sender_ts" in indexes
+        assert "messages_by_sender" not in indexes
+        assert [a.mid for a in store.recent_acks("alice", 5)] == [42]
+        assert store.last_seq(LOBBY) == 1
+    finally:
+        store.close()
+
+
+# ---- SQLite: a commit that fails -------------------------------------------------------------
+
+
+def test_a_failed_commit_stores_nothing_and_rolls_the_counters_back(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "room.db")
+    try:
+        store.append(LOBBY, "alice", "kept", T0, 1)
+        store.block("mallory")
+        store.commit()
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from now on
+        for i in range(300):
+            store.append(LOBBY, "alice", "x" * 200, T0 + i, 100 + i)
+        store.recent(LOBBY, 5)  # a read writes the batch first: the error waits for the commit
+        store.append("new", "bob", "in a new room", T0, 7)
+        store.add_room("empty")
+        store.block("eve")
+        store.unblock("mallory")
+        store.audit(_entry(1))
+        with pytest.raises(StoreError, match="full") as failed:
+            store.commit()
+        assert str(failed.value).count("\n") == 0 and "room.db" in str(failed.value)
+        # Back where the last commit left it: numbering stays dense.
+        assert store.last_seq(LOBBY) == 1
+        assert store.last_seq("new") == 0
+        assert sorted(store.rooms()) == [LOBBY]
+        assert store.blocked() == {"mallory"}
+        assert [a.mid for a in store.recent_acks("alice", 64)] == [1]
+        assert store.audit_log(10) == []
+        store._db.execute("PRAGMA max_page_count = 1073741823")  # space again
+        assert store.append(LOBBY, "alice", "next", T0 + 1, 2).seq == 2
+        assert store.append("new", "bob", "again", T0 + 1, 8).seq == 1
+        store.commit()
+    finally:
+        store.close()
+    again = SQLiteStore(tmp_path / "room.db")
+    try:
+        assert [(m.seq, m.text) for m in again.range(LOBBY, 0, 0, 1000)[0]] == [
+            (1, "kept"),
+            (2, "next"),
+        ]
+        assert sorted(again.rooms()) == sorted([LOBBY, "new"])
+        assert again.blocked() == {"mallory"}
     finally:
         again.close()
