@@ -8,16 +8,12 @@ from typing import NoReturn
 
 import click
 
-from . import config
+from . import config, options
 from . import keys as keyfiles
 from .config import Exit, Limits
 from .logfmt import LogWriter
 from .server import PUB_HWM, Broker, Endpoints, StartError, open_store
 from .sqlstore import DEFAULT_SYNC, SYNC_MODES
-
-
-def _env(name: str) -> str:
-    return f"{config.ENV_PREFIX}_{name}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -26,111 +22,78 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
+@options.option(
     "--router",
     default=config.ROUTER,
-    envvar=_env("ROUTER"),
-    show_envvar=True,
     help="Endpoint for client commands (ROUTER).",
 )
-@click.option(
+@options.option(
     "--pub",
     default=config.PUB,
-    envvar=_env("PUB"),
-    show_envvar=True,
     help="Endpoint for room messages (PUB); clients learn it from the broker.",
 )
-@click.option(
+@options.option(
     "--control",
     default=config.CONTROL,
-    envvar=_env("CONTROL"),
-    show_envvar=True,
     help="Endpoint for room-ctl (admin commands).",
 )
-@click.option(
-    "--data-dir",
-    default=None,
-    envvar=config.DATA_DIR_ENV,
-    show_envvar=True,
-    type=click.Path(file_okay=False),
-    help="Where state lives [default: user data dir].",
-)
-@click.option(
+@options.data_dir
+@options.option(
     "--rate",
     default=10.0,
     type=click.FloatRange(min=0),
-    envvar=_env("RATE"),
-    show_envvar=True,
     help="Room messages per second per user; 0 turns the limit off.",
 )
-@click.option(
+@options.option(
     "--burst",
     default=30,
     type=click.IntRange(min=1),
-    envvar=_env("BURST"),
-    show_envvar=True,
     help="Messages a user may send at once before --rate applies.",
 )
-@click.option(
+@options.option(
     "--max-message",
     default=config.DEFAULT_LIMITS.max_message,
     type=click.IntRange(min=1),
-    envvar=_env("MAX_MESSAGE"),
-    show_envvar=True,
     help="Bytes of text in one message.",
 )
-@click.option(
+@options.option(
     "--max-clients",
     default=config.DEFAULT_LIMITS.max_clients,
     type=click.IntRange(min=1),
-    envvar=_env("MAX_CLIENTS"),
-    show_envvar=True,
     help="Connected users at once.",
 )
-@click.option(
+@options.option(
     "--max-rooms",
     default=config.DEFAULT_LIMITS.max_rooms,
     type=click.IntRange(min=1),
-    envvar=_env("MAX_ROOMS"),
-    show_envvar=True,
     help="Rooms, the lobby included.",
 )
-@click.option(
+@options.option(
     "--heartbeat",
     default=config.HEARTBEAT,
     type=click.FloatRange(min=0.05),
-    envvar=_env("HEARTBEAT"),
-    show_envvar=True,
     help=f"Seconds between heartbeats; a client silent for {config.LIVENESS} of them is dropped.",
 )
-@click.option(
+@options.option(
     "--sync",
     type=click.Choice(SYNC_MODES),
     default=DEFAULT_SYNC,
-    envvar=_env("SYNC"),
-    show_envvar=True,
     help="full: an acknowledged message survives power loss; normal: a broker crash only.",
 )
-@click.option(
+@options.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
-    envvar=_env("LOG_FORMAT"),
-    show_envvar=True,
     help="Log lines for people or for tools.",
 )
-@click.option(
+@options.option(
     "--quiet",
     is_flag=True,
-    envvar=_env("QUIET"),
-    show_envvar=True,
     help="Hide chat lines; admin and error lines still show.",
 )
-@click.option(
+@options.option(
     "--curve",
     is_flag=True,
-    envvar=_env("CURVE"),
-    show_envvar=True,
     help="Encrypt chat traffic (CURVE); clients then need the broker's public key.",
 )
 @click.option(
@@ -207,14 +170,7 @@ def _fail(message: str) -> NoReturn:
 
 
 @main.group()
-@click.option(
-    "--data-dir",
-    default=None,
-    envvar=config.DATA_DIR_ENV,
-    show_envvar=True,
-    type=click.Path(file_okay=False),
-    help="The broker's data dir [default: user data dir].",
-)
+@options.data_dir
 @click.pass_context
 def keys(ctx: click.Context, data_dir: str | None) -> None:
     """Manage the admin keys that room-ctl may use. A running broker picks changes up within a

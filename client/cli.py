@@ -7,7 +7,8 @@ import sys
 import click
 
 import client
-from broker.config import DATA_DIR_ENV, ENV_PREFIX, HISTORY, ROUTER, Exit
+from broker import options
+from broker.config import ENV_PREFIX, HISTORY, ROUTER, Exit
 from broker.keys import KeyFileError
 from broker.protocol import LOBBY, NAME_RULE, valid_name
 from client.control import client_keys
@@ -45,12 +46,10 @@ def main() -> None:
     callback=_check_name,
     help="Your name in the chat; asked for on a terminal, required when piped.",
 )
-@click.option(
+@options.option(
     "--server",
     default=ROUTER,
-    envvar=f"{ENV_PREFIX}_SERVER",
     show_default=True,
-    show_envvar=True,
     help="The broker's client endpoint (its ROUTER).",
 )
 @click.option(
@@ -60,22 +59,13 @@ def main() -> None:
     show_default=True,
     help="How many recent messages to show on joining a room.",
 )
-@click.option(
+@options.option(
     "--server-key",
     default=None,
-    envvar=f"{ENV_PREFIX}_SERVER_KEY",
-    show_envvar=True,
     help="The broker's public key, or its file; needed only for a broker started with --curve "
     "[default: found in the data dir when such a broker runs on this host].",
 )
-@click.option(
-    "--data-dir",
-    default=None,
-    envvar=DATA_DIR_ENV,
-    show_envvar=True,
-    type=click.Path(file_okay=False),
-    help="The data dir of a broker on this host, to find its key [default: user data dir].",
-)
+@options.data_dir
 @click.option(
     "--sub-hwm",
     default=None,

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import click
 import msgspec
 
-from broker import config
+from broker import config, options
 from broker import keys as keyfiles
 from broker.admin import COMMANDS
 from broker.config import Exit
@@ -20,42 +20,27 @@ from .control import CurveKeys, Refused, Unreachable, request
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option(
+@options.option(
     "--control",
     default=config.CONTROL,
-    envvar=f"{config.ENV_PREFIX}_CONTROL",
-    show_envvar=True,
     help="The broker's control endpoint.",
 )
-@click.option(
-    "--data-dir",
-    default=None,
-    envvar=config.DATA_DIR_ENV,
-    show_envvar=True,
-    type=click.Path(file_okay=False),
-    help="Where state lives [default: user data dir].",
-)
-@click.option(
+@options.data_dir
+@options.option(
     "--timeout",
     default=config.CTL_TIMEOUT,
     type=click.FloatRange(min=0.1),
-    envvar=f"{config.ENV_PREFIX}_TIMEOUT",
-    show_envvar=True,
     help="Seconds to wait for the broker.",
 )
-@click.option(
+@options.option(
     "--key",
     default=None,
-    envvar=f"{config.ENV_PREFIX}_KEY",
-    show_envvar=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="The admin's secret key file [default: keys/admin.key_secret in the data dir].",
 )
-@click.option(
+@options.option(
     "--server-key",
     default=None,
-    envvar=f"{config.ENV_PREFIX}_SERVER_KEY",
-    show_envvar=True,
     help="The broker's public key, or its file [default: keys/broker.key in the data dir].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as one JSON document.")
