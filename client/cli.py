@@ -1,4 +1,4 @@
-"""``room-client``: parse options, then chat through the library (``client.run``)."""
+"""``room-client``: parse options, then chat through the library (``client.app.run``)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import sys
 
 import click
 
-import client
 from broker import options
 from broker.config import ENV_PREFIX, HISTORY, ROUTER, Exit
 from broker.keys import KeyFileError
 from broker.protocol import LOBBY, NAME_RULE, valid_name
+from client import app
 from client.control import client_keys
 
 
@@ -96,7 +96,7 @@ def join(
             raise click.UsageError("--name is required when stdin is not a terminal", ctx)
         name = click.prompt("Your name", value_proc=_prompted_name)
     ctx.exit(
-        client.run(
+        app.run(
             server=server,
             name=name,
             room=room,

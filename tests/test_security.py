@@ -37,27 +37,6 @@ def ctx() -> Iterator[zmq.Context]:
     context.destroy(linger=0)
 
 
-@pytest.fixture
-def curve_broker(tmp_path: Path) -> Iterator[BrokerProc]:
-    proc = BrokerProc(tmp_path / "data", "--curve")
-    try:
-        yield proc
-    finally:
-        try:
-            proc.stop()
-        finally:
-            proc.kill()
-
-
-@pytest.fixture
-def curve_clients(curve_broker: BrokerProc) -> Iterator[ClientFactory]:
-    factory = ClientFactory(curve_broker)
-    try:
-        yield factory
-    finally:
-        factory.kill_all()
-
-
 def keys_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     argv = _cmd("broker.cli", "keys", "--data-dir", str(data_dir), *args)
     return subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)
