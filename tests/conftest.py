@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 from procs import BrokerProc, ClientFactory
 
 
@@ -55,3 +56,13 @@ def curve_broker(tmp_path: Path) -> Iterator[BrokerProc]:
 def curve_clients(curve_broker: BrokerProc) -> Iterator[ClientFactory]:
     with client_factory(curve_broker) as factory:
         yield factory
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    """A ZeroMQ context whose sockets are all dropped at the end (linger 0)."""
+    context = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)

@@ -255,3 +255,15 @@ class Replies:
             if isinstance(msg, kinds):
                 return msg
         raise AssertionError(f"no {kinds} from the broker within {timeout}s")
+
+
+def socket(ctx: zmq.Context, kind: int, endpoint: str, **curve: bytes) -> zmq.Socket:
+    """A connected socket; ``curve`` gives public, secret and server keys (else plain)."""
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    if curve:
+        sock.curve_publickey = curve["public"]
+        sock.curve_secretkey = curve["secret"]
+        sock.curve_serverkey = curve["server"]
+    sock.connect(endpoint)
+    return sock

@@ -90,15 +90,6 @@ class Raw:
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
-
-
-@pytest.fixture
 def procs() -> Iterator[list[BrokerProc | ClientProc]]:
     """Processes a test starts itself; every one is killed at teardown."""
     started: list[BrokerProc | ClientProc] = []

@@ -17,7 +17,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from procs import WAIT, BrokerProc, ClientFactory, Replies, ctl
+from procs import WAIT, BrokerProc, ClientFactory, Replies, ctl, socket
 
 from broker import keys
 from broker import protocol as p
@@ -115,15 +115,7 @@ class Live:
         self.rss_start = 0
 
     def socket(self, kind: int, endpoint: str, **curve: bytes) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.linger = 0
-        sock.rcvhwm = 1000
-        if curve:
-            sock.curve_publickey = curve["public"]
-            sock.curve_secretkey = curve["secret"]
-            sock.curve_serverkey = curve["server"]
-        sock.connect(endpoint)
-        return sock
+        return socket(self.ctx, kind, endpoint, **curve)
 
     def alive(self) -> None:
         """The broker process runs and answers a request (an unknown peer's ListRooms)."""

@@ -179,13 +179,6 @@ def test_max_rooms_refuses_one_more(started, tmp_path: Path, how: str):
 # ---- frame size on every socket (MAXMSGSIZE) ---------------------------------------------------
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
 def dropped(sock: zmq.Socket, monitor: zmq.Socket, timeout: float = WAIT) -> bool:
     """Whether the peer closed the connection (a DISCONNECTED event) within ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -9,13 +9,12 @@ import re
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 import zmq
-from procs import WAIT, BrokerProc, ClientFactory, ClientProc, Replies, _cmd, ctl
+from procs import WAIT, BrokerProc, ClientFactory, ClientProc, Replies, _cmd, ctl, socket
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import keys
@@ -28,13 +27,6 @@ FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def keys_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -51,18 +43,6 @@ def one_line(text: str) -> str:
 def recv(sock: zmq.Socket, timeout: float = WAIT) -> list[bytes]:
     assert sock.poll(timeout * 1000), "no reply from the broker"
     return sock.recv_multipart()
-
-
-def socket(ctx: zmq.Context, kind: int, endpoint: str, **curve: bytes) -> zmq.Socket:
-    """A connected socket; ``curve`` gives public, secret and server keys (else plain)."""
-    sock = ctx.socket(kind)
-    sock.linger = 0
-    if curve:
-        sock.curve_publickey = curve["public"]
-        sock.curve_secretkey = curve["secret"]
-        sock.curve_serverkey = curve["server"]
-    sock.connect(endpoint)
-    return sock
 
 
 def send_now(sock: zmq.Socket, frames: list[bytes]) -> None:

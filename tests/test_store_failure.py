@@ -118,15 +118,6 @@ def test_a_failed_commit_turns_the_batch_into_refusals(store: FlakyStore) -> Non
 # ---- the whole broker ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
-
-
 class _Running:
     """A Broker serving in a thread of this process; ``stop`` returns what ``run`` raised."""
 
