@@ -7,12 +7,8 @@ therefore answers a lone message at once, and a busy one packs its sends. A comm
 full, I/O error) costs that batch only: its messages are refused, nothing of it is published, one
 line is logged, and the loop goes on.
 
-Security (ZeroMQ CURVE): the control socket is always a CURVE server whose ZAP domain accepts only
-the public keys on the admins' allow-list (``keys.AllowList``, re-read at each heartbeat tick when
-its files changed); a ``zmq.auth`` authenticator thread answers the handshakes. A monitor on
-the control socket reports refused handshakes, which the loop logs. With ``curve``, the ROUTER and
-PUB sockets are CURVE servers too, in a domain that accepts any client key: encryption, not client
-authentication (a user is still known by its connection and its session secret).
+Who may connect (CURVE, the admins' allow-list, refused handshakes) is ``security.Guard``'s
+business; the loop asks it and logs what it says.
 """
 
 from __future__ import annotations
@@ -30,14 +26,14 @@ from types import FrameType
 from typing import Final
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as p
 from .admin import dispatch
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
-from .keys import AllowList, KeyDir, KeyFileError, load_secret, short
+from .keys import KeyDir, KeyFileError, short
 from .logfmt import LogWriter
+from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard, user_id
 from .sqlstore import DEFAULT_SYNC, SQLiteStore
 from .state import Chat, Settings
 from .store import AuditEntry, MemoryStore, Store, StoreError
@@ -52,20 +48,6 @@ by sequence number; the broker never waits for it."""
 
 CLOSE_LINGER_MS: Final = 500
 """How long goodbyes may take to leave at shutdown before the sockets are dropped."""
-
-CONTROL_DOMAIN: Final = "room-control"
-"""ZAP domain of the control socket: only the admins' public keys pass."""
-CHAT_DOMAIN: Final = "room-chat"
-"""ZAP domain of the ROUTER and PUB sockets with ``curve``: any client key passes."""
-REFUSED_EVENTS: Final = int(
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-REFUSALS_LOGGED: Final = 20
-"""Refused control handshakes logged one by one per heartbeat interval; the rest are counted, so a
-flood of bad handshakes cannot flood the log."""
-
 
 # Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
 _NOBLOCK: Final = int(zmq.NOBLOCK)
@@ -123,38 +105,6 @@ def _bindable(endpoint: str) -> str:
     )
 
 
-class _AnyClient:
-    """ZAP credentials for the chat domain: every CURVE client key is accepted."""
-
-    @staticmethod
-    def callback(domain: str, key: bytes) -> bool:
-        return True
-
-
-def _refusal(event: dict[str, object], admins: AllowList) -> str:
-    """Why a control handshake failed, from its monitor event, in words an admin can act on."""
-    kind, value = event["event"], event["value"]
-    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        key = admins.refused.pop(0) if admins.refused else b""
-        who = f"key {short(key)}... " if key else "its key "
-        return f"{who}is not on the admin allow-list (ZAP {value})"
-    if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-            return "the peer does not use CURVE (a plain socket)"
-        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
-            return "the CURVE handshake failed (the peer has another broker key)"
-        return f"protocol error 0x{value:x} in the handshake"
-    return f"the peer hung up in the handshake (errno {value}): a plain socket, or another key"
-
-
-def _user_id(frame: zmq.Frame) -> str:
-    """The CURVE User-Id (the z85 client public key, set by zmq.auth) of a received frame."""
-    try:
-        return frame.get("User-Id") or ""
-    except zmq.ZMQError:  # no such property: not an authenticated connection
-        return ""
-
-
 class Broker:
     """Binds the sockets on construction; ``run`` serves until closed or stopped.
 
@@ -180,16 +130,7 @@ class Broker:
         pub_hwm: int = PUB_HWM,
         pub_sndbuf: int | None = None,
     ) -> None:
-        self.admins = AllowList(keys.admins if keys else None)
-        try:
-            _, self._secret = load_secret(keys.broker_secret) if keys else zmq.curve_keypair()
-        except KeyFileError as exc:
-            raise StartError(f"{exc}: the broker needs its key pair") from None
         self.curve = curve
-        self._peer_keys: dict[bytes, str] = {}
-        """With ``curve``: the client key of each ROUTER peer id, so a new connection that
-        claims a dead connection's id (with another key) cannot act as its user."""
-        self._refused = 0
         self.ctx = zmq.Context()
         self.log = log or LogWriter()
         self.clock = clock
@@ -197,13 +138,12 @@ class Broker:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopping = False
-        # The authenticator answers handshakes; it must run before any socket is bound.
-        self.auth = ThreadAuthenticator(self.ctx)
-        self.auth.start()
-        self.auth.configure_curve_callback(CONTROL_DOMAIN, self.admins)
-        chat_domain = CHAT_DOMAIN if curve else None
-        if curve:
-            self.auth.configure_curve_callback(CHAT_DOMAIN, _AnyClient())
+        try:
+            self.guard = Guard(self.ctx, keys, curve)
+        except KeyFileError as exc:
+            self.ctx.destroy(linger=0)
+            raise StartError(f"{exc}: the broker needs its key pair") from None
+        chat_domain = self.guard.chat_domain
         try:
             router_options = {zmq.SNDHWM: ROUTER_HWM, zmq.RCVHWM: ROUTER_HWM}
             self.router = self._bind(
@@ -220,7 +160,7 @@ class Broker:
                 zmq.ROUTER, endpoints.control, limits.max_frame, CONTROL_DOMAIN
             )
         except StartError:
-            self.auth.stop()
+            self.guard.stop()
             self.ctx.destroy(linger=0)
             raise
         self.control_monitor = self.control.get_monitor_socket(REFUSED_EVENTS)
@@ -230,7 +170,7 @@ class Broker:
         settings = Settings(self.endpoints.pub, limits, rate, burst, heartbeat, liveness)
         self.chat = Chat(store or MemoryStore(limits.history_keep), settings)
         self.chat.counters.started = self.clock()
-        self._refresh_admins(self.clock())
+        self._security_log(self.guard.refresh(), self.clock())
 
     def _bind(
         self,
@@ -249,10 +189,7 @@ class Broker:
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
         for option, value in (options or {}).items():
             sock.setsockopt(option, value)
-        if domain is not None:
-            sock.setsockopt(zmq.CURVE_SERVER, 1)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
-            sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+        self.guard.serve(sock, domain)
         try:
             sock.bind(_bindable(endpoint))
         except zmq.ZMQError as exc:
@@ -306,7 +243,7 @@ class Broker:
         self.control_monitor.close(linger=0)
         for sock in (self.router, self.pub, self.control):
             sock.close(linger=CLOSE_LINGER_MS)
-        self.auth.stop()
+        self.guard.stop()
         self.ctx.term()
         self.chat.store.close()
         self._wake_r.close()
@@ -335,7 +272,7 @@ class Broker:
             now = self.clock()
             if now >= next_tick:
                 self.chat.tick(now)
-                self._security_tick(now)
+                self._security_log(self.guard.tick(self.chat.by_peer), now)
                 next_tick = now + interval
             self._flush(ctl_replies)
 
@@ -352,7 +289,8 @@ class Broker:
             if curve:  # the body's metadata says which CURVE key sent it
                 frame = recv(_NOBLOCK, copy=False)
                 body = frame.bytes
-                self._check_key(peer, _user_id(frame))
+                if self.guard.key_taken(peer, user_id(frame)):
+                    self._drop_taken(peer)
             else:
                 body = recv(_NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
             counters.received += 1
@@ -384,15 +322,10 @@ class Broker:
         self.chat.error(peer, p.Code.BAD_FRAME, reason)
         self.chat.out.log(self.clock(), "error", text=f"bad frame from peer {peer.hex()}: {reason}")
 
-    def _check_key(self, peer: bytes, key: str) -> None:
-        """With ``curve``: a peer id seen before with another client key is a new connection that
-        took a dead connection's id; the user of the old one is dropped, not handed over (a
-        real client resumes with its session secret)."""
-        old = self._peer_keys.get(peer)
-        if old == key:
-            return
-        self._peer_keys[peer] = key
-        user = self.chat.by_peer.get(peer) if old is not None else None
+    def _drop_taken(self, peer: bytes) -> None:
+        """A new connection (another CURVE key) took a dead connection's peer id: the old
+        connection's user is dropped, not handed over."""
+        user = self.chat.by_peer.get(peer)
         if user is not None:
             self.chat.remove(user, self.clock(), "its connection id was taken by another key")
 
@@ -407,8 +340,8 @@ class Broker:
             except zmq.Again:
                 break
             now = self.clock()
-            key = _user_id(frames[-1])
-            admin = self.admins.name(key)
+            key = user_id(frames[-1])
+            admin = self.guard.admin(key)
             if len(frames) != 3 or frames[1].bytes != b"":
                 self.chat.out.log(now, "error", text="malformed control request: ignored")
                 continue  # not a REQ peer: nothing we could address a reply to
@@ -442,44 +375,19 @@ class Broker:
             return p.CtlReply(request.id, False, "the broker failed; see its log", "internal")
 
     def _drain_monitor(self) -> None:
-        """Log refused control handshakes (at most ``REFUSALS_LOGGED`` per interval)."""
+        """Log refused control handshakes (the guard caps how many per interval)."""
         for _ in range(BATCH):
             try:
                 event = parse_monitor_message(self.control_monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            self._refused += 1
-            why = _refusal(event, self.admins)
-            if self._refused <= REFUSALS_LOGGED:
-                text = f"refused a control connection: {why}"
-                self.chat.out.log(self.clock(), "security", text=text)
+            line = self.guard.refused(event)
+            if line is not None:
+                self.chat.out.log(self.clock(), "security", text=line)
 
-    def _security_tick(self, now: float) -> None:
-        if self._refused > REFUSALS_LOGGED:
-            more = self._refused - REFUSALS_LOGGED
-            self.chat.out.log(now, "security", text=f"refused {more} more control connections")
-        self._refused = 0
-        self.admins.refused.clear()
-        self._refresh_admins(now)
-        if self.curve:  # forget the keys of peers that are no user's connection
-            users = self.chat.by_peer
-            self._peer_keys = {k: v for k, v in self._peer_keys.items() if k in users}
-
-    def _refresh_admins(self, now: float) -> None:
-        """Re-read the admin allow-list if its directory changed; log what is allowed now."""
-        problems = self.admins.refresh()
-        if problems is None:
-            return
-        for problem in problems:
-            self.chat.out.log(now, "security", text=f"admin key ignored: {problem}")
-        names = sorted(self.admins.keys.values())
-        where = self.admins.directory
-        text = (
-            f"admin keys allowed: {', '.join(names)} (from {where})"
-            if names
-            else f"no admin key in {where}: room-ctl is refused until `room-broker keys add`"
-        )
-        self.chat.out.log(now, "security", text=text)
+    def _security_log(self, lines: list[str], now: float) -> None:
+        for line in lines:
+            self.chat.out.log(now, "security", text=line)
 
     def _flush(self, ctl_replies: list[tuple[bytes, p.CtlReply]]) -> None:
         out = self.chat.out.take()

@@ -1,0 +1,145 @@
+"""Who may talk to the broker: CURVE on its sockets, the admins' allow-list, refused handshakes.
+
+The control socket is always a CURVE server whose ZAP domain accepts only the public keys on the
+admins' allow-list (``keys.AllowList``, re-read at each heartbeat tick when its files changed); a
+``zmq.auth`` authenticator thread answers the handshakes. A monitor on the control socket reports
+refused handshakes, which the loop hands to ``Guard.refused``. With ``curve``, the ROUTER and PUB
+sockets are CURVE servers too, in a domain that accepts any client key: encryption, not client
+authentication (a user is still known by its connection and its session secret).
+
+``Guard`` holds this state and answers the loop's questions; it returns log lines rather than
+writing them, and never touches the chat.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from .keys import AllowList, KeyDir, load_secret, short
+
+CONTROL_DOMAIN: Final = "room-control"
+"""ZAP domain of the control socket: only the admins' public keys pass."""
+CHAT_DOMAIN: Final = "room-chat"
+"""ZAP domain of the ROUTER and PUB sockets with ``curve``: any client key passes."""
+REFUSED_EVENTS: Final = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+REFUSALS_LOGGED: Final = 20
+"""Refused control handshakes logged one by one per heartbeat interval; the rest are counted, so a
+flood of bad handshakes cannot flood the log."""
+
+
+class _AnyClient:
+    """ZAP credentials for the chat domain: every CURVE client key is accepted."""
+
+    @staticmethod
+    def callback(domain: str, key: bytes) -> bool:
+        return True
+
+
+def user_id(frame: zmq.Frame) -> str:
+    """The CURVE User-Id (the z85 client public key, set by zmq.auth) of a received frame."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:  # no such property: not an authenticated connection
+        return ""
+
+
+class Guard:
+    """The broker's security state. Create it before any socket is bound: the authenticator must
+    run to answer the first handshake. ``keys`` is the data dir's key directory; without it the
+    broker gets a throwaway key pair and allows no admin key. Raises ``KeyFileError``."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], keys: KeyDir | None, curve: bool):
+        self.admins = AllowList(keys.admins if keys else None)
+        _, self._secret = load_secret(keys.broker_secret) if keys else zmq.curve_keypair()
+        self.curve = curve
+        self.chat_domain = CHAT_DOMAIN if curve else None
+        """The ZAP domain of the chat sockets, or None for plain ones."""
+        self._peer_keys: dict[bytes, str] = {}
+        """With ``curve``: the client key of each ROUTER peer id, so a new connection that
+        claims a dead connection's id (with another key) cannot act as its user."""
+        self._refused = 0
+        self.auth = ThreadAuthenticator(ctx)
+        self.auth.start()
+        self.auth.configure_curve_callback(CONTROL_DOMAIN, self.admins)
+        if curve:
+            self.auth.configure_curve_callback(CHAT_DOMAIN, _AnyClient())
+
+    def serve(self, sock: zmq.Socket[bytes], domain: str | None) -> None:
+        """Make ``sock`` (not yet bound) a CURVE server in ``domain``; None leaves it plain."""
+        if domain is not None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
+            sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+
+    def admin(self, key: str) -> str | None:
+        """The admin's name for a CURVE key on the allow-list now, else None."""
+        return self.admins.name(key)
+
+    def key_taken(self, peer: bytes, key: str) -> bool:
+        """With ``curve``: whether a peer id seen before with another client key now carries
+        ``key``, i.e. a new connection took a dead connection's id. Its user must be dropped,
+        not handed over (a real client resumes with its session secret)."""
+        old = self._peer_keys.get(peer)
+        if old == key:
+            return False
+        self._peer_keys[peer] = key
+        return old is not None
+
+    def refused(self, event: dict[str, object]) -> str | None:
+        """A refused control handshake, in words an admin can act on; None past the per-interval
+        cap (``tick`` reports how many more)."""
+        self._refused += 1
+        why = self._why(event)
+        return f"refused a control connection: {why}" if self._refused <= REFUSALS_LOGGED else None
+
+    def _why(self, event: dict[str, object]) -> str:
+        kind, value = event["event"], event["value"]
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            key = self.admins.refused.pop(0) if self.admins.refused else b""
+            who = f"key {short(key)}... " if key else "its key "
+            return f"{who}is not on the admin allow-list (ZAP {value})"
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                return "the peer does not use CURVE (a plain socket)"
+            if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+                return "the CURVE handshake failed (the peer has another broker key)"
+            return f"protocol error 0x{value:x} in the handshake"
+        return f"the peer hung up in the handshake (errno {value}): a plain socket, or another key"
+
+    def tick(self, live_peers: set[bytes] | dict[bytes, object]) -> list[str]:
+        """Once per heartbeat: the count of refusals not logged, a changed allow-list, and the
+        keys of peers that are no user's connection forgotten. Returns the log lines."""
+        lines = []
+        if self._refused > REFUSALS_LOGGED:
+            lines.append(f"refused {self._refused - REFUSALS_LOGGED} more control connections")
+        self._refused = 0
+        self.admins.refused.clear()
+        lines += self.refresh()
+        if self.curve:
+            self._peer_keys = {k: v for k, v in self._peer_keys.items() if k in live_peers}
+        return lines
+
+    def refresh(self) -> list[str]:
+        """Re-read the admin allow-list if its files changed; the log lines that say so."""
+        problems = self.admins.refresh()
+        if problems is None:
+            return []
+        lines = [f"admin key ignored: {problem}" for problem in problems]
+        names = sorted(self.admins.keys.values())
+        where = self.admins.directory
+        lines.append(
+            f"admin keys allowed: {', '.join(names)} (from {where})"
+            if names
+            else f"no admin key in {where}: room-ctl is refused until `room-broker keys add`"
+        )
+        return lines
+
+    def stop(self) -> None:
+        self.auth.stop()
