@@ -14,6 +14,7 @@ acknowledged, and the next batch starts clean.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -93,6 +94,9 @@ class SQLiteStore:
     def __init__(self, path: Path, sync: str = DEFAULT_SYNC) -> None:
         self.path = path
         try:
+            # Owner-only from the first byte (SQLite gives its -wal and -shm files the same
+            # mode): chat history is nobody else's business, whatever the data dir's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             # Small pages: a lone message's commit writes a few KiB of WAL, not a few 4 KiB pages,
             # which halves the checkpoints' work and the latency tail (room-bench). Only a new
@@ -109,7 +113,7 @@ class SQLiteStore:
             self._blocked = {n for (n,) in self._db.execute("SELECT name FROM blocked")}
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = _Checkpointer(path)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"the database {path} cannot be used ({exc}): move it aside or restore a backup; "
                 "it was not changed"

@@ -359,3 +359,14 @@ def test_a_failed_commit_stores_nothing_and_rolls_the_counters_back(tmp_path: Pa
         assert again.blocked() == {"mallory"}
     finally:
         again.close()
+
+
+def test_a_new_database_is_readable_by_its_owner_only(tmp_path):
+    store = SQLiteStore(tmp_path / "room.db")
+    store.append("public", "alice", "private words", 1.0)
+    store.commit()
+    try:
+        for name in ("room.db", "room.db-wal"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        store.close()
