@@ -42,9 +42,10 @@ BATCH: Final = 512
 """Messages read from one socket before the loop flushes; bounds latency under load."""
 
 ROUTER_HWM: Final = 10_000
-PUB_HWM: Final = 100_000
+PUB_HWM: Final = 10_000
 """Per-peer queues. A subscriber that falls this far behind loses messages, and repairs the gap
-by sequence number; the broker never waits for it."""
+by sequence number; the broker never waits for it. Counted in sends, and a PUB send carries up to
+``BATCH`` events, so this also bounds what one stuck subscriber costs in memory."""
 
 CLOSE_LINGER_MS: Final = 500
 """How long goodbyes may take to leave at shutdown before the sockets are dropped."""

@@ -198,7 +198,7 @@ FLOOD = 2000
 def test_a_client_with_a_tiny_queue_still_sees_every_message_once_in_order(
     tmp_path: Path, ctx: zmq.Context, procs: list
 ):
-    # Over TCP a full SUB queue pushes back to the broker's PUB queue (100 000 sends deep), which
+    # Over TCP a full SUB queue pushes back to the broker's PUB queue (10 000 sends deep), which
     # is where a slow subscriber would lose messages: see the next test, which makes it drop.
     broker = BrokerProc(tmp_path / "data", *NO_LIMIT)
     procs.append(broker)
