@@ -10,7 +10,8 @@ from broker.config import Exit
 
 from .connection import Connection
 from .control import CurveKeys
-from .core import PROG, Line, Session, Stop
+from .core import PROG, Session
+from .effects import Line, Stop
 
 
 class Frontend(Protocol):

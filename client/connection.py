@@ -36,7 +36,8 @@ from broker.protocol import (
 )
 
 from .control import HANDSHAKE_EVENTS, CurveKeys, handshake_failure
-from .core import PROG, Effect, Line, Reconnect, Send, Session, Stop, Subscribe, Unsubscribe
+from .core import PROG, Session
+from .effects import Effect, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
 
 TICK: Final = 0.05
 """Seconds between ``Session.tick`` calls (the session's timers are multiples of this)."""

@@ -20,7 +20,7 @@ import threading
 from typing import Final
 
 from .connection import Connection
-from .core import Line, Stop
+from .effects import Line, Stop
 
 SETTLE_WAIT: Final = 5.0
 """Seconds an input line waits for the previous one to settle before it goes anyway."""

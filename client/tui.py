@@ -31,7 +31,8 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
 from .connection import Connection
-from .core import HELP, Kind, Line, Session, Stop, clean
+from .core import HELP, Session
+from .effects import Kind, Line, Stop, clean
 
 STYLE: Final = Style.from_dict(
     {

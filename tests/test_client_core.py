@@ -8,21 +8,8 @@ import pytest
 
 from broker import protocol as p
 from broker.config import HEARTBEAT, Exit
-from client.core import (
-    BLOCKED_LINE,
-    LOST_LINE,
-    RESEND_AFTER,
-    SYNC_RETRY,
-    Effect,
-    Kind,
-    Line,
-    Reconnect,
-    Send,
-    Session,
-    Stop,
-    Subscribe,
-    Unsubscribe,
-)
+from client.core import BLOCKED_LINE, LOST_LINE, RESEND_AFTER, SYNC_RETRY, Session
+from client.effects import Effect, Kind, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
 
 T0 = 1000.0
 

@@ -21,7 +21,8 @@ from prompt_toolkit.document import Document
 
 from broker import protocol as p
 from broker.config import HEARTBEAT
-from client.core import Kind, Line, Session
+from client.core import Session
+from client.effects import Kind, Line
 from client.tui import ChatCompleter, fragments, sender_style, status
 
 NOW = 1_700_000_000.0
