@@ -280,7 +280,6 @@ class Broker:
     def _drain_router(self) -> None:
         router, chat, clock = self.router, self.chat, self.clock
         recv, more, decode = router.recv, router.getsockopt, p.decode_client
-        counters = chat.counters
         curve = self.curve
         for _ in range(BATCH):
             try:
@@ -294,7 +293,6 @@ class Broker:
                     self._drop_taken(peer)
             else:
                 body = recv(_NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
-            counters.received += 1
             if more(_RCVMORE):
                 extra = 1
                 while more(_RCVMORE):

@@ -83,7 +83,6 @@ class Counters:
     accepted: int = 0  # room messages stored and published
     refused: int = 0  # room and direct messages refused (blocked, rate, too long, ...)
     direct: int = 0  # direct messages delivered
-    received: int = 0  # frames read from clients (the I/O layer counts them)
     bad_frames: int = 0
     dropped_replies: int = 0  # replies a peer's full or gone queue could not take
     published: int = 0  # PUB sends (each one a batch of room events)

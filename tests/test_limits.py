@@ -50,16 +50,20 @@ def test_the_readme_lists_each_limit_with_its_default(option: str, env: str, def
 
 
 @pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[BrokerProc]]:
-    """Brokers a test starts with its own options; all stopped at the end."""
-    procs: list[BrokerProc] = []
+def started(tmp_path: Path) -> Iterator[list[BrokerProc | ClientFactory]]:
+    """Brokers a test starts with its own options, and their clients; all stopped at the end."""
+    procs: list[BrokerProc | ClientFactory] = []
     yield procs
+    for proc in procs:  # clients first, then the brokers they talk to
+        if isinstance(proc, ClientFactory):
+            proc.kill_all()
     for proc in procs:
-        proc.kill()
+        if isinstance(proc, BrokerProc):
+            proc.kill()
 
 
 def broker_with(
-    started: list[BrokerProc], tmp_path: Path, how: str, **limits: str
+    started: list[BrokerProc | ClientFactory], tmp_path: Path, how: str, **limits: str
 ) -> ClientFactory:
     """A client factory for a new broker with ``limits`` (option name -> value) given as flags or
     as environment variables."""
@@ -72,8 +76,9 @@ def broker_with(
         else:
             env[_param(option).envvar] = value
     proc = BrokerProc(tmp_path / f"data{len(started)}", *flags, env=env)
-    started.append(proc)
-    return ClientFactory(proc)
+    factory = ClientFactory(proc)
+    started += [proc, factory]
+    return factory
 
 
 HOW = pytest.mark.parametrize("how", ["flag", "env"])
@@ -82,98 +87,80 @@ HOW = pytest.mark.parametrize("how", ["flag", "env"])
 @HOW
 def test_rate_and_burst_keep_a_flood_out_of_the_room(started, tmp_path: Path, how: str):
     clients = broker_with(started, tmp_path, how, rate="1", burst="3")
-    try:
-        watcher = clients.join("watcher")
-        flooder = clients.join("flooder")
-        for i in range(10):
-            flooder.send(f"flood {i}")
-        for i in range(3):
-            watcher.expect(rf"^\[public\] flooder: flood {i}$")
-        flooder.expect(r"^\* not delivered: slow down: at most 1 messages per second$")
-        time.sleep(1.6)  # a token or so comes back
-        flooder.send("after a pause")
-        watcher.expect(r"^\[public\] flooder: after a pause$")
-        got = [line for line in watcher.seen + watcher.drain() if "flood " in line]
-        assert len(got) <= 4, got  # the burst, and at most one token refilled meanwhile
-    finally:
-        clients.kill_all()
+    watcher = clients.join("watcher")
+    flooder = clients.join("flooder")
+    for i in range(10):
+        flooder.send(f"flood {i}")
+    for i in range(3):
+        watcher.expect(rf"^\[public\] flooder: flood {i}$")
+    flooder.expect(r"^\* not delivered: slow down: at most 1 messages per second$")
+    time.sleep(1.6)  # a token or so comes back
+    flooder.send("after a pause")
+    watcher.expect(r"^\[public\] flooder: after a pause$")
+    got = [line for line in watcher.seen + watcher.drain() if "flood " in line]
+    assert len(got) <= 4, got  # the burst, and at most one token refilled meanwhile
 
 
 @HOW
 def test_rate_zero_turns_the_limit_off(started, tmp_path: Path, how: str):
     clients = broker_with(started, tmp_path, how, rate="0", burst="1")
-    try:
-        watcher = clients.join("watcher")
-        talker = clients.join("talker")
-        for i in range(40):
-            talker.send(f"line {i}")
-        for i in range(40):
-            watcher.expect(rf"^\[public\] talker: line {i}$")
-        assert not any("slow down" in line for line in talker.seen + talker.drain())
-    finally:
-        clients.kill_all()
+    watcher = clients.join("watcher")
+    talker = clients.join("talker")
+    for i in range(40):
+        talker.send(f"line {i}")
+    for i in range(40):
+        watcher.expect(rf"^\[public\] talker: line {i}$")
+    assert not any("slow down" in line for line in talker.seen + talker.drain())
 
 
 @HOW
 def test_max_message_counts_bytes_of_text(started, tmp_path: Path, how: str):
     clients = broker_with(started, tmp_path, how, max_message="10")
-    try:
-        watcher = clients.join("watcher")
-        talker = clients.join("talker")
-        talker.send("x" * 10)
-        watcher.expect(r"^\[public\] talker: x{10}$")
-        talker.send("y" * 11)
-        talker.expect(r"^\* not delivered: message is 11 bytes; the limit is 10$")
-        talker.send("\u00e9" * 6)  # six characters, twelve bytes
-        talker.expect(r"^\* not delivered: message is 12 bytes; the limit is 10$")
-        talker.send("short")
-        watcher.expect(r"^\[public\] talker: short$")
-        assert not any("yyy" in line or "\u00e9" in line for line in watcher.seen)
-    finally:
-        clients.kill_all()
+    watcher = clients.join("watcher")
+    talker = clients.join("talker")
+    talker.send("x" * 10)
+    watcher.expect(r"^\[public\] talker: x{10}$")
+    talker.send("y" * 11)
+    talker.expect(r"^\* not delivered: message is 11 bytes; the limit is 10$")
+    talker.send("\u00e9" * 6)  # six characters, twelve bytes
+    talker.expect(r"^\* not delivered: message is 12 bytes; the limit is 10$")
+    talker.send("short")
+    watcher.expect(r"^\[public\] talker: short$")
+    assert not any("yyy" in line or "\u00e9" in line for line in watcher.seen)
 
 
 def test_a_large_max_message_raises_the_frame_limit_with_it(started, tmp_path: Path):
     clients = broker_with(started, tmp_path, "flag", max_message="100000")
-    try:
-        watcher = clients.join("watcher")
-        talker = clients.join("talker")
-        talker.send("z" * 90_000)  # beyond the default 64 KiB frame limit
-        watcher.expect(r"^\[public\] talker: z{90000}$")
-    finally:
-        clients.kill_all()
+    watcher = clients.join("watcher")
+    talker = clients.join("talker")
+    talker.send("z" * 90_000)  # beyond the default 64 KiB frame limit
+    watcher.expect(r"^\[public\] talker: z{90000}$")
 
 
 @HOW
 def test_max_clients_refuses_one_more(started, tmp_path: Path, how: str):
     clients = broker_with(started, tmp_path, how, max_clients="2")
-    try:
-        clients.join("alice")
-        bob = clients.join("bob")
-        carol = clients.start("carol")
-        assert carol.wait() == Exit.ERROR
-        assert len(carol.err) == 1 and "client limit" in carol.err[0], carol.err
-        bob.send("/exit")
-        assert bob.wait() == Exit.OK
-        clients.join("carol")  # a place is free again
-    finally:
-        clients.kill_all()
+    clients.join("alice")
+    bob = clients.join("bob")
+    carol = clients.start("carol")
+    assert carol.wait() == Exit.ERROR
+    assert len(carol.err) == 1 and "client limit" in carol.err[0], carol.err
+    bob.send("/exit")
+    assert bob.wait() == Exit.OK
+    clients.join("carol")  # a place is free again
 
 
 @HOW
 def test_max_rooms_refuses_one_more(started, tmp_path: Path, how: str):
     clients = broker_with(started, tmp_path, how, max_rooms="2")
-    try:
-        alice = clients.join("alice", "games")  # public and games: two rooms
-        alice.send("/join other")
-        alice.expect(r"^\* error: the broker is at its room limit: join another$")
-        alice.send("still in games")
-        alice.expect(r"^\[games\] alice: still in games$")
-        bob = clients.join("bob", "games")  # an existing room is fine
-        bob.send("/exit")
-        assert bob.wait() == Exit.OK
-    finally:
-        clients.kill_all()
+    alice = clients.join("alice", "games")  # public and games: two rooms
+    alice.send("/join other")
+    alice.expect(r"^\* error: the broker is at its room limit: join another$")
+    alice.send("still in games")
+    alice.expect(r"^\[games\] alice: still in games$")
+    bob = clients.join("bob", "games")  # an existing room is fine
+    bob.send("/exit")
+    assert bob.wait() == Exit.OK
 
 
 # ---- frame size on every socket (MAXMSGSIZE) ---------------------------------------------------
