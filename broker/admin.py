@@ -14,6 +14,7 @@ from typing import Any
 
 from . import protocol as p
 from .state import Chat, User
+from .store import StoreError
 
 AUDIT_SHOWN = 20
 """Audit entries ``audit`` shows unless told otherwise."""
@@ -39,9 +40,12 @@ class Command:
     args: tuple[str, ...]
     help: str
     options: tuple[str, ...] = ()
+    """Optional, after the args: an upper-case one takes a value (``LIMIT``), a lower-case one
+    is a flag that passes its own name (``all``)."""
 
     def usage(self, verb: str) -> str:
-        return " ".join((verb, *self.args, *(f"[{o}]" for o in self.options)))
+        shown = (f"[--{o}]" if o.islower() else f"[{o}]" for o in self.options)
+        return " ".join((verb, *self.args, *shown))
 
 
 def _name(args: list[str]) -> str:
@@ -63,10 +67,9 @@ def block(chat: Chat, args: list[str], now: float) -> Result:
     name = _name(args)
     if not chat.store.block(name):
         return Result(f"{name} was already blocked")
-    user = chat.users.get(name)
-    if user is None:
-        return Result(f"blocked {name} (not connected: the block holds when they connect)")
-    chat.out.publish(user.room, p.Presence(user.room, name, "blocked"))
+    chat.blocked_changed(name, True)
+    if name not in chat.users:
+        return Result(f"blocked {name} (not connected here: the block holds when they connect)")
     return Result(f"blocked {name}")
 
 
@@ -74,10 +77,7 @@ def unblock(chat: Chat, args: list[str], now: float) -> Result:
     name = _name(args)
     if not chat.store.unblock(name):
         return Result(f"{name} was not blocked")
-    user = chat.users.get(name)
-    if user is not None:
-        chat.out.publish(user.room, p.Presence(user.room, name, "unblocked"))
-        chat.out.reply(user.peer, p.Notice("you are unblocked: your messages reach the room again"))
+    chat.blocked_changed(name, False)
     return Result(f"unblocked {name}")
 
 
@@ -105,6 +105,8 @@ def reset(chat: Chat, args: list[str], now: float) -> Result:
 
 
 def close(chat: Chat, args: list[str], now: float) -> Result:
+    if args and args[0] != "all":
+        raise AdminError(p.Code.BAD_ARGS, "usage: close [--all]")
     chat.closing = True
     return Result("broker closing")
 
@@ -174,7 +176,9 @@ COMMANDS: dict[str, Command] = {
     "fire": Command(fire, ("USER",), "disconnect USER (their client exits)"),
     "out": Command(out, ("USER",), f"move USER out of their room, back to {p.LOBBY}"),
     "reset": Command(reset, (), "disconnect every client and remove every room but the lobby"),
-    "close": Command(close, (), "shut the broker down cleanly"),
+    "close": Command(
+        close, (), "shut the broker down cleanly (--all: every broker on the backbone)", ("all",)
+    ),
     "who": Command(who, (), "connected users, their rooms, and the blocklist"),
     "rooms": Command(rooms, (), "rooms with member counts"),
     "stats": Command(stats, (), "counters: clients, rooms, messages, rate, drops, uptime, size"),
@@ -198,4 +202,6 @@ def dispatch(chat: Chat, request: p.CtlRequest, now: float) -> p.CtlReply:
         result = command.run(chat, request.args, now)
     except AdminError as exc:
         return p.CtlReply(request.id, False, exc.message, exc.code.value)
+    except StoreError as exc:  # the backbone did not answer: nothing changed
+        return p.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
     return p.CtlReply(request.id, True, result.message, "", result.data)

@@ -10,8 +10,10 @@ import click
 
 from . import config, options
 from . import keys as keyfiles
+from .backbone import Backbone
 from .config import Exit, Limits
 from .logfmt import LogWriter
+from .protocol import NAME_RULE, valid_name
 from .server import PUB_HWM, Broker, Endpoints, StartError, open_store
 from .sqlstore import DEFAULT_SYNC, SYNC_MODES
 
@@ -96,6 +98,17 @@ def main() -> None:
     is_flag=True,
     help="Encrypt chat traffic (CURVE); clients then need the broker's public key.",
 )
+@options.option(
+    "--backbone",
+    default=None,
+    metavar="nats://HOST:PORT",
+    help="Share rooms, names and the blocklist with other brokers over NATS JetStream.",
+)
+@options.option(
+    "--node-id",
+    default=None,
+    help="This broker's name on the backbone, unique among the brokers (needed with --backbone).",
+)
 @click.option(
     "--pub-hwm",
     default=PUB_HWM,
@@ -125,6 +138,8 @@ def start(
     log_format: str,
     quiet: bool,
     curve: bool,
+    backbone: str | None,
+    node_id: str | None,
     pub_hwm: int,
     pub_sndbuf: int | None,
 ) -> None:
@@ -133,6 +148,11 @@ def start(
     limits = Limits(
         max_message=max_message, max_clients=max_clients, max_rooms=max_rooms, max_frame=max_frame
     )
+    link = None
+    if backbone is not None:
+        if node_id is None or not valid_name(node_id):
+            _fail(f"--backbone needs --node-id, a name unique among the brokers: use {NAME_RULE}")
+        link = Backbone(backbone, node_id, limits.history_keep)
     store = None
     home = config.data_dir(data_dir)
     try:
@@ -151,6 +171,7 @@ def start(
             curve=curve,
             pub_hwm=pub_hwm,
             pub_sndbuf=pub_sndbuf,
+            backbone=link,
         )
     except (StartError, keyfiles.KeyFileError) as exc:
         if store is not None:

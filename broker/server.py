@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import secrets
 import signal
 import socket
 import time
@@ -28,6 +29,8 @@ from typing import Final
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from . import backbone as bb
+from . import cluster
 from . import protocol as p
 from .admin import dispatch
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
@@ -97,6 +100,17 @@ class Endpoints:
     control: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A control request sent over the backbone, waiting for the other brokers' answers."""
+
+    peer: bytes
+    request: p.CtlRequest
+    admin: str
+    key: str
+    plan: cluster.Plan
+
+
 def _bindable(endpoint: str) -> str:
     """Accept port 0 as 'any free port', the way people write it."""
     return (
@@ -111,7 +125,8 @@ class Broker:
 
     ``keys`` is the data dir's key directory (the broker's pair and the admin allow-list); without
     it the broker makes a throwaway key pair and allows no admin key. ``curve`` encrypts the chat
-    sockets too.
+    sockets too. With a ``backbone`` the broker is one of several: room messages, names and the
+    blocklist live there (``store`` keeps only the audit log).
     """
 
     def __init__(
@@ -130,6 +145,7 @@ class Broker:
         curve: bool = False,
         pub_hwm: int = PUB_HWM,
         pub_sndbuf: int | None = None,
+        backbone: bb.Backbone | None = None,
     ) -> None:
         self.curve = curve
         self.ctx = zmq.Context()
@@ -169,7 +185,27 @@ class Broker:
             self._endpoint(self.router), self._endpoint(self.pub), self._endpoint(self.control)
         )
         settings = Settings(self.endpoints.pub, limits, rate, burst, heartbeat, liveness)
-        self.chat = Chat(store or MemoryStore(limits.history_keep), settings)
+        store = store or MemoryStore(limits.history_keep)
+        self.backbone = backbone
+        self.cluster: bb.ClusterStore | None = None
+        self._asked: dict[int, _Asked] = {}
+        self._ctl_out: list[tuple[bytes, p.CtlReply]] = []
+        if backbone is not None:
+            e = self.endpoints
+            try:
+                store = self.cluster = bb.ClusterStore(
+                    backbone, store, f"{e.router} {e.pub} {e.control}"
+                )
+            except StoreError as exc:
+                backbone.stop()
+                self.control.disable_monitor()
+                self.control_monitor.close(linger=0)
+                for sock in (self.router, self.pub, self.control):
+                    sock.close(linger=0)
+                self.guard.stop()
+                self.ctx.destroy(linger=0)
+                raise StartError(str(exc)) from None
+        self.chat = Chat(store, settings)
         self.chat.counters.started = self.clock()
         self._security_log(self.guard.refresh(), self.clock())
 
@@ -230,12 +266,15 @@ class Broker:
         self.log.line(f"room-broker listening: router {e.router} pub {e.pub} control {e.control}")
         chat = "encrypted (CURVE)" if self.curve else "not encrypted (start with --curve)"
         self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
-        self._flush([])  # the admin keys found at start
+        if self.backbone is not None:
+            b = self.backbone
+            self.log.line(f"room-broker backbone: {b.url} as node {b.node}")
+        self._flush()  # the admin keys found at start
         try:
             self._loop()
         finally:
             self.chat.goodbye_all(p.Bye.CLOSED, "the broker shut down", self.clock())
-            self._flush([])
+            self._flush()
             self.log.line("room-broker stopped")
             self._close()
 
@@ -258,24 +297,31 @@ class Broker:
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.control_monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        backbone = self.backbone
+        if backbone is not None:
+            poller.register(backbone.wake_r, zmq.POLLIN)
         interval = self.chat.settings.heartbeat
         next_tick = self.clock() + interval
         while not self._stopping and not self.chat.closing:
             wait = max(0.0, next_tick - self.clock())
             ready = dict(poller.poll(wait * 1000))
-            ctl_replies: list[tuple[bytes, p.CtlReply]] = []
+            if backbone is not None:
+                self._drain_backbone(backbone)
             if self.router in ready:
                 self._drain_router()
             if self.control in ready:
-                ctl_replies = self._drain_control()
+                self._drain_control()
             if self.control_monitor in ready:
                 self._drain_monitor()
             now = self.clock()
             if now >= next_tick:
                 self.chat.tick(now)
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
+                if backbone is not None:
+                    e = self.endpoints
+                    backbone.renew(f"{e.router} {e.pub} {e.control}", now)
                 next_tick = now + interval
-            self._flush(ctl_replies)
+            self._flush()
 
     def _drain_router(self) -> None:
         router, chat, clock = self.router, self.chat, self.clock
@@ -328,11 +374,54 @@ class Broker:
         if user is not None:
             self.chat.remove(user, self.clock(), "its connection id was taken by another key")
 
-    def _drain_control(self) -> list[tuple[bytes, p.CtlReply]]:
+    def _drain_backbone(self, backbone: bb.Backbone) -> None:
+        """Apply what the backbone reports: stored messages in stream order (mirrored, then
+        published), acknowledgements, blocklist changes, and admin requests and answers."""
+        chat, cluster_store = self.chat, self.cluster
+        assert cluster_store is not None
+        for event in backbone.take():
+            match event:
+                case bb.Delivered(record=record):
+                    chat.delivered(cluster_store.mirror_put(record))
+                case bb.Stored(sender=sender, mid=mid, room=room, seq=seq):
+                    chat.stored(sender, p.Ack(mid, room, seq))
+                case bb.NotStored(sender=sender, mid=mid, reason=reason):
+                    chat.not_stored(sender, mid, reason)
+                case bb.BlockChanged(name=name, blocked=blocked):
+                    if cluster_store.block_changed(name, blocked):
+                        chat.blocked_changed(name, blocked)
+                case bb.Replaced(name=name):
+                    chat.replaced(name, self.clock())
+                case bb.Remote(request=request, reply_to=reply_to):
+                    reply = self._dispatch(request, self.clock())
+                    command = " ".join((request.command, *request.args))
+                    text = f"{command}: {reply.message} (asked by another broker)"
+                    chat.out.log(self.clock(), "admin", text=text)
+                    backbone.respond(reply_to, reply)
+                case bb.Answered(token=token, replies=replies):
+                    asked = self._asked.pop(token, None)
+                    if asked is not None:
+                        self._answer(asked, self._combine(asked, replies), self.clock())
+                case bb.Said(text=text):
+                    chat.out.log(self.clock(), "backbone", text=text)
+
+    def _combine(self, asked: _Asked, replies: list[p.CtlReply]) -> p.CtlReply:
+        """The reply to an admin request that other brokers answered (and maybe this one)."""
+        request = asked.request
+        if asked.plan.node:
+            if not replies:
+                reason = f"the broker holding {request.args[0]} did not answer: try again"
+                return p.CtlReply(request.id, False, reason, p.Code.UNAVAILABLE.value)
+            r = replies[0]
+            return p.CtlReply(request.id, r.ok, r.message, r.code, r.data)
+        here = self._dispatch(request, self.clock())
+        return cluster.merge(request, here, replies)
+
+    def _drain_control(self) -> None:
         """Answer control requests. Each is checked against the allow-list again (a key removed
         since its connection's handshake is refused) and recorded in the audit log. The replies
-        go out at the flush, after the commit."""
-        replies: list[tuple[bytes, p.CtlReply]] = []
+        go out at the flush, after the commit; a request other brokers must answer is answered
+        when they have (``_drain_backbone``)."""
         for _ in range(BATCH):
             try:
                 frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -344,29 +433,54 @@ class Broker:
             if len(frames) != 3 or frames[1].bytes != b"":
                 self.chat.out.log(now, "error", text="malformed control request: ignored")
                 continue  # not a REQ peer: nothing we could address a reply to
+            peer = frames[0].bytes
             try:
                 request = p.decode_ctl_request(frames[2].bytes)
             except p.ProtocolError as exc:
                 request = p.CtlRequest(0, "", [])
-                reply = p.CtlReply(0, False, exc.reason, exc.code.value)
+                reply: p.CtlReply | None = p.CtlReply(0, False, exc.reason, exc.code.value)
             else:
-                reply = self._admin_request(request, admin, now)
-            command = " ".join((request.command, *request.args)) or "(unreadable request)"
-            name = admin or f"unknown key {short(key)}"
-            self.chat.out.log(
-                now, "admin", user=name, text=f"{command}: {reply.message} (by {name})"
-            )
-            entry = AuditEntry(
-                now, admin or "", key, request.command, tuple(request.args), reply.ok, reply.message
-            )
-            self.chat.store.audit(entry)
-            replies.append((frames[0].bytes, reply))
-        return replies
+                reply = self._admin_request(peer, request, admin, key, now)
+            if reply is not None:
+                self._answer(_Asked(peer, request, admin or "", key, cluster.HERE), reply, now)
 
-    def _admin_request(self, request: p.CtlRequest, admin: str | None, now: float) -> p.CtlReply:
+    def _answer(self, asked: _Asked, reply: p.CtlReply, now: float) -> None:
+        """Log and audit a control request, and queue its reply for the flush."""
+        request, admin, key = asked.request, asked.admin, asked.key
+        command = " ".join((request.command, *request.args)) or "(unreadable request)"
+        name = admin or f"unknown key {short(key)}"
+        self.chat.out.log(now, "admin", user=name, text=f"{command}: {reply.message} (by {name})")
+        entry = AuditEntry(
+            now, admin, key, request.command, tuple(request.args), reply.ok, reply.message
+        )
+        self.chat.store.audit(entry)
+        self._ctl_out.append((asked.peer, reply))
+
+    def _admin_request(
+        self, peer: bytes, request: p.CtlRequest, admin: str | None, key: str, now: float
+    ) -> p.CtlReply | None:
+        """The reply, or None when other brokers must answer first."""
         if admin is None:
             reason = "this key is not (or no longer) on the admin allow-list: see room-broker keys"
             return p.CtlReply(request.id, False, reason, p.Code.REFUSED.value)
+        backbone = self.backbone
+        if backbone is not None:
+            plan = cluster.plan(request, self.chat.users, backbone.holder)
+            if plan.node or plan.every:
+                if request.command == "reset":  # the shared history goes first
+                    try:
+                        backbone.call(backbone.purge())
+                    except bb.StoreError as exc:
+                        return p.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
+                token = secrets.randbits(63)
+                self._asked[token] = _Asked(peer, request, admin, key, plan)
+                subject = bb.node_subject(plan.node) if plan.node else bb.BUS_ALL
+                bus_request = p.CtlRequest(token, request.command, request.args)
+                backbone.ask(token, subject, bus_request, plan.every)
+                return None
+        return self._dispatch(request, now)
+
+    def _dispatch(self, request: p.CtlRequest, now: float) -> p.CtlReply:
         try:
             return dispatch(self.chat, request, now)
         except Exception as exc:  # a bug must cost one request, never the broker
@@ -388,8 +502,9 @@ class Broker:
         for line in lines:
             self.chat.out.log(now, "security", text=line)
 
-    def _flush(self, ctl_replies: list[tuple[bytes, p.CtlReply]]) -> None:
+    def _flush(self) -> None:
         out = self.chat.out.take()
+        ctl_replies, self._ctl_out = self._ctl_out, []
         counters = self.chat.counters
         try:
             self.chat.store.commit()  # before anything leaves: an Ack means stored

@@ -23,7 +23,7 @@ from typing import IO, Final
 import msgspec
 
 from .protocol import LOBBY, Ack, Posted
-from .store import AuditEntry, StoreError
+from .store import AuditEntry, LocalNames, StoreError
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -88,7 +88,7 @@ class _Checkpointer(threading.Thread):
         self._db.close()
 
 
-class SQLiteStore:
+class SQLiteStore(LocalNames):
     """One SQLite file in the data dir; the broker's only thread uses it."""
 
     def __init__(self, path: Path, sync: str = DEFAULT_SYNC) -> None:

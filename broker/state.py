@@ -17,7 +17,7 @@ from typing import Final, NamedTuple
 
 from . import protocol as p
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
-from .store import ACKS_KEPT, Store
+from .store import ACKS_KEPT, Store, StoreError
 
 STORE_FAILED: Final = "the broker could not store this message: try again"
 """The reason of the refusal a sender gets when the batch of its message could not be stored."""
@@ -226,7 +226,15 @@ class Chat:
         if len(self.users) >= self.settings.limits.max_clients:
             self.error(peer, p.Code.FULL, "the broker is at its client limit: try again later")
             return
-        user = User(name, peer, p.LOBBY, secrets.token_hex(16), now, self.settings.burst, now)
+        try:
+            session = self.store.claim(name, secrets.token_hex(16), msg.session)
+        except StoreError as exc:
+            self.error(peer, p.Code.UNAVAILABLE, str(exc))
+            return
+        if session is None:
+            self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
+            return
+        user = User(name, peer, p.LOBBY, session, now, self.settings.burst, now)
         user.mids.update((a.mid, a) for a in self.store.recent_acks(name, ACKS_KEPT))
         self.users[name] = user
         self.by_peer[peer] = user
@@ -253,15 +261,35 @@ class Chat:
             self._refuse(user, msg.mid, refusal, user.room, msg.text, now)
             return
         posted = self.store.append(user.room, user.name, msg.text, now, msg.mid)
+        if posted is None:  # stored elsewhere: ``stored`` acknowledges, ``delivered`` publishes
+            return
+        self.delivered(posted)
+        self.stored(user.name, p.Ack(msg.mid, posted.room, posted.seq))
+
+    def delivered(self, posted: p.Posted) -> None:
+        """A stored message goes to its room, and to the log."""
+        self.members.setdefault(posted.room, set())
+        self.out.publish(posted.room, posted)
+        self.out.log(posted.ts, "msg", posted.room, posted.sender, posted.text)
+
+    def stored(self, name: str, ack: p.Ack) -> None:
+        """The sender's message is stored: acknowledge it, and remember its id for retries."""
         self.counters.accepted += 1
-        self.out.publish(user.room, posted)
-        self.out.log(now, "msg", user.room, user.name, msg.text)
-        ack = p.Ack(msg.mid, posted.room, posted.seq)
-        if msg.mid:
-            user.mids[msg.mid] = ack
+        user = self.users.get(name)
+        if user is None:  # gone meanwhile: a retry from its next session is acknowledged anyway
+            return
+        if ack.mid:
+            user.mids[ack.mid] = ack
             if len(user.mids) > ACKS_KEPT:
                 user.mids.popitem(last=False)
         self.out.reply(user.peer, ack)
+
+    def not_stored(self, name: str, mid: int, reason: str) -> None:
+        """The backbone could not store the sender's message: refuse it, so it is retried."""
+        self.counters.refused += 1
+        user = self.users.get(name)
+        if user is not None:
+            self.out.reply(user.peer, p.Refused(mid, p.Code.UNAVAILABLE, reason))
 
     def _refuse(
         self, user: User, mid: int, refusal: tuple[p.Code, str], where: str, text: str, now: float
@@ -339,8 +367,13 @@ class Chat:
 
     # ---- the broker's own actions -------------------------------------------------------------
 
-    def remove(self, user: User, now: float, why: str, what: str = "left") -> None:
-        """Forget a user: the name is free again and the room is told."""
+    def remove(
+        self, user: User, now: float, why: str, what: str = "left", release: bool = True
+    ) -> None:
+        """Forget a user: the name is free again (unless ``release`` is off: another broker holds
+        it now) and the room is told."""
+        if release:
+            self.store.release(user.name)
         del self.users[user.name]
         self.by_peer.pop(user.peer, None)
         self.members[user.room].discard(user.name)
@@ -361,6 +394,26 @@ class Chat:
                 self.remove(user, now, "timed out")
             else:
                 self.out.reply(user.peer, p.Ping(user.room, self.store.last_seq(user.room)))
+
+    def replaced(self, name: str, now: float) -> None:
+        """Another broker resumed this user's session: close this connection, keep the name."""
+        user = self.users.get(name)
+        if user is not None:
+            self.out.reply(user.peer, p.Goodbye(p.Bye.REPLACED, "this session resumed elsewhere"))
+            self.remove(user, now, "resumed on another broker", release=False)
+
+    def blocked_changed(self, name: str, blocked: bool) -> None:
+        """Tell a connected user's room (and the user, when unblocked) about a blocklist change."""
+        user = self.users.get(name)
+        if user is None:
+            return
+        self.out.publish(
+            user.room, p.Presence(user.room, name, "blocked" if blocked else "unblocked")
+        )
+        if not blocked:
+            self.out.reply(
+                user.peer, p.Notice("you are unblocked: your messages reach the room again")
+            )
 
     def move(self, user: User, room: str, now: float) -> None:
         """Put a user in ``room`` on the admin's word (``out``)."""

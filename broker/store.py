@@ -40,7 +40,11 @@ class AuditEntry:
 class Store(Protocol):
     """Messages get their per-room sequence number here; ``commit`` makes the batch durable."""
 
-    def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted: ...
+    def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted | None:
+        """The stored message with its sequence number; None when the store answers later (a
+        shared backbone): the broker then acknowledges and publishes what it reports."""
+        ...
+
     def last_seq(self, room: str) -> int: ...
     def recent(self, room: str, count: int) -> list[Posted]: ...
     def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[Posted], int]:
@@ -61,6 +65,13 @@ class Store(Protocol):
     def blocked(self) -> set[str]: ...
     def block(self, name: str) -> bool: ...
     def unblock(self, name: str) -> bool: ...
+    def claim(self, name: str, session: str, resume: str) -> str | None:
+        """Take a user name for ``session`` (or, shared with other brokers, resume the session
+        whose secret is ``resume``): the secret to use, or None when the name is held elsewhere.
+        The chat has already checked its own users."""
+        ...
+
+    def release(self, name: str) -> None: ...
     def audit(self, entry: AuditEntry) -> None:
         """Record an admin request; kept across restarts and ``reset``."""
         ...
@@ -90,7 +101,17 @@ class _RoomLog:
         self.messages: deque[Posted] = deque(maxlen=keep)
 
 
-class MemoryStore:
+class LocalNames:
+    """Name claims of a broker on its own: the chat's users are every claim there is."""
+
+    def claim(self, name: str, session: str, resume: str) -> str | None:
+        return session
+
+    def release(self, name: str) -> None:
+        """Nothing is held outside the chat."""
+
+
+class MemoryStore(LocalNames):
     """Everything in process memory: fast, and gone when the broker stops."""
 
     def __init__(self, keep: int = 10_000) -> None:
@@ -162,6 +183,21 @@ class MemoryStore:
             self._blocked.discard(name)
             return True
         return False
+
+    def put(self, posted: Posted, mid: int = 0) -> Posted:
+        """Mirror a message stored elsewhere, numbered there. A number at or below the room's
+        last means the room started over (a reset on the backbone): its window is dropped."""
+        log = self._rooms.get(posted.room) or self._new_room(posted.room)
+        if posted.seq <= log.seq:
+            log.messages.clear()
+        log.seq = posted.seq
+        log.messages.append(posted)
+        if mid:
+            acks = self._acks.get(posted.sender)
+            if acks is None:
+                acks = self._acks[posted.sender] = deque(maxlen=ACKS_KEPT)
+            acks.append(Ack(mid, posted.room, posted.seq))
+        return posted
 
     def audit(self, entry: AuditEntry) -> None:
         self._audit.append(entry)

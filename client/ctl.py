@@ -202,12 +202,17 @@ def _verb(
         if as_json:  # `room-ctl who --json` as well as `room-ctl --json who`
             ctx.find_root().obj["json"] = True
         args = [kwargs[a.lower()] for a in argnames]
-        args += [kwargs[o.lower()] for o in options if kwargs[o.lower()] is not None]
+        for o in options:  # a value (LIMIT) passes its value; a flag (all) passes its name
+            value = kwargs[o.lower()]
+            if value:
+                args.append(o if o.islower() else value)
         _run(ctx, name, [str(a) for a in args])
 
     params: list[click.Parameter] = [click.Argument([a.lower()]) for a in argnames]
     params += [
-        click.Option([f"--{o.lower()}"], metavar=o, default=None, help=f"{o} (optional)")
+        click.Option([f"--{o}"], is_flag=True, help=f"{o} (see the command's help)")
+        if o.islower()
+        else click.Option([f"--{o.lower()}"], metavar=o, default=None, help=f"{o} (optional)")
         for o in options
     ]
     params.append(

@@ -7,6 +7,7 @@ teardown if it has not exited. Every wait has a timeout, so no test can hang.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import re
@@ -267,3 +268,62 @@ def socket(ctx: zmq.Context, kind: int, endpoint: str, **curve: bytes) -> zmq.So
         sock.curve_serverkey = curve["server"]
     sock.connect(endpoint)
     return sock
+
+
+MIDS = itertools.count(1)
+"""Message ids for raw clients, unique across a test run."""
+
+
+class Raw:
+    """A bare DEALER that says hello, and then sends and waits for protocol messages."""
+
+    def __init__(self, ctx: zmq.Context, router: str, name: str, room: str = p.LOBBY):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.rcvhwm = 0  # keep every Ack of a flood
+        self.sock.sndtimeo = int(WAIT * 1000)  # a send never blocks a test for long
+        self.sock.connect(router)
+        self.replies = Replies(self.sock)
+        self.send(p.Hello(p.VERSION, name))
+        self.expect(p.Welcome)
+        if room != p.LOBBY:
+            self.send(p.Join(room))
+            self.expect(p.Joined)
+
+    def send(self, msg: p.ClientMsg) -> None:
+        self.sock.send(p.encode(msg))
+
+    def recv(self, timeout: float) -> p.ServerMsg | None:
+        """The next message within ``timeout``, or None."""
+        return self.replies.next(timeout)
+
+    def expect(self, kind: type, timeout: float = WAIT) -> p.ServerMsg:
+        """Wait for a message of ``kind``, skipping others (heartbeats, notices)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.recv(min(left, 0.1))
+            if isinstance(msg, kind):
+                return msg
+            assert not isinstance(msg, p.Error | p.Goodbye), msg
+            self.send(p.Ping())  # stay alive at the broker while waiting
+        raise AssertionError(f"no {kind.__name__} within {timeout}s")
+
+    def say(self, text: str, mid: int = 0) -> p.Ack:
+        self.send(p.Say(text, mid or next(MIDS)))
+        ack = self.expect(p.Ack | p.Refused)
+        assert isinstance(ack, p.Ack), ack
+        return ack
+
+    def history(self, room: str = p.LOBBY) -> list[p.Posted]:
+        """Every stored message of ``room``, oldest first."""
+        got: list[p.Posted] = []
+        while True:
+            self.send(p.Fetch(room, after=got[-1].seq if got else 0))
+            batch = self.expect(p.Messages)
+            assert isinstance(batch, p.Messages)
+            if not batch.messages:
+                return got
+            got += batch.messages
+
+    def close(self) -> None:
+        self.sock.close(0)

@@ -45,7 +45,8 @@ def test_the_table_holds_exactly_the_tested_verbs() -> None:
     assert set(COMMANDS) == verbs
     for name, command in COMMANDS.items():
         assert command.help, name
-        assert all(arg.isupper() for arg in (*command.args, *command.options)), name
+        assert all(arg.isupper() for arg in command.args), name
+        assert all(o.isupper() or o.isalpha() and o.islower() for o in command.options), name
 
 
 # ---- block / unblock ---------------------------------------------------------------------------
@@ -378,3 +379,10 @@ def test_stats_counts_clients_rooms_and_messages() -> None:
 def ok_data(reply: p.CtlReply) -> Any:
     ok(reply)
     return reply.data
+
+
+def test_close_takes_the_all_flag_and_nothing_else() -> None:
+    c = chat()
+    assert ok(ctl(c, "close", "all")) and c.closing
+    assert refused(ctl(chat(), "close", "now")) == p.Code.BAD_ARGS
+    assert COMMANDS["close"].usage("close") == "close [--all]"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from procs import WAIT, BrokerProc, ClientFactory, ClientProc, Replies, broker_argv, ctl
+from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, broker_argv, ctl
 
 from broker import protocol as p
 from broker.config import Exit
@@ -30,63 +30,6 @@ NO_LIMIT = ("--rate", "0")
 """No rate limit, for floods."""
 FAST = ("--heartbeat", "0.2", *NO_LIMIT)
 """Liveness (5 intervals) in about a second, and no rate limit."""
-
-_mids = itertools.count(1)
-
-
-class Raw:
-    """A bare DEALER that says hello, and then sends and waits for protocol messages."""
-
-    def __init__(self, ctx: zmq.Context, router: str, name: str, room: str = p.LOBBY):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.rcvhwm = 0  # keep every Ack of a flood
-        self.sock.sndtimeo = int(WAIT * 1000)  # a send never blocks a test for long
-        self.sock.connect(router)
-        self.replies = Replies(self.sock)
-        self.send(p.Hello(p.VERSION, name))
-        self.expect(p.Welcome)
-        if room != p.LOBBY:
-            self.send(p.Join(room))
-            self.expect(p.Joined)
-
-    def send(self, msg: p.ClientMsg) -> None:
-        self.sock.send(p.encode(msg))
-
-    def recv(self, timeout: float) -> p.ServerMsg | None:
-        """The next message within ``timeout``, or None."""
-        return self.replies.next(timeout)
-
-    def expect(self, kind: type, timeout: float = WAIT) -> p.ServerMsg:
-        """Wait for a message of ``kind``, skipping others (heartbeats, notices)."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            msg = self.recv(min(left, 0.1))
-            if isinstance(msg, kind):
-                return msg
-            assert not isinstance(msg, p.Error | p.Goodbye), msg
-            self.send(p.Ping())  # stay alive at the broker while waiting
-        raise AssertionError(f"no {kind.__name__} within {timeout}s")
-
-    def say(self, text: str, mid: int = 0) -> p.Ack:
-        self.send(p.Say(text, mid or next(_mids)))
-        ack = self.expect(p.Ack | p.Refused)
-        assert isinstance(ack, p.Ack), ack
-        return ack
-
-    def history(self, room: str = p.LOBBY) -> list[p.Posted]:
-        """Every stored message of ``room``, oldest first."""
-        got: list[p.Posted] = []
-        while True:
-            self.send(p.Fetch(room, after=got[-1].seq if got else 0))
-            batch = self.expect(p.Messages)
-            assert isinstance(batch, p.Messages)
-            if not batch.messages:
-                return got
-            got += batch.messages
-
-    def close(self) -> None:
-        self.sock.close(0)
 
 
 @pytest.fixture
@@ -118,7 +61,7 @@ def test_kill9_loses_no_acknowledged_message_and_clients_resume(
     Raw(ctx, first.router, "gamer", "games")  # creates the room games
 
     writer = Raw(ctx, first.router, "writer")
-    sent = {mid: f"w{mid}" for mid in itertools.islice(_mids, 300)}
+    sent = {mid: f"w{mid}" for mid in itertools.islice(MIDS, 300)}
     for mid, text in sent.items():
         writer.send(p.Say(text, mid))
     acked: dict[int, p.Ack] = {}
@@ -140,7 +83,7 @@ def test_kill9_loses_no_acknowledged_message_and_clients_resume(
     procs.append(second)
     writer = Raw(ctx, second.router, "writer")  # at once: before the clients are back
     for _ in range(200):
-        mid = next(_mids)
+        mid = next(MIDS)
         sent[mid] = f"w{mid}"
         acked[mid] = writer.say(sent[mid], mid)
     alice.expect(r"^\* reconnected", timeout=5)
@@ -207,7 +150,7 @@ def test_a_client_with_a_tiny_queue_still_sees_every_message_once_in_order(
     flooder = Raw(ctx, broker.router, "flooder", "flood")
     texts = [f"f{i:05d}" for i in range(FLOOD)]
     for text in texts:
-        flooder.send(p.Say(text, next(_mids)))
+        flooder.send(p.Say(text, next(MIDS)))
     for _ in texts:
         flooder.expect(p.Ack)
     slow.expect(rf"^\[flood\] flooder: {texts[-1]}$", timeout=20)
@@ -236,7 +179,7 @@ def test_messages_the_pub_dropped_for_a_stopped_client_are_repaired_once_in_orde
     os.kill(slow.popen.pid, signal.SIGSTOP)
     try:
         for text in texts:
-            flooder.send(p.Say(text, next(_mids)))
+            flooder.send(p.Say(text, next(MIDS)))
         for _ in texts:
             flooder.expect(p.Ack)
     finally:
@@ -278,7 +221,7 @@ def test_a_client_joining_during_a_flood_misses_nothing_after_joined(
         nonlocal count
         after_join = 0
         while after_join < 300 and count < 50_000:
-            flooder.send(p.Say(f"f{count:05d}", next(_mids)))
+            flooder.send(p.Say(f"f{count:05d}", next(MIDS)))
             count += 1
             if count == 100:
                 started.set()

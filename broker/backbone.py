@@ -1,0 +1,708 @@
+"""The NATS JetStream backbone: several brokers that act as one chat server.
+
+What lives where::
+
+    stream ROOM, subject room.msg.<room>   every room message, one JetStream message each; the
+                                           per-room sequence number is in the payload and kept
+                                           dense by compare-and-set on the subject's last sequence
+    KV room-names    name -> "node session"   who holds a name (claimed with create: atomic)
+    KV room-blocked  name -> ""               the blocklist
+    KV room-nodes    node -> endpoints         each broker's lease (the bucket's TTL)
+    room.node.<id>, room.all                  the bus: admin commands routed to one or every broker
+
+The broker's loop stays synchronous and owns its sockets; the NATS client (asyncio) runs on a
+thread of its own here. The loop hands appends over once per flush (``call_soon_threadsafe``) and
+waits on a future only for rare, small things (a name claim, a blocklist change, a purge). The
+thread hands events back through a deque and wakes the loop with a byte on a socketpair. Every
+broker applies stored messages (its own and the others') from one ordered consumer of the stream,
+so each one publishes the same messages in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from . import protocol as p
+from .store import AuditEntry, MemoryStore, Store, StoreError
+
+STREAM: Final = "ROOM"
+SUBJECT: Final = "room.msg."
+NAMES: Final = "room-names"
+BLOCKED: Final = "room-blocked"
+NODES: Final = "room-nodes"
+BUS_ALL: Final = "room.all"
+ORIGIN: Final = "Room-Node"
+"""Header naming the broker that sent a bus request."""
+DUPLICATE_WINDOW: Final = 120.0
+"""Seconds JetStream remembers a message id: a client's retry comes well within this."""
+CALL_TIMEOUT: Final = 2.0
+"""Seconds the broker's loop waits for the backbone on a claim, a block or a purge."""
+GATHER_TIMEOUT: Final = 1.0
+"""Seconds an admin command waits for every broker's answer."""
+WRONG_LAST_SEQUENCE: Final = (10071, 10164)
+LEASE: Final = 5.0
+"""Seconds a broker's lease lasts without renewal; its names are freed when it lapses. Renewed
+every second: a loaded machine may delay a renewal, and a lapse frees the names of live users."""
+UNREACHABLE: Final = "the chat backbone (NATS) is unreachable: try again shortly"
+
+T = TypeVar("T")
+
+
+def node_subject(node: str) -> str:
+    return f"room.node.{node}"
+
+
+class Record(msgspec.Struct, array_like=True, frozen=True):
+    """A room message as the stream stores it: what ``Posted`` says, plus the sender's id."""
+
+    room: str
+    seq: int
+    ts: float
+    sender: str
+    text: str
+    mid: int = 0
+
+    def posted(self) -> p.Posted:
+        return p.Posted(self.room, self.seq, self.ts, self.sender, self.text)
+
+
+_encode_record = msgspec.msgpack.Encoder().encode
+_decode_record = msgspec.msgpack.Decoder(Record).decode
+
+
+# ---- what the backbone tells the broker's loop ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A message the stream stored (by any broker), in stream order."""
+
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """This broker's message is stored: acknowledge it to its sender."""
+
+    sender: str
+    mid: int
+    room: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotStored:
+    sender: str
+    mid: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockChanged:
+    name: str
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """Another broker resumed this user's session: drop the local connection, keep the name."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """An admin request from another broker (or this one, broadcast) to run here."""
+
+    request: p.CtlRequest
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The answers to a routed or broadcast admin request (``token`` says which)."""
+
+    token: int
+    replies: list[p.CtlReply]
+
+
+@dataclass(frozen=True, slots=True)
+class Said:
+    """A line for the broker's log (the backbone was lost, or is back)."""
+
+    text: str
+
+
+Event = Delivered | Stored | NotStored | BlockChanged | Replaced | Remote | Answered | Said
+
+
+@dataclass(slots=True)
+class _RoomWriter:
+    """One room's queue of messages to store, written one at a time (compare-and-set)."""
+
+    queue: deque[Record]
+    last: tuple[int, int] | None = None  # (stream sequence, room sequence) of the last stored
+    busy: bool = False
+
+
+class Backbone:
+    """The NATS connection, its thread, and the shared state mirrored for the broker's loop."""
+
+    def __init__(self, url: str, node: str, keep: int) -> None:
+        self.url = url
+        self.node = node
+        self.keep = keep
+        self._renewed = 0.0
+        self.held: dict[str, str] = {}  # name -> session, the names this broker's users hold
+        self.events: deque[Event] = deque()
+        self.wake_r, self._wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="backbone", daemon=True)
+        self._writers: dict[str, _RoomWriter] = {}
+        self.names: dict[str, tuple[str, str, int]] = {}  # name -> (node, session, revision)
+        self.nodes: set[str] = set()
+        self.connected = False
+        self._nc: Any = None
+        self._js: Any = None
+        self._kv: dict[str, Any] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._watchers: set[asyncio.Future[Any]] = set()
+        self._token = 0
+
+    # ---- from the broker's thread -------------------------------------------------------------
+
+    def start(self, endpoints: str) -> tuple[list[Record], set[str]]:
+        """Connect, make the stream and buckets, and read what is stored: the history to mirror
+        and the blocklist. Raises ``StoreError`` with one line for the operator."""
+        self._thread.start()
+        return self.call(self._start(endpoints), timeout=30.0)
+
+    def call(self, coro: Awaitable[T], timeout: float = CALL_TIMEOUT) -> T:
+        """Run ``coro`` on the backbone's thread and wait for it; ``StoreError`` if it fails."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        try:
+            return future.result(timeout)
+        except StoreError:
+            raise
+        except Exception as exc:
+            future.cancel()
+            raise StoreError(f"{UNREACHABLE} ({type(exc).__name__})") from None
+
+    def soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Hand ``fn(*args)`` to the backbone's thread without waiting."""
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def submit(self, records: list[Record]) -> None:
+        self.soon(self._submit, records)
+
+    def take(self) -> list[Event]:
+        """Everything the backbone has said since the last call."""
+        with contextlib.suppress(OSError):
+            while self.wake_r.recv(4096):
+                pass
+        events = self.events
+        taken = []
+        while events:
+            taken.append(events.popleft())
+        return taken
+
+    def next_token(self) -> int:
+        self._token += 1
+        return self._token
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self.call(self._stop(), timeout=3.0)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=3.0)
+        self.wake_r.close()
+        self._wake_w.close()
+
+    # ---- on the backbone's thread -------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run ``coro`` in the background, holding it until it is done (the loop does not)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _say(self, event: Event) -> None:
+        self.events.append(event)
+        with contextlib.suppress(OSError):  # a full pipe is already a wake-up
+            self._wake_w.send(b"\0")
+
+    async def _start(self, endpoints: str) -> tuple[list[Record], set[str]]:
+        async def disconnected() -> None:
+            if self.connected:
+                self.connected = False
+                self._say(Said(f"backbone: lost {self.url}; room messages are refused meanwhile"))
+
+        async def reconnected() -> None:
+            self.connected = True
+            self._say(Said(f"backbone: reconnected to {self.url}"))
+
+        async def error(exc: Exception) -> None:
+            """nats-py reports every failed reconnect here; the disconnect line says enough."""
+
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                name=f"room-broker {self.node}",
+                connect_timeout=3,
+                reconnect_time_wait=0.25,
+                max_reconnect_attempts=-1,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+        except Exception as exc:
+            raise StoreError(
+                f"cannot reach the backbone at {self.url} ({type(exc).__name__}): "
+                "start nats-server -js there, or check --backbone"
+            ) from None
+        self.connected = True
+        js = self._js = self._nc.jetstream(timeout=CALL_TIMEOUT)
+        try:
+            config = api.StreamConfig(
+                name=STREAM,
+                subjects=[SUBJECT + "*"],
+                storage=api.StorageType.FILE,
+                max_msgs_per_subject=self.keep,
+                duplicate_window=DUPLICATE_WINDOW,
+                allow_direct=True,
+            )
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:  # exists with other limits: ours win
+                await js.update_stream(config)
+            for bucket, ttl in ((NAMES, None), (BLOCKED, None), (NODES, LEASE)):
+                self._kv[bucket] = await js.create_key_value(bucket=bucket, ttl=ttl)
+        except nats.js.errors.ServiceUnavailableError:
+            raise StoreError(
+                f"the NATS server at {self.url} has no JetStream: start it with -js"
+            ) from None
+        await self._kv[NODES].put(self.node, endpoints.encode())
+        self.nodes = {self.node}
+        blocked = {e.key for e in await self._entries(BLOCKED)}
+        for e in await self._entries(NAMES):
+            node, _, session = (e.value or b"").decode().partition(" ")
+            self.names[e.key] = (node, session, e.revision or 0)
+        for name, (node, _, revision) in list(self.names.items()):
+            if node == self.node:  # held by this node's previous life: nobody holds them now
+                await self._release(name, revision)
+        history = await self._history()
+        self._watchers = {
+            self._spawn(self._watch(NAMES, self._on_name)),
+            self._spawn(self._watch(BLOCKED, self._on_block)),
+        }
+        start = history[-1][0] + 1 if history else 1
+        await js.subscribe(
+            SUBJECT + "*",
+            cb=self._on_message,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=start),
+        )
+        await self._nc.subscribe(node_subject(self.node), cb=self._on_bus)
+        await self._nc.subscribe(BUS_ALL, cb=self._on_bus)
+        await self._nc.subscribe(node_subject(self.node) + ".replaced", cb=self._on_replaced)
+        return [record for _, record in history], blocked
+
+    async def _stop(self) -> None:
+        busy = self._tasks - self._watchers  # releases and writes: let them finish
+        if busy:
+            await asyncio.wait(busy, timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._kv[NODES].delete(self.node)
+        with contextlib.suppress(Exception):
+            await self._nc.drain()
+
+    async def _entries(self, bucket: str) -> list[Any]:
+        """The bucket's live entries, read once."""
+        watcher = await self._kv[bucket].watchall()
+        entries = []
+        try:
+            while (entry := await watcher.updates(timeout=CALL_TIMEOUT)) is not None:
+                if entry.operation is None:
+                    entries.append(entry)
+        finally:
+            await watcher.stop()
+        return entries
+
+    async def _history(self) -> list[tuple[int, Record]]:
+        """Every stored message (the stream keeps ``keep`` per room), in stream order."""
+        info = await self._js.stream_info(STREAM)
+        last = info.state.last_seq
+        if not info.state.messages:
+            return []
+        sub = await self._js.subscribe(
+            SUBJECT + "*", ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
+        )
+        history: list[tuple[int, Record]] = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=CALL_TIMEOUT * 5)
+                sseq = msg.metadata.sequence.stream
+                history.append((sseq, _decode_record(msg.data)))
+                if sseq >= last:
+                    return history
+        finally:
+            await sub.unsubscribe()
+
+    async def _watch(self, bucket: str, apply: Callable[[Any], None]) -> None:
+        """Follow a bucket for the life of the broker (the watcher survives reconnects)."""
+        watcher = await self._kv[bucket].watchall()
+        async for entry in watcher:
+            if entry is not None:
+                apply(entry)
+
+    def _on_name(self, entry: Any) -> None:
+        if entry.operation is None:
+            node, _, session = (entry.value or b"").decode().partition(" ")
+            self.names[entry.key] = (node, session, entry.revision or 0)
+            return
+        self.names.pop(entry.key, None)
+        session = self.held.get(entry.key)
+        if session is not None:  # freed while our user holds it (our lease seemed to lapse)
+            self._spawn(self._reclaim(entry.key, session))
+
+    async def _reclaim(self, name: str, session: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._kv[NAMES].create(name, f"{self.node} {session}".encode())
+
+    def _on_block(self, entry: Any) -> None:
+        self._say(BlockChanged(entry.key, entry.operation is None))
+
+    async def _on_message(self, msg: Any) -> None:
+        try:
+            record = _decode_record(msg.data)
+        except msgspec.DecodeError:
+            self._say(Said(f"backbone: unreadable message {msg.metadata.sequence.stream} skipped"))
+            return
+        self._say(Delivered(record))
+
+    async def _on_replaced(self, msg: Any) -> None:
+        self._say(Replaced(msg.data.decode()))
+
+    async def _on_bus(self, msg: Any) -> None:
+        if msg.subject == BUS_ALL and (msg.headers or {}).get(ORIGIN) == self.node:
+            return  # our own broadcast: the broker runs it here itself
+        try:
+            request = p.decode_ctl_request(msg.data)
+        except p.ProtocolError:
+            return
+        if msg.reply:
+            self._say(Remote(request, msg.reply))
+
+    # ---- room messages ------------------------------------------------------------------------
+
+    def _submit(self, records: list[Record]) -> None:
+        for record in records:
+            writer = self._writers.get(record.room)
+            if writer is None:
+                writer = self._writers[record.room] = _RoomWriter(deque())
+            writer.queue.append(record)
+            if not writer.busy:
+                writer.busy = True
+                self._spawn(self._write(writer))
+
+    async def _write(self, writer: _RoomWriter) -> None:
+        """Store the room's queue in order: each message takes the next room sequence number,
+        on the condition that the subject's last message is the one we think it is. Another
+        broker that got there first makes us read the last one and try again."""
+        js = self._js
+        try:
+            while writer.queue:
+                record = writer.queue[0]
+                subject = SUBJECT + record.room
+                try:
+                    if not self._nc.is_connected:  # refuse now: a publish nats-py buffers
+                        raise ConnectionError  # would be stored later, after its refusal
+                    if writer.last is None:
+                        writer.last = await self._last(subject)
+                    sseq, seq = writer.last
+                    headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(sseq)}
+                    if record.mid:
+                        headers[api.Header.MSG_ID] = f"{record.sender}.{record.mid}"
+                    body = _encode_record(
+                        Record(
+                            record.room, seq + 1, record.ts, record.sender, record.text, record.mid
+                        )
+                    )
+                    ack = await js.publish(subject, body, headers=headers)
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code in WRONG_LAST_SEQUENCE:
+                        writer.last = None  # someone else stored one: read it, try again
+                        continue
+                    writer.queue.popleft()
+                    self._say(NotStored(record.sender, record.mid, f"{UNREACHABLE} ({exc})"))
+                    continue
+                except Exception:
+                    writer.queue.popleft()
+                    writer.last = None
+                    self._say(NotStored(record.sender, record.mid, UNREACHABLE))
+                    continue
+                writer.queue.popleft()
+                if ack.duplicate:  # a retry of a stored message: its first copy's number
+                    stored = await self._read(ack.seq)
+                    self._say(Stored(record.sender, record.mid, stored.room, stored.seq))
+                else:
+                    writer.last = (ack.seq, seq + 1)
+                    self._say(Stored(record.sender, record.mid, record.room, seq + 1))
+        finally:
+            writer.busy = False
+
+    async def _last(self, subject: str) -> tuple[int, int]:
+        try:
+            msg = await self._js.get_last_msg(STREAM, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return 0, 0
+        return msg.seq, _decode_record(msg.data).seq
+
+    async def _read(self, sseq: int) -> Record:
+        msg = await self._js.get_msg(STREAM, seq=sseq, direct=True)
+        return _decode_record(msg.data)
+
+    async def purge(self) -> None:
+        await self._js.purge_stream(STREAM)
+        for writer in self._writers.values():
+            writer.last = None
+
+    # ---- names, blocklist, leases -------------------------------------------------------------
+
+    async def claim(self, name: str, session: str, resume: str) -> str | None:
+        """Take ``name`` for a new session, or for ``resume`` (the secret of a session held on
+        another broker, which is told to let go). Returns the session's secret, or None when
+        someone else holds the name."""
+        kv = self._kv[NAMES]
+        try:
+            await kv.create(name, f"{self.node} {session}".encode())
+            self.held[name] = session
+            return session
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await kv.get(name)
+        except nats.js.errors.KeyNotFoundError:
+            return await self.claim(name, session, resume)  # released meanwhile
+        node, _, held = (entry.value or b"").decode().partition(" ")
+        if not resume or resume != held:
+            return None
+        try:
+            await kv.update(name, f"{self.node} {held}".encode(), last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+        if node != self.node:
+            await self._nc.publish(node_subject(node) + ".replaced", name.encode())
+        self.held[name] = held
+        return held
+
+    def release(self, name: str) -> None:
+        """Let the name go if this node still holds it (fire and forget)."""
+        self.held.pop(name, None)
+        held = self.names.get(name)
+        self._spawn(self._release(name, held[2] if held else 0))
+
+    async def _release(self, name: str, revision: int) -> None:
+        kv = self._kv[NAMES]
+        with contextlib.suppress(Exception):
+            if not revision:
+                entry = await kv.get(name)
+                if not (entry.value or b"").decode().startswith(self.node + " "):
+                    return
+                revision = entry.revision
+            await kv.delete(name, last=revision)
+
+    async def block(self, name: str, blocked: bool) -> None:
+        kv = self._kv[BLOCKED]
+        if blocked:
+            await kv.put(name, b"")
+        else:
+            await kv.delete(name)
+
+    def holder(self, name: str) -> str:
+        """The node holding ``name`` as far as the bucket's watcher has seen ('' if none)."""
+        held = self.names.get(name)
+        return held[0] if held else ""
+
+    def renew(self, endpoints: str, now: float) -> None:
+        if now - self._renewed >= LEASE / 5:
+            self._renewed = now
+            self.soon(self._spawn, self._renew(endpoints))
+
+    async def _renew(self, endpoints: str) -> None:
+        """Renew this node's lease; free the names of nodes whose lease has lapsed."""
+        kv = self._kv[NODES]
+        try:
+            await kv.put(self.node, endpoints.encode())
+            self.nodes = set(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            self.nodes = set()
+        except Exception:
+            return
+        for name, (node, _, revision) in list(self.names.items()):
+            if node not in self.nodes and node != self.node:
+                await self._release(name, revision)
+
+    # ---- the bus ------------------------------------------------------------------------------
+
+    def ask(self, token: int, subject: str, request: p.CtlRequest, every: bool) -> None:
+        """Send an admin request to one broker, or to ``every`` live one, and report the answers
+        as ``Answered(token)``."""
+        self.soon(self._spawn, self._ask(token, subject, request, every))
+
+    async def _ask(self, token: int, subject: str, request: p.CtlRequest, every: bool) -> None:
+        if every:  # the live brokers now, not as of the last renewal
+            with contextlib.suppress(Exception):
+                self.nodes = set(await self._kv[NODES].keys())
+        expected = len(self.nodes - {self.node}) if every else 1
+        replies: list[p.CtlReply] = []
+        done = asyncio.Event()
+        inbox = self._nc.new_inbox()
+
+        async def collect(msg: Any) -> None:
+            with contextlib.suppress(msgspec.DecodeError):
+                replies.append(msgspec.msgpack.decode(msg.data, type=p.CtlReply))
+            if len(replies) >= expected:
+                done.set()
+
+        if not expected:
+            self._say(Answered(token, replies))
+            return
+        try:
+            sub = await self._nc.subscribe(inbox, cb=collect)
+            headers = {ORIGIN: self.node}
+            await self._nc.publish(subject, p.encode(request), reply=inbox, headers=headers)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), GATHER_TIMEOUT)
+            await sub.unsubscribe()
+        except Exception:
+            pass
+        self._say(Answered(token, replies))
+
+    def respond(self, reply_to: str, reply: p.CtlReply) -> None:
+        self.soon(self._spawn, self._respond(reply_to, reply))
+
+    async def _respond(self, reply_to: str, reply: p.CtlReply) -> None:
+        with contextlib.suppress(Exception):
+            await self._nc.publish(reply_to, p.encode(reply))
+
+
+class ClusterStore:
+    """The ``Store`` of a broker on the backbone. Messages go to the stream (``append`` returns
+    None: the result comes back as an event); what the chat reads (history, sequence numbers,
+    the blocklist) is this broker's mirror of the stream and the buckets, updated by the loop
+    from the backbone's events so that it changes only between batches. The audit log stays in
+    the broker's own database."""
+
+    def __init__(self, backbone: Backbone, local: Store, endpoints: str) -> None:
+        self.backbone = backbone
+        self.local = local
+        self.mirror = MemoryStore(backbone.keep)
+        history, self._blocked = backbone.start(endpoints)
+        for record in history:
+            self.mirror_put(record)
+        self._pending: list[Record] = []
+        self.endpoints = endpoints
+
+    def mirror_put(self, record: Record) -> p.Posted:
+        return self.mirror.put(record.posted(), record.mid)
+
+    def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> None:
+        self._pending.append(Record(room, 0, ts, sender, text, mid))
+
+    def last_seq(self, room: str) -> int:
+        return self.mirror.last_seq(room)
+
+    def recent(self, room: str, count: int) -> list[p.Posted]:
+        return self.mirror.recent(room, count)
+
+    def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[p.Posted], int]:
+        return self.mirror.range(room, after, upto, limit)
+
+    def recent_acks(self, sender: str, count: int) -> list[p.Ack]:
+        return self.mirror.recent_acks(sender, count)
+
+    def rooms(self) -> list[str]:
+        return self.mirror.rooms()
+
+    def add_room(self, room: str) -> None:
+        self.mirror.add_room(room)
+
+    def reset(self) -> None:
+        """Forget the mirror; the stream itself is purged by the broker that was asked."""
+        self.mirror.reset()
+
+    def blocked(self) -> set[str]:
+        return self._blocked
+
+    def block(self, name: str) -> bool:
+        if name in self._blocked:
+            return False
+        self.backbone.call(self.backbone.block(name, True))
+        self._blocked.add(name)
+        return True
+
+    def unblock(self, name: str) -> bool:
+        if name not in self._blocked:
+            return False
+        self.backbone.call(self.backbone.block(name, False))
+        self._blocked.discard(name)
+        return True
+
+    def block_changed(self, name: str, blocked: bool) -> bool:
+        """Apply a blocklist change seen on the bucket; True if it is news here."""
+        if (name in self._blocked) == blocked:
+            return False
+        if blocked:
+            self._blocked.add(name)
+        else:
+            self._blocked.discard(name)
+        return True
+
+    def claim(self, name: str, session: str, resume: str) -> str | None:
+        return self.backbone.call(self.backbone.claim(name, session, resume))
+
+    def release(self, name: str) -> None:
+        self.backbone.soon(self.backbone.release, name)
+
+    def audit(self, entry: AuditEntry) -> None:
+        self.local.audit(entry)
+
+    def audit_log(self, limit: int) -> list[AuditEntry]:
+        return self.local.audit_log(limit)
+
+    def commit(self) -> None:
+        """The audit is committed here; room messages leave for the stream, whose answers come
+        back as events."""
+        self.local.commit()
+        if self._pending:
+            self.backbone.submit(self._pending)
+            self._pending = []
+
+    def size(self) -> int:
+        return self.local.size()
+
+    def close(self) -> None:
+        self.backbone.stop()
+        self.local.close()

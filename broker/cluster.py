@@ -1,0 +1,75 @@
+"""Where an admin command runs when brokers share a backbone, and how the answers combine.
+
+Pure code: the broker's I/O layer asks ``plan`` before it dispatches, sends the request over the
+bus when the plan says so, and hands the answers to ``merge``. A single broker never calls this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol as p
+
+EVERYWHERE = frozenset({"who", "rooms", "reset"})
+"""Commands every broker answers for its own users and rooms."""
+ROUTED = frozenset({"fire", "out"})
+"""Commands that run on the broker holding the user."""
+ALL_FLAG = "all"
+"""``close --all``: every broker closes, not just the one asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """``node`` set: send to that broker only. ``every``: ask every other broker, then run here
+    too and merge. Neither: run here alone."""
+
+    node: str = ""
+    every: bool = False
+
+
+HERE = Plan()
+
+
+def plan(request: p.CtlRequest, local: Container[str], holder: Callable[[str], str]) -> Plan:
+    """``local``: the users this broker holds; ``holder``: the node that holds a name, or ''."""
+    command, args = request.command, request.args
+    if command in EVERYWHERE or (command == "close" and ALL_FLAG in args):
+        return Plan(every=True)
+    if command in ROUTED and args and args[0] not in local:
+        node = holder(args[0])
+        if node:
+            return Plan(node=node)
+    return HERE
+
+
+def merge(request: p.CtlRequest, here: p.CtlReply, others: list[p.CtlReply]) -> p.CtlReply:
+    """One reply from this broker's and the others' answers to the same request."""
+    replies = [here, *others]
+    if not all(r.ok for r in replies):
+        failed = next(r for r in replies if not r.ok)
+        return p.CtlReply(here.id, False, failed.message, failed.code, failed.data)
+    brokers = f"{len(replies)} broker{'s' if len(replies) != 1 else ''}"
+    match request.command:
+        case "who":
+            users = sorted(
+                (u for r in replies for u in (r.data or {}).get("users", [])),
+                key=lambda u: u["name"],
+            )
+            blocked = (here.data or {}).get("blocked", [])
+            data = {"users": users, "blocked": blocked}
+            return p.CtlReply(here.id, True, f"{len(users)} users connected on {brokers}", "", data)
+        case "rooms":
+            rooms: dict[str, dict[str, Any]] = {}
+            for r in replies:
+                for room in (r.data or {}).get("rooms", []):
+                    seen = rooms.setdefault(room["name"], {**room, "members": 0})
+                    seen["members"] += room["members"]
+                    seen["seq"] = max(seen["seq"], room["seq"])
+            listing = [rooms[name] for name in sorted(rooms)]
+            return p.CtlReply(
+                here.id, True, f"{len(listing)} rooms on {brokers}", "", {"rooms": listing}
+            )
+        case _:
+            return p.CtlReply(here.id, True, f"{here.message} (on {brokers})", "", here.data)

@@ -1,0 +1,356 @@
+"""Three brokers over one private nats-server (JetStream): one chat server, seen from anywhere.
+
+Each test gets its own nats-server on a free loopback port with a store in its tmp dir, and three
+brokers (a, b, c) with data dirs of their own. Everything is stopped, however the test ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket as pysocket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, ctl, socket
+
+from broker import protocol as p
+
+pytestmark = pytest.mark.timeout(90)
+
+NATS = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/sbin")
+if NATS is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs nats-server (Debian's nats-server package)")
+    pytest.skip("nats-server is not installed (apt install nats-server)", allow_module_level=True)
+
+FAST = ("--heartbeat", "0.2", "--rate", "0")
+
+
+def _free_port() -> int:
+    with pysocket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NatsServer:
+    """A private ``nats-server -js`` on loopback, restartable on the same port and store."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = _free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        assert NATS is not None
+        argv = [NATS, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            with pysocket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Cluster:
+    """The nats-server and the brokers on it; ``start`` adds a broker."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.nats = NatsServer(tmp / "nats")
+        self.brokers: dict[str, BrokerProc] = {}
+        self.procs: list[BrokerProc | ClientProc] = []
+
+    def start(self, node: str, *extra: str) -> BrokerProc:
+        broker = BrokerProc(
+            self.tmp / node, "--backbone", self.nats.url, "--node-id", node, *FAST, *extra
+        )
+        self.brokers[node] = broker
+        self.procs.append(broker)
+        return broker
+
+    def client(self, node: str, name: str, *extra: str, room: str = p.LOBBY) -> ClientProc:
+        client = ClientFactory(self.brokers[node]).start(name, "--room", room, *extra)
+        self.procs.append(client)
+        client.expect(rf"^\* joined {room}$")
+        return client
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if isinstance(proc, BrokerProc) and proc.popen.poll() is None:
+                proc.popen.terminate()
+        for proc in reversed(self.procs):
+            with contextlib.suppress(AssertionError):  # it did not stop: killed below
+                proc.wait(5)
+            proc.kill()
+        self.nats.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        for node in "abc":
+            c.start(node)
+        yield c
+    finally:
+        c.close()
+
+
+def _sub(ctx: zmq.Context, broker: BrokerProc, room: str = p.LOBBY) -> zmq.Socket:
+    sub = socket(ctx, zmq.SUB, broker.pub)
+    sub.setsockopt(zmq.SUBSCRIBE, p.topic(room))
+    sub.rcvhwm = 0
+    return sub
+
+
+def _posted(sub: zmq.Socket, count: int, timeout: float = WAIT) -> list[p.Posted]:
+    """The next ``count`` room messages on a raw subscription (presence events skipped)."""
+    got: list[p.Posted] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        left = deadline - time.monotonic()
+        assert left > 0 and sub.poll(left * 1000), f"{len(got)} of {count} messages arrived"
+        _, body = sub.recv_multipart()
+        got += [e for e in p.decode_room(body) if isinstance(e, p.Posted)]
+    return got
+
+
+def _settle(sub: zmq.Socket) -> None:
+    """Wait out the slow joiner: a SUB sees nothing until its subscription has reached the PUB."""
+    time.sleep(0.3)
+
+
+def test_a_message_sent_on_a_reaches_b_and_c_with_the_same_sequence_number(
+    cluster: Cluster, ctx: zmq.Context
+):
+    a, b, c = (cluster.brokers[n] for n in "abc")
+    subs = [_sub(ctx, broker) for broker in (a, b, c)]
+    _settle(subs[0])
+    alice = Raw(ctx, a.router, "alice")
+    ack = alice.say("hello from a")
+    seen = [_posted(sub, 1)[0] for sub in subs]
+    assert {(m.seq, m.sender, m.text) for m in seen} == {(ack.seq, "alice", "hello from a")}
+    bob = cluster.client("b", "bob")
+    carol = cluster.client("c", "carol")
+    alice.say("second")
+    bob.expect(r"^\[public\] alice: second$")
+    carol.expect(r"^\[public\] alice: second$")
+    carol.send("from c")
+    bob.expect(r"^\[public\] carol: from c$")
+    assert [m.seq for m in _posted(subs[0], 2)] == [ack.seq + 1, ack.seq + 2]
+
+
+def test_a_flood_from_two_brokers_is_seen_by_every_client_once_in_the_same_order(
+    cluster: Cluster, ctx: zmq.Context
+):
+    subs = [_sub(ctx, cluster.brokers[n], "flood") for n in "abc"]
+    _settle(subs[0])
+    writers = [Raw(ctx, cluster.brokers[n].router, f"w{n}", "flood") for n in "ab"]
+
+    def flood(writer: Raw) -> None:
+        for i in range(500):
+            writer.send(p.Say(f"{writer_name(writer)} {i}", next(MIDS)))
+
+    def writer_name(writer: Raw) -> str:
+        return "wa" if writer is writers[0] else "wb"
+
+    threads = [threading.Thread(target=flood, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    orders = [_posted(sub, 1000, timeout=60) for sub in subs]
+    assert [m.seq for m in orders[0]] == list(range(1, 1001))
+    assert orders[0] == orders[1] == orders[2]
+    texts = [m.text for m in orders[0]]
+    assert len(set(texts)) == 1000
+    for who in ("wa", "wb"):  # each sender's messages keep their order
+        mine = [int(t.split()[1]) for t in texts if t.startswith(who)]
+        assert mine == list(range(500))
+
+
+def test_kill9_of_a_loses_no_acknowledged_message_and_its_clients_resume_on_b(
+    cluster: Cluster, ctx: zmq.Context
+):
+    a, b = cluster.brokers["a"], cluster.brokers["b"]
+    alice = ClientProc(f"{a.router},{b.router}", "alice", env={"ROOM_DATA_DIR": str(a.data_dir)})
+    cluster.procs.append(alice)
+    alice.expect(r"^\* joined public$")
+    bob = cluster.client("b", "bob")
+    writer = Raw(ctx, a.router, "writer")
+    sent = {next(MIDS): f"w{i}" for i in range(300)}
+    for mid, text in sent.items():
+        writer.send(p.Say(text, mid))
+    acked: dict[int, p.Ack] = {}
+    while len(acked) < 50:
+        ack = writer.expect(p.Ack)
+        acked[ack.mid] = ack
+    a.kill9()
+    while (msg := writer.recv(0.3)) is not None:
+        if isinstance(msg, p.Ack):
+            acked[msg.mid] = msg
+    writer.close()
+    alice.expect(r"^\* reconnected", timeout=15)
+    alice.send("alice after the crash")
+    bob.expect(r"^\[public\] alice: after the crash$|^\[public\] alice: alice after the crash$")
+
+    stored = {m.seq: m for m in Raw(ctx, b.router, "reader").history()}
+    for mid, ack in acked.items():
+        assert stored[ack.seq].text == sent[mid], f"acknowledged {sent[mid]} lost"
+    assert sorted(stored) == list(range(1, len(stored) + 1))
+    written = [m.text for m in stored.values() if m.sender == "writer"]
+    assert len(written) == len(set(written)), "a message was stored twice"
+
+
+def test_the_same_name_cannot_be_held_on_a_and_b_at_once(cluster: Cluster, ctx: zmq.Context):
+    cluster.client("a", "alice")
+    raw = socket(ctx, zmq.DEALER, cluster.brokers["b"].router)
+    raw.send(p.encode(p.Hello(p.VERSION, "alice")))
+    assert raw.poll(WAIT * 1000)
+    [error] = p.decode_server(raw.recv())
+    assert isinstance(error, p.Error) and error.code == p.Code.NAME_TAKEN, error
+
+
+def test_a_name_is_free_again_everywhere_when_its_user_leaves(cluster: Cluster, ctx: zmq.Context):
+    alice = cluster.client("a", "alice")
+    alice.send("/exit")
+    assert alice.wait() == 0
+    deadline = time.monotonic() + WAIT
+    while True:  # the release reaches the names bucket a moment after the goodbye
+        sock = socket(ctx, zmq.DEALER, cluster.brokers["c"].router)
+        sock.send(p.encode(p.Hello(p.VERSION, "alice")))
+        assert sock.poll(WAIT * 1000)
+        [reply] = p.decode_server(sock.recv())
+        sock.close(0)
+        if isinstance(reply, p.Welcome):
+            break
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.1)
+
+
+def test_a_block_made_through_b_holds_on_a_within_a_second_and_survives_a_restart(
+    cluster: Cluster, ctx: zmq.Context
+):
+    bob = Raw(ctx, cluster.brokers["a"].router, "bob")
+    watcher = cluster.client("c", "watcher")
+    assert ctl(cluster.brokers["b"], "block", "bob").returncode == 0
+    blocked_at = time.monotonic()
+    while True:
+        bob.send(p.Say("let me in", next(MIDS)))
+        reply = bob.expect(p.Ack | p.Refused)
+        if isinstance(reply, p.Refused):
+            assert reply.code == p.Code.BLOCKED
+            break
+        assert time.monotonic() - blocked_at < 1.0, "the block did not reach broker a in 1 s"
+        time.sleep(0.02)
+    bob.send(p.Say("still blocked", next(MIDS)))
+    assert bob.expect(p.Refused).code == p.Code.BLOCKED
+    assert "still blocked" not in "\n".join(watcher.drain())
+    bob.close()
+
+    for node in "abc":  # restart everything: nats-server and every broker
+        assert cluster.brokers[node].stop() == 0
+    cluster.nats.stop()
+    cluster.nats.start()
+    for node in "abc":
+        cluster.start(node)
+    bob = Raw(ctx, cluster.brokers["c"].router, "bob")
+    bob.send(p.Say("after the restart", next(MIDS)))
+    assert bob.expect(p.Refused).code == p.Code.BLOCKED
+    who = ctl(cluster.brokers["a"], "who")
+    assert "bob" in who.stdout and who.returncode == 0
+
+
+def test_fire_and_out_reach_a_user_on_another_broker(cluster: Cluster):
+    dave = cluster.client("c", "dave", room="games")
+    erin = cluster.client("a", "erin")
+    moved = ctl(cluster.brokers["a"], "out", "dave")
+    assert moved.returncode == 0, moved.stderr
+    assert "put dave out of games" in moved.stdout
+    dave.expect(r"^\* joined public$")
+    fired = ctl(cluster.brokers["b"], "fire", "erin")
+    assert fired.returncode == 0, fired.stderr
+    assert "fired erin" in fired.stdout
+    assert erin.wait() == 4
+    missing = ctl(cluster.brokers["b"], "fire", "nobody")
+    assert missing.returncode == 1 and "nobody is not connected" in missing.stderr
+
+
+def test_who_and_rooms_show_every_brokers_users(cluster: Cluster):
+    cluster.client("a", "alice")
+    cluster.client("b", "bob", room="games")
+    cluster.client("c", "carol", room="games")
+    who = ctl(cluster.brokers["a"], "--json", "who")
+    assert who.returncode == 0, who.stderr
+    names = {u["name"]: u["room"] for u in json.loads(who.stdout)["data"]["users"]}
+    assert names == {"alice": "public", "bob": "games", "carol": "games"}
+    rooms = ctl(cluster.brokers["b"], "--json", "rooms")
+    listing = {r["name"]: r["members"] for r in json.loads(rooms.stdout)["data"]["rooms"]}
+    assert listing["games"] == 2 and listing["public"] == 1
+
+
+def test_reset_and_close_all_reach_every_broker(cluster: Cluster, ctx: zmq.Context):
+    alice = cluster.client("a", "alice")
+    bob = cluster.client("b", "bob", room="games")
+    Raw(ctx, cluster.brokers["c"].router, "writer", "games").say("before the reset")
+    reset = ctl(cluster.brokers["c"], "reset")
+    assert reset.returncode == 0, reset.stderr
+    assert alice.wait() == 5 and bob.wait() == 5
+    reader = Raw(ctx, cluster.brokers["a"].router, "reader", "games")
+    assert reader.history("games") == []
+    reader.close()
+    closed = ctl(cluster.brokers["b"], "close", "--all")
+    assert closed.returncode == 0, closed.stderr
+    for node in "abc":
+        assert cluster.brokers[node].wait() == 0
+
+
+def test_restarting_nats_server_loses_nothing_acknowledged(cluster: Cluster, ctx: zmq.Context):
+    writer = Raw(ctx, cluster.brokers["a"].router, "writer")
+    acked = [writer.say(f"m{i}") for i in range(50)]
+    cluster.nats.stop()
+    writer.send(p.Say("while nats is down", next(MIDS)))
+    refused = writer.expect(p.Refused | p.Ack, timeout=10)
+    assert isinstance(refused, p.Refused) and refused.code == p.Code.UNAVAILABLE, refused
+    cluster.nats.start()
+    deadline = time.monotonic() + 20
+    while True:  # the brokers reconnect on their own
+        writer.send(p.Say("after nats is back", next(MIDS)))
+        reply = writer.expect(p.Ack | p.Refused, timeout=10)
+        if isinstance(reply, p.Ack):
+            break
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.2)
+    writer.close()
+    reader = Raw(ctx, cluster.brokers["b"].router, "reader")
+    deadline = time.monotonic() + 10
+    while True:  # b's stream consumer is back a moment after its connection
+        texts = {m.seq: m.text for m in reader.history()}
+        if "after nats is back" in texts.values() or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for i, ack in enumerate(acked):
+        assert texts[ack.seq] == f"m{i}"
+    assert "after nats is back" in texts.values()
+    assert "while nats is down" not in texts.values()
