@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 from typing import Protocol
 
 from broker.config import Exit
@@ -27,7 +28,7 @@ class Frontend(Protocol):
 
 def run(
     *,
-    server: str,
+    servers: str | Sequence[str],
     name: str,
     room: str,
     history: int,
@@ -35,7 +36,8 @@ def run(
     sub_hwm: int | None = None,
     curve: CurveKeys | None = None,
 ) -> int:
-    """Chat until the user leaves or the broker ends the session; returns the exit code."""
+    """Chat until the user leaves or the broker ends the session; returns the exit code.
+    ``servers`` lists the brokers to try in order (see ``client.connection``), or is one."""
     session = Session(name, room, history, track=interactive)
     front: Frontend
     if interactive:
@@ -47,7 +49,7 @@ def run(
 
         front = Piped()
     try:
-        stop = asyncio.run(_chat(server, session, front, sub_hwm, curve))
+        stop = asyncio.run(_chat(servers, session, front, sub_hwm, curve))
     except KeyboardInterrupt:  # before the front end could take the signal over
         stop = Stop(Exit.OK)
     except Exception as exc:  # a bug: still one line, never a traceback
@@ -58,13 +60,13 @@ def run(
 
 
 async def _chat(
-    server: str,
+    servers: str | Sequence[str],
     session: Session,
     front: Frontend,
     sub_hwm: int | None,
     curve: CurveKeys | None = None,
 ) -> Stop:
-    conn = Connection(server, session, front.show, sub_hwm=sub_hwm, curve=curve)
+    conn = Connection(servers, session, front.show, sub_hwm=sub_hwm, curve=curve)
     stop: Stop | None = None
     try:
         stop = await conn.handshake()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from typing import Final
 
 import click
 
@@ -18,6 +20,32 @@ def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -
     if value is not None and not valid_name(value):
         raise click.BadParameter(f"{value!r} is not a valid name: use {NAME_RULE}")
     return value
+
+
+_ENDPOINT: Final = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
+_TCP_ENDPOINT: Final = re.compile(r"^tcp://\S+:(\d+|\*)$")
+
+
+def _split_servers(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Every ``--server`` (and ``ROOM_SERVER``, which click splits on whitespace) may list several
+    endpoints separated by commas: one flat list in the order given, each endpoint once, checked
+    here so that a typo is one line at start and not a surprise at failover."""
+    servers: list[str] = []
+    for item in value:
+        for endpoint in (part.strip() for part in item.split(",")):
+            if not endpoint:
+                continue
+            if not _ENDPOINT.match(endpoint) or (
+                endpoint.startswith("tcp://") and not _TCP_ENDPOINT.match(endpoint)
+            ):
+                raise click.BadParameter(f"{endpoint!r} is not an endpoint: use tcp://HOST:PORT")
+            if endpoint not in servers:
+                servers.append(endpoint)
+    if not servers:
+        raise click.BadParameter("give at least one endpoint: tcp://HOST:PORT")
+    return tuple(servers)
 
 
 def _prompted_name(value: str) -> str:
@@ -48,9 +76,13 @@ def main() -> None:
 )
 @options.option(
     "--server",
-    default=ROUTER,
+    multiple=True,
+    default=[ROUTER],
     show_default=True,
-    help="The broker's client endpoint (its ROUTER).",
+    callback=_split_servers,
+    help="The broker's client endpoint (its ROUTER). Repeat it or separate endpoints with commas "
+    "to give several brokers: the first that answers is used, and the next ones in turn when "
+    "it is lost. One --server-key applies to all of them.",
 )
 @click.option(
     "--history",
@@ -63,7 +95,8 @@ def main() -> None:
     "--server-key",
     default=None,
     help="The broker's public key, or its file; needed only for a broker started with --curve "
-    "[default: found in the data dir when such a broker runs on this host].",
+    "[default: found in the data dir when such a broker runs on this host]. With several "
+    "--server brokers it is used for all of them, so they must share one key pair.",
 )
 @options.data_dir
 @click.option(
@@ -78,7 +111,7 @@ def join(
     ctx: click.Context,
     room: str,
     name: str | None,
-    server: str,
+    server: tuple[str, ...],
     history: int,
     server_key: str | None,
     data_dir: str | None,
@@ -97,7 +130,7 @@ def join(
         name = click.prompt("Your name", value_proc=_prompted_name)
     ctx.exit(
         app.run(
-            server=server,
+            servers=server,
             name=name,
             room=room,
             history=history,

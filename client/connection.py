@@ -5,6 +5,13 @@ Sockets::
     DEALER  -> broker ROUTER (``--server``)   requests and their answers, heartbeats
     SUB     -> broker PUB (from ``Welcome``)   the current room's events, topic ``room\\0``
 
+``--server`` may name several brokers. The handshake tries them in order and the first to answer
+``Welcome`` wins; when the session later takes its broker for lost (``Reconnect``), the new DEALER
+goes to the next broker in the list (round robin), and the ``Welcome`` from there says which PUB to
+subscribe to: the SUB follows it, and gap repair (Sync, Fetch) does the rest. One broker in the list
+behaves as before: every DEALER goes to it. The CURVE keys (``--server-key``) are the same for
+every broker in the list, so the brokers of one list must share their key pair.
+
 Everything the sockets, the user and the clock produce goes through one queue into one loop, which
 hands it to the session and carries out the effects, so the session never sees two things at once.
 Every wait has a timeout; every socket has linger 0 except the DEALER's last ``Quit``, which gets a
@@ -16,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import zmq
@@ -26,6 +33,7 @@ from zmq.utils.monitor import parse_monitor_message
 from broker.config import CTL_TIMEOUT, Exit
 from broker.protocol import (
     ClientMsg,
+    Code,
     Error,
     ProtocolError,
     ServerMsg,
@@ -37,7 +45,7 @@ from broker.protocol import (
 
 from .control import HANDSHAKE_EVENTS, CurveKeys, handshake_failure
 from .core import PROG, Session
-from .effects import Effect, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
+from .effects import Effect, Kind, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
 
 TICK: Final = 0.05
 """Seconds between ``Session.tick`` calls (the session's timers are multiples of this)."""
@@ -46,6 +54,14 @@ QUIT_LINGER_MS: Final = 500
 DEALER_SNDHWM: Final = 1000
 RCVHWM: Final = 10_000
 """Room events come in bursts; a dropped one is a gap the session repairs, but rarely is best."""
+HANDSHAKE_MIN: Final = 2.0
+"""The least time each broker of a list gets to answer Hello at start (see
+``handshake_timeout``)."""
+_SILENT: Final = Stop(Exit.UNREACHABLE)
+"""What ``_await_welcome`` returns when the broker said nothing in time (compared by identity)."""
+_ALIVE_CODES: Final = frozenset({Code.HELLO_FIRST, Code.NAME_TAKEN})
+"""Errors by which a broker answers a Hello it did not welcome: it is alive, so the session's next
+``Reconnect`` says Hello to it again instead of moving on to the next broker."""
 
 _TCP: Final = re.compile(r"^tcp://(?P<host>.+):(?P<port>[^:\]]+)$")
 _WILDCARD_HOSTS: Final = {"*", "0.0.0.0", "::", "[::]"}
@@ -62,19 +78,31 @@ def pub_endpoint(pub: str, server: str) -> str:
     return f"tcp://{host}:{m['port']}"
 
 
+def handshake_timeout(brokers: int) -> float:
+    """Seconds each of ``brokers`` brokers gets to answer Hello at start: ``CTL_TIMEOUT`` shared
+    between them, but at least ``HANDSHAKE_MIN`` each (a loaded broker still answers in time).
+    One broker keeps the whole ``CTL_TIMEOUT`` as before; three dead ones cost 6 s, not 15."""
+    return max(CTL_TIMEOUT / max(1, brokers), min(HANDSHAKE_MIN, CTL_TIMEOUT))
+
+
 class Connection:
     """One session's sockets and loop. ``handshake`` first, then ``run`` until the session stops."""
 
     def __init__(
         self,
-        server: str,
+        servers: str | Sequence[str],
         session: Session,
         show: Callable[[Line], None],
         *,
         sub_hwm: int | None = None,
         curve: CurveKeys | None = None,
     ) -> None:
-        self.server = server
+        self.servers: tuple[str, ...] = (servers,) if isinstance(servers, str) else tuple(servers)
+        """The brokers' ROUTER endpoints, in the order to try them."""
+        if not self.servers:
+            raise ValueError("no broker endpoint given")
+        self.current = 0
+        """The index in ``servers`` of the broker the DEALER talks to."""
         self.curve = curve
         """With keys, both sockets are CURVE clients of a ``--curve`` broker."""
         self.sub_hwm = sub_hwm or RCVHWM
@@ -88,6 +116,18 @@ class Connection:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._welcome_effects: list[Effect] = []
         self._monitor: zmq.asyncio.Socket | None = None
+        self._sub_endpoint: str | None = None
+        """The PUB endpoint the SUB is connected to."""
+        self._welcomed_by: str | None = None
+        """The broker whose ``Welcome`` the session took last."""
+        self._answered = False
+        """Whether the current DEALER's broker answered our Hello without welcoming us
+        (``_ALIVE_CODES``): then the next ``Reconnect`` stays with it."""
+
+    @property
+    def server(self) -> str:
+        """The ROUTER endpoint of the broker the DEALER talks to (or is trying)."""
+        return self.servers[self.current]
 
     # ---- the front end's side -----------------------------------------------------------------
 
@@ -108,32 +148,48 @@ class Connection:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def handshake(self) -> Stop | None:
-        """Say Hello and wait for Welcome; a ``Stop`` says why the chat cannot start. A monitor
-        on the DEALER reports a failed CURVE handshake (no server key for a ``--curve`` broker,
-        the wrong one, or a key for a plain broker) at once, instead of a timeout."""
-        try:
-            # The monitor goes on before the connect: a side that detects a failed handshake
-            # does not retry, so its one event must not be missed.
-            dealer = self._new_dealer(HANDSHAKE_EVENTS)
-        except zmq.ZMQError as exc:
-            return Stop(Exit.ERROR, f"{PROG}: cannot connect to {self.server}: {exc.strerror}")
-        monitor = self._monitor
-        assert monitor is not None
-        try:
-            return await self._await_welcome(dealer, monitor)
-        finally:
-            dealer.disable_monitor()
-            monitor.close(linger=0)
+        """Say Hello to each broker in turn until one says Welcome; a ``Stop`` says why the chat
+        cannot start. Only silence (``handshake_timeout``) moves on to the next broker: any
+        answer (an error, a refused CURVE handshake) is a real one, and the same from every
+        broker of a list, so it ends the start at once. A monitor on the DEALER reports a failed
+        CURVE handshake (no server key for a ``--curve`` broker, the wrong one, or a key for a
+        plain broker) at once, instead of a timeout."""
+        timeout = handshake_timeout(len(self.servers))
+        for index in range(len(self.servers)):
+            self.current = index
+            try:
+                # The monitor goes on before the connect: a side that detects a failed handshake
+                # does not retry, so its one event must not be missed.
+                dealer = self._new_dealer(HANDSHAKE_EVENTS)
+            except zmq.ZMQError as exc:
+                return Stop(Exit.ERROR, f"{PROG}: cannot connect to {self.server}: {exc.strerror}")
+            monitor = self._monitor
+            assert monitor is not None
+            try:
+                stop = await self._await_welcome(dealer, monitor, timeout)
+            finally:
+                dealer.disable_monitor()
+                monitor.close(linger=0)
+            if stop is not _SILENT:
+                return stop
+            dealer.close(linger=0)
+            self.dealer = None
+        if len(self.servers) == 1:
+            why = f"no answer from the broker at {self.server} within {timeout:g}s"
+        else:
+            where = ", ".join(self.servers)
+            why = f"no answer from any of the brokers at {where} within {timeout:g}s each"
+        return Stop(Exit.UNREACHABLE, f"{PROG}: {why}: is room-broker running?")
 
     async def _await_welcome(
-        self, dealer: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket
+        self, dealer: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket, timeout: float
     ) -> Stop | None:
         await self._send_on(dealer, self.session.hello())
         poller = zmq.asyncio.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + CTL_TIMEOUT
+        deadline = loop.time() + timeout
         while (left := deadline - loop.time()) > 0:
             ready = dict(await poller.poll(left * 1000))
             if monitor in ready:
@@ -147,26 +203,49 @@ class Connection:
                     return Stop(Exit.ERROR, f"{PROG}: {msg.reason}")
                 if isinstance(msg, Welcome):
                     return self._welcomed(msg, loop.time())
-        return Stop(
-            Exit.UNREACHABLE,
-            f"{PROG}: no answer from the broker at {self.server} within {CTL_TIMEOUT:g}s: "
-            "is room-broker running?",
-        )
+        return _SILENT
 
     def _welcomed(self, welcome: Welcome, now: float) -> Stop | None:
         endpoint = pub_endpoint(welcome.pub, self.server)
+        try:
+            self._new_sub(endpoint)
+        except zmq.ZMQError as exc:
+            return Stop(Exit.ERROR, f"{PROG}: cannot subscribe at {endpoint}: {exc.strerror}")
+        self._welcomed_by = self.server
+        self._welcome_effects = self.session.on_server(welcome, now)
+        return None
+
+    def _new_sub(self, endpoint: str) -> zmq.asyncio.Socket:
+        """A SUB connected to ``endpoint`` (no topic yet), as ``self.sub``."""
         sub: zmq.asyncio.Socket = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self.sub_hwm)
         if self.curve is not None:
             self.curve.apply(sub)
         self.sub = sub
+        self._sub_endpoint = endpoint
+        sub.connect(endpoint)
+        return sub
+
+    async def _follow_pub(self, welcome: Welcome) -> list[Effect]:
+        """After a resume, subscribe where the welcoming broker publishes: a new SUB when that
+        is another PUB than before (another broker), with the session's topic; what the old SUB
+        still held is dropped, and gap repair fetches anything missed."""
+        endpoint = pub_endpoint(welcome.pub, self.server)
+        if endpoint == self._sub_endpoint:
+            return []
+        await self._stop_receiver("sub")
+        if self.sub is not None:
+            self.sub.close(linger=0)
+            self.sub = None
         try:
-            sub.connect(endpoint)
+            sub = self._new_sub(endpoint)
         except zmq.ZMQError as exc:
-            return Stop(Exit.ERROR, f"{PROG}: cannot subscribe at {endpoint}: {exc.strerror}")
-        self._welcome_effects = self.session.on_server(welcome, now)
-        return None
+            return [Stop(Exit.ERROR, f"{PROG}: cannot subscribe at {endpoint}: {exc.strerror}")]
+        if self.session.subscribed is not None:
+            sub.setsockopt(zmq.SUBSCRIBE, self.session.subscribed)
+        self._start_receiver("sub", sub, self._sub_frames)
+        return []
 
     async def run(self) -> Stop:
         """Serve until the session stops; the sockets are closed on the way out."""
@@ -187,7 +266,7 @@ class Connection:
                 except TimeoutError:
                     kind, item = "tick", None
             now = loop.time()
-            effects = self._handle(kind, item, now)
+            effects = await self._handle(kind, item, now)
             if now >= next_tick:
                 effects += self.session.tick(now)
                 next_tick = now + TICK
@@ -198,13 +277,24 @@ class Connection:
                 self.settled.clear()
         return stop
 
-    def _handle(self, kind: str, item: Any, now: float) -> list[Effect]:
+    async def _handle(self, kind: str, item: Any, now: float) -> list[Effect]:
         s = self.session
         match kind:
             case "server":
-                return [effect for msg in item for effect in s.on_server(msg, now)]
+                sock, msgs = item
+                out: list[Effect] = []
+                for msg in msgs:
+                    if sock is self.dealer:
+                        out += await self._from_current(msg)
+                    out += s.on_server(msg, now)
+                    if isinstance(msg, Welcome) and sock is self.dealer:
+                        out += self._moved()
+                return out
             case "room":
-                return s.on_room(item, now)
+                sock, events = item
+                if sock is not self.sub:
+                    return []  # queued by a SUB since replaced: another broker's numbering
+                return s.on_room(events, now)
             case "input":
                 return s.on_input(item, now)
             case "eof":
@@ -223,6 +313,20 @@ class Connection:
         if self.dealer is not None:
             self.dealer.close(linger=QUIT_LINGER_MS if clean else 0)
         await asyncio.to_thread(self.ctx.term)
+
+    async def _from_current(self, msg: ServerMsg) -> list[Effect]:
+        """Note what the current DEALER's broker said, before the session sees it."""
+        self._answered = isinstance(msg, Error) and msg.code in _ALIVE_CODES
+        if isinstance(msg, Welcome) and not self.session.done:
+            return await self._follow_pub(msg)
+        return []
+
+    def _moved(self) -> list[Effect]:
+        """A notice when a resume landed on another broker of the list than before."""
+        if self._welcomed_by == self.server:
+            return []
+        self._welcomed_by = self.server
+        return [Line(Kind.NOTICE, f"now on the broker at {self.server}")]
 
     # ---- effects ------------------------------------------------------------------------------
 
@@ -253,18 +357,35 @@ class Connection:
             await sock.send(encode(msg), zmq.NOBLOCK)
 
     async def _reconnect(self, hello: ClientMsg) -> None:
-        """A new DEALER (a new identity at the broker) saying Hello with the session secret."""
-        task = self._tasks.pop("dealer", None)
+        """A new DEALER (a new identity at the broker) saying Hello with the session secret: to
+        the next broker of the list (round robin), as the current one seems gone, unless it
+        just answered our Hello without a Welcome (``_ALIVE_CODES``: it is alive, and the
+        session only wants to say Hello again). With one broker, always to that one."""
+        advance = not self._answered
+        self._answered = False
+        await self._stop_receiver("dealer")
+        if self.dealer is not None:
+            self.dealer.close(linger=0)
+            self.dealer = None
+        for attempt in range(len(self.servers)):
+            if advance or attempt:
+                self.current = (self.current + 1) % len(self.servers)
+            try:
+                dealer = self._new_dealer()
+            except zmq.ZMQError as exc:  # a bad endpoint: say so, and try the next one
+                self.show(Line(Kind.NOTICE, f"cannot connect to {self.server}: {exc.strerror}"))
+                continue
+            await self._send_on(dealer, hello)
+            self._start_receiver("dealer", dealer, self._dealer_frames)
+            return
+        # None could be opened: sends are dropped until the session's next Reconnect.
+
+    async def _stop_receiver(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.dealer is not None:
-            self.dealer.close(linger=0)
-            self.dealer = None
-        dealer = self._new_dealer()
-        await self._send_on(dealer, hello)
-        self._start_receiver("dealer", dealer, self._dealer_frames)
 
     def _new_dealer(self, monitor_events: int = 0) -> zmq.asyncio.Socket:
         """A DEALER connected to the broker; with ``monitor_events``, ``self._monitor`` reports
@@ -299,8 +420,8 @@ class Connection:
         async def receive() -> None:
             while True:
                 event = handle(await sock.recv_multipart())
-                if event is not None:
-                    self.events.put_nowait(event)
+                if event is not None:  # tagged with its socket, which may be replaced meanwhile
+                    self.events.put_nowait((event[0], (sock, event[1])))
 
         self._tasks[name] = asyncio.create_task(receive(), name=f"recv-{name}")
 

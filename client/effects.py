@@ -83,7 +83,8 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Reconnect:
-    """Replace the DEALER with a new one and send ``hello`` on it (the broker seems gone)."""
+    """Replace the DEALER with a new one and send ``hello`` on it (the broker seems gone); with
+    several brokers, the connection picks which one (``client.connection``)."""
 
     hello: Hello
 
