@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -79,8 +80,14 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
         return p.Posted(self.room, self.seq, self.ts, self.sender, self.text)
 
 
-_encode_record = msgspec.msgpack.Encoder().encode
-_decode_record = msgspec.msgpack.Decoder(Record).decode
+_encode_batch = msgspec.msgpack.Encoder().encode
+_decode_batch = msgspec.msgpack.Decoder(list[Record]).decode
+
+BATCH_RECORDS: Final = 256
+BATCH_BYTES: Final = 256 * 1024
+"""A JetStream message carries the room's queued messages up to these bounds (NATS allows 1 MiB
+by default): one round trip stores a burst, where one per message would cap a room at a few
+thousand messages per second."""
 
 
 # ---- what the backbone tells the broker's loop ---------------------------------------------------
@@ -166,6 +173,7 @@ class Backbone:
         self.node = node
         self.keep = keep
         self._renewed = 0.0
+        self.received = 0  # the stream sequence of the last message the consumer delivered
         self.held: dict[str, str] = {}  # name -> session, the names this broker's users hold
         self.events: deque[Event] = deque()
         self.wake_r, self._wake_w = socket.socketpair()
@@ -312,7 +320,8 @@ class Backbone:
             self._spawn(self._watch(NAMES, self._on_name)),
             self._spawn(self._watch(BLOCKED, self._on_block)),
         }
-        start = history[-1][0] + 1 if history else 1
+        self.received = history[-1][0] if history else 0
+        start = self.received + 1
         await js.subscribe(
             SUBJECT + "*",
             cb=self._on_message,
@@ -363,7 +372,8 @@ class Backbone:
             while True:
                 msg = await sub.next_msg(timeout=CALL_TIMEOUT * 5)
                 sseq = msg.metadata.sequence.stream
-                history.append((sseq, _decode_record(msg.data)))
+                with contextlib.suppress(msgspec.DecodeError):  # not ours: skipped
+                    history += ((sseq, record) for record in _decode_batch(msg.data))
                 if sseq >= last:
                     return history
         finally:
@@ -394,12 +404,15 @@ class Backbone:
         self._say(BlockChanged(entry.key, entry.operation is None))
 
     async def _on_message(self, msg: Any) -> None:
+        sseq = msg.metadata.sequence.stream
         try:
-            record = _decode_record(msg.data)
+            records = _decode_batch(msg.data)
         except msgspec.DecodeError:
-            self._say(Said(f"backbone: unreadable message {msg.metadata.sequence.stream} skipped"))
+            self._say(Said(f"backbone: unreadable stream message {sseq} skipped"))
             return
-        self._say(Delivered(record))
+        for record in records:
+            self._say(Delivered(record))
+        self.received = sseq
 
     async def _on_replaced(self, msg: Any) -> None:
         self._say(Replaced(msg.data.decode()))
@@ -427,61 +440,82 @@ class Backbone:
                 self._spawn(self._write(writer))
 
     async def _write(self, writer: _RoomWriter) -> None:
-        """Store the room's queue in order: each message takes the next room sequence number,
-        on the condition that the subject's last message is the one we think it is. Another
-        broker that got there first makes us read the last one and try again."""
-        js = self._js
+        """Store the room's queue in order, a batch per JetStream message: the batch takes the
+        next room sequence numbers on the condition that the subject's last message is the one
+        we think it is. Another broker that got there first makes us read it and try again."""
         try:
             while writer.queue:
-                record = writer.queue[0]
-                subject = SUBJECT + record.room
+                batch = self._next_batch(writer.queue)
                 try:
-                    if not self._nc.is_connected:  # refuse now: a publish nats-py buffers
-                        raise ConnectionError  # would be stored later, after its refusal
-                    if writer.last is None:
-                        writer.last = await self._last(subject)
-                    sseq, seq = writer.last
-                    headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(sseq)}
-                    if record.mid:
-                        headers[api.Header.MSG_ID] = f"{record.sender}.{record.mid}"
-                    body = _encode_record(
-                        Record(
-                            record.room, seq + 1, record.ts, record.sender, record.text, record.mid
-                        )
-                    )
-                    ack = await js.publish(subject, body, headers=headers)
+                    stored = await self._store(writer, batch)
                 except nats.js.errors.APIError as exc:
                     if exc.err_code in WRONG_LAST_SEQUENCE:
                         writer.last = None  # someone else stored one: read it, try again
                         continue
-                    writer.queue.popleft()
-                    self._say(NotStored(record.sender, record.mid, f"{UNREACHABLE} ({exc})"))
+                    self._refuse(writer, batch, f"{UNREACHABLE} ({exc.description})")
                     continue
                 except Exception:
-                    writer.queue.popleft()
-                    writer.last = None
-                    self._say(NotStored(record.sender, record.mid, UNREACHABLE))
+                    self._refuse(writer, batch, UNREACHABLE)
                     continue
-                writer.queue.popleft()
-                if ack.duplicate:  # a retry of a stored message: its first copy's number
-                    stored = await self._read(ack.seq)
-                    self._say(Stored(record.sender, record.mid, stored.room, stored.seq))
-                else:
-                    writer.last = (ack.seq, seq + 1)
-                    self._say(Stored(record.sender, record.mid, record.room, seq + 1))
+                for _ in batch:
+                    writer.queue.popleft()
+                for record in stored:
+                    self._say(Stored(record.sender, record.mid, record.room, record.seq))
         finally:
             writer.busy = False
 
+    @staticmethod
+    def _next_batch(queue: deque[Record]) -> list[Record]:
+        batch: list[Record] = []
+        size = 0
+        for record in queue:
+            size += len(record.text) + len(record.sender) + 32
+            if batch and (len(batch) >= BATCH_RECORDS or size > BATCH_BYTES):
+                break
+            batch.append(record)
+        return batch
+
+    async def _store(self, writer: _RoomWriter, batch: list[Record]) -> list[Record]:
+        """One compare-and-set publish; the records as stored (numbered). A lone message
+        carries its sender's message id, so a retry JetStream has seen is not stored again;
+        a batch's retries are caught by the brokers' mirrors (see ``claim``)."""
+        if not self._nc.is_connected:  # refuse now: a publish nats-py buffers while it is
+            raise ConnectionError  # disconnected would be stored later, after its refusal
+        first = batch[0]
+        subject = SUBJECT + first.room
+        if writer.last is None:
+            writer.last = await self._last(subject)
+        sseq, seq = writer.last
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(sseq)}
+        if len(batch) == 1 and first.mid:
+            headers[api.Header.MSG_ID] = f"{first.sender}.{first.mid}"
+        numbered = [
+            Record(r.room, seq + i, r.ts, r.sender, r.text, r.mid)
+            for i, r in enumerate(batch, start=1)
+        ]
+        ack = await self._js.publish(subject, _encode_batch(numbered), headers=headers)
+        if ack.duplicate:  # a retry of a stored message: its first copy's number
+            return await self._read(ack.seq)
+        writer.last = (ack.seq, numbered[-1].seq)
+        return numbered
+
+    def _refuse(self, writer: _RoomWriter, batch: list[Record], reason: str) -> None:
+        writer.last = None
+        for record in batch:
+            writer.queue.popleft()
+            self._say(NotStored(record.sender, record.mid, reason))
+
     async def _last(self, subject: str) -> tuple[int, int]:
+        """The subject's last stream sequence and room sequence ((0, 0): nothing stored)."""
         try:
             msg = await self._js.get_last_msg(STREAM, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return 0, 0
-        return msg.seq, _decode_record(msg.data).seq
+        return msg.seq, _decode_batch(msg.data)[-1].seq
 
-    async def _read(self, sseq: int) -> Record:
+    async def _read(self, sseq: int) -> list[Record]:
         msg = await self._js.get_msg(STREAM, seq=sseq, direct=True)
-        return _decode_record(msg.data)
+        return _decode_batch(msg.data)
 
     async def purge(self) -> None:
         await self._js.purge_stream(STREAM)
@@ -493,7 +527,12 @@ class Backbone:
     async def claim(self, name: str, session: str, resume: str) -> str | None:
         """Take ``name`` for a new session, or for ``resume`` (the secret of a session held on
         another broker, which is told to let go). Returns the session's secret, or None when
-        someone else holds the name."""
+        someone else holds the name.
+
+        First this broker catches up with the stream: a message its user's last broker stored
+        just before it died is then in the mirror, with its id, so a retry here is acknowledged
+        with the stored number instead of being stored twice."""
+        await self._catch_up()
         kv = self._kv[NAMES]
         try:
             await kv.create(name, f"{self.node} {session}".encode())
@@ -516,6 +555,12 @@ class Backbone:
             await self._nc.publish(node_subject(node) + ".replaced", name.encode())
         self.held[name] = held
         return held
+
+    async def _catch_up(self) -> None:
+        info = await self._js.stream_info(STREAM)
+        deadline = time.monotonic() + CALL_TIMEOUT / 2
+        while self.received < info.state.last_seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
 
     def release(self, name: str) -> None:
         """Let the name go if this node still holds it (fire and forget)."""

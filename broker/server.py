@@ -382,7 +382,7 @@ class Broker:
         for event in backbone.take():
             match event:
                 case bb.Delivered(record=record):
-                    chat.delivered(cluster_store.mirror_put(record))
+                    chat.delivered(cluster_store.mirror_put(record), record.mid)
                 case bb.Stored(sender=sender, mid=mid, room=room, seq=seq):
                     chat.stored(sender, p.Ack(mid, room, seq))
                 case bb.NotStored(sender=sender, mid=mid, reason=reason):

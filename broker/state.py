@@ -266,8 +266,14 @@ class Chat:
         self.delivered(posted)
         self.stored(user.name, p.Ack(msg.mid, posted.room, posted.seq))
 
-    def delivered(self, posted: p.Posted) -> None:
-        """A stored message goes to its room, and to the log."""
+    def delivered(self, posted: p.Posted, mid: int = 0) -> None:
+        """A stored message goes to its room, and to the log. Its id (``mid``: stored by another
+        broker, for a user who has moved here since) is remembered, so a retry is not stored
+        twice."""
+        if mid:
+            user = self.users.get(posted.sender)
+            if user is not None and mid not in user.mids:
+                self._remember(user, p.Ack(mid, posted.room, posted.seq))
         self.members.setdefault(posted.room, set())
         self.out.publish(posted.room, posted)
         self.out.log(posted.ts, "msg", posted.room, posted.sender, posted.text)
@@ -279,10 +285,14 @@ class Chat:
         if user is None:  # gone meanwhile: a retry from its next session is acknowledged anyway
             return
         if ack.mid:
-            user.mids[ack.mid] = ack
-            if len(user.mids) > ACKS_KEPT:
-                user.mids.popitem(last=False)
+            self._remember(user, ack)
         self.out.reply(user.peer, ack)
+
+    @staticmethod
+    def _remember(user: User, ack: p.Ack) -> None:
+        user.mids[ack.mid] = ack
+        if len(user.mids) > ACKS_KEPT:
+            user.mids.popitem(last=False)
 
     def not_stored(self, name: str, mid: int, reason: str) -> None:
         """The backbone could not store the sender's message: refuse it, so it is retried."""

@@ -46,7 +46,7 @@ def test_the_table_holds_exactly_the_tested_verbs() -> None:
     for name, command in COMMANDS.items():
         assert command.help, name
         assert all(arg.isupper() for arg in command.args), name
-        assert all(o.isupper() or o.isalpha() and o.islower() for o in command.options), name
+        assert all(o.isupper() or (o.isalpha() and o.islower()) for o in command.options), name
 
 
 # ---- block / unblock ---------------------------------------------------------------------------
