@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, ctl, socket
+from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, Replies, ctl, socket
 
 from broker import protocol as p
 
@@ -354,3 +354,37 @@ def test_restarting_nats_server_loses_nothing_acknowledged(cluster: Cluster, ctx
         assert texts[ack.seq] == f"m{i}"
     assert "after nats is back" in texts.values()
     assert "while nats is down" not in texts.values()
+
+
+def test_a_retry_through_another_broker_is_acknowledged_not_stored_twice(
+    cluster: Cluster, ctx: zmq.Context
+):
+    """A session resumed on b retries what a stored (a batch, and a lone message): b answers
+    with the numbers a's messages got, and stores nothing again."""
+    on_a = socket(ctx, zmq.DEALER, cluster.brokers["a"].router)
+    replies_a = Replies(on_a)
+    on_a.send(p.encode(p.Hello(p.VERSION, "walt")))
+    welcome = replies_a.expect(p.Welcome)
+    assert isinstance(welcome, p.Welcome)
+    says = [p.Say(f"once {i}", next(MIDS)) for i in range(50)]
+    for say in says:
+        on_a.send(p.encode(say))
+    first = {}
+    while len(first) < len(says):
+        ack = replies_a.expect(p.Ack)
+        first[ack.mid] = ack
+
+    on_b = socket(ctx, zmq.DEALER, cluster.brokers["b"].router)
+    replies_b = Replies(on_b)
+    on_b.send(p.encode(p.Hello(p.VERSION, "walt", welcome.session)))
+    assert replies_b.expect(p.Welcome).session == welcome.session
+    assert replies_a.expect(p.Goodbye).reason == p.Bye.REPLACED
+    for say in says:
+        on_b.send(p.encode(say))
+    again = {}
+    while len(again) < len(says):
+        ack = replies_b.expect(p.Ack)
+        again[ack.mid] = ack
+    assert again == first
+    texts = [m.text for m in Raw(ctx, cluster.brokers["c"].router, "reader").history()]
+    assert sorted(texts) == sorted(s.text for s in says)

@@ -1,0 +1,191 @@
+"""The pure parts of running on a backbone: a store that answers later, name claims held
+elsewhere, where admin commands run and how their answers merge. No sockets, no NATS."""
+
+from __future__ import annotations
+
+import pytest
+from chat_helpers import T0, chat, hello, send
+
+from broker import cluster
+from broker import protocol as p
+from broker.store import MemoryStore, StoreError
+
+
+class LaterStore(MemoryStore):
+    """A store like the backbone's: appends are queued, names may be held by someone else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[tuple[str, str, str, int]] = []
+        self.held: dict[str, str] = {}  # name -> session, claimed on "another broker"
+        self.down = False
+        self.released: list[str] = []
+
+    def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> None:  # type: ignore[override]
+        self.queued.append((room, sender, text, mid))
+
+    def claim(self, name: str, session: str, resume: str) -> str | None:
+        if self.down:
+            raise StoreError("the chat backbone (NATS) is unreachable: try again shortly")
+        held = self.held.get(name)
+        if held is None:
+            self.held[name] = session
+            return session
+        return held if resume == held else None
+
+    def release(self, name: str) -> None:
+        self.released.append(name)
+        self.held.pop(name, None)
+
+
+def test_a_message_is_acknowledged_and_published_only_when_the_store_says_so() -> None:
+    store = LaterStore()
+    c = chat(store, rate=0)
+    alice = hello(c, "alice")
+    out = send(c, alice, p.Say("hi", 7))
+    assert out.replies == [] and out.rooms == {}, "nothing before the store answers"
+    assert store.queued == [("public", "alice", "hi", 7)]
+    posted = store.put(p.Posted("public", 1, T0, "alice", "hi"), 7)
+    c.delivered(posted, 7)
+    c.stored("alice", p.Ack(7, "public", 1))
+    out = c.out.take()
+    assert out.rooms == {"public": [posted]}
+    assert out.replies == [(alice.peer, p.Ack(7, "public", 1))]
+    assert [e.kind for e in out.logs] == ["msg"]
+    again = send(c, alice, p.Say("hi", 7))  # a retry: acknowledged, not queued again
+    assert again.replies == [(alice.peer, p.Ack(7, "public", 1))]
+    assert len(store.queued) == 1
+
+
+def test_a_message_the_store_refuses_is_refused_to_its_sender() -> None:
+    c = chat(LaterStore(), rate=0)
+    alice = hello(c, "alice")
+    send(c, alice, p.Say("hi", 8))
+    c.not_stored("alice", 8, "the chat backbone (NATS) is unreachable: try again shortly")
+    [(peer, refused)] = c.out.take().replies
+    assert peer == alice.peer
+    assert refused == p.Refused(8, p.Code.UNAVAILABLE, refused.reason) and "NATS" in refused.reason
+    assert c.counters.refused == 1
+
+
+def test_a_message_stored_by_another_broker_is_remembered_for_its_sender_here() -> None:
+    """A user who moved here retries a message their last broker stored: acknowledged with the
+    stored number, not stored again."""
+    store = LaterStore()
+    c = chat(store, rate=0)
+    alice = hello(c, "alice")
+    c.delivered(store.put(p.Posted("public", 4, T0, "alice", "from before"), 99), 99)
+    c.out.take()
+    out = send(c, alice, p.Say("from before", 99))
+    assert out.replies == [(alice.peer, p.Ack(99, "public", 4))]
+    assert store.queued == []
+
+
+def test_a_name_held_on_another_broker_is_taken_unless_the_session_resumes() -> None:
+    store = LaterStore()
+    store.held["bob"] = "s3cret"
+    c = chat(store)
+    c.handle(b"p1", p.Hello(p.VERSION, "bob"), T0)
+    [(_, error)] = c.out.take().replies
+    assert isinstance(error, p.Error) and error.code == p.Code.NAME_TAKEN
+    c.handle(b"p2", p.Hello(p.VERSION, "bob", "s3cret"), T0)
+    welcome = c.out.take().replies[-1][1]
+    assert isinstance(welcome, p.Welcome) and welcome.session == "s3cret"
+
+
+def test_a_claim_the_backbone_cannot_answer_is_one_clear_error() -> None:
+    store = LaterStore()
+    store.down = True
+    c = chat(store)
+    c.handle(b"p1", p.Hello(p.VERSION, "bob"), T0)
+    [(_, error)] = c.out.take().replies
+    assert isinstance(error, p.Error) and error.code == p.Code.UNAVAILABLE
+    assert "bob" not in c.users
+
+
+def test_a_user_resumed_elsewhere_is_dropped_here_without_freeing_the_name() -> None:
+    store = LaterStore()
+    c = chat(store)
+    bob = hello(c, "bob")
+    c.replaced("bob", T0 + 1)
+    out = c.out.take()
+    assert out.replies == [(bob.peer, p.Goodbye(p.Bye.REPLACED, "this session resumed elsewhere"))]
+    assert "bob" not in c.users and store.released == []
+    alice = hello(c, "alice")
+    send(c, alice, p.Quit())
+    assert store.released == ["alice"]
+
+
+def test_a_block_seen_on_the_bucket_is_told_to_the_users_room() -> None:
+    c = chat(LaterStore())
+    bob = hello(c, "bob")
+    c.blocked_changed("bob", True)
+    assert c.out.take().rooms == {"public": [p.Presence("public", "bob", "blocked")]}
+    c.blocked_changed("bob", False)
+    out = c.out.take()
+    assert out.rooms == {"public": [p.Presence("public", "bob", "unblocked")]}
+    assert isinstance(out.replies[0][1], p.Notice) and out.replies[0][0] == bob.peer
+    c.blocked_changed("nobody-here", True)
+    assert c.out.take().rooms == {}
+
+
+def test_the_mirror_starts_a_room_over_when_numbering_goes_back() -> None:
+    """After a reset on the backbone a room's numbers start at 1 again."""
+    store = MemoryStore()
+    for seq in (1, 2, 3):
+        store.put(p.Posted("r", seq, T0, "a", f"m{seq}"))
+    store.put(p.Posted("r", 1, T0, "a", "fresh"))
+    assert store.last_seq("r") == 1
+    assert [m.text for m in store.recent("r", 10)] == ["fresh"]
+
+
+# ---- where admin commands run, and their merged answers ----------------------------------------
+
+
+def _req(command: str, *args: str) -> p.CtlRequest:
+    return p.CtlRequest(1, command, list(args))
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (_req("who"), cluster.Plan(every=True)),
+        (_req("rooms"), cluster.Plan(every=True)),
+        (_req("reset"), cluster.Plan(every=True)),
+        (_req("close", "all"), cluster.Plan(every=True)),
+        (_req("close"), cluster.HERE),
+        (_req("fire", "bob"), cluster.Plan(node="b")),
+        (_req("out", "bob"), cluster.Plan(node="b")),
+        (_req("fire", "alice"), cluster.HERE),  # held here
+        (_req("fire", "nobody"), cluster.HERE),  # held nowhere: "not connected" from here
+        (_req("block", "bob"), cluster.HERE),  # the blocklist bucket reaches every broker
+        (_req("stats"), cluster.HERE),
+    ],
+)
+def test_plan(request_: p.CtlRequest, expected: cluster.Plan) -> None:
+    holders = {"bob": "b", "alice": "a"}
+    assert cluster.plan(request_, {"alice"}, lambda name: holders.get(name, "")) == expected
+
+
+def test_merge_who_lists_every_brokers_users_in_name_order() -> None:
+    here = p.CtlReply(5, True, "1 users", "", {"users": [{"name": "zed"}], "blocked": ["x"]})
+    there = p.CtlReply(9, True, "2 users", "", {"users": [{"name": "amy"}, {"name": "bo"}]})
+    merged = cluster.merge(_req("who"), here, [there])
+    assert merged.id == 5 and merged.ok
+    assert [u["name"] for u in merged.data["users"]] == ["amy", "bo", "zed"]
+    assert merged.data["blocked"] == ["x"]
+    assert merged.message == "3 users connected on 2 brokers"
+
+
+def test_merge_rooms_adds_members_and_keeps_the_highest_number() -> None:
+    here = p.CtlReply(5, True, "", "", {"rooms": [{"name": "g", "members": 1, "seq": 4}]})
+    there = p.CtlReply(9, True, "", "", {"rooms": [{"name": "g", "members": 2, "seq": 6}]})
+    merged = cluster.merge(_req("rooms"), here, [there])
+    assert merged.data == {"rooms": [{"name": "g", "members": 3, "seq": 6}]}
+
+
+def test_merge_reports_the_first_failure() -> None:
+    here = p.CtlReply(5, True, "ok", "", None)
+    bad = p.CtlReply(9, False, "it broke", "internal", None)
+    merged = cluster.merge(_req("reset"), here, [bad])
+    assert (merged.id, merged.ok, merged.message, merged.code) == (5, False, "it broke", "internal")
