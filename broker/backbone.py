@@ -9,6 +9,7 @@ What lives where::
     KV room-blocked  name -> ""               the blocklist
     KV room-nodes    node -> endpoints         each broker's lease (the bucket's TTL)
     room.node.<id>, room.all                  the bus: admin commands routed to one or every broker
+    room.node.<id>.told, room.presence        direct messages to a user there; presence lines
 
 The broker's loop stays synchronous and owns its sockets; the NATS client (asyncio) runs on a
 thread of its own here. The loop hands appends over once per flush (``call_soon_threadsafe``) and
@@ -45,6 +46,7 @@ NAMES: Final = "room-names"
 BLOCKED: Final = "room-blocked"
 NODES: Final = "room-nodes"
 BUS_ALL: Final = "room.all"
+PRESENCE: Final = "room.presence"
 ORIGIN: Final = "Room-Node"
 """Header naming the broker that sent a bus request."""
 DUPLICATE_WINDOW: Final = 120.0
@@ -147,13 +149,38 @@ class Answered:
 
 
 @dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A direct message from a user on another broker to a user here."""
+
+    told: p.Told
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """Presence lines (entered, left, ...) from another broker's users, for the rooms here."""
+
+    events: list[p.Presence]
+
+
+@dataclass(frozen=True, slots=True)
 class Said:
     """A line for the broker's log (the backbone was lost, or is back)."""
 
     text: str
 
 
-Event = Delivered | Stored | NotStored | BlockChanged | Replaced | Remote | Answered | Said
+Event = (
+    Delivered
+    | Stored
+    | NotStored
+    | BlockChanged
+    | Replaced
+    | Remote
+    | Answered
+    | Forwarded
+    | Shared
+    | Said
+)
 
 
 @dataclass(slots=True)
@@ -333,6 +360,8 @@ class Backbone:
         await self._nc.subscribe(node_subject(self.node), cb=self._on_bus)
         await self._nc.subscribe(BUS_ALL, cb=self._on_bus)
         await self._nc.subscribe(node_subject(self.node) + ".replaced", cb=self._on_replaced)
+        await self._nc.subscribe(node_subject(self.node) + ".told", cb=self._on_told)
+        await self._nc.subscribe(PRESENCE, cb=self._on_presence)
         return [record for _, record in history], blocked
 
     async def _stop(self) -> None:
@@ -416,6 +445,33 @@ class Backbone:
 
     async def _on_replaced(self, msg: Any) -> None:
         self._say(Replaced(msg.data.decode()))
+
+    async def _on_told(self, msg: Any) -> None:
+        with contextlib.suppress(p.ProtocolError):
+            for told in p.decode_server(msg.data):
+                if isinstance(told, p.Told):
+                    self._say(Forwarded(told))
+
+    async def _on_presence(self, msg: Any) -> None:
+        if (msg.headers or {}).get(ORIGIN) == self.node:
+            return
+        with contextlib.suppress(p.ProtocolError):
+            events = [e for e in p.decode_room(msg.data) if isinstance(e, p.Presence)]
+            if events:
+                self._say(Shared(events))
+
+    def forward(self, node: str, told: list[p.ServerMsg]) -> None:
+        """Direct messages to the broker ``node``, which hands them to its users (not stored:
+        like a direct message on one broker, lost if that user has gone meanwhile)."""
+        self.soon(self._spawn, self._publish(node_subject(node) + ".told", p.encode(told)))
+
+    def share(self, events: list[p.RoomEvent]) -> None:
+        """Presence lines of this broker's users, for every other broker's rooms."""
+        self.soon(self._spawn, self._publish(PRESENCE, p.encode(events)))
+
+    async def _publish(self, subject: str, body: bytes) -> None:
+        with contextlib.suppress(Exception):  # best effort, like presence on one broker
+            await self._nc.publish(subject, body, headers={ORIGIN: self.node})
 
     async def _on_bus(self, msg: Any) -> None:
         if msg.subject == BUS_ALL and (msg.headers or {}).get(ORIGIN) == self.node:
@@ -730,6 +786,10 @@ class ClusterStore:
 
     def release(self, name: str) -> None:
         self.backbone.soon(self.backbone.release, name)
+
+    def holder(self, name: str) -> str:
+        node = self.backbone.holder(name)
+        return "" if node == self.backbone.node else node
 
     def audit(self, entry: AuditEntry) -> None:
         self.local.audit(entry)

@@ -38,7 +38,7 @@ from .keys import KeyDir, KeyFileError, short
 from .logfmt import LogWriter
 from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard, user_id
 from .sqlstore import DEFAULT_SYNC, SQLiteStore
-from .state import Chat, Settings
+from .state import Chat, Outbox, Settings
 from .store import AuditEntry, MemoryStore, Store, StoreError
 
 BATCH: Final = 512
@@ -190,6 +190,7 @@ class Broker:
         self.cluster: bb.ClusterStore | None = None
         self._asked: dict[int, _Asked] = {}
         self._ctl_out: list[tuple[bytes, p.CtlReply]] = []
+        self._relayed: dict[str, list[p.RoomEvent]] = {}  # other brokers' presence lines
         if backbone is not None:
             e = self.endpoints
             try:
@@ -402,6 +403,11 @@ class Broker:
                     asked = self._asked.pop(token, None)
                     if asked is not None:
                         self._answer(asked, self._combine(asked, replies), self.clock())
+                case bb.Forwarded(told=told):
+                    chat.forwarded(told)
+                case bb.Shared(events=events):
+                    for e in events:
+                        self._relayed.setdefault(e.room, []).append(e)
                 case bb.Said(text=text):
                     chat.out.log(self.clock(), "backbone", text=text)
 
@@ -513,6 +519,8 @@ class Broker:
             ctl_replies = [(peer, _unstored(reply)) for peer, reply in ctl_replies]
             text = f"{exc}: {refused} messages refused, nothing of the batch published"
             out.log(self.clock(), "error", text=text)
+        if self.backbone is not None:
+            self._share(self.backbone, out)
         encode, topic = p.encode, p.topic
         pub_send, send = self.pub.send, self.router.send
         for room, events in out.rooms.items():
@@ -538,6 +546,21 @@ class Broker:
                 self.control.send_multipart([peer, b"", encode(reply)], zmq.NOBLOCK)
         if out.logs:
             self.log.events(out.logs)
+
+    def _share(self, backbone: bb.Backbone, out: Outbox) -> None:
+        """Send the other brokers this batch's presence lines and direct messages for their
+        users, and add theirs to what goes out here."""
+        mine = [e for events in out.rooms.values() for e in events if isinstance(e, p.Presence)]
+        if mine:
+            backbone.share(mine)
+        forwards: dict[str, list[p.ServerMsg]] = {}
+        for node, told in out.forwards:
+            forwards.setdefault(node, []).append(told)
+        for node, batch in forwards.items():
+            backbone.forward(node, batch)
+        for room, events in self._relayed.items():
+            out.rooms.setdefault(room, []).extend(events)
+        self._relayed = {}
 
 
 def _unstored(reply: p.CtlReply) -> p.CtlReply:

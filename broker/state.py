@@ -43,6 +43,8 @@ class Outbox:
     replies: list[tuple[bytes, p.ServerMsg]] = field(default_factory=list)
     rooms: dict[str, list[p.RoomEvent]] = field(default_factory=dict)
     logs: list[LogEvent] = field(default_factory=list)
+    forwards: list[tuple[str, p.Told]] = field(default_factory=list)
+    """Direct messages for users another broker holds (on a backbone), by that broker."""
 
     def reply(self, peer: bytes, msg: p.ServerMsg) -> None:
         self.replies.append((peer, msg))
@@ -59,8 +61,8 @@ class Outbox:
 
     def take(self) -> Outbox:
         """Hand over everything collected so far and start empty."""
-        taken = Outbox(self.replies, self.rooms, self.logs)
-        self.replies, self.rooms, self.logs = [], {}, []
+        taken = Outbox(self.replies, self.rooms, self.logs, self.forwards)
+        self.replies, self.rooms, self.logs, self.forwards = [], {}, [], []
         return taken
 
 
@@ -312,20 +314,29 @@ class Chat:
 
     def _tell(self, user: User, msg: p.Tell, now: float) -> None:
         target = self.users.get(msg.to)
+        elsewhere = "" if target is not None else self.store.holder(msg.to)
         refusal = self._refusal(user, msg.text, now)
-        if refusal is None and target is None:
+        if refusal is None and target is None and not elsewhere:
             refusal = p.Code.NO_SUCH_USER, f"{msg.to} is not connected: see /who"
         if refusal is not None:
             self._refuse(user, msg.mid, refusal, f"@{msg.to}", msg.text, now)
             return
-        assert target is not None
         self.counters.direct += 1
-        told = p.Told(user.name, target.name, msg.text, now)
-        self.out.reply(target.peer, told)
+        told = p.Told(user.name, msg.to, msg.text, now)
+        if target is not None:
+            self.out.reply(target.peer, told)
+        else:
+            self.out.forwards.append((elsewhere, told))
         if target is not user:
             self.out.reply(user.peer, told)
         self.out.reply(user.peer, p.Ack(msg.mid, "", 0))
-        self.out.log(now, "direct", f"@{target.name}", user.name, msg.text)
+        self.out.log(now, "direct", f"@{msg.to}", user.name, msg.text)
+
+    def forwarded(self, told: p.Told) -> None:
+        """A direct message from a user on another broker, for a user here (if still here)."""
+        target = self.users.get(told.to)
+        if target is not None:
+            self.out.reply(target.peer, told)
 
     def _refusal(self, user: User, text: str, now: float) -> tuple[p.Code, str] | None:
         if user.name in self.store.blocked():

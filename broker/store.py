@@ -72,6 +72,10 @@ class Store(Protocol):
         ...
 
     def release(self, name: str) -> None: ...
+    def holder(self, name: str) -> str:
+        """The other broker holding ``name`` ('' when none: the chat's own users are its own)."""
+        ...
+
     def audit(self, entry: AuditEntry) -> None:
         """Record an admin request; kept across restarts and ``reset``."""
         ...
@@ -109,6 +113,9 @@ class LocalNames:
 
     def release(self, name: str) -> None:
         """Nothing is held outside the chat."""
+
+    def holder(self, name: str) -> str:
+        return ""
 
 
 class MemoryStore(LocalNames):

@@ -388,3 +388,16 @@ def test_a_retry_through_another_broker_is_acknowledged_not_stored_twice(
     assert again == first
     texts = [m.text for m in Raw(ctx, cluster.brokers["c"].router, "reader").history()]
     assert sorted(texts) == sorted(s.text for s in says)
+
+
+def test_presence_and_direct_messages_cross_brokers(cluster: Cluster):
+    alice = cluster.client("a", "alice")
+    bob = cluster.client("b", "bob")
+    alice.expect(r"^\* bob entered public$")
+    bob.send("/msg alice psst, from b")
+    alice.expect(r"^\[@alice\] bob: psst, from b$")
+    bob.expect(r"^\[@alice\] bob: psst, from b$")
+    alice.send("/msg nobody hello?")
+    alice.expect(r"^\* not delivered: nobody is not connected")
+    bob.send("/exit")
+    alice.expect(r"^\* bob left public$")

@@ -37,6 +37,9 @@ class LaterStore(MemoryStore):
         self.released.append(name)
         self.held.pop(name, None)
 
+    def holder(self, name: str) -> str:
+        return "b" if name in self.held else ""
+
 
 def test_a_message_is_acknowledged_and_published_only_when_the_store_says_so() -> None:
     store = LaterStore()
@@ -114,6 +117,21 @@ def test_a_user_resumed_elsewhere_is_dropped_here_without_freeing_the_name() -> 
     alice = hello(c, "alice")
     send(c, alice, p.Quit())
     assert store.released == ["alice"]
+
+
+def test_a_direct_message_for_a_user_on_another_broker_is_forwarded_there() -> None:
+    store = LaterStore()
+    c = chat(store, rate=0)
+    alice = hello(c, "alice")
+    store.held["zoe"] = "elsewhere"
+    out = send(c, alice, p.Tell("zoe", "hi zoe", 3))
+    told = p.Told("alice", "zoe", "hi zoe", T0)
+    assert out.forwards == [("b", told)]
+    assert out.replies == [(alice.peer, told), (alice.peer, p.Ack(3, "", 0))]
+    c.forwarded(p.Told("zoe", "alice", "hi back", T0))
+    assert c.out.take().replies == [(alice.peer, p.Told("zoe", "alice", "hi back", T0))]
+    c.forwarded(p.Told("zoe", "gone", "anyone?", T0))  # left meanwhile: dropped, like on one
+    assert c.out.take().replies == []
 
 
 def test_a_block_seen_on_the_bucket_is_told_to_the_users_room() -> None:
