@@ -51,6 +51,8 @@ ORIGIN: Final = "Room-Node"
 """Header naming the broker that sent a bus request."""
 DUPLICATE_WINDOW: Final = 120.0
 """Seconds JetStream remembers a message id: a client's retry comes well within this."""
+CONNECT_TIMEOUT: Final = 5.0
+"""Seconds a starting broker tries to reach the backbone before it gives up with one line."""
 CALL_TIMEOUT: Final = 2.0
 """Seconds the broker's loop waits for the backbone on a claim, a block or a purge."""
 GATHER_TIMEOUT: Final = 1.0
@@ -283,7 +285,9 @@ class Backbone:
         with contextlib.suppress(OSError):  # a full pipe is already a wake-up
             self._wake_w.send(b"\0")
 
-    async def _start(self, endpoints: str) -> tuple[list[Record], set[str]]:
+    async def _connect(self) -> Any:
+        """A connection that, once made, reconnects by itself for as long as it takes."""
+
         async def disconnected() -> None:
             if self.connected:
                 self.connected = False
@@ -296,17 +300,20 @@ class Backbone:
         async def error(exc: Exception) -> None:
             """nats-py reports every failed reconnect here; the disconnect line says enough."""
 
-        try:
-            self._nc = await nats.connect(
-                self.url,
-                name=f"room-broker {self.node}",
-                connect_timeout=3,
-                reconnect_time_wait=0.25,
-                max_reconnect_attempts=-1,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-            )
+        return await nats.connect(
+            self.url,
+            name=f"room-broker {self.node}",
+            connect_timeout=2,
+            reconnect_time_wait=0.25,
+            max_reconnect_attempts=-1,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+
+    async def _start(self, endpoints: str) -> tuple[list[Record], set[str]]:
+        try:  # nats-py would retry a first connect forever: the start waits CONNECT_TIMEOUT
+            self._nc = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
         except Exception as exc:
             raise StoreError(
                 f"cannot reach the backbone at {self.url} ({type(exc).__name__}): "
@@ -333,7 +340,13 @@ class Backbone:
             raise StoreError(
                 f"the NATS server at {self.url} has no JetStream: start it with -js"
             ) from None
-        await self._kv[NODES].put(self.node, endpoints.encode())
+        try:  # a lease nobody else holds: two brokers as one node would free each other's names
+            await self._kv[NODES].create(self.node, endpoints.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise StoreError(
+                f"another broker is node {self.node} on the backbone (or was, less than "
+                f"{LEASE:g}s ago): choose another --node-id, or wait"
+            ) from None
         self.nodes = {self.node}
         blocked = {e.key for e in await self._entries(BLOCKED)}
         for e in await self._entries(NAMES):

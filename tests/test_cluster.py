@@ -19,7 +19,18 @@ from pathlib import Path
 
 import pytest
 import zmq
-from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, Replies, ctl, socket
+from procs import (
+    MIDS,
+    WAIT,
+    BrokerProc,
+    ClientFactory,
+    ClientProc,
+    Raw,
+    Replies,
+    broker_argv,
+    ctl,
+    socket,
+)
 
 from broker import protocol as p
 
@@ -401,3 +412,21 @@ def test_presence_and_direct_messages_cross_brokers(cluster: Cluster):
     alice.expect(r"^\* not delivered: nobody is not connected")
     bob.send("/exit")
     alice.expect(r"^\* bob left public$")
+
+
+def test_a_second_broker_with_the_same_node_id_is_refused(cluster: Cluster):
+    argv = broker_argv(cluster.tmp / "a2", "--backbone", cluster.nats.url, "--node-id", "a", *FAST)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT * 2)
+    assert done.returncode == 1
+    assert done.stderr.startswith("room-broker: another broker is node a on the backbone")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert ctl(cluster.brokers["a"], "stats").returncode == 0, "the first one serves on"
+
+
+def test_an_unreachable_backbone_stops_the_start_with_one_line(tmp_path: Path):
+    dead = f"nats://127.0.0.1:{_free_port()}"
+    argv = broker_argv(tmp_path / "x", "--backbone", dead, "--node-id", "x")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT * 2)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"room-broker: cannot reach the backbone at {dead}")
+    assert len(done.stderr.strip().splitlines()) == 1
