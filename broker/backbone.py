@@ -219,7 +219,6 @@ class Backbone:
         self._kv: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._watchers: set[asyncio.Future[Any]] = set()
-        self._token = 0
 
     # ---- from the broker's thread -------------------------------------------------------------
 
@@ -258,10 +257,6 @@ class Backbone:
             taken.append(events.popleft())
         return taken
 
-    def next_token(self) -> int:
-        self._token += 1
-        return self._token
-
     def stop(self) -> None:
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
@@ -281,9 +276,13 @@ class Backbone:
         return task
 
     def _say(self, event: Event) -> None:
-        self.events.append(event)
-        with contextlib.suppress(OSError):  # a full pipe is already a wake-up
-            self._wake_w.send(b"\0")
+        """Queue an event for the loop, waking it only when the queue was empty: the loop
+        empties the wake-up pipe first and then the whole queue (``take``)."""
+        events = self.events
+        events.append(event)
+        if len(events) == 1:
+            with contextlib.suppress(OSError):  # a full pipe is already a wake-up
+                self._wake_w.send(b"\0")
 
     async def _connect(self) -> Any:
         """A connection that, once made, reconnects by itself for as long as it takes."""
@@ -626,9 +625,11 @@ class Backbone:
         return held
 
     async def _catch_up(self) -> None:
-        info = await self._js.stream_info(STREAM)
+        state = (await self._js.stream_info(STREAM)).state
+        if not state.messages:  # empty, or purged: nothing to wait for
+            return
         deadline = time.monotonic() + CALL_TIMEOUT / 2
-        while self.received < info.state.last_seq and time.monotonic() < deadline:
+        while self.received < state.last_seq and time.monotonic() < deadline:
             await asyncio.sleep(0.002)
 
     def release(self, name: str) -> None:
