@@ -10,7 +10,6 @@ import click
 
 from . import config, options
 from . import keys as keyfiles
-from .backbone import Backbone
 from .config import Exit, Limits
 from .logfmt import LogWriter
 from .protocol import NAME_RULE, valid_name
@@ -152,6 +151,8 @@ def start(
     if backbone is not None:
         if node_id is None or not valid_name(node_id):
             _fail(f"--backbone needs --node-id, a name unique among the brokers: use {NAME_RULE}")
+        from .backbone import Backbone  # here: a broker without --backbone never loads nats
+
         link = Backbone(backbone, node_id, limits.history_keep)
     store = None
     home = config.data_dir(data_dir)

@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import backbone as bb
 from . import cluster
 from . import protocol as p
 from .admin import dispatch
@@ -40,6 +39,9 @@ from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard, user_id
 from .sqlstore import DEFAULT_SYNC, SQLiteStore
 from .state import Chat, Outbox, Settings
 from .store import AuditEntry, MemoryStore, Store, StoreError
+
+if TYPE_CHECKING:  # imported where used: a broker without --backbone never loads nats
+    from . import backbone as bb
 
 BATCH: Final = 512
 """Messages read from one socket before the loop flushes; bounds latency under load."""
@@ -192,9 +194,11 @@ class Broker:
         self._ctl_out: list[tuple[bytes, p.CtlReply]] = []
         self._relayed: dict[str, list[p.RoomEvent]] = {}  # other brokers' presence lines
         if backbone is not None:
+            from .backbone import ClusterStore
+
             e = self.endpoints
             try:
-                store = self.cluster = bb.ClusterStore(
+                store = self.cluster = ClusterStore(
                     backbone, store, f"{e.router} {e.pub} {e.control}"
                 )
             except StoreError as exc:
@@ -378,6 +382,8 @@ class Broker:
     def _drain_backbone(self, backbone: bb.Backbone) -> None:
         """Apply what the backbone reports: stored messages in stream order (mirrored, then
         published), acknowledgements, blocklist changes, and admin requests and answers."""
+        from . import backbone as bb
+
         chat, cluster_store = self.chat, self.cluster
         assert cluster_store is not None
         for event in backbone.take():
@@ -471,16 +477,18 @@ class Broker:
             return p.CtlReply(request.id, False, reason, p.Code.REFUSED.value)
         backbone = self.backbone
         if backbone is not None:
+            from .backbone import BUS_ALL, node_subject
+
             plan = cluster.plan(request, self.chat.users, backbone.holder)
             if plan.node or plan.every:
                 if request.command == "reset":  # the shared history goes first
                     try:
                         backbone.call(backbone.purge())
-                    except bb.StoreError as exc:
+                    except StoreError as exc:
                         return p.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
                 token = secrets.randbits(63)
                 self._asked[token] = _Asked(peer, request, admin, key, plan)
-                subject = bb.node_subject(plan.node) if plan.node else bb.BUS_ALL
+                subject = node_subject(plan.node) if plan.node else BUS_ALL
                 bus_request = p.CtlRequest(token, request.command, request.args)
                 backbone.ask(token, subject, bus_request, plan.every)
                 return None
