@@ -51,8 +51,16 @@ HEADER = (
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Draw throughput and latency to a PNG (needs the 'plot' extra).")  # fmt: skip
 @click.option("--only", multiple=True, help="Run only this scenario (repeatable).")
-def main(quick: bool, json_path: str | None, plot_path: str | None, only: tuple[str, ...]) -> None:
+@click.option("--cluster", is_flag=True,
+              help="Run the three-broker family instead: brokers a, b, c on a private nats-server "
+                   "(needs nats-server), beside one broker and the relay.")  # fmt: skip
+def main(
+    quick: bool, json_path: str | None, plot_path: str | None, only: tuple[str, ...], cluster: bool
+) -> None:
     """Measure the broker against a bare pyzmq ROUTER->PUB relay on this machine, in one run."""
+    if cluster:
+        run_cluster(quick, json_path, plot_path, list(only) or None)
+        return
     if plot_path:
         try:
             import matplotlib  # noqa: F401
@@ -69,3 +77,26 @@ def main(quick: bool, json_path: str | None, plot_path: str | None, only: tuple[
         from .plot import draw
 
         draw(report, Path(plot_path))
+
+
+def run_cluster(
+    quick: bool, json_path: str | None, plot_path: str | None, only: list[str] | None
+) -> None:
+    """``--cluster``: imported only here, so the single-broker run starts nothing more."""
+    from . import cluster
+
+    if plot_path:
+        click.echo("room-bench: --plot draws the single-broker family; drop it with --cluster",
+                   err=True)  # fmt: skip
+        sys.exit(1)
+    nats = cluster.find_nats()
+    if nats is None:
+        click.echo("room-bench: --cluster needs nats-server, found neither in PATH nor in "
+                   "/usr/sbin: apt install nats-server", err=True)  # fmt: skip
+        sys.exit(1)
+    click.echo(cluster.HEADER)
+    report = cluster.run(quick, only, echo=lambda e: click.echo(cluster.rows(e)), nats=nats)
+    m = report["machine"]
+    click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
+    if json_path:
+        Path(json_path).write_bytes(msgspec.json.encode(report))

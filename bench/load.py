@@ -4,12 +4,13 @@ Each role runs in its own process (``multiprocessing`` with spawn) and reports a
 A message's text carries its counter and its send time (``time.monotonic_ns``, one clock for every
 process on the machine), so a subscriber measures loss and latency the same way on both sides.
 The room subscriber also repairs gaps the way the client does (``Fetch`` by sequence number), and
-counts what it repaired.
+counts what it repaired, and what was gone (no longer stored) when it asked.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from typing import Any, Final
@@ -63,10 +64,22 @@ def _await(dealer: zmq.Socket[bytes], kind: type, timeout: float) -> Any:
 
 
 def sender(
-    results: Queue, proto: str, router: str, rooms: list[str], count: int, size: int, rate: float
+    results: Queue,
+    proto: str,
+    router: str,
+    rooms: list[str],
+    count: int,
+    size: int,
+    rate: float,
+    name: str = "sender",
+    first: int = 0,
+    ack_wait: float = 10.0,
 ) -> None:
     """Send ``count`` messages over ``rooms`` in turn (one user per room), as fast as possible
-    (rate 0) or paced at ``rate`` per second. A text's counter is its index within its room."""
+    (rate 0) or paced at ``rate`` per second. A text's counter is its index within its room,
+    from ``first`` (several senders in one room count in ranges of their own). Users are named
+    ``name`` + room number: names are unique across a cluster. Waits up to ``ack_wait`` seconds
+    for the last acknowledgement, heartbeating meanwhile (a cluster acknowledges late)."""
     ctx = zmq.Context()
     dealers = []
     for k, room in enumerate(rooms):
@@ -76,7 +89,7 @@ def sender(
         dealer.setsockopt(zmq.RCVHWM, 100_000)
         dealer.connect(router)
         if proto == "room":
-            _handshake(dealer, f"sender{k}", room)
+            _handshake(dealer, f"{name}{k}", room)
         dealers.append(dealer)
     is_room = proto == "room"
     acked = refused = 0
@@ -106,7 +119,7 @@ def sender(
                     time.sleep(wait - 0.0003)
         k = i % n
         dealer = dealers[k]
-        text = payload(i // n, size)
+        text = payload(first + i // n, size)
         frames = [encode(say(text, i + 1))] if is_room else [topics[k], text.encode()]
         while True:
             try:
@@ -120,10 +133,16 @@ def sender(
             drain_acks(dealer)
     sent_done = time.monotonic()
     if is_room:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + ack_wait
+        next_beat = time.monotonic() + HEARTBEAT
         while acked + refused < count and time.monotonic() < deadline:
             time.sleep(0.01)
+            beat = time.monotonic() >= next_beat
+            if beat:
+                next_beat = time.monotonic() + HEARTBEAT
             for dealer in dealers:
+                if beat:  # silent for LIVENESS heartbeats, the sender would be dropped
+                    dealer.send(p.encode(p.Ping()), zmq.NOBLOCK)
                 drain_acks(dealer)
     results.put({"role": "sender", "sent": count, "acked": acked, "refused": refused,
                  "start": start, "sent_done": sent_done})  # fmt: skip
@@ -138,19 +157,26 @@ class _Sub:
     room: str
     sub: zmq.Socket[bytes]
     dealer: zmq.Socket[bytes] | None
-    seen: bytearray
+    seen: bytearray  # by message counter
+    seqs: bytearray  # by sequence number (the relay has none: counter + 1)
     delivered: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # published twice (a refetch of a message already seen is not one)
     repaired: int = 0
-    contig: int = 0  # every message up to this index has been seen
-    asked: int = 0  # highest index a Fetch was sent for
+    gone: int = 0  # missed, and no longer stored when asked for: lost for good
+    contig: int = 0  # every sequence number up to this one has been seen (or is gone)
+    asked: int = 0  # highest sequence number a Fetch was sent for
     latencies: list[int] = field(default_factory=list)
 
-    def record(self, index: int, sent_ns: int, now_ns: int, sample: bool, repaired: bool) -> None:
+    def record(
+        self, index: int, seq: int, sent_ns: int, now_ns: int, sample: bool, repaired: bool
+    ) -> None:
+        """Count a message once. Repair follows sequence numbers, not counters: with two
+        senders in a room they interleave, and only the sequence says what is missing."""
         if index >= len(self.seen) or index < 0:
             return
         if self.seen[index]:
-            self.duplicates += 1
+            if not repaired:
+                self.duplicates += 1
             return
         self.seen[index] = 1
         self.delivered += 1
@@ -158,8 +184,25 @@ class _Sub:
             self.repaired += 1
         elif sample:
             self.latencies.append(now_ns - sent_ns)
-        while self.contig < len(self.seen) and self.seen[self.contig]:
+        seqs = self.seqs
+        if 0 < seq < len(seqs):
+            seqs[seq] = 1
+        while self.contig + 1 < len(seqs) and seqs[self.contig + 1]:
             self.contig += 1
+
+    def answered(self, first: int, count: int) -> None:
+        """After a ``Messages`` reply: what precedes ``first`` (the oldest the broker keeps) is
+        gone; a gap still open was larger than one reply, so ask for the rest."""
+        seqs = self.seqs
+        while self.contig + 1 < min(first, len(seqs)):
+            self.contig += 1
+            if not seqs[self.contig]:
+                seqs[self.contig] = 1
+                self.gone += 1
+        while self.contig + 1 < len(seqs) and seqs[self.contig + 1]:
+            self.contig += 1
+        if count and self.contig < self.asked:
+            _fetch(self, self.asked)
 
 
 def subscribers(
@@ -171,26 +214,28 @@ def subscribers(
     rooms: list[str],
     expected: int,
     sample: bool,
+    name: str = "sub",
 ) -> None:
     """One subscriber per entry of ``rooms``, in one process; each must see ``expected``
-    messages of its room. ``sample``: keep the first subscriber's latencies."""
+    messages of its room. ``sample``: keep the first subscriber's latencies. Users are named
+    ``name`` + number: names are unique across a cluster."""
     ctx = zmq.Context()
     subs: list[_Sub] = []
     room = proto == "room"
-    for k, name in enumerate(rooms):
+    for k, room_name in enumerate(rooms):
         dealer = None
         endpoint = pub
         if room:
             dealer = ctx.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.connect(router)
-            endpoint = _handshake(dealer, f"sub{k}", name).pub
+            endpoint = _handshake(dealer, f"{name}{k}", room_name).pub
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.connect(endpoint)
-        sub.setsockopt(zmq.SUBSCRIBE, p.topic(name))
-        subs.append(_Sub(name, sub, dealer, bytearray(expected)))
+        sub.setsockopt(zmq.SUBSCRIBE, p.topic(room_name))
+        subs.append(_Sub(room_name, sub, dealer, bytearray(expected), bytearray(expected + 1)))
     time.sleep(SETTLE)
     poller = zmq.Poller()
     owner: dict[zmq.Socket[bytes], _Sub] = {}
@@ -207,6 +252,7 @@ def subscribers(
     decode_room, decode_server, now_ns = p.decode_room, p.decode_server, time.monotonic_ns
     total = expected * len(subs)
     got = 0
+    next_tail = 0.0
     while got < total and time.monotonic() - last_progress < (IDLE_END if got else FIRST_WAIT):
         events = poller.poll(100)
         before = got
@@ -220,30 +266,35 @@ def subscribers(
                 t = now_ns()
                 if sock is s.sub and not room:
                     index, sent = _parse(frames[1])
-                    s.record(index, sent, t, sample, False)
+                    s.record(index, index + 1, sent, t, sample, False)
                     continue
+                replies: Sequence[p.Messages] = ()
                 if sock is s.sub:
                     batch = decode_room(frames[1])
                     repaired = False
                 else:
-                    batch = [m for r in decode_server(frames[0]) if type(r) is p.Messages
-                             for m in r.messages]  # fmt: skip
+                    replies = [r for r in decode_server(frames[0]) if type(r) is p.Messages]
+                    batch = [m for r in replies for m in r.messages]
                     repaired = True
                 for m in batch:
                     if type(m) is p.Posted:
                         index, sent = _parse(m.text)
-                        s.record(index, sent, t, sample, repaired)
+                        s.record(index, m.seq, sent, t, sample, repaired)
                         if not repaired and m.seq - 1 > s.contig and m.seq - 1 > s.asked:
                             _fetch(s, m.seq - 1)
+                if repaired:
+                    for r in replies:
+                        s.answered(r.first, len(r.messages))
             got = sum(x.delivered for x in subs)
         now = time.monotonic()
         if got > before:
             last = now
             first = first or now
             last_progress = now
-        elif room and got and now - last_progress > 0.25:
+        elif room and got and now - last_progress > 0.25 and now >= next_tail:
+            next_tail = now + 0.25  # not on every wake-up: replies wake the poll too
             for s in subs:  # a quiet tail: ask for whatever is still missing
-                if s.delivered < expected:
+                if s.delivered + s.gone < expected:
                     _fetch(s, 0)
         if room and now >= next_beat:
             next_beat = now + HEARTBEAT
@@ -257,6 +308,7 @@ def subscribers(
         "lost": total - got,
         "duplicates": sum(s.duplicates for s in subs),
         "repaired": sum(s.repaired for s in subs),
+        "gone": sum(s.gone for s in subs),
         "first": first,
         "last": last,
         "latencies": subs[0].latencies if subs else [],

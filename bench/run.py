@@ -49,26 +49,59 @@ def scenarios(quick: bool) -> list[Scenario]:
     ]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_mb(pid: int) -> float:
+    """A running process's peak resident memory (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class Target:
     """A broker or a relay process, and what it cost."""
 
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        kind: str,
+        workdir: Path,
+        label: str = "",
+        extra: tuple[str, ...] = (),
+        wait: bool = True,
+    ) -> None:
+        """Start it; ``label`` names its log and data dir when several share a workdir (the
+        cluster's brokers), ``extra`` goes on the broker's command line, and ``wait`` False
+        leaves the wait for its endpoints to ``ready`` (several then start at once)."""
         self.kind = kind
-        self.log = open(workdir / f"{kind}.log", "w+")  # noqa: SIM115 - closed in stop()
+        self.label = label or kind
+        self.log = open(workdir / f"{self.label}.log", "w+")  # noqa: SIM115 - closed in stop()
         if kind == "room":
             any_port = "tcp://127.0.0.1:0"
+            data = workdir / (f"data-{label}" if label else "data")
             argv = [sys.executable, "-c", "from broker.cli import main; main()", "start",
                     "--router", any_port, "--pub", any_port, "--control", any_port,
-                    "--data-dir", str(workdir / "data"), "--rate", "0"]  # fmt: skip
-            pattern = r"listening: router (\S+) pub (\S+)"
+                    "--data-dir", str(data), "--rate", "0", *extra]  # fmt: skip
+            self.pattern = r"listening: router (\S+) pub (\S+)"
         else:
             argv = [sys.executable, "-c", "from bench.relay import main; main()"]
-            pattern = r"relay (\S+) (\S+)"
+            self.pattern = r"relay (\S+) (\S+)"
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Wait for the line that gives its endpoints."""
         deadline = time.monotonic() + 20
+        text = ""
         while time.monotonic() < deadline:
             self.log.seek(0)
-            m = re.search(pattern, self.log.read())
+            text = self.log.read()
+            m = re.search(self.pattern, text)
             if m:
                 self.router, self.pub = m.group(1), m.group(2)
                 return
@@ -76,17 +109,14 @@ class Target:
                 break
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"the {kind} did not start; see {self.log.name}")
+        last = text.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"the {self.label} did not start: {last[0]}")
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.proc.pid)
 
     def peak_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return peak_mb(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -159,7 +189,7 @@ def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
         if kind == "room":
             figures["acked"], figures["refused"] = sent["acked"], sent["refused"]
         if sample and got["latencies"]:
-            figures["latency_ms"] = _percentiles(got["latencies"])
+            figures["latency_ms"] = percentiles(got["latencies"])
             figures["latencies_us"] = [x // 1000 for x in got["latencies"]]
         return figures
     finally:
@@ -170,7 +200,7 @@ def _get_any(queue: Any) -> dict[str, Any]:
     return queue.get(timeout=WAIT)
 
 
-def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+def percentiles(samples_ns: list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
 
     def at(q: float) -> float:

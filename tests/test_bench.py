@@ -1,31 +1,46 @@
-"""room-bench's quick run as a smoke test: it completes and the broker loses nothing.
+"""room-bench's quick runs as smoke tests: they complete and the brokers lose nothing.
 
-It never asserts a speed: these machines are shared and noisy; the ratios are for people to read.
+They never assert a speed: these machines are shared and noisy; the ratios are for people to read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
+
+from bench import cli
+from bench import cluster as bench_cluster
+
+
+def _bench(tmp_path: Path, *args: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    """Run room-bench; its stdout and its JSON report. It runs in a process group of its own,
+    killed whole at the end: a bench that times out leaves no broker or nats-server behind."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-c", "from bench.cli import main; main()", *args, "--json", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 0, stderr[-2000:]
+    return stdout, json.loads(out.read_text())
 
 
 @pytest.mark.timeout(300)
 def test_quick_bench_completes_and_loses_nothing(tmp_path):
-    out = tmp_path / "bench.json"
-    argv = [
-        sys.executable,
-        "-c",
-        "from bench.cli import main; main()",
-        "--quick",
-        "--json",
-        str(out),
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=280)
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(out.read_text())
+    stdout, report = _bench(tmp_path, "--quick", timeout=280)
     names = [s["name"] for s in report["scenarios"]]
     assert names == ["1->1", "1->10", "1->100", "10 rooms", "latency 1k/s", "latency 10k/s",
                      "1000 idle"]  # fmt: skip
@@ -38,4 +53,47 @@ def test_quick_bench_completes_and_loses_nothing(tmp_path):
         assert room["duplicates"] == 0, s
         assert room["delivered"] == room["expected"], s
         assert s["ratio"] is not None and s["ratio"] > 0, s
-    assert "ratio" in done.stdout.splitlines()[0]
+    assert "ratio" in stdout.splitlines()[0]
+
+
+@pytest.mark.timeout(240)
+def test_quick_cluster_bench_completes_and_no_broker_loses_anything(tmp_path):
+    if bench_cluster.find_nats() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs nats-server (Debian's nats-server package)")
+        pytest.skip("nats-server is not installed (apt install nats-server)")
+    stdout, report = _bench(tmp_path, "--cluster", "--quick", timeout=220)
+    assert report["scenarios"] == []
+    entries = {e["name"]: e for e in report["cluster"]}
+    assert list(entries) == ["cluster 1->3", "cluster 2 writers", "cluster lat 1k/s"]
+    for e in entries.values():
+        for kind in ("cluster", "single"):  # after repair, every subscriber has every message
+            f = e[kind]
+            assert f["lost"] == 0 and f["duplicates"] == 0, (e["name"], kind, f)
+            assert f["delivered"] == f["expected"] == e["count"] * len(e["subscribers"])
+            assert f["acked"] == e["count"] and f["refused"] == 0, (e["name"], kind, f)
+            assert set(f["places"]) == set(e["subscribers"])
+            assert all(place["rate"] > 0 for place in f["places"].values())
+        assert e["relay"]["rate"] > 0
+        assert e["ratio_single"] > 0 and e["ratio_relay"] > 0
+    latency = entries["cluster lat 1k/s"]
+    assert set(latency["added_ms"]) == {"p50", "p99"}
+    assert "latency_ms" in latency["cluster"]["places"]["b"]
+    assert "backbone adds" in stdout
+
+
+def test_cluster_bench_without_nats_server_fails_with_one_line(monkeypatch):
+    monkeypatch.setattr(bench_cluster, "find_nats", lambda: None)
+    result = CliRunner().invoke(cli.main, ["--cluster", "--quick"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "room-bench: --cluster needs nats-server, found neither in PATH nor in /usr/sbin: "
+        "apt install nats-server"
+    ]
+
+
+def test_the_single_broker_bench_imports_nothing_of_the_cluster():
+    code = "import sys, bench.cli, bench.run; print(sorted(m for m in sys.modules if "
+    code += "m.startswith(('nats', 'bench.cluster', 'broker.backbone'))))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
