@@ -24,7 +24,7 @@ from queue import Empty
 from typing import Any, Final
 
 from . import load
-from .run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles
+from .run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
 
 NODES: Final = ("a", "b", "c")
 ROOM: Final = "bench"
@@ -85,13 +85,7 @@ class Nats:
         raise RuntimeError(f"nats-server did not start on port {port}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

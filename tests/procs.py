@@ -327,3 +327,17 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+def assert_all_acknowledged_stored_once(
+    history: list[p.Posted], acked: dict[int, p.Ack], sent: dict[int, str]
+) -> list[str]:
+    """Every acknowledged message is stored under its number, numbering is dense, and the
+    writer's messages are stored once each; returns the writer's texts in order."""
+    stored = {m.seq: m for m in history}
+    for mid, ack in acked.items():
+        assert stored[ack.seq].text == sent[mid], f"acknowledged {sent[mid]} lost"
+    assert sorted(stored) == list(range(1, len(stored) + 1))
+    written = [m.text for m in stored.values() if m.sender == "writer"]
+    assert len(written) == len(set(written)), "a message was stored twice"
+    return written

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket as pysocket
 import subprocess
 import threading
@@ -27,16 +26,18 @@ from procs import (
     ClientProc,
     Raw,
     Replies,
+    assert_all_acknowledged_stored_once,
     broker_argv,
     ctl,
     socket,
 )
 
+from bench.cluster import find_nats
 from broker import protocol as p
 
 pytestmark = pytest.mark.timeout(90)
 
-NATS = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/sbin")
+NATS = find_nats()
 if NATS is None:
     if os.environ.get("CI"):
         raise RuntimeError("CI needs nats-server (Debian's nats-server package)")
@@ -223,15 +224,9 @@ def test_kill9_of_a_loses_no_acknowledged_message_and_its_clients_resume_on_b(
             acked[msg.mid] = msg
     writer.close()
     alice.expect(r"^\* reconnected", timeout=15)
-    alice.send("alice after the crash")
-    bob.expect(r"^\[public\] alice: after the crash$|^\[public\] alice: alice after the crash$")
-
-    stored = {m.seq: m for m in Raw(ctx, b.router, "reader").history()}
-    for mid, ack in acked.items():
-        assert stored[ack.seq].text == sent[mid], f"acknowledged {sent[mid]} lost"
-    assert sorted(stored) == list(range(1, len(stored) + 1))
-    written = [m.text for m in stored.values() if m.sender == "writer"]
-    assert len(written) == len(set(written)), "a message was stored twice"
+    alice.send("after the crash")
+    bob.expect(r"^\[public\] alice: after the crash$")
+    assert_all_acknowledged_stored_once(Raw(ctx, b.router, "reader").history(), acked, sent)
 
 
 def test_the_same_name_cannot_be_held_on_a_and_b_at_once(cluster: Cluster, ctx: zmq.Context):

@@ -20,7 +20,17 @@ from pathlib import Path
 
 import pytest
 import zmq
-from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, broker_argv, ctl
+from procs import (
+    MIDS,
+    WAIT,
+    BrokerProc,
+    ClientFactory,
+    ClientProc,
+    Raw,
+    assert_all_acknowledged_stored_once,
+    broker_argv,
+    ctl,
+)
 
 from broker import protocol as p
 from broker.config import Exit
@@ -91,12 +101,8 @@ def test_kill9_loses_no_acknowledged_message_and_clients_resume(
     alice.send("after the crash")
     bob.expect(r"^\[public\] alice: after the crash$")
 
-    stored = {m.seq: m for m in Raw(ctx, second.router, "reader").history()}
-    for mid, ack in acked.items():
-        assert stored[ack.seq].text == sent[mid], f"acknowledged {sent[mid]} lost"
-    assert sorted(stored) == list(range(1, len(stored) + 1))
-    written = [m.text for m in stored.values() if m.sender == "writer"]
-    assert len(written) == len(set(written)), "a message was stored twice"
+    history = Raw(ctx, second.router, "reader").history()
+    written = assert_all_acknowledged_stored_once(history, acked, sent)
     # The clients saw what was published before the crash live, and fetched the rest (committed
     # but not yet published at the kill, or published before their subscription was back).
     for client in (alice, bob):
