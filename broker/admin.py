@@ -68,9 +68,11 @@ def block(chat: Chat, args: list[str], now: float) -> Result:
     if not chat.store.block(name):
         return Result(f"{name} was already blocked")
     chat.blocked_changed(name, True)
-    if name not in chat.users:
-        return Result(f"blocked {name} (not connected here: the block holds when they connect)")
-    return Result(f"blocked {name}")
+    if name in chat.users:
+        return Result(f"blocked {name}")
+    if chat.store.holder(name):
+        return Result(f"blocked {name} (connected to another broker)")
+    return Result(f"blocked {name} (not connected: the block holds when they connect)")
 
 
 def unblock(chat: Chat, args: list[str], now: float) -> Result:

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import msgspec
 import nats
@@ -185,6 +185,15 @@ Event = (
 )
 
 
+class _Entry(NamedTuple):
+    """A key-value change: ``operation`` is None for a value, else DEL or PURGE."""
+
+    key: str
+    value: bytes | None
+    revision: int | None
+    operation: str | None
+
+
 @dataclass(slots=True)
 class _RoomWriter:
     """One room's queue of messages to store, written one at a time (compare-and-set)."""
@@ -218,7 +227,6 @@ class Backbone:
         self._js: Any = None
         self._kv: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._watchers: set[asyncio.Future[Any]] = set()
 
     # ---- from the broker's thread -------------------------------------------------------------
 
@@ -355,10 +363,8 @@ class Backbone:
             if node == self.node:  # held by this node's previous life: nobody holds them now
                 await self._release(name, revision)
         history = await self._history()
-        self._watchers = {
-            self._spawn(self._watch(NAMES, self._on_name)),
-            self._spawn(self._watch(BLOCKED, self._on_block)),
-        }
+        await self._follow(NAMES, self._on_name)
+        await self._follow(BLOCKED, self._on_block)
         self.received = history[-1][0] if history else 0
         start = self.received + 1
         await js.subscribe(
@@ -377,9 +383,8 @@ class Backbone:
         return [record for _, record in history], blocked
 
     async def _stop(self) -> None:
-        busy = self._tasks - self._watchers  # releases and writes: let them finish
-        if busy:
-            await asyncio.wait(busy, timeout=1.0)
+        if self._tasks:  # releases and writes: let them finish
+            await asyncio.wait(set(self._tasks), timeout=1.0)
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -420,14 +425,26 @@ class Backbone:
         finally:
             await sub.unsubscribe()
 
-    async def _watch(self, bucket: str, apply: Callable[[Any], None]) -> None:
-        """Follow a bucket for the life of the broker (the watcher survives reconnects)."""
-        watcher = await self._kv[bucket].watchall()
-        async for entry in watcher:
-            if entry is not None:
-                apply(entry)
+    async def _follow(self, bucket: str, apply: Callable[[_Entry], None]) -> None:
+        """Follow a bucket's changes for the life of the broker. An ordered consumer with a 1 s
+        heartbeat, not nats-py's watcher: that one's 5 s heartbeat leaves a broker blind to a
+        block for 10 s or more after nats-server restarts."""
+        prefix = f"$KV.{bucket}."
 
-    def _on_name(self, entry: Any) -> None:
+        async def changed(msg: Any) -> None:
+            op = (msg.headers or {}).get("KV-Operation")
+            apply(_Entry(msg.subject[len(prefix) :], msg.data, msg.metadata.sequence.stream, op))
+
+        await self._js.subscribe(
+            prefix + ">",
+            stream=f"KV_{bucket}",
+            cb=changed,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        )
+
+    def _on_name(self, entry: _Entry) -> None:
         if entry.operation is None:
             node, _, session = (entry.value or b"").decode().partition(" ")
             self.names[entry.key] = (node, session, entry.revision or 0)
@@ -441,7 +458,7 @@ class Backbone:
         with contextlib.suppress(Exception):
             await self._kv[NAMES].create(name, f"{self.node} {session}".encode())
 
-    def _on_block(self, entry: Any) -> None:
+    def _on_block(self, entry: _Entry) -> None:
         self._say(BlockChanged(entry.key, entry.operation is None))
 
     async def _on_message(self, msg: Any) -> None:

@@ -348,6 +348,17 @@ def test_restarting_nats_server_loses_nothing_acknowledged(cluster: Cluster, ctx
             break
         assert time.monotonic() < deadline, reply
         time.sleep(0.2)
+    # The brokers' watchers of the blocklist came back too: a block through b holds on a.
+    blocked = ctl(cluster.brokers["b"], "block", "writer")
+    assert blocked.stdout.strip() == "blocked writer (connected to another broker)", blocked
+    deadline = time.monotonic() + 5
+    while True:
+        writer.send(p.Say("blocked?", next(MIDS)))
+        reply = writer.expect(p.Ack | p.Refused)
+        if isinstance(reply, p.Refused) and reply.code == p.Code.BLOCKED:
+            break
+        assert time.monotonic() < deadline, "the block did not reach a after the restart"
+        time.sleep(0.05)
     writer.close()
     reader = Raw(ctx, cluster.brokers["b"].router, "reader")
     deadline = time.monotonic() + 10

@@ -319,7 +319,7 @@ def test_every_admin_request_is_audited_and_the_log_survives_a_restart(
         assert lines[1].split() == ["TIME", "ADMIN", "KEY", "COMMAND", "RESULT"]
         assert lines[2].split()[1:5] == ["admin", public.decode()[:8], "block", "bob"]
         assert lines[2].endswith(
-            "ok: blocked bob (not connected here: the block holds when they connect)"
+            "ok: blocked bob (not connected: the block holds when they connect)"
         )
         assert "fire nobody  failed: nobody is not connected" in lines[3]
         # An aligned table: each row's key starts under the KEY header.
