@@ -211,6 +211,8 @@ class Backbone:
         self.node = node
         self.keep = keep
         self._renewed = 0.0
+        self._linked = 0.0  # when the connection came back: names are freed only two leases
+        # later, as every lease looks lapsed when nats-server comes back from a restart
         self.received = 0  # the stream sequence of the last message the consumer delivered
         self.held: dict[str, str] = {}  # name -> session, the names this broker's users hold
         self.events: deque[Event] = deque()
@@ -302,6 +304,7 @@ class Backbone:
 
         async def reconnected() -> None:
             self.connected = True
+            self._linked = time.monotonic()
             self._say(Said(f"backbone: reconnected to {self.url}"))
 
         async def error(exc: Exception) -> None:
@@ -691,6 +694,8 @@ class Backbone:
         except nats.js.errors.NoKeysError:
             self.nodes = set()
         except Exception:
+            return
+        if time.monotonic() - self._linked < 2 * LEASE:  # the others have not renewed yet
             return
         for name, (node, _, revision) in list(self.names.items()):
             if node not in self.nodes and node != self.node:
