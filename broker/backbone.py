@@ -8,6 +8,7 @@ What lives where::
     KV room-names    name -> "node session"   who holds a name (claimed with create: atomic)
     KV room-blocked  name -> ""               the blocklist
     KV room-nodes    node -> endpoints         each broker's lease (the bucket's TTL)
+    KV room-epochs   "rooms" -> N              bumped by reset: every broker starts its rooms over
     room.node.<id>, room.all                  the bus: admin commands routed to one or every broker
     room.node.<id>.told, room.presence        direct messages to a user there; presence lines
 
@@ -45,6 +46,8 @@ SUBJECT: Final = "room.msg."
 NAMES: Final = "room-names"
 BLOCKED: Final = "room-blocked"
 NODES: Final = "room-nodes"
+EPOCHS: Final = "room-epochs"
+EPOCH_KEY: Final = "rooms"
 BUS_ALL: Final = "room.all"
 PRESENCE: Final = "room.presence"
 ORIGIN: Final = "Room-Node"
@@ -165,6 +168,13 @@ class Shared:
 
 
 @dataclass(frozen=True, slots=True)
+class Reset:
+    """Another broker reset the chat (a new epoch): drop every user and room here too."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class Said:
     """A line for the broker's log (the backbone was lost, or is back)."""
 
@@ -181,6 +191,7 @@ Event = (
     | Answered
     | Forwarded
     | Shared
+    | Reset
     | Said
 )
 
@@ -214,6 +225,7 @@ class Backbone:
         self._linked = 0.0  # when the connection came back: names are freed only two leases
         # later, as every lease looks lapsed when nats-server comes back from a restart
         self.received = 0  # the stream sequence of the last message the consumer delivered
+        self.epoch = 0  # how many resets the chat has seen
         self.held: dict[str, str] = {}  # name -> session, the names this broker's users hold
         self.events: deque[Event] = deque()
         self.wake_r, self._wake_w = socket.socketpair()
@@ -344,7 +356,7 @@ class Backbone:
                 await js.add_stream(config)
             except nats.js.errors.BadRequestError:  # exists with other limits: ours win
                 await js.update_stream(config)
-            for bucket, ttl in ((NAMES, None), (BLOCKED, None), (NODES, LEASE)):
+            for bucket, ttl in ((NAMES, None), (BLOCKED, None), (NODES, LEASE), (EPOCHS, None)):
                 self._kv[bucket] = await js.create_key_value(bucket=bucket, ttl=ttl)
         except nats.js.errors.ServiceUnavailableError:
             raise StoreError(
@@ -366,8 +378,11 @@ class Backbone:
             if node == self.node:  # held by this node's previous life: nobody holds them now
                 await self._release(name, revision)
         history = await self._history()
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            self.epoch = int((await self._kv[EPOCHS].get(EPOCH_KEY)).value or b"0")
         await self._follow(NAMES, self._on_name)
         await self._follow(BLOCKED, self._on_block)
+        await self._follow(EPOCHS, self._on_epoch)
         self.received = history[-1][0] if history else 0
         start = self.received + 1
         await js.subscribe(
@@ -460,6 +475,13 @@ class Backbone:
     async def _reclaim(self, name: str, session: str) -> None:
         with contextlib.suppress(Exception):
             await self._kv[NAMES].create(name, f"{self.node} {session}".encode())
+
+    def _on_epoch(self, entry: _Entry) -> None:
+        with contextlib.suppress(ValueError):
+            epoch = int(entry.value or b"0")
+            if entry.key == EPOCH_KEY and epoch > self.epoch:
+                self.epoch = epoch
+                self._say(Reset(epoch))
 
     def _on_block(self, entry: _Entry) -> None:
         self._say(BlockChanged(entry.key, entry.operation is None))
@@ -605,10 +627,15 @@ class Backbone:
         msg = await self._js.get_msg(STREAM, seq=sseq, direct=True)
         return _decode_batch(msg.data)
 
-    async def purge(self) -> None:
+    async def reset(self) -> int:
+        """Start a new epoch, which every broker follows (also one that is away now: it reads
+        the epoch when it is back), and purge the stream. Returns the new epoch."""
+        self.epoch += 1
+        await self._kv[EPOCHS].put(EPOCH_KEY, str(self.epoch).encode())
         await self._js.purge_stream(STREAM)
         for writer in self._writers.values():
             writer.last = None
+        return self.epoch
 
     # ---- names, blocklist, leases -------------------------------------------------------------
 

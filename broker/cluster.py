@@ -12,8 +12,9 @@ from typing import Any
 
 from . import protocol as p
 
-EVERYWHERE = frozenset({"who", "rooms", "reset"})
-"""Commands every broker answers for its own users and rooms."""
+EVERYWHERE = frozenset({"who", "rooms"})
+"""Commands every broker answers for its own users and rooms. (``reset`` runs here, and reaches
+the others through the backbone's epoch: see ``backbone.Backbone.reset``.)"""
 ROUTED = frozenset({"fire", "out"})
 """Commands that run on the broker holding the user."""
 ALL_FLAG = "all"

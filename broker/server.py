@@ -414,6 +414,10 @@ class Broker:
                 case bb.Shared(events=events):
                     for e in events:
                         self._relayed.setdefault(e.room, []).append(e)
+                case bb.Reset(epoch=epoch):
+                    chat.reset(self.clock())
+                    text = f"reset by another broker: every room starts over (epoch {epoch})"
+                    chat.out.log(self.clock(), "backbone", text=text)
                 case bb.Said(text=text):
                     chat.out.log(self.clock(), "backbone", text=text)
 
@@ -479,13 +483,16 @@ class Broker:
         if backbone is not None:
             from .backbone import BUS_ALL, node_subject
 
+            if request.command == "reset" and not request.args:  # the shared history first
+                try:
+                    epoch = backbone.call(backbone.reset())
+                except StoreError as exc:
+                    return p.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
+                r = self._dispatch(request, now)
+                message = f"{r.message}; every other broker follows (epoch {epoch})"
+                return p.CtlReply(r.id, r.ok, message, r.code, r.data)
             plan = cluster.plan(request, self.chat.users, backbone.holder)
             if plan.node or plan.every:
-                if request.command == "reset":  # the shared history goes first
-                    try:
-                        backbone.call(backbone.purge())
-                    except StoreError as exc:
-                        return p.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
                 token = secrets.randbits(63)
                 self._asked[token] = _Asked(peer, request, admin, key, plan)
                 subject = node_subject(plan.node) if plan.node else BUS_ALL
