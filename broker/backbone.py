@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import nats
@@ -67,6 +68,16 @@ every second: a loaded machine may delay a renewal, and a lapse frees the names 
 UNREACHABLE: Final = "the chat backbone (NATS) is unreachable: try again shortly"
 
 T = TypeVar("T")
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its credentials (``nats://user:secret@host``): logs and errors show it."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def node_subject(node: str) -> str:
@@ -218,7 +229,9 @@ class Backbone:
     """The NATS connection, its thread, and the shared state mirrored for the broker's loop."""
 
     def __init__(self, url: str, node: str, keep: int) -> None:
-        self.url = url
+        self._url = url
+        self.url = shown_url(url)
+        """The URL to show: without the user and password it may carry."""
         self.node = node
         self.keep = keep
         self._renewed = 0.0
@@ -238,6 +251,7 @@ class Backbone:
         self.nodes: set[str] = set()
         self.connected = False
         self._nc: Any = None
+        self._last_error = ""
         self._js: Any = None
         self._kv: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -320,10 +334,13 @@ class Backbone:
             self._say(Said(f"backbone: reconnected to {self.url}"))
 
         async def error(exc: Exception) -> None:
-            """nats-py reports every failed reconnect here; the disconnect line says enough."""
+            """nats-py reports every failed (re)connect here: the disconnect line says enough
+            later on, but a start that fails says why (refused, or bad credentials)."""
+            if not self._last_error:  # the first says why (a refusal, bad credentials)
+                self._last_error = str(exc).strip() or type(exc).__name__
 
         return await nats.connect(
-            self.url,
+            self._url,
             name=f"room-broker {self.node}",
             connect_timeout=2,
             reconnect_time_wait=0.25,
@@ -337,9 +354,10 @@ class Backbone:
         try:  # nats-py would retry a first connect forever: the start waits CONNECT_TIMEOUT
             self._nc = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
         except Exception as exc:
+            why = self._last_error or type(exc).__name__
             raise StoreError(
-                f"cannot reach the backbone at {self.url} ({type(exc).__name__}): "
-                "start nats-server -js there, or check --backbone"
+                f"cannot reach the backbone at {self.url} ({why}): "
+                "start nats-server -js there, or check --backbone and its credentials"
             ) from None
         self.connected = True
         js = self._js = self._nc.jetstream(timeout=CALL_TIMEOUT)
@@ -409,6 +427,12 @@ class Backbone:
             await self._kv[NODES].delete(self.node)
         with contextlib.suppress(Exception):
             await self._nc.drain()
+        # nats-py leaves tasks of its own (consumer heartbeat checks): end them here, or the
+        # interpreter complains about each at exit.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     async def _entries(self, bucket: str) -> list[Any]:
         """The bucket's live entries, read once."""

@@ -55,16 +55,17 @@ def _free_port() -> int:
 class NatsServer:
     """A private ``nats-server -js`` on loopback, restartable on the same port and store."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *extra: str) -> None:
         self.store = store
         self.port = _free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
+        self.start(*extra)
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         assert NATS is not None
         argv = [NATS, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+        argv += extra
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
@@ -436,3 +437,29 @@ def test_an_unreachable_backbone_stops_the_start_with_one_line(tmp_path: Path):
     assert done.returncode == 1
     assert done.stderr.startswith(f"room-broker: cannot reach the backbone at {dead}")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_backbone_with_credentials_and_no_secret_in_any_line(tmp_path: Path):
+    """Anyone who may publish on the NATS server can act as a broker: it must require a login,
+    and the broker must not print the password it was given."""
+    secret = "s3cret-pass"
+    nats = NatsServer(tmp_path / "nats", "--user", "room", "--pass", secret)
+    try:
+        host = f"127.0.0.1:{nats.port}"
+        wrong = broker_argv(tmp_path / "x", "--backbone", f"nats://room:nope@{host}")
+        done = subprocess.run(
+            [*wrong, "--node-id", "x"], capture_output=True, text=True, timeout=WAIT * 2
+        )
+        assert done.returncode == 1
+        assert "Authorization Violation" in done.stderr and "nope" not in done.stderr
+        env = {"ROOM_BACKBONE": f"nats://room:{secret}@{host}"}
+        broker = BrokerProc(tmp_path / "y", "--node-id", "y", env=env)
+        try:
+            broker.expect(r"backbone: nats://\*\*\*@127\.0\.0\.1:\d+ as node y")
+            assert broker.stop() == 0
+            assert broker.err == [], broker.err  # nothing on stderr at a clean stop either
+            assert not any(secret in line for line in broker.seen)
+        finally:
+            broker.kill()
+    finally:
+        nats.stop()
