@@ -2,8 +2,8 @@
 
 What lives where::
 
-    stream ROOM, subject room.msg.<room>   every room message, one JetStream message each; the
-                                           per-room sequence number is in the payload and kept
+    stream ROOM, subject room.msg.<room>   room messages, a batch per JetStream message; the
+                                           per-room sequence numbers are in the payload and kept
                                            dense by compare-and-set on the subject's last sequence
     KV room-names    name -> "node session"   who holds a name (claimed with create: atomic)
     KV room-blocked  name -> ""               the blocklist
@@ -17,7 +17,8 @@ thread of its own here. The loop hands appends over once per flush (``call_soon_
 waits on a future only for rare, small things (a name claim, a blocklist change, a purge). The
 thread hands events back through a deque and wakes the loop with a byte on a socketpair. Every
 broker applies stored messages (its own and the others') from one ordered consumer of the stream,
-so each one publishes the same messages in the same order.
+so each one publishes the same messages in the same order. ``clusterstore.ClusterStore`` is
+what the chat sees of all this: a ``Store``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import nats.js.errors
 from nats.js import api
 
 from . import protocol as p
-from .store import AuditEntry, MemoryStore, Store, StoreError
+from .store import StoreError
 
 STREAM: Final = "ROOM"
 SUBJECT: Final = "room.msg."
@@ -794,107 +795,3 @@ class Backbone:
     async def _respond(self, reply_to: str, reply: p.CtlReply) -> None:
         with contextlib.suppress(Exception):
             await self._nc.publish(reply_to, p.encode(reply))
-
-
-class ClusterStore:
-    """The ``Store`` of a broker on the backbone. Messages go to the stream (``append`` returns
-    None: the result comes back as an event); what the chat reads (history, sequence numbers,
-    the blocklist) is this broker's mirror of the stream and the buckets, updated by the loop
-    from the backbone's events so that it changes only between batches. The audit log stays in
-    the broker's own database."""
-
-    def __init__(self, backbone: Backbone, local: Store, endpoints: str) -> None:
-        self.backbone = backbone
-        self.local = local
-        self.mirror = MemoryStore(backbone.keep)
-        history, self._blocked = backbone.start(endpoints)
-        for record in history:
-            self.mirror_put(record)
-        self._pending: list[Record] = []
-        self.endpoints = endpoints
-
-    def mirror_put(self, record: Record) -> p.Posted:
-        return self.mirror.put(record.posted(), record.mid)
-
-    def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> None:
-        self._pending.append(Record(room, 0, ts, sender, text, mid))
-
-    def last_seq(self, room: str) -> int:
-        return self.mirror.last_seq(room)
-
-    def recent(self, room: str, count: int) -> list[p.Posted]:
-        return self.mirror.recent(room, count)
-
-    def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[p.Posted], int]:
-        return self.mirror.range(room, after, upto, limit)
-
-    def recent_acks(self, sender: str, count: int) -> list[p.Ack]:
-        return self.mirror.recent_acks(sender, count)
-
-    def rooms(self) -> list[str]:
-        return self.mirror.rooms()
-
-    def add_room(self, room: str) -> None:
-        self.mirror.add_room(room)
-
-    def reset(self) -> None:
-        """Forget the mirror; the stream itself is purged by the broker that was asked."""
-        self.mirror.reset()
-
-    def blocked(self) -> set[str]:
-        return self._blocked
-
-    def block(self, name: str) -> bool:
-        if name in self._blocked:
-            return False
-        self.backbone.call(self.backbone.block(name, True))
-        self._blocked.add(name)
-        return True
-
-    def unblock(self, name: str) -> bool:
-        if name not in self._blocked:
-            return False
-        self.backbone.call(self.backbone.block(name, False))
-        self._blocked.discard(name)
-        return True
-
-    def block_changed(self, name: str, blocked: bool) -> bool:
-        """Apply a blocklist change seen on the bucket; True if it is news here."""
-        if (name in self._blocked) == blocked:
-            return False
-        if blocked:
-            self._blocked.add(name)
-        else:
-            self._blocked.discard(name)
-        return True
-
-    def claim(self, name: str, session: str, resume: str) -> str | None:
-        return self.backbone.call(self.backbone.claim(name, session, resume))
-
-    def release(self, name: str) -> None:
-        self.backbone.soon(self.backbone.release, name)
-
-    def holder(self, name: str) -> str:
-        node = self.backbone.holder(name)
-        return "" if node == self.backbone.node else node
-
-    def audit(self, entry: AuditEntry) -> None:
-        self.local.audit(entry)
-
-    def audit_log(self, limit: int) -> list[AuditEntry]:
-        return self.local.audit_log(limit)
-
-    def commit(self) -> None:
-        """The audit is committed here; room messages leave for the stream, whose answers come
-        back as events."""
-        self.local.commit()
-        if self._pending:
-            self.backbone.submit(self._pending)
-            self._pending = []
-
-    def size(self) -> int:
-        return self.local.size()
-
-    def close(self) -> None:
-        self.backbone.stop()
-        self.local.close()

@@ -42,6 +42,7 @@ from .store import AuditEntry, MemoryStore, Store, StoreError
 
 if TYPE_CHECKING:  # imported where used: a broker without --backbone never loads nats
     from . import backbone as bb
+    from .clusterstore import ClusterStore
 
 BATCH: Final = 512
 """Messages read from one socket before the loop flushes; bounds latency under load."""
@@ -189,12 +190,12 @@ class Broker:
         settings = Settings(self.endpoints.pub, limits, rate, burst, heartbeat, liveness)
         store = store or MemoryStore(limits.history_keep)
         self.backbone = backbone
-        self.cluster: bb.ClusterStore | None = None
+        self.cluster: ClusterStore | None = None
         self._asked: dict[int, _Asked] = {}
         self._ctl_out: list[tuple[bytes, p.CtlReply]] = []
         self._relayed: dict[str, list[p.RoomEvent]] = {}  # other brokers' presence lines
         if backbone is not None:
-            from .backbone import ClusterStore
+            from .clusterstore import ClusterStore
 
             e = self.endpoints
             try:
