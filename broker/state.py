@@ -266,7 +266,7 @@ class Chat:
         if posted is None:  # stored elsewhere: ``stored`` acknowledges, ``delivered`` publishes
             return
         self.delivered(posted)
-        self.stored(user.name, p.Ack(msg.mid, posted.room, posted.seq))
+        self._acknowledge(user, p.Ack(msg.mid, posted.room, posted.seq))
 
     def delivered(self, posted: p.Posted, mid: int = 0) -> None:
         """A stored message goes to its room, and to the log. Its id (``mid``: stored by another
@@ -276,16 +276,22 @@ class Chat:
             user = self.users.get(posted.sender)
             if user is not None and mid not in user.mids:
                 self._remember(user, p.Ack(mid, posted.room, posted.seq))
-        self.members.setdefault(posted.room, set())
+        if posted.room not in self.members:  # a room another broker's user made
+            self.members[posted.room] = set()
         self.out.publish(posted.room, posted)
         self.out.log(posted.ts, "msg", posted.room, posted.sender, posted.text)
 
     def stored(self, name: str, ack: p.Ack) -> None:
-        """The sender's message is stored: acknowledge it, and remember its id for retries."""
-        self.counters.accepted += 1
+        """The backbone stored the sender's message (``append`` said it would answer later)."""
         user = self.users.get(name)
         if user is None:  # gone meanwhile: a retry from its next session is acknowledged anyway
+            self.counters.accepted += 1
             return
+        self._acknowledge(user, ack)
+
+    def _acknowledge(self, user: User, ack: p.Ack) -> None:
+        """The sender's message is stored: acknowledge it, and remember its id for retries."""
+        self.counters.accepted += 1
         if ack.mid:
             self._remember(user, ack)
         self.out.reply(user.peer, ack)
