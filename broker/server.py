@@ -204,12 +204,9 @@ class Broker:
                 )
             except StoreError as exc:
                 backbone.stop()
-                self.control.disable_monitor()
-                self.control_monitor.close(linger=0)
-                for sock in (self.router, self.pub, self.control):
-                    sock.close(linger=0)
-                self.guard.stop()
-                self.ctx.destroy(linger=0)
+                self._close_sockets(linger=0)
+                self._wake_r.close()
+                self._wake_w.close()
                 raise StartError(str(exc)) from None
         self.chat = Chat(store, settings)
         self.chat.counters.started = self.clock()
@@ -285,15 +282,18 @@ class Broker:
             self._close()
 
     def _close(self) -> None:
-        self.control.disable_monitor()
-        self.control_monitor.close(linger=0)
-        for sock in (self.router, self.pub, self.control):
-            sock.close(linger=CLOSE_LINGER_MS)
-        self.guard.stop()
-        self.ctx.term()
+        self._close_sockets(linger=CLOSE_LINGER_MS)
         self.chat.store.close()
         self._wake_r.close()
         self._wake_w.close()
+
+    def _close_sockets(self, linger: int) -> None:
+        self.control.disable_monitor()
+        self.control_monitor.close(linger=0)
+        for sock in (self.router, self.pub, self.control):
+            sock.close(linger=linger)
+        self.guard.stop()
+        self.ctx.term()
 
     # ---- the loop -----------------------------------------------------------------------------
 
