@@ -224,7 +224,12 @@ def test_a_burst_and_a_resize_leave_the_half_typed_line_intact(
 
     alice.resize(50, 14)
     bob.send("after the resize")
-    lines = alice.wait(r"bob: after the resize$")
+
+    def redrawn(ls: list[str]) -> bool:  # the line is printed a moment before the bar is drawn
+        after = any(line.endswith("bob: after the resize") for line in ls)
+        return after and alice.status(ls).startswith(" alice | public")
+
+    lines = alice.wait(redrawn)
     assert alice.prompt(lines) == "[public] alice> half typ"
     assert alice.status(lines).startswith(" alice | public | 2 members")
 
