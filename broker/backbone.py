@@ -253,6 +253,7 @@ class Backbone:
         self.connected = False
         self._nc: Any = None
         self._last_error = ""
+        self._endpoints = b""  # this broker's, the value of its lease
         self._js: Any = None
         self._kv: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -382,7 +383,8 @@ class Backbone:
                 f"the NATS server at {self.url} has no JetStream: start it with -js"
             ) from None
         try:  # a lease nobody else holds: two brokers as one node would free each other's names
-            await self._kv[NODES].create(self.node, endpoints.encode())
+            self._endpoints = endpoints.encode()
+            await self._kv[NODES].create(self.node, self._endpoints)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise StoreError(
                 f"another broker is node {self.node} on the backbone (or was, less than "
@@ -732,16 +734,16 @@ class Backbone:
         held = self.names.get(name)
         return held[0] if held else ""
 
-    def renew(self, endpoints: str, now: float) -> None:
+    def renew(self, now: float) -> None:
         if now - self._renewed >= LEASE / 5:
             self._renewed = now
-            self.soon(self._spawn, self._renew(endpoints))
+            self.soon(self._spawn, self._renew())
 
-    async def _renew(self, endpoints: str) -> None:
+    async def _renew(self) -> None:
         """Renew this node's lease; free the names of nodes whose lease has lapsed."""
         kv = self._kv[NODES]
         try:
-            await kv.put(self.node, endpoints.encode())
+            await kv.put(self.node, self._endpoints)
             self.nodes = set(await kv.keys())
         except nats.js.errors.NoKeysError:
             self.nodes = set()

@@ -16,6 +16,7 @@ class ClusterStore:
     the broker's own database."""
 
     def __init__(self, backbone: Backbone, local: Store, endpoints: str) -> None:
+        """Start the backbone; ``endpoints`` (this broker's) go in its lease."""
         self.backbone = backbone
         self.local = local
         self.mirror = MemoryStore(backbone.keep)
@@ -23,7 +24,6 @@ class ClusterStore:
         for record in history:
             self.mirror_put(record)
         self._pending: list[Record] = []
-        self.endpoints = endpoints
 
     def mirror_put(self, record: Record) -> p.Posted:
         return self.mirror.put(record.posted(), record.mid)

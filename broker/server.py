@@ -324,8 +324,7 @@ class Broker:
                 self.chat.tick(now)
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
                 if backbone is not None:
-                    e = self.endpoints
-                    backbone.renew(f"{e.router} {e.pub} {e.control}", now)
+                    backbone.renew(now)
                 next_tick = now + interval
             self._flush()
 

@@ -97,10 +97,13 @@ class Proc:
             got.append(line)
 
     def wait(self, timeout: float = WAIT) -> int:
+        """The exit code; by then ``err`` holds every line the process wrote to stderr."""
         try:
-            return self.popen.wait(timeout)
+            code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"process did not exit within {timeout}s") from None
+        self._threads[1].join(WAIT)  # the stderr reader ends at end of file, just after exit
+        return code
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -258,14 +261,20 @@ class Replies:
         raise AssertionError(f"no {kinds} from the broker within {timeout}s")
 
 
-def socket(ctx: zmq.Context, kind: int, endpoint: str, **curve: bytes) -> zmq.Socket:
-    """A connected socket; ``curve`` gives public, secret and server keys (else plain)."""
+def unconnected(ctx: zmq.Context, kind: int, **curve: bytes) -> zmq.Socket:
+    """A socket with linger 0; ``curve`` gives public, secret and server keys (else plain)."""
     sock = ctx.socket(kind)
     sock.linger = 0
     if curve:
         sock.curve_publickey = curve["public"]
         sock.curve_secretkey = curve["secret"]
         sock.curve_serverkey = curve["server"]
+    return sock
+
+
+def socket(ctx: zmq.Context, kind: int, endpoint: str, **curve: bytes) -> zmq.Socket:
+    """A connected socket; ``curve`` gives public, secret and server keys (else plain)."""
+    sock = unconnected(ctx, kind, **curve)
     sock.connect(endpoint)
     return sock
 

@@ -131,9 +131,24 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def _sub(ctx: zmq.Context, broker: BrokerProc, room: str = p.LOBBY) -> zmq.Socket:
+    """A raw subscription to ``room`` on ``broker``, live when returned: a probe user in the
+    room asks for sync markers until one arrives (a SUB sees nothing until its subscription
+    has reached the PUB: the slow joiner)."""
     sub = socket(ctx, zmq.SUB, broker.pub)
     sub.setsockopt(zmq.SUBSCRIBE, p.topic(room))
     sub.rcvhwm = 0
+    probe = Raw(ctx, broker.router, f"probe{next(MIDS)}", room)
+    deadline = time.monotonic() + WAIT
+    nonce = 0
+    while True:
+        nonce += 1
+        probe.send(p.Sync(nonce))
+        while sub.poll(100):
+            _, body = sub.recv_multipart()
+            if any(isinstance(e, p.Synced) for e in p.decode_room(body)):
+                probe.close()
+                return sub
+        assert time.monotonic() < deadline, "the subscription never became live"
     return sub
 
 
@@ -149,17 +164,11 @@ def _posted(sub: zmq.Socket, count: int, timeout: float = WAIT) -> list[p.Posted
     return got
 
 
-def _settle(sub: zmq.Socket) -> None:
-    """Wait out the slow joiner: a SUB sees nothing until its subscription has reached the PUB."""
-    time.sleep(0.3)
-
-
 def test_a_message_sent_on_a_reaches_b_and_c_with_the_same_sequence_number(
     cluster: Cluster, ctx: zmq.Context
 ):
     a, b, c = (cluster.brokers[n] for n in "abc")
     subs = [_sub(ctx, broker) for broker in (a, b, c)]
-    _settle(subs[0])
     alice = Raw(ctx, a.router, "alice")
     ack = alice.say("hello from a")
     seen = [_posted(sub, 1)[0] for sub in subs]
@@ -178,7 +187,6 @@ def test_a_flood_from_two_brokers_is_seen_by_every_client_once_in_the_same_order
     cluster: Cluster, ctx: zmq.Context
 ):
     subs = [_sub(ctx, cluster.brokers[n], "flood") for n in "abc"]
-    _settle(subs[0])
     writers = [Raw(ctx, cluster.brokers[n].router, f"w{n}", "flood") for n in "ab"]
 
     def flood(writer: Raw) -> None:
@@ -374,6 +382,17 @@ def test_restarting_nats_server_loses_nothing_acknowledged(cluster: Cluster, ctx
     assert "while nats is down" not in texts.values()
 
 
+def _acks(sock: zmq.Socket, replies: Replies, says: list[p.Say]) -> dict[int, p.Ack]:
+    """Send ``says`` at once, and their acknowledgements by message id."""
+    for say in says:
+        sock.send(p.encode(say))
+    acks: dict[int, p.Ack] = {}
+    while len(acks) < len(says):
+        ack = replies.expect(p.Ack)
+        acks[ack.mid] = ack
+    return acks
+
+
 def test_a_retry_through_another_broker_is_acknowledged_not_stored_twice(
     cluster: Cluster, ctx: zmq.Context
 ):
@@ -385,25 +404,14 @@ def test_a_retry_through_another_broker_is_acknowledged_not_stored_twice(
     welcome = replies_a.expect(p.Welcome)
     assert isinstance(welcome, p.Welcome)
     says = [p.Say(f"once {i}", next(MIDS)) for i in range(50)]
-    for say in says:
-        on_a.send(p.encode(say))
-    first = {}
-    while len(first) < len(says):
-        ack = replies_a.expect(p.Ack)
-        first[ack.mid] = ack
+    first = _acks(on_a, replies_a, says)
 
     on_b = socket(ctx, zmq.DEALER, cluster.brokers["b"].router)
     replies_b = Replies(on_b)
     on_b.send(p.encode(p.Hello(p.VERSION, "walt", welcome.session)))
     assert replies_b.expect(p.Welcome).session == welcome.session
     assert replies_a.expect(p.Goodbye).reason == p.Bye.REPLACED
-    for say in says:
-        on_b.send(p.encode(say))
-    again = {}
-    while len(again) < len(says):
-        ack = replies_b.expect(p.Ack)
-        again[ack.mid] = ack
-    assert again == first
+    assert _acks(on_b, replies_b, says) == first
     texts = [m.text for m in Raw(ctx, cluster.brokers["c"].router, "reader").history()]
     assert sorted(texts) == sorted(s.text for s in says)
 

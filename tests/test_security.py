@@ -14,7 +14,17 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
-from procs import WAIT, BrokerProc, ClientFactory, ClientProc, Replies, _cmd, ctl, socket
+from procs import (
+    WAIT,
+    BrokerProc,
+    ClientFactory,
+    ClientProc,
+    Replies,
+    _cmd,
+    ctl,
+    socket,
+    unconnected,
+)
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import keys
@@ -57,12 +67,7 @@ def monitored(
 ) -> tuple[zmq.Socket, zmq.Socket]:
     """A socket and a monitor of its failed handshakes, attached before it connects (the side
     that detects a failure does not retry, so its one event must not be missed)."""
-    sock = ctx.socket(kind)
-    sock.linger = 0
-    if curve:
-        sock.curve_publickey = curve["public"]
-        sock.curve_secretkey = curve["secret"]
-        sock.curve_serverkey = curve["server"]
+    sock = unconnected(ctx, kind, **curve)
     monitor = sock.get_monitor_socket(FAILED)
     sock.connect(endpoint)
     return sock, monitor
