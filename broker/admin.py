@@ -86,7 +86,7 @@ def unblock(chat: Chat, args: list[str], now: float) -> Result:
 def fire(chat: Chat, args: list[str], now: float) -> Result:
     user = _connected(chat, args)
     chat.out.reply(user.peer, p.Goodbye(p.Bye.FIRED, "the admin disconnected you"))
-    chat.remove(user, now, "fired by the admin", what="fired")
+    chat.remove(user, now, "fired by the admin", what="fired", end_session=True)
     return Result(f"fired {user.name}")
 
 

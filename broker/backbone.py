@@ -666,33 +666,35 @@ class Backbone:
 
     # ---- names, blocklist, leases -------------------------------------------------------------
 
-    async def claim(self, name: str, session: str, resume: str) -> str | None:
+    async def claim(self, name: str, session: str, resume: str) -> str | p.Code:
         """Take ``name`` for a new session, or for ``resume`` (the secret of a session held on
-        another broker, which is told to let go). Returns the session's secret, or None when
-        someone else holds the name.
+        another broker, which is told to let go). Returns the session's secret, NAME_TAKEN when
+        someone else holds the name, or BAD_SESSION when ``resume`` names no session held now
+        (the name was freed: the session ended).
 
         First this broker catches up with the stream: a message its user's last broker stored
         just before it died is then in the mirror, with its id, so a retry here is acknowledged
         with the stored number instead of being stored twice."""
         await self._catch_up()
         kv = self._kv[NAMES]
-        try:
-            await kv.create(name, f"{self.node} {session}".encode())
+        if not resume:
+            try:
+                await kv.create(name, f"{self.node} {session}".encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return p.Code.NAME_TAKEN
             self.held[name] = session
             return session
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass
         try:
             entry = await kv.get(name)
         except nats.js.errors.KeyNotFoundError:
-            return await self.claim(name, session, resume)  # released meanwhile
+            return p.Code.BAD_SESSION
         node, _, held = (entry.value or b"").decode().partition(" ")
-        if not resume or resume != held:
-            return None
+        if resume != held:
+            return p.Code.NAME_TAKEN
         try:
             await kv.update(name, f"{self.node} {held}".encode(), last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            return None
+            return p.Code.NAME_TAKEN
         if node != self.node:
             await self._nc.publish(node_subject(node) + ".replaced", name.encode())
         self.held[name] = held

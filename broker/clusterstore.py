@@ -80,10 +80,10 @@ class ClusterStore:
             self._blocked.discard(name)
         return True
 
-    def claim(self, name: str, session: str, resume: str) -> str | None:
+    def claim(self, name: str, session: str, resume: str) -> str | p.Code:
         return self.backbone.call(self.backbone.claim(name, session, resume))
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, end_session: bool) -> None:
         self.backbone.soon(self.backbone.release, name)
 
     def holder(self, name: str) -> str:

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
+from msgspec import Meta
 
 VERSION: Final = 1
 """Bumped on any incompatible change; checked at ``Hello``."""
@@ -45,6 +46,21 @@ LOBBY: Final = "public"
 """Every user starts here and returns here on leave or out; it is never removed."""
 
 TOPIC_END: Final = b"\0"
+
+MAX_ID: Final = 2**53 - 1
+"""The largest integer on the wire (ids, sequence numbers, nonces): exact in a JavaScript number,
+and far below SQLite's and MessagePack's limits. A larger or negative one is ``bad_frame``."""
+HISTORY_MAX: Final = 1000
+"""The most messages one ``Join`` history or one ``Fetch`` returns."""
+SESSION_MAX: Final = 64
+"""The longest session secret a ``Hello`` may carry (the broker issues 32 hex digits)."""
+
+Id = Annotated[int, Meta(ge=0, le=MAX_ID)]
+"""A message id, sequence number, nonce or request id: 0 to ``MAX_ID``."""
+Count = Annotated[int, Meta(ge=0, le=HISTORY_MAX)]
+Limit = Annotated[int, Meta(ge=1, le=HISTORY_MAX)]
+Version = Annotated[int, Meta(ge=0, le=0xFFFF)]
+Secret = Annotated[str, Meta(max_length=SESSION_MAX)]
 
 
 def valid_name(name: str) -> bool:
@@ -68,12 +84,16 @@ class Code(StrEnum):
     NAME_TAKEN = "name_taken"  # another connected user has the name
     BAD_ROOM = "bad_room"  # room name breaks NAME_RULE
     TOO_LONG = "too_long"  # message text over the limit
+    BAD_TEXT = "bad_text"  # message text empty, or with a control character or line break
     BLOCKED = "blocked"  # sender is blocked: logged by the broker, never published
     RATE_LIMITED = "rate_limited"  # sender exceeded its rate limit
     FULL = "full"  # broker at its client or room cap
     UNKNOWN_COMMAND = "unknown_command"  # control command not in the table
     BAD_ARGS = "bad_args"  # control command with wrong arguments
     NO_SUCH_USER = "no_such_user"  # control command about a user who is not connected
+    NOT_CONNECTED = "not_connected"  # Tell to a user who is not connected (on any broker)
+    NOT_MEMBER = "not_member"  # Fetch of a room the user is not in
+    BAD_SESSION = "bad_session"  # Hello resuming a session the broker does not have (ended)
     REFUSED = "refused"  # control request from a key that is not (or no longer) an admin's
     UNAVAILABLE = "unavailable"  # storage refused the message; it was not accepted
     INTERNAL = "internal"  # a bug in the broker; the request had no effect
@@ -99,16 +119,16 @@ class _Msg(msgspec.Struct, array_like=True, frozen=True, tag_field="t", forbid_u
 class Hello(_Msg, tag="hello"):
     """Claim a name. ``session`` is the secret from an earlier ``Welcome``, to resume it."""
 
-    version: int
+    version: Version
     name: str
-    session: str = ""
+    session: Secret = ""
 
 
 class Join(_Msg, tag="join"):
     """Move to ``room`` (created on first join). ``history``: how many recent messages to return."""
 
     room: str
-    history: int = 0
+    history: Count = 0
 
 
 class Leave(_Msg, tag="leave"):
@@ -120,14 +140,14 @@ class Say(_Msg, tag="say"):
     used to drop a retried duplicate."""
 
     text: str
-    mid: int = 0
+    mid: Id = 0
 
 
 class Sync(_Msg, tag="sync"):
     """Ask the broker to publish ``Synced(nonce)`` on the current room's topic: receiving it proves
     the client's subscription is live, and its ``seq`` says what it may have missed before."""
 
-    nonce: int
+    nonce: Id
 
 
 class Fetch(_Msg, tag="fetch"):
@@ -135,9 +155,9 @@ class Fetch(_Msg, tag="fetch"):
     ``limit`` of them. Answered by ``Messages``."""
 
     room: str
-    after: int
-    upto: int = 0
-    limit: int = 1000
+    after: Id
+    upto: Id = 0
+    limit: Limit = HISTORY_MAX
 
 
 class ListUsers(_Msg, tag="who"):
@@ -155,7 +175,7 @@ class Ping(_Msg, tag="ping"):
     broker, ``seq`` is the newest sequence number of the client's room (tail gap detection)."""
 
     room: str = ""
-    seq: int = 0
+    seq: Id = 0
 
 
 class Quit(_Msg, tag="quit"):
@@ -169,7 +189,7 @@ class Tell(_Msg, tag="tell"):
 
     to: str
     text: str
-    mid: int = 0
+    mid: Id = 0
 
 
 ClientMsg = Hello | Join | Leave | Say | Sync | Fetch | ListUsers | ListRooms | Ping | Quit | Tell
@@ -182,7 +202,7 @@ class Posted(_Msg, tag="msg"):
     """A stored room message. ``ts`` is seconds since the epoch (UTC)."""
 
     room: str
-    seq: int
+    seq: Id
     ts: float
     sender: str
     text: str
@@ -192,7 +212,7 @@ class Welcome(_Msg, tag="welcome"):
     """Hello accepted. ``pub`` is the PUB endpoint to subscribe to; ``session`` the resume secret;
     ``heartbeat`` the interval in seconds; ``blocked`` whether the user is on the blocklist."""
 
-    version: int
+    version: Version
     name: str
     room: str
     pub: str
@@ -206,7 +226,7 @@ class Joined(_Msg, tag="joined"):
     messages asked for. Sent for Join, Leave and when the admin puts the user out (``forced``)."""
 
     room: str
-    seq: int
+    seq: Id
     history: list[Posted] = []
     forced: bool = False
 
@@ -214,24 +234,28 @@ class Joined(_Msg, tag="joined"):
 class Ack(_Msg, tag="ack"):
     """The message with the sender's ``mid`` was stored as ``seq`` of ``room``."""
 
-    mid: int
+    mid: Id
     room: str
-    seq: int
+    seq: Id
 
 
 class Refused(_Msg, tag="refused"):
     """The message with ``mid`` was not published: blocked, rate limited, too long..."""
 
-    mid: int
+    mid: Id
     code: Code
     reason: str
 
 
 class Error(_Msg, tag="error"):
-    """A request failed; ``reason`` is one line a person can act on."""
+    """A request failed; ``reason`` is one line a person can act on. ``request`` is the tag of the
+    client message it answers (``"join"``, ``"fetch"``...; ``""`` for a frame that could not be
+    decoded): the broker answers a connection's requests in order, so a client that pipelines
+    several matches an Error to its oldest unanswered request with that tag."""
 
     code: Code
     reason: str
+    request: str = ""
 
 
 class Notice(_Msg, tag="notice"):
@@ -246,7 +270,7 @@ class Messages(_Msg, tag="messages"):
 
     room: str
     messages: list[Posted]
-    first: int = 1
+    first: Id = 1
 
 
 class UserInfo(_Msg, tag="user"):
@@ -257,8 +281,8 @@ class UserInfo(_Msg, tag="user"):
 
 class RoomInfo(_Msg, tag="room"):
     name: str
-    members: int
-    seq: int
+    members: Id
+    seq: Id
 
 
 class Users(_Msg, tag="users"):
@@ -317,8 +341,8 @@ class Synced(_Msg, tag="synced"):
     """Answer to ``Sync`` on the room topic; ``seq`` is the room's newest at publish time."""
 
     room: str
-    nonce: int
-    seq: int
+    nonce: Id
+    seq: Id
 
 
 RoomEvent = Posted | Presence | Synced
@@ -330,7 +354,7 @@ RoomEvent = Posted | Presence | Synced
 class CtlRequest(_Msg, tag="ctl"):
     """An admin command: ``command`` is a verb of the broker's table, ``args`` its arguments."""
 
-    id: int
+    id: Id
     command: str
     args: list[str] = []
 
@@ -338,7 +362,7 @@ class CtlRequest(_Msg, tag="ctl"):
 class CtlReply(_Msg, tag="ctlreply"):
     """``ok`` with a one-line ``message``, or an error ``code``; ``data`` for listings."""
 
-    id: int
+    id: Id
     ok: bool
     message: str
     code: str = ""

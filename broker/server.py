@@ -20,6 +20,7 @@ import secrets
 import signal
 import socket
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,11 +346,12 @@ class Broker:
             else:
                 body = recv(_NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
             if more(_RCVMORE):
-                extra = 1
+                frames = 2  # the body and the one that is still to come
+                recv(_NOBLOCK)
                 while more(_RCVMORE):
                     recv(_NOBLOCK)
-                    extra += 1
-                self._bad_frame(peer, f"expected 1 frame after the peer id, got {extra + 1}")
+                    frames += 1
+                self._bad_frame(peer, f"expected 1 frame (the body), got {frames}")
                 continue
             try:
                 msg = decode(body)
@@ -362,14 +364,16 @@ class Broker:
                 self._internal_error(peer, msg, exc)
 
     def _internal_error(self, peer: bytes | None, msg: object, exc: Exception) -> None:
+        """A bug met one request: answer ``internal`` and log one line with the traceback."""
         if peer is not None:
             self.chat.error(peer, p.Code.INTERNAL, "the broker failed on this request; see its log")
+        trace = " | ".join(line.strip() for line in traceback.format_exception(exc) if line.strip())
         what = f"{type(msg).__name__}: {type(exc).__name__}: {exc}"
-        self.chat.out.log(self.clock(), "error", text=f"internal error on {what}")
+        self.chat.out.log(self.clock(), "error", text=f"internal error on {what}; {trace}")
 
     def _bad_frame(self, peer: bytes, reason: str) -> None:
         self.chat.counters.bad_frames += 1
-        self.chat.error(peer, p.Code.BAD_FRAME, reason)
+        self.chat.error(peer, p.Code.BAD_FRAME, reason, request="")
         self.chat.out.log(self.clock(), "error", text=f"bad frame from peer {peer.hex()}: {reason}")
 
     def _drop_taken(self, peer: bytes) -> None:
@@ -493,7 +497,7 @@ class Broker:
                 return p.CtlReply(r.id, r.ok, message, r.code, r.data)
             plan = cluster.plan(request, self.chat.users, backbone.holder)
             if plan.node or plan.every:
-                token = secrets.randbits(63)
+                token = secrets.randbits(53)
                 self._asked[token] = _Asked(peer, request, admin, key, plan)
                 subject = node_subject(plan.node) if plan.node else BUS_ALL
                 bus_request = p.CtlRequest(token, request.command, request.args)

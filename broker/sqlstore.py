@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
 DROP INDEX IF EXISTS messages_by_sender;
 CREATE INDEX IF NOT EXISTS messages_by_sender_ts ON messages (sender, ts, mid);
 CREATE TABLE IF NOT EXISTS blocked (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (name TEXT PRIMARY KEY, secret TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
@@ -111,6 +112,7 @@ class SQLiteStore(LocalNames):
             rooms = [r for (r,) in self._db.execute("SELECT name FROM rooms")]
             seqs = dict(self._db.execute("SELECT room, max(seq) FROM messages GROUP BY room"))
             self._blocked = {n for (n,) in self._db.execute("SELECT name FROM blocked")}
+            sessions = dict(self._db.execute("SELECT name, secret FROM sessions"))
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = _Checkpointer(path)
         except (sqlite3.Error, OSError) as exc:
@@ -118,6 +120,7 @@ class SQLiteStore(LocalNames):
                 f"the database {path} cannot be used ({exc}): move it aside or restore a backup; "
                 "it was not changed"
             ) from None
+        super().__init__(sessions)
         self._seq: dict[str, int] = {room: seqs.get(room, 0) for room in rooms}
         self._checkpointer.start()
         self._dirty = False
@@ -216,7 +219,9 @@ class SQLiteStore(LocalNames):
             self._undo.setdefault(room, seq)
         self._write("DELETE FROM messages", ())
         self._write("DELETE FROM rooms WHERE name != ?", (LOBBY,))
+        self._write("DELETE FROM sessions", ())
         self._seq = {LOBBY: 0}
+        self._sessions_reset()
 
     def blocked(self) -> set[str]:
         return self._blocked
@@ -236,6 +241,12 @@ class SQLiteStore(LocalNames):
         self._blocked.discard(name)
         self._write("DELETE FROM blocked WHERE name = ?", (name,))
         return True
+
+    def _session_saved(self, name: str, secret: str | None) -> None:
+        if secret is None:
+            self._write("DELETE FROM sessions WHERE name = ?", (name,))
+        else:
+            self._write("INSERT OR REPLACE INTO sessions VALUES (?, ?)", (name, secret))
 
     def _keep_blocked(self) -> None:
         if self._blocked_before is None:

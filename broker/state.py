@@ -119,11 +119,14 @@ class Chat:
         self.members.setdefault(p.LOBBY, set())
         self.closing = False
         self.counters = Counters()
+        self.request = ""
+        """The tag of the client message being handled: an ``Error`` names it."""
 
     # ---- client messages ----------------------------------------------------------------------
 
     def handle(self, peer: bytes, msg: p.ClientMsg, now: float) -> None:
         """Act on one decoded client message."""
+        self.request = type(msg).__struct_config__.tag
         user = self.by_peer.get(peer)
         if user is None:
             if isinstance(msg, p.Hello):
@@ -155,7 +158,7 @@ class Chat:
             case p.ListRooms():
                 self.out.reply(peer, p.Rooms(self.room_list()))
             case p.Quit():
-                self.remove(user, now, "left the chat")
+                self.remove(user, now, "left the chat", end_session=True)
             case p.Hello():
                 self.error(peer, p.Code.ALREADY, f"already connected as {user.name}")
 
@@ -195,9 +198,10 @@ class Chat:
         self.counters.refused += len(lost)
         return len(lost)
 
-    def error(self, peer: bytes, code: p.Code, reason: str) -> None:
-        """Tell a peer its request failed (also used by the I/O layer for bad frames)."""
-        self.out.reply(peer, p.Error(code, reason))
+    def error(self, peer: bytes, code: p.Code, reason: str, request: str | None = None) -> None:
+        """Tell a peer its request failed (also used by the I/O layer for bad frames); the Error
+        names the request (by default the one being handled)."""
+        self.out.reply(peer, p.Error(code, reason, self.request if request is None else request))
 
     def _hello(self, peer: bytes, msg: p.Hello, now: float) -> None:
         if msg.version != p.VERSION:
@@ -233,7 +237,11 @@ class Chat:
         except StoreError as exc:
             self.error(peer, p.Code.UNAVAILABLE, str(exc))
             return
-        if session is None:
+        if session is p.Code.BAD_SESSION:
+            reason = "this session has ended (left, fired, reset, or its name taken since)"
+            self.error(peer, session, reason + ": say hello without it to start a new one")
+            return
+        if session is p.Code.NAME_TAKEN:
             self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
             return
         user = User(name, peer, p.LOBBY, session, now, self.settings.burst, now)
@@ -323,7 +331,7 @@ class Chat:
         elsewhere = "" if target is not None else self.store.holder(msg.to)
         refusal = self._refusal(user, msg.text, now)
         if refusal is None and target is None and not elsewhere:
-            refusal = p.Code.NO_SUCH_USER, f"{msg.to} is not connected: see /who"
+            refusal = p.Code.NOT_CONNECTED, f"{msg.to} is not connected: see /who"
         if refusal is not None:
             self._refuse(user, msg.mid, refusal, f"@{msg.to}", msg.text, now)
             return
@@ -352,7 +360,7 @@ class Chat:
         if size > limit:
             return p.Code.TOO_LONG, f"message is {size} bytes; the limit is {limit}"
         if not text or _CONTROL.search(text):
-            return p.Code.BAD_FRAME, "a message must be non-empty printable text on one line"
+            return p.Code.BAD_TEXT, "a message must be non-empty printable text on one line"
         rate = self.settings.rate
         if rate > 0:
             user.tokens = min(self.settings.burst, user.tokens + (now - user.refilled) * rate)
@@ -363,11 +371,16 @@ class Chat:
         return None
 
     def _fetch(self, user: User, msg: p.Fetch) -> None:
-        if not p.valid_name(msg.room):
-            self.error(user.peer, p.Code.BAD_ROOM, f"invalid room {msg.room!r}: use {p.NAME_RULE}")
+        """History is for members: only the user's own room can be read."""
+        if msg.room != user.room:
+            if not p.valid_name(msg.room):
+                reason = f"invalid room {msg.room!r}: use {p.NAME_RULE}"
+                self.error(user.peer, p.Code.BAD_ROOM, reason)
+            else:
+                reason = f"you are not in {msg.room}: join it to read its history"
+                self.error(user.peer, p.Code.NOT_MEMBER, reason)
             return
-        limit = max(1, min(msg.limit, 1000))
-        messages, first = self.store.range(msg.room, msg.after, msg.upto, limit)
+        messages, first = self.store.range(msg.room, msg.after, msg.upto, msg.limit)
         self.counters.fetched += len(messages)
         self.out.reply(user.peer, p.Messages(msg.room, messages, first))
 
@@ -389,18 +402,25 @@ class Chat:
             self.members[room].add(user.name)
             self.out.publish(room, p.Presence(room, user.name, "entered"))
             self.out.log(now, "enter", room, user.name, f"from {old}")
-        recent = self.store.recent(room, min(history, 1000))
+        recent = self.store.recent(room, history)
         self.out.reply(user.peer, p.Joined(room, self.store.last_seq(room), recent, forced))
 
     # ---- the broker's own actions -------------------------------------------------------------
 
     def remove(
-        self, user: User, now: float, why: str, what: str = "left", release: bool = True
+        self,
+        user: User,
+        now: float,
+        why: str,
+        what: str = "left",
+        release: bool = True,
+        end_session: bool = False,
     ) -> None:
         """Forget a user: the name is free again (unless ``release`` is off: another broker holds
-        it now) and the room is told."""
+        it now) and the room is told. The session can still be resumed, unless ``end_session``
+        (/exit, fire, reset)."""
         if release:
-            self.store.release(user.name)
+            self.store.release(user.name, end_session)
         del self.users[user.name]
         self.by_peer.pop(user.peer, None)
         self.members[user.room].discard(user.name)
@@ -447,10 +467,11 @@ class Chat:
         self._join(user, room, 0, now, forced=True)
 
     def goodbye_all(self, reason: p.Bye, text: str, now: float) -> None:
-        """End every session (reset, close): each client is told why."""
+        """Drop every connection (reset, close): each client is told why. A reset ends the
+        sessions too; after a close they can be resumed when the broker is back."""
         for user in list(self.users.values()):
             self.out.reply(user.peer, p.Goodbye(reason, text))
-            self.remove(user, now, reason.value)
+            self.remove(user, now, reason.value, end_session=reason is p.Bye.RESET)
 
     def user_list(self, room: str = "") -> list[p.UserInfo]:
         blocked = self.store.blocked()

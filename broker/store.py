@@ -7,11 +7,12 @@ backbone implement the same methods.
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from .protocol import LOBBY, Ack, Posted
+from .protocol import LOBBY, Ack, Code, Posted
 
 ACKS_KEPT: Final = 64
 """Message ids remembered per sender: more than a client ever has in flight."""
@@ -65,13 +66,17 @@ class Store(Protocol):
     def blocked(self) -> set[str]: ...
     def block(self, name: str) -> bool: ...
     def unblock(self, name: str) -> bool: ...
-    def claim(self, name: str, session: str, resume: str) -> str | None:
-        """Take a user name for ``session`` (or, shared with other brokers, resume the session
-        whose secret is ``resume``): the secret to use, or None when the name is held elsewhere.
-        The chat has already checked its own users."""
+    def claim(self, name: str, session: str, resume: str) -> str | Code:
+        """Take a user name for a new ``session``, or resume the session whose secret is
+        ``resume``: the secret to use, ``Code.NAME_TAKEN`` when another broker holds the name,
+        or ``Code.BAD_SESSION`` when there is no such session (it ended). The chat has already
+        checked its own connected users."""
         ...
 
-    def release(self, name: str) -> None: ...
+    def release(self, name: str, end_session: bool) -> None:
+        """The name is free; its session may still be resumed unless ``end_session``."""
+        ...
+
     def holder(self, name: str) -> str:
         """The other broker holding ``name`` ('' when none: the chat's own users are its own)."""
         ...
@@ -106,22 +111,45 @@ class _RoomLog:
 
 
 class LocalNames:
-    """Name claims of a broker on its own: the chat's users are every claim there is."""
+    """Name claims of a broker on its own. The chat's users are every name held; kept here is
+    each session's secret, which outlives its connection, so that a client silent for longer
+    than the heartbeat timeout resumes the same session (and, with SQLite, a client of a broker
+    that restarted). A session ends at /exit, fire and reset, or when a new session takes its
+    name."""
 
-    def claim(self, name: str, session: str, resume: str) -> str | None:
+    def __init__(self, sessions: dict[str, str] | None = None) -> None:
+        self._sessions: dict[str, str] = sessions or {}
+
+    def claim(self, name: str, session: str, resume: str) -> str | Code:
+        if resume:
+            known = self._sessions.get(name)
+            if known is None or not secrets.compare_digest(known.encode(), resume.encode()):
+                return Code.BAD_SESSION
+            return known
+        self._sessions[name] = session
+        self._session_saved(name, session)
         return session
 
-    def release(self, name: str) -> None:
-        """Nothing is held outside the chat."""
+    def release(self, name: str, end_session: bool) -> None:
+        if end_session and self._sessions.pop(name, None) is not None:
+            self._session_saved(name, None)
 
     def holder(self, name: str) -> str:
+        """Nothing is held outside the chat."""
         return ""
+
+    def _session_saved(self, name: str, secret: str | None) -> None:
+        """A durable store writes the change (None: the session ended)."""
+
+    def _sessions_reset(self) -> None:
+        self._sessions.clear()
 
 
 class MemoryStore(LocalNames):
     """Everything in process memory: fast, and gone when the broker stops."""
 
     def __init__(self, keep: int = 10_000) -> None:
+        super().__init__()
         self._keep = keep
         self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
         self._blocked: set[str] = set()
@@ -176,6 +204,7 @@ class MemoryStore(LocalNames):
     def reset(self) -> None:
         self._rooms = {LOBBY: _RoomLog(self._keep)}
         self._acks.clear()
+        self._sessions_reset()
 
     def blocked(self) -> set[str]:
         return self._blocked

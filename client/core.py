@@ -174,7 +174,7 @@ class Session:
         """Per room, the sequence number of the newest message delivered in order."""
         self.pending: dict[int, _Pending] = {}
         """Sent ``Say`` messages by mid, until ``Ack`` or ``Refused``."""
-        self.next_mid = self.rng.getrandbits(62) + 1
+        self.next_mid = self.rng.getrandbits(40) + 1  # room to grow below MAX_ID
         """Random start: a restarted client must not reuse the ids of its previous run."""
         self.sync_nonce: int | None = None
         """The nonce of the ``Sync`` whose ``Synced`` we wait for."""
@@ -475,7 +475,7 @@ class Session:
         self.known = self.target = max(last, msg.seq)
         self.live = False
         self.announce = True
-        self.sync_nonce = self.rng.getrandbits(63)
+        self.sync_nonce = self.rng.getrandbits(53)
         self.sync_sent_at = now
         out.append(self._send(Sync(self.sync_nonce), now))
         return out
@@ -495,6 +495,18 @@ class Session:
             self.hello_pending = True
             self.retry_at = now + self.lost_after
             return [_notice("the broker forgot this session; rejoining"), Reconnect(self.hello())]
+        if msg.code is Code.BAD_SESSION and self.hello_pending and self.session_secret:
+            # The session ended while we were away: start a new one under the same name. What
+            # is unacknowledged is sent again after Welcome, as on any resume.
+            self.session_secret = ""
+            self.retry_at = now + self.lost_after
+            line = _notice("the broker ended this session; starting a new one")
+            return [line, self._send(self.hello(), now)]
+        if msg.request == "fetch" and self.fetches:
+            # Answers come in order: this one is for the oldest Fetch still unanswered.
+            failed = self.fetches.pop(0)
+            if not failed.history:
+                return []  # a gap of a room we have left since: nothing to repair
         if self.hello_pending and msg.code is Code.NAME_TAKEN:
             # Perhaps by ourselves: a broker that forgot us welcomed an earlier Hello as a new
             # session (new secret) on a connection we have replaced since. The broker drops that

@@ -593,3 +593,28 @@ def test_an_untracked_session_sends_no_listings_of_its_own() -> None:
     out = s.on_room([p.Synced("public", s.sync_nonce, 0)], T0)
     assert not any(isinstance(m, p.ListUsers | p.ListRooms) for m in sent(out))
     assert s.state == "connected"
+
+
+def test_a_session_the_broker_ended_is_started_anew_and_unacknowledged_messages_resent() -> None:
+    s = joined("public", 3)
+    s.on_input("still mine", T0)
+    out = s.tick(T0 + 5.1)
+    assert [e for e in out if isinstance(e, Reconnect)] == [
+        Reconnect(p.Hello(p.VERSION, "alice", "secret"))
+    ]
+    out = s.on_server(p.Error(p.Code.BAD_SESSION, "ended", "hello"), T0 + 5.2)
+    assert lines(out) == ["* the broker ended this session; starting a new one"]
+    assert sent(out) == [p.Hello(p.VERSION, "alice", "")]
+    out = s.on_server(welcome(), T0 + 5.3)
+    assert [m.text for m in sent(out) if isinstance(m, p.Say)] == ["still mine"]
+
+
+def test_a_refused_gap_fetch_is_forgotten_and_a_refused_history_fetch_is_shown() -> None:
+    s = joined("public", 3)
+    s.on_server(p.Ping("public", 5), T0)  # a tail gap: a Fetch goes out
+    assert len(s.fetches) == 1
+    out = s.on_server(p.Error(p.Code.NOT_MEMBER, "you are not in public", "fetch"), T0)
+    assert out == [] and s.fetches == []
+    s.on_input("/history 2", T0)
+    out = s.on_server(p.Error(p.Code.NOT_MEMBER, "you are not in public", "fetch"), T0)
+    assert lines(out) == ["* error: you are not in public"] and s.fetches == []

@@ -24,16 +24,18 @@ class LaterStore(MemoryStore):
     def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> None:  # type: ignore[override]
         self.queued.append((room, sender, text, mid))
 
-    def claim(self, name: str, session: str, resume: str) -> str | None:
+    def claim(self, name: str, session: str, resume: str) -> str | p.Code:
         if self.down:
             raise StoreError("the chat backbone (NATS) is unreachable: try again shortly")
         held = self.held.get(name)
         if held is None:
+            if resume:
+                return p.Code.BAD_SESSION
             self.held[name] = session
             return session
-        return held if resume == held else None
+        return held if resume == held else p.Code.NAME_TAKEN
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, end_session: bool) -> None:
         self.released.append(name)
         self.held.pop(name, None)
 

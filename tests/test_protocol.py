@@ -483,4 +483,70 @@ def test_protocol_error_carries_code_and_reason() -> None:
 
 def test_codes_are_plain_strings_on_the_wire() -> None:
     raw = msgspec.msgpack.decode(p.encode(p.Error(p.Code.NAME_TAKEN, "x")))
-    assert raw == ["error", "name_taken", "x"]
+    assert raw == ["error", "name_taken", "x", ""]  # the request tag, "" when none
+
+
+# ---- integer ranges ----------------------------------------------------------------------------
+
+OUT_OF_RANGE = [-1, -(2**63), p.MAX_ID + 1, 2**63, 2**64 - 1]
+"""Integers MessagePack can carry that no field of the protocol accepts."""
+
+
+def _with(msg: Any, field: str, value: Any) -> bytes:
+    """``msg`` encoded with ``field`` replaced by ``value`` (as a peer could send it)."""
+    raw = msgspec.msgpack.decode(p.encode(msg))
+    raw[1 + msg.__struct_fields__.index(field)] = value
+    return msgspec.msgpack.encode(raw)
+
+
+ID_FIELDS = [
+    (p.Say("hi", 1), "mid"),
+    (p.Tell("bob", "hi", 1), "mid"),
+    (p.Sync(1), "nonce"),
+    (p.Fetch("r", 1, 2, 3), "after"),
+    (p.Fetch("r", 1, 2, 3), "upto"),
+    (p.Ping("r", 1), "seq"),
+]
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+@pytest.mark.parametrize(
+    ("msg", "field"), ID_FIELDS, ids=[f"{type(m).__name__}.{f}" for m, f in ID_FIELDS]
+)
+def test_ids_out_of_range_are_bad_frame(msg: Any, field: str, value: int) -> None:
+    assert_bad_frame(p.decode_client, _with(msg, field, value))
+
+
+@pytest.mark.parametrize(
+    ("msg", "field"), ID_FIELDS, ids=[f"{type(m).__name__}.{f}" for m, f in ID_FIELDS]
+)
+def test_ids_at_the_edges_of_their_range_decode(msg: Any, field: str) -> None:
+    for value in (0, p.MAX_ID):
+        assert getattr(p.decode_client(_with(msg, field, value)), field) == value
+
+
+@pytest.mark.parametrize(
+    ("msg", "field", "bad"),
+    [
+        (p.Join("r", 5), "history", [-1, p.HISTORY_MAX + 1]),
+        (p.Fetch("r", 0, 0, 5), "limit", [0, -1, p.HISTORY_MAX + 1]),
+        (p.Hello(p.VERSION, "a"), "version", [-1, 0x10000, 2**63]),
+        (p.Hello(p.VERSION, "a"), "session", ["x" * (p.SESSION_MAX + 1)]),
+    ],
+)
+def test_counts_and_versions_out_of_range_are_bad_frame(
+    msg: Any, field: str, bad: list[Any]
+) -> None:
+    for value in bad:
+        assert_bad_frame(p.decode_client, _with(msg, field, value))
+
+
+def test_control_request_id_out_of_range_is_bad_frame() -> None:
+    for value in OUT_OF_RANGE:
+        assert_bad_frame(p.decode_ctl_request, _with(p.CtlRequest(1, "who"), "id", value))
+
+
+def test_error_names_the_request_it_answers() -> None:
+    error = p.Error(p.Code.BAD_ROOM, "no", "join")
+    assert p.decode_server(p.encode([error])) == [error]
+    assert p.Error(p.Code.BAD_FRAME, "x").request == ""

@@ -442,7 +442,7 @@ def test_empty_or_control_text_is_refused(text: str) -> None:
     c = chat()
     alice = hello(c, "alice")
     out = say(c, alice, text, 9)
-    assert refused_code(out, alice.peer, 9) is p.Code.BAD_FRAME
+    assert refused_code(out, alice.peer, 9) is p.Code.BAD_TEXT
     assert out.rooms == {}
     assert c.store.last_seq(p.LOBBY) == 0
 
@@ -527,14 +527,15 @@ def fetch(c: Chat, user: User, msg: p.Fetch) -> p.Messages:
         (p.Fetch("x", 50), []),
         (p.Fetch("x", 6, 3), []),
         (p.Fetch("x", 8, 99), [9, 10]),
-        (p.Fetch("x", 0, 0, 0), [1]),  # the limit is at least one
+        (p.Fetch("x", 0, 0, 1), [1]),
     ],
 )
 def test_fetch_returns_the_requested_range(msg: p.Fetch, seqs: list[int]) -> None:
     c = chat(rate=0)
     alice, bob = hello(c, "alice"), hello(c, "bob")
     _room_with(c, alice, "x", 10)
-    reply = fetch(c, bob, msg)  # bob is not in the room: fetch does not need membership
+    joined(c, bob, "x")
+    reply = fetch(c, bob, msg)
     assert [m.seq for m in reply.messages] == seqs
     assert all(m.room == "x" and m.sender == "alice" for m in reply.messages)
     assert [m.text for m in reply.messages] == [f"m{s}" for s in seqs]
@@ -550,21 +551,25 @@ def test_fetch_reports_the_oldest_kept_as_first() -> None:
     assert [m.seq for m in reply.messages] == [6, 7, 8, 9, 10]
 
 
-def test_fetch_limit_is_capped_at_a_thousand() -> None:
+def test_fetch_returns_at_most_its_limit_of_a_thousand() -> None:
     c = chat(rate=0)
     alice = hello(c, "alice")
     _room_with(c, alice, "x", 1005)
-    reply = fetch(c, alice, p.Fetch("x", 0, 0, 5000))
+    reply = fetch(c, alice, p.Fetch("x", 0, 0, p.HISTORY_MAX))
     assert len(reply.messages) == 1000
     assert reply.messages[-1].seq == 1000
 
 
-def test_fetch_of_an_unknown_room_is_empty_and_creates_nothing() -> None:
-    c = chat()
-    alice = hello(c, "alice")
-    reply = fetch(c, alice, p.Fetch("nowhere", 0))
-    assert reply.messages == []
-    assert reply.first == 1
+@pytest.mark.parametrize("room", ["x", "nowhere"])
+def test_fetch_of_a_room_the_user_is_not_in_is_refused_and_creates_nothing(room: str) -> None:
+    c = chat(rate=0)
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    _room_with(c, alice, "x", 3)
+    out = send(c, bob, p.Fetch(room, 0))
+    error = only_reply(out, bob.peer)
+    assert error == p.Error(
+        p.Code.NOT_MEMBER, f"you are not in {room}: join it to read its history", "fetch"
+    )
     assert "nowhere" not in c.members
     assert "nowhere" not in c.store.rooms()
 
@@ -703,5 +708,66 @@ def test_tell_to_someone_not_connected_is_refused() -> None:
     c = chat()
     alice = hello(c, "alice")
     assert refused_code(send(c, alice, p.Tell("ghost", "hi", 4)), alice.peer, 4) == (
-        p.Code.NO_SUCH_USER
+        p.Code.NOT_CONNECTED
     )
+
+
+# ---- sessions ----------------------------------------------------------------------------------
+
+
+def test_every_error_names_the_request_it_answers() -> None:
+    c = chat()
+    alice = hello(c, "alice")
+    error = only_reply(send(c, alice, p.Join("bad room")), alice.peer)
+    assert (error.code, error.request) == (p.Code.BAD_ROOM, "join")
+    error = only_reply(send(c, b"stranger", p.Join("x")), b"stranger")
+    assert (error.code, error.request) == (p.Code.HELLO_FIRST, "join")
+
+
+def test_a_session_outlives_its_connection_until_it_ends() -> None:
+    c = chat(heartbeat=1.0, liveness=2)
+    send(c, b"p1", p.Hello(p.VERSION, "alice"))
+    secret = c.users["alice"].session
+    c.tick(T0 + 10)  # silent too long: dropped, the name is free, the session is kept
+    c.out.take()
+    assert "alice" not in c.users
+    welcome = only_reply(send(c, b"p2", p.Hello(p.VERSION, "alice", secret)), b"p2")
+    assert isinstance(welcome, p.Welcome) and welcome.session == secret
+    send(c, b"p2", p.Quit())  # /exit ends it
+    error = only_reply(send(c, b"p3", p.Hello(p.VERSION, "alice", secret)), b"p3")
+    assert (error.code, error.request) == (p.Code.BAD_SESSION, "hello")
+    assert "alice" not in c.users
+
+
+def test_a_wrong_session_secret_is_refused_not_replaced() -> None:
+    c = chat()
+    error = only_reply(send(c, b"p1", p.Hello(p.VERSION, "alice", "f" * 32)), b"p1")
+    assert error.code is p.Code.BAD_SESSION
+    assert "alice" not in c.users
+    welcome = only_reply(send(c, b"p1", p.Hello(p.VERSION, "alice")), b"p1")
+    assert isinstance(welcome, p.Welcome)  # a new session is one Hello away
+
+
+def test_a_new_session_for_a_free_name_ends_the_old_one() -> None:
+    c = chat()
+    send(c, b"p1", p.Hello(p.VERSION, "alice"))
+    old = c.users["alice"].session
+    c.remove(c.users["alice"], T0, "timed out")
+    send(c, b"p2", p.Hello(p.VERSION, "alice"))  # someone else takes the free name
+    send(c, b"p2", p.Quit())
+    error = only_reply(send(c, b"p3", p.Hello(p.VERSION, "alice", old)), b"p3")
+    assert error.code is p.Code.BAD_SESSION
+
+
+def test_fire_and_reset_end_the_session() -> None:
+    from broker.admin import dispatch
+
+    for command in ("fire", "reset"):
+        c = chat()
+        send(c, b"p1", p.Hello(p.VERSION, "alice"))
+        secret = c.users["alice"].session
+        args = ["alice"] if command == "fire" else []
+        assert dispatch(c, p.CtlRequest(1, command, args), T0).ok
+        c.out.take()
+        error = only_reply(send(c, b"p2", p.Hello(p.VERSION, "alice", secret)), b"p2")
+        assert error.code is p.Code.BAD_SESSION, command

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.protocol import LOBBY, Posted
+from broker.protocol import LOBBY, Code, Posted
 from broker.sqlstore import RECENT_ACKS, SQLiteStore
 from broker.store import AuditEntry, MemoryStore, StoreError
 
@@ -370,3 +370,21 @@ def test_a_new_database_is_readable_by_its_owner_only(tmp_path):
             assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
     finally:
         store.close()
+
+
+def test_sqlite_keeps_sessions_across_a_restart_until_they_end(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "room.db")
+    assert store.claim("alice", "s1", "") == "s1"
+    assert store.claim("bob", "s2", "") == "s2"
+    store.commit()
+    store.close()
+    store = SQLiteStore(tmp_path / "room.db")
+    assert store.claim("alice", "new", "s1") == "s1"
+    assert store.claim("alice", "new", "wrong") is Code.BAD_SESSION
+    store.release("bob", end_session=True)
+    store.commit()
+    store.close()
+    store = SQLiteStore(tmp_path / "room.db")
+    assert store.claim("bob", "new", "s2") is Code.BAD_SESSION
+    assert store.claim("alice", "new", "s1") == "s1"
+    store.close()
