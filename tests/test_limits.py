@@ -94,7 +94,7 @@ def test_rate_and_burst_keep_a_flood_out_of_the_room(started, tmp_path: Path, ho
     for i in range(3):
         watcher.expect(rf"^\[public\] flooder: flood {i}$")
     flooder.expect(r"^\* not delivered: slow down: at most 1 messages per second$")
-    time.sleep(1.6)  # a token or so comes back
+    time.sleep(1.6)  # pacing, not a wait for an event: at 1/s a token or so comes back
     flooder.send("after a pause")
     watcher.expect(r"^\[public\] flooder: after a pause$")
     got = [line for line in watcher.seen + watcher.drain() if "flood " in line]

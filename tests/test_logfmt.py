@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import select
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import zmq
+from procs import WAIT, Raw, broker_argv, ctl
 
 from broker.logfmt import CHAT_KINDS, LogWriter, format_json, format_text, stamp
 from broker.state import LogEvent
 
 TS = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
 WHEN = "2023-11-14T22:13:20.250Z"
+LISTENING = r"listening: router (\S+) pub (\S+) control (\S+)"
+"""The broker's first line, in text format."""
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 MSG = LogEvent(TS, "msg", "lobby2", "alice", "hello world")
@@ -138,15 +147,61 @@ def test_status_lines_show_even_when_quiet() -> None:
     assert stream.getvalue() == "room-broker stopped\n"
 
 
-class _GoneReader(io.StringIO):
+class _Unwritable(io.StringIO):
+    """A stream whose reader went away (BrokenPipeError) or that was closed (ValueError)."""
+
+    def __init__(self, error: type[Exception]) -> None:
+        super().__init__()
+        self.error = error
+        self.tries = 0
+
     def write(self, s: str) -> int:
-        raise BrokenPipeError
+        self.tries += 1
+        raise self.error
 
 
-def test_a_reader_that_went_away_does_not_stop_the_broker() -> None:
-    writer = LogWriter(_GoneReader())
+@pytest.mark.parametrize("error", [BrokenPipeError, ValueError])
+def test_a_log_nobody_can_read_is_given_up_quietly(error: type[Exception]) -> None:
+    stream = _Unwritable(error)
+    writer = LogWriter(stream)
     writer.events([MSG])
+    writer.events([ADMIN])
     writer.line("still serving")
-    closed = io.StringIO()
-    closed.close()
-    LogWriter(closed).events([ADMIN])
+    assert stream.tries == 3  # every line was tried, and no error came out of the writer
+
+
+def test_a_reader_that_went_away_does_not_stop_the_broker(tmp_path: Path, ctx: zmq.Context):
+    """The real broker, its log on a pipe whose reader is closed at once: it still stores and
+    acknowledges, answers room-ctl, and stops cleanly with nothing on stderr."""
+    data = tmp_path / "data"
+    with (tmp_path / "stderr").open("w+") as err:
+        broker = subprocess.Popen(
+            broker_argv(data),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert broker.stdout is not None
+            ready, _, _ = select.select([broker.stdout], [], [], WAIT)
+            assert ready, "the broker did not start"
+            listening = re.search(LISTENING, broker.stdout.readline())
+            assert listening, "the broker did not start"
+            router, control = listening[1], listening[3]
+            broker.stdout.close()  # the reader goes away
+            alice = Raw(ctx, router, "alice")
+            acks = [alice.say(f"hello {i}") for i in range(5)]
+            assert [a.seq for a in acks] == [1, 2, 3, 4, 5]
+            stats = ctl(control, "--json", "stats", data_dir=data)
+            assert stats.returncode == 0, stats.stderr
+            assert json.loads(stats.stdout)["data"]["stats"]["clients"] == 1
+            broker.send_signal(signal.SIGTERM)
+            assert broker.wait(WAIT) == 0
+        finally:
+            if broker.poll() is None:
+                broker.kill()
+                broker.wait(WAIT)
+        err.seek(0)
+        assert err.read() == ""
