@@ -19,6 +19,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from .keys import AllowList, KeyDir, load_secret, short
+from .logfmt import Throttle
 
 CONTROL_DOMAIN: Final = "room-control"
 """ZAP domain of the control socket: only the admins' public keys pass."""
@@ -64,7 +65,7 @@ class Guard:
         self._peer_keys: dict[bytes, str] = {}
         """With ``curve``: the client key of each ROUTER peer id, so a new connection that
         claims a dead connection's id (with another key) cannot act as its user."""
-        self._refused = 0
+        self._refused = Throttle(REFUSALS_LOGGED, "refused {} more control connections")
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
         self.auth.configure_curve_callback(CONTROL_DOMAIN, self.admins)
@@ -95,9 +96,8 @@ class Guard:
     def refused(self, event: dict[str, object]) -> str | None:
         """A refused control handshake, in words an admin can act on; None past the per-interval
         cap (``tick`` reports how many more)."""
-        self._refused += 1
         why = self._why(event)
-        return f"refused a control connection: {why}" if self._refused <= REFUSALS_LOGGED else None
+        return f"refused a control connection: {why}" if self._refused.allow() else None
 
     def _why(self, event: dict[str, object]) -> str:
         kind, value = event["event"], event["value"]
@@ -116,10 +116,7 @@ class Guard:
     def tick(self, live_peers: set[bytes] | dict[bytes, object]) -> list[str]:
         """Once per heartbeat: the count of refusals not logged, a changed allow-list, and the
         keys of peers that are no user's connection forgotten. Returns the log lines."""
-        lines = []
-        if self._refused > REFUSALS_LOGGED:
-            lines.append(f"refused {self._refused - REFUSALS_LOGGED} more control connections")
-        self._refused = 0
+        lines = self._refused.tick()
         self.admins.refused.clear()
         lines += self.refresh()
         if self.curve:

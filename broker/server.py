@@ -35,7 +35,7 @@ from . import protocol as p
 from .admin import dispatch
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
 from .keys import KeyDir, KeyFileError, short
-from .logfmt import LogWriter
+from .logfmt import LogWriter, Throttle
 from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard, user_id
 from .sqlstore import DEFAULT_SYNC, SQLiteStore
 from .state import Chat, Outbox, Settings
@@ -53,6 +53,9 @@ PUB_HWM: Final = 10_000
 """Per-peer queues. A subscriber that falls this far behind loses messages, and repairs the gap
 by sequence number; the broker never waits for it. Counted in sends, and a PUB send carries up to
 ``BATCH`` events, so this also bounds what one stuck subscriber costs in memory."""
+
+BAD_FRAMES_LOGGED: Final = 20
+"""Bad frames logged one by one per heartbeat interval; the rest are counted in one line."""
 
 CLOSE_LINGER_MS: Final = 500
 """How long goodbyes may take to leave at shutdown before the sockets are dropped."""
@@ -159,6 +162,7 @@ class Broker:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopping = False
+        self._bad_frames = Throttle(BAD_FRAMES_LOGGED, "{} more bad frames not logged")
         try:
             self.guard = Guard(self.ctx, keys, curve)
         except KeyFileError as exc:
@@ -324,6 +328,8 @@ class Broker:
             if now >= next_tick:
                 self.chat.tick(now)
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
+                for line in self._bad_frames.tick():
+                    self.chat.out.log(now, "error", text=line)
                 if backbone is not None:
                     backbone.renew(now)
                 next_tick = now + interval
@@ -374,7 +380,9 @@ class Broker:
     def _bad_frame(self, peer: bytes, reason: str) -> None:
         self.chat.counters.bad_frames += 1
         self.chat.error(peer, p.Code.BAD_FRAME, reason, request="")
-        self.chat.out.log(self.clock(), "error", text=f"bad frame from peer {peer.hex()}: {reason}")
+        if self._bad_frames.allow():
+            text = f"bad frame from peer {peer.hex()}: {reason}"
+            self.chat.out.log(self.clock(), "error", text=text)
 
     def _drop_taken(self, peer: bytes) -> None:
         """A new connection (another CURVE key) took a dead connection's peer id: the old
@@ -451,7 +459,8 @@ class Broker:
             key = user_id(frames[-1])
             admin = self.guard.admin(key)
             if len(frames) != 3 or frames[1].bytes != b"":
-                self.chat.out.log(now, "error", text="malformed control request: ignored")
+                if self._bad_frames.allow():
+                    self.chat.out.log(now, "error", text="malformed control request: ignored")
                 continue  # not a REQ peer: nothing we could address a reply to
             peer = frames[0].bytes
             try:
