@@ -40,8 +40,11 @@ class ClusterStore:
     def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[p.Posted], int]:
         return self.mirror.range(room, after, upto, limit)
 
-    def recent_acks(self, sender: str, count: int) -> list[p.Ack]:
-        return self.mirror.recent_acks(sender, count)
+    def acked(self, sender: str, mid: int) -> p.Ack | None:
+        return self.mirror.acked(sender, mid)
+
+    def highest_mid(self, sender: str) -> int:
+        return self.mirror.highest_mid(sender)
 
     def rooms(self) -> list[str]:
         return self.mirror.rooms()

@@ -36,8 +36,8 @@ CREATE TABLE IF NOT EXISTS messages (
     mid INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
-DROP INDEX IF EXISTS messages_by_sender;
-CREATE INDEX IF NOT EXISTS messages_by_sender_ts ON messages (sender, ts, mid);
+DROP INDEX IF EXISTS messages_by_sender_ts;
+CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (sender, mid);
 CREATE TABLE IF NOT EXISTS blocked (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (name TEXT PRIMARY KEY, secret TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
@@ -52,11 +52,10 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
-RECENT_ACKS: Final = (
-    "SELECT mid, room, seq FROM messages WHERE sender = ? AND mid != 0 ORDER BY ts DESC LIMIT ?"
-)
-"""A sender's latest message ids; ``messages_by_sender_ts`` answers it from the index alone, newest
-first, however many messages the sender has (the old index on (sender, mid) needed a sort)."""
+ACKED: Final = "SELECT mid, room, seq FROM messages WHERE sender = ? AND mid = ? LIMIT 1"
+HIGHEST_MID: Final = "SELECT max(mid) FROM messages WHERE sender = ?"
+"""Both answered by ``messages_by_sender`` in one index look-up, however many messages the
+sender has: a retry is found however old it is."""
 
 SYNC_MODES: Final = ("normal", "full")
 """``normal`` (the default): a commit is in the WAL file before the Ack, so it survives a crash or
@@ -199,10 +198,14 @@ class SQLiteStore(LocalNames):
         ).fetchone()[0]
         return [Posted(*row) for row in rows], first or self._seq.get(room, 0) + 1
 
-    def recent_acks(self, sender: str, count: int) -> list[Ack]:
+    def acked(self, sender: str, mid: int) -> Ack | None:
         self._write_rows()
-        rows = self._db.execute(RECENT_ACKS, (sender, count)).fetchall()
-        return [Ack(*row) for row in reversed(rows)]
+        row = self._db.execute(ACKED, (sender, mid)).fetchone()
+        return Ack(*row) if row else None
+
+    def highest_mid(self, sender: str) -> int:
+        self._write_rows()
+        return self._db.execute(HIGHEST_MID, (sender,)).fetchone()[0] or 0
 
     def rooms(self) -> list[str]:
         return list(self._seq)

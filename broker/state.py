@@ -76,6 +76,10 @@ class User:
     tokens: float
     refilled: float
     mids: OrderedDict[int, p.Ack] = field(default_factory=OrderedDict)
+    """The latest acknowledged message ids, to answer a recent retry without the store."""
+    mid_high: int = 0
+    """The user's highest stored message id: an id above it is new, and one at or below it is
+    looked up in the store (``Store.acked``), so no stall is long enough to store one twice."""
 
 
 @dataclass(slots=True)
@@ -245,7 +249,7 @@ class Chat:
             self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
             return
         user = User(name, peer, p.LOBBY, session, now, self.settings.burst, now)
-        user.mids.update((a.mid, a) for a in self.store.recent_acks(name, ACKS_KEPT))
+        user.mid_high = self.store.highest_mid(name)
         self.users[name] = user
         self.by_peer[peer] = user
         self.members[p.LOBBY].add(name)
@@ -262,10 +266,13 @@ class Chat:
         self.out.reply(user.peer, welcome)
 
     def _say(self, user: User, msg: p.Say, now: float) -> None:
-        seen = user.mids.get(msg.mid) if msg.mid else None
-        if seen is not None:  # a retry of a stored message: acknowledge again, store nothing
-            self.out.reply(user.peer, seen)
-            return
+        if msg.mid:  # a retry of a stored message is acknowledged again, never stored twice
+            seen = user.mids.get(msg.mid)
+            if seen is None and msg.mid <= user.mid_high:
+                seen = self.store.acked(user.name, msg.mid)
+            if seen is not None:
+                self.out.reply(user.peer, seen)
+                return
         refusal = self._refusal(user, msg.text, now)
         if refusal is not None:
             self._refuse(user, msg.mid, refusal, user.room, msg.text, now)
@@ -307,6 +314,7 @@ class Chat:
     @staticmethod
     def _remember(user: User, ack: p.Ack) -> None:
         user.mids[ack.mid] = ack
+        user.mid_high = max(user.mid_high, ack.mid)
         if len(user.mids) > ACKS_KEPT:
             user.mids.popitem(last=False)
 

@@ -15,7 +15,9 @@ from typing import Final, Protocol
 from .protocol import LOBBY, Ack, Code, Posted
 
 ACKS_KEPT: Final = 64
-"""Message ids remembered per sender: more than a client ever has in flight."""
+"""Acks a connected user keeps at hand to answer a retry without asking the store."""
+MEMORY_ACKS_KEPT: Final = 10_000
+"""Message ids a MemoryStore remembers per sender (SQLite remembers every one)."""
 AUDIT_KEPT: Final = 10_000
 """Audit entries a MemoryStore keeps (the SQLite store keeps them all)."""
 
@@ -52,9 +54,14 @@ class Store(Protocol):
         """Messages with ``after < seq <= upto`` (``upto`` 0: newest) and the oldest seq kept."""
         ...
 
-    def recent_acks(self, sender: str, count: int) -> list[Ack]:
-        """The sender's latest stored message ids, so a retry after a reconnect or a restart is
-        acknowledged again instead of stored twice."""
+    def acked(self, sender: str, mid: int) -> Ack | None:
+        """The Ack of the sender's stored message with id ``mid``, if there is one: a retry,
+        however late (after a stall, a reconnect or a restart), is acknowledged again instead of
+        stored twice."""
+        ...
+
+    def highest_mid(self, sender: str) -> int:
+        """The sender's highest stored message id: a larger one is new without asking ``acked``."""
         ...
 
     def rooms(self) -> list[str]: ...
@@ -153,7 +160,8 @@ class MemoryStore(LocalNames):
         self._keep = keep
         self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
         self._blocked: set[str] = set()
-        self._acks: dict[str, deque[Ack]] = {}
+        self._acks: dict[str, dict[int, Ack]] = {}
+        """By sender, the ids of stored messages, oldest first (at most MEMORY_ACKS_KEPT)."""
         self._audit: deque[AuditEntry] = deque(maxlen=AUDIT_KEPT)
 
     def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted:
@@ -162,11 +170,16 @@ class MemoryStore(LocalNames):
         posted = Posted(room, log.seq, ts, sender, text)
         log.messages.append(posted)
         if mid:
-            acks = self._acks.get(sender)
-            if acks is None:
-                acks = self._acks[sender] = deque(maxlen=ACKS_KEPT)
-            acks.append(Ack(mid, room, log.seq))
+            self._remember(sender, Ack(mid, room, log.seq))
         return posted
+
+    def _remember(self, sender: str, ack: Ack) -> None:
+        acks = self._acks.get(sender)
+        if acks is None:
+            acks = self._acks[sender] = {}
+        acks[ack.mid] = ack
+        if len(acks) > MEMORY_ACKS_KEPT:
+            del acks[next(iter(acks))]
 
     def last_seq(self, room: str) -> int:
         log = self._rooms.get(room)
@@ -191,8 +204,11 @@ class MemoryStore(LocalNames):
         offset = start - first
         return [log.messages[i] for i in range(offset, offset + stop - start + 1)], first
 
-    def recent_acks(self, sender: str, count: int) -> list[Ack]:
-        return list(self._acks.get(sender, ()))[-count:]
+    def acked(self, sender: str, mid: int) -> Ack | None:
+        return self._acks.get(sender, {}).get(mid)
+
+    def highest_mid(self, sender: str) -> int:
+        return max(self._acks.get(sender, {0: None}))
 
     def rooms(self) -> list[str]:
         return list(self._rooms)
@@ -229,10 +245,7 @@ class MemoryStore(LocalNames):
         log.seq = posted.seq
         log.messages.append(posted)
         if mid:
-            acks = self._acks.get(posted.sender)
-            if acks is None:
-                acks = self._acks[posted.sender] = deque(maxlen=ACKS_KEPT)
-            acks.append(Ack(mid, posted.room, posted.seq))
+            self._remember(posted.sender, Ack(mid, posted.room, posted.seq))
         return posted
 
     def audit(self, entry: AuditEntry) -> None:

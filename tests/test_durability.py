@@ -342,3 +342,32 @@ def test_a_second_broker_on_the_same_data_dir_is_refused(broker: BrokerProc, cli
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1, done.stderr
     assert "another broker is using the data dir" in done.stderr
+
+
+def test_a_stall_that_makes_a_client_retry_500_messages_stores_none_twice(
+    tmp_path: Path, ctx: zmq.Context, procs: list
+):
+    """The broker stops (SIGSTOP) while a client sends 500 messages and, hearing nothing, sends
+    them all again with the same ids: far more than any window of recent ids."""
+    broker = BrokerProc(tmp_path / "data", *NO_LIMIT)
+    procs.append(broker)
+    raw = Raw(ctx, broker.router, "stalled")
+    sent = {mid: f"s{mid}" for mid in itertools.islice(MIDS, 500)}
+    os.kill(broker.popen.pid, signal.SIGSTOP)
+    try:
+        for _ in range(2):  # the messages, then the retries
+            for mid, text in sent.items():
+                raw.send(p.Say(text, mid))
+    finally:
+        os.kill(broker.popen.pid, signal.SIGCONT)
+    answers: dict[int, list[p.Ack]] = {}
+    while sum(len(a) for a in answers.values()) < 2 * len(sent):
+        ack = raw.expect(p.Ack)
+        assert isinstance(ack, p.Ack)
+        answers.setdefault(ack.mid, []).append(ack)
+    assert set(answers) == set(sent)
+    assert all(first == again for first, again in answers.values())  # the same Ack twice
+    acked = {mid: acks[0] for mid, acks in answers.items()}
+    assert_all_acknowledged_stored_once(raw.history(), acked, sent)
+    raw.close()
+    assert broker.stop() == 0

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.protocol import LOBBY, Code, Posted
-from broker.sqlstore import RECENT_ACKS, SQLiteStore
+from broker.protocol import LOBBY, Ack, Code, Posted
+from broker.sqlstore import ACKED, HIGHEST_MID, SQLiteStore
 from broker.store import AuditEntry, MemoryStore, StoreError
 
 T0 = 1_000.0
@@ -275,18 +275,21 @@ def test_sqlite_audit_log_survives_a_reopen(tmp_path: Path) -> None:
 # ---- SQLite: the sender index ------------------------------------------------------------------
 
 
-def test_recent_acks_is_served_by_an_index_without_a_sort(tmp_path: Path) -> None:
+def test_a_retry_is_found_by_one_index_look_up_however_old(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "room.db")
     try:
         for i in range(1, 301):
             store.append(LOBBY if i % 2 else "x", "alice" if i % 3 else "bob", f"m{i}", T0 + i, i)
         store.commit()
-        plan = [row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + RECENT_ACKS, ("a", 9))]
-        assert len(plan) == 1, plan
-        assert "INDEX messages_by_sender_ts (sender=?)" in plan[0], plan
-        assert not any("TEMP B-TREE" in step or step.startswith("SCAN") for step in plan), plan
-        newest = [(294, "x", 147), (297, LOBBY, 149), (300, "x", 150)]  # oldest first
-        assert [(a.mid, a.room, a.seq) for a in store.recent_acks("bob", 3)] == newest
+        for query, args in ((ACKED, ("bob", 9)), (HIGHEST_MID, ("bob",))):
+            plan = [row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + query, args)]
+            assert len(plan) == 1, plan
+            assert "INDEX messages_by_sender" in plan[0], plan
+            assert not any("TEMP B-TREE" in step or step.startswith("SCAN") for step in plan)
+        assert store.acked("bob", 3) == Ack(3, LOBBY, 2)  # the oldest of bob's 100
+        assert store.acked("bob", 4) is None  # alice's id, not bob's
+        assert store.highest_mid("bob") == 300
+        assert store.highest_mid("nobody") == 0
     finally:
         store.close()
 
@@ -297,7 +300,7 @@ def test_a_database_with_the_old_sender_index_gets_the_new_one(tmp_path: Path) -
         "CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, "
         "sender TEXT NOT NULL, text TEXT NOT NULL, mid INTEGER NOT NULL DEFAULT 0, "
         "PRIMARY KEY (room, seq)) WITHOUT ROWID;"
-        "CREATE INDEX messages_by_sender ON messages (sender, mid);"
+        "CREATE INDEX messages_by_sender_ts ON messages (sender, ts, mid);"
         f"INSERT INTO messages VALUES ('{LOBBY}', 1, {T0}, 'alice', 'old', 42);"
     )
     db.close()
@@ -306,9 +309,9 @@ def test_a_database_with_the_old_sender_index_gets_the_new_one(tmp_path: Path) -
         indexes = {
             n for (n,) in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         }
-        assert "messages_by_sender_ts" in indexes
-        assert "messages_by_sender" not in indexes
-        assert [a.mid for a in store.recent_acks("alice", 5)] == [42]
+        assert "messages_by_sender" in indexes
+        assert "messages_by_sender_ts" not in indexes
+        assert store.acked("alice", 42) == Ack(42, LOBBY, 1)
         assert store.last_seq(LOBBY) == 1
     finally:
         store.close()
@@ -341,7 +344,7 @@ def test_a_failed_commit_stores_nothing_and_rolls_the_counters_back(tmp_path: Pa
         assert store.last_seq("new") == 0
         assert sorted(store.rooms()) == [LOBBY]
         assert store.blocked() == {"mallory"}
-        assert [a.mid for a in store.recent_acks("alice", 64)] == [1]
+        assert store.acked("alice", 1) is not None and store.acked("alice", 100) is None
         assert store.audit_log(10) == []
         store._db.execute("PRAGMA max_page_count = 1073741823")  # space again
         assert store.append(LOBBY, "alice", "next", T0 + 1, 2).seq == 2
