@@ -13,7 +13,7 @@ from . import keys as keyfiles
 from .config import Exit, Limits
 from .logfmt import LogWriter
 from .protocol import NAME_RULE, valid_name
-from .server import PUB_HWM, Broker, Endpoints, StartError, open_store
+from .server import Broker, Endpoints, StartError, open_store
 from .sqlstore import DEFAULT_SYNC, SYNC_MODES
 
 
@@ -70,6 +70,18 @@ def main() -> None:
     help="Rooms, the lobby included.",
 )
 @options.option(
+    "--client-queue",
+    default=config.DEFAULT_LIMITS.client_queue // 1024,
+    type=click.IntRange(min=512),
+    help="KiB of replies queued for one client that does not read; past it, replies are dropped.",
+)
+@options.option(
+    "--subscriber-queue",
+    default=config.DEFAULT_LIMITS.subscriber_queue // 1024,
+    type=click.IntRange(min=128),
+    help="KiB of room events queued for one slow subscriber; past it, it repairs by number.",
+)
+@options.option(
     "--heartbeat",
     default=config.HEARTBEAT,
     type=click.FloatRange(min=0.05),
@@ -110,10 +122,10 @@ def main() -> None:
 )
 @click.option(
     "--pub-hwm",
-    default=PUB_HWM,
+    default=None,
     type=click.IntRange(min=0),
     hidden=True,
-    help="SNDHWM of the PUB socket (tests: a small one makes a slow subscriber lose messages).",
+    help="SNDHWM of the PUB socket in sends (tests: a small one makes a subscriber lose some).",
 )
 @click.option(
     "--pub-sndbuf",
@@ -132,6 +144,8 @@ def start(
     max_message: int,
     max_clients: int,
     max_rooms: int,
+    client_queue: int,
+    subscriber_queue: int,
     heartbeat: float,
     sync: str,
     log_format: str,
@@ -139,13 +153,18 @@ def start(
     curve: bool,
     backbone: str | None,
     node_id: str | None,
-    pub_hwm: int,
+    pub_hwm: int | None,
     pub_sndbuf: int | None,
 ) -> None:
     """Start the broker and serve until Ctrl-C, SIGTERM or `room-ctl close`."""
     max_frame = max(config.DEFAULT_LIMITS.max_frame, max_message + config.FRAME_OVERHEAD)
     limits = Limits(
-        max_message=max_message, max_clients=max_clients, max_rooms=max_rooms, max_frame=max_frame
+        max_message=max_message,
+        max_clients=max_clients,
+        max_rooms=max_rooms,
+        max_frame=max_frame,
+        client_queue=client_queue * 1024,
+        subscriber_queue=subscriber_queue * 1024,
     )
     link = None
     if backbone is not None:

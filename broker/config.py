@@ -54,7 +54,28 @@ class Limits:
     max_frame: int = 64 * 1024  # MAXMSGSIZE on the ROUTER and control sockets
     max_subscription: int = 1024  # MAXMSGSIZE on the PUB socket: a subscription is one room
     # topic (at most 34 bytes), but a CURVE handshake's INITIATE (about 300 bytes) counts too
+    client_queue: int = 4 * 1024 * 1024  # bytes of replies queued for one client
+    subscriber_queue: int = 4 * 1024 * 1024  # bytes of room events queued for one subscriber
 
+    @property
+    def router_hwm(self) -> int:
+        """The ROUTER's per-client queue in sends, each at most about ``ANSWER_BYTES``."""
+        return max(2, self.client_queue // ANSWER_BYTES)
+
+    @property
+    def pub_hwm(self) -> int:
+        """The PUB's per-subscriber queue in sends, each at most ``PUB_SEND_BYTES``."""
+        return max(2, self.subscriber_queue // PUB_SEND_BYTES)
+
+
+ANSWER_BYTES: Final = 256 * 1024
+"""About the most history (Fetch, Join) one turn of the loop answers one client: a longer
+answer is cut short (the client fetches the rest), and a Fetch past it is refused ``busy``. One
+send to a client is therefore about this size at most."""
+PUB_SEND_BYTES: Final = 64 * 1024
+"""The most bytes of room events in one PUB send; a larger batch goes out in several."""
+FETCH_TOKEN_BYTES: Final = 64 * 1024
+"""History returned for the cost of one message from the asker's rate budget."""
 
 FRAME_OVERHEAD: Final = 1024
 """Bytes a client message may add around its text; ``max_frame`` grows with ``--max-message``."""

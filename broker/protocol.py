@@ -1,8 +1,8 @@
 """The room wire protocol, defined once and shared by the broker, the client and room-ctl.
 
-Every message body is one MessagePack value made by msgspec from the typed structs below; a struct
-is encoded as an array whose first item is its tag, so decoding validates both shape and types in
-one pass (an invalid message cannot be constructed from the wire).
+Each message is a msgspec struct, encoded in MessagePack as an array whose first item is its tag,
+so decoding checks shape and types in one pass. The full specification (frames, encoding, every
+message and code, the rules of the conversation, annotated bytes) is ``docs/protocol.md``.
 
 Sockets and frames::
 
@@ -11,17 +11,6 @@ Sockets and frames::
     broker PUB     -> client SUB       [topic: room + b"\\0", body: list[RoomEvent]]
     room-ctl REQ   -> broker ROUTER    [b"", body: CtlRequest]      (REQ adds the empty delimiter)
     broker ROUTER  -> room-ctl REQ     [b"", body: CtlReply]
-
-A client sends ``Hello`` first; the broker answers ``Welcome`` (with the PUB endpoint and the
-session secret) or ``Error``. From then on the broker knows the user by the connection (the ROUTER
-peer id), so no later message names its sender. Room messages carry a per-room sequence number: a
-client that sees a gap, or a ``Synced``/``Ping`` with a higher sequence than it has, fetches the
-missing range with ``Fetch``. A PUB body is a list so that the broker can pack every event waiting
-for a room into one send, and so is a body to a client: every reply waiting for one peer goes in
-one send (under load, hundreds of Acks). The client handles each item in order.
-
-The topic is the room name followed by NUL. Room names cannot contain NUL, so no room's topic is a
-prefix of another's (a client in ``pub`` never sees ``public``).
 """
 
 from __future__ import annotations
@@ -88,6 +77,7 @@ class Code(StrEnum):
     BLOCKED = "blocked"  # sender is blocked: logged by the broker, never published
     RATE_LIMITED = "rate_limited"  # sender exceeded its rate limit
     FULL = "full"  # broker at its client or room cap
+    BUSY = "busy"  # history asked faster than it is read, or beyond the asker's rate budget
     UNKNOWN_COMMAND = "unknown_command"  # control command not in the table
     BAD_ARGS = "bad_args"  # control command with wrong arguments
     NO_SUCH_USER = "no_such_user"  # control command about a user who is not connected

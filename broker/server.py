@@ -33,7 +33,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import cluster
 from . import protocol as p
 from .admin import dispatch
-from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, PUB_SEND_BYTES, Limits
 from .keys import KeyDir, KeyFileError, short
 from .logfmt import LogWriter, Throttle
 from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard, user_id
@@ -48,11 +48,8 @@ if TYPE_CHECKING:  # imported where used: a broker without --backbone never load
 BATCH: Final = 512
 """Messages read from one socket before the loop flushes; bounds latency under load."""
 
-ROUTER_HWM: Final = 10_000
-PUB_HWM: Final = 10_000
-"""Per-peer queues. A subscriber that falls this far behind loses messages, and repairs the gap
-by sequence number; the broker never waits for it. Counted in sends, and a PUB send carries up to
-``BATCH`` events, so this also bounds what one stuck subscriber costs in memory."""
+ROUTER_RCVHWM: Final = 10_000
+"""Client messages waiting to be read, per client."""
 
 BAD_FRAMES_LOGGED: Final = 20
 """Bad frames logged one by one per heartbeat interval; the rest are counted in one line."""
@@ -150,7 +147,7 @@ class Broker:
         clock: Callable[[], float] = time.time,
         keys: KeyDir | None = None,
         curve: bool = False,
-        pub_hwm: int = PUB_HWM,
+        pub_hwm: int | None = None,
         pub_sndbuf: int | None = None,
         backbone: bb.Backbone | None = None,
     ) -> None:
@@ -170,12 +167,15 @@ class Broker:
             raise StartError(f"{exc}: the broker needs its key pair") from None
         chat_domain = self.guard.chat_domain
         try:
-            router_options = {zmq.SNDHWM: ROUTER_HWM, zmq.RCVHWM: ROUTER_HWM}
+            # Per-peer queues bounded in bytes: a send is at most about ANSWER_BYTES (replies)
+            # or PUB_SEND_BYTES (room events). A peer that falls that far behind loses what
+            # does not fit, and repairs it by retry or sequence number: the broker never waits.
+            router_options = {zmq.SNDHWM: limits.router_hwm, zmq.RCVHWM: ROUTER_RCVHWM}
             self.router = self._bind(
                 zmq.ROUTER, endpoints.router, limits.max_frame, chat_domain, router_options
             )
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            pub_options = {zmq.SNDHWM: pub_hwm}
+            pub_options = {zmq.SNDHWM: limits.pub_hwm if pub_hwm is None else pub_hwm}
             if pub_sndbuf is not None:  # tests: a small kernel buffer makes a slow peer drop
                 pub_options[zmq.SNDBUF] = pub_sndbuf
             self.pub = self._bind(
@@ -552,9 +552,13 @@ class Broker:
         encode, topic = p.encode, p.topic
         pub_send, send = self.pub.send, self.router.send
         for room, events in out.rooms.items():
-            pub_send(topic(room), _SNDMORE)
-            pub_send(encode(events))
-        counters.published += len(out.rooms)
+            body = encode(events)
+            if len(body) <= PUB_SEND_BYTES:
+                pub_send(topic(room), _SNDMORE)
+                pub_send(body)
+                counters.published += 1
+            else:
+                counters.published += self._publish_in_parts(room, events, len(body))
         batches: dict[bytes, list[p.ServerMsg]] = {}
         for peer, msg in out.replies:  # one send per peer, however many replies it has
             batch = batches.get(peer)
@@ -562,18 +566,35 @@ class Broker:
                 batches[peer] = [msg]
             else:
                 batch.append(msg)
+        stalled = self.chat.stalled
         for peer, batch in batches.items():
             try:
                 send(peer, _SNDMORE_NOBLOCK)  # an unknown or full peer fails here, whole
             except zmq.ZMQError:  # peer gone or its queue full: it repairs by retry or gap fill
                 counters.dropped_replies += len(batch)
+                if peer in self.chat.by_peer:
+                    stalled.add(peer)  # no more history for it until it reads
                 continue
             send(encode(batch), _NOBLOCK)
+            if stalled:
+                stalled.discard(peer)
         for peer, reply in ctl_replies:
             with contextlib.suppress(zmq.ZMQError):  # room-ctl gave up waiting
                 self.control.send_multipart([peer, b"", encode(reply)], zmq.NOBLOCK)
         if out.logs:
             self.log.events(out.logs)
+
+    def _publish_in_parts(self, room: str, events: list[p.RoomEvent], size: int) -> int:
+        """A batch of events larger than PUB_SEND_BYTES goes out in several sends of about
+        that size, so that a subscriber's queue (in sends) is bounded in bytes. Returns how
+        many sends."""
+        parts = -(-size // PUB_SEND_BYTES)
+        step = -(-len(events) // parts)
+        head = p.topic(room)
+        for start in range(0, len(events), step):
+            self.pub.send(head, _SNDMORE)
+            self.pub.send(p.encode(events[start : start + step]))
+        return -(-len(events) // step)
 
     def _share(self, backbone: bb.Backbone, out: Outbox) -> None:
         """Send the other brokers this batch's presence lines and direct messages for their

@@ -16,13 +16,23 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from . import protocol as p
-from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from .config import ANSWER_BYTES, DEFAULT_LIMITS, FETCH_TOKEN_BYTES, HEARTBEAT, LIVENESS, Limits
 from .store import ACKS_KEPT, Store, StoreError
 
 STORE_FAILED: Final = "the broker could not store this message: try again"
 """The reason of the refusal a sender gets when the batch of its message could not be stored."""
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_POSTED_OVERHEAD: Final = 32
+"""About what a stored message adds to its text and names on the wire."""
+
+
+def _size(message: p.Posted) -> int:
+    """About the bytes of ``message`` on the wire (characters, not UTF-8 bytes: a bound for
+    budgets, not an exact count)."""
+    return len(message.text) + len(message.sender) + len(message.room) + _POSTED_OVERHEAD
+
+
 """Characters that would break the one-line-per-message log and client output."""
 
 
@@ -45,6 +55,8 @@ class Outbox:
     logs: list[LogEvent] = field(default_factory=list)
     forwards: list[tuple[str, p.Told]] = field(default_factory=list)
     """Direct messages for users another broker holds (on a backbone), by that broker."""
+    answered: dict[bytes, int] = field(default_factory=dict)
+    """Bytes of history answered to each peer in this batch (at most about ANSWER_BYTES)."""
 
     def reply(self, peer: bytes, msg: p.ServerMsg) -> None:
         self.replies.append((peer, msg))
@@ -63,6 +75,7 @@ class Outbox:
         """Hand over everything collected so far and start empty."""
         taken = Outbox(self.replies, self.rooms, self.logs, self.forwards)
         self.replies, self.rooms, self.logs, self.forwards = [], {}, [], []
+        self.answered = {}
         return taken
 
 
@@ -125,6 +138,8 @@ class Chat:
         self.counters = Counters()
         self.request = ""
         """The tag of the client message being handled: an ``Error`` names it."""
+        self.stalled: set[bytes] = set()
+        """Peers whose queue was full at the last send: they get no history until they read."""
 
     # ---- client messages ----------------------------------------------------------------------
 
@@ -152,7 +167,7 @@ class Chat:
                 room = user.room
                 self.out.publish(room, p.Synced(room, msg.nonce, self.store.last_seq(room)))
             case p.Fetch():
-                self._fetch(user, msg)
+                self._fetch(user, msg, now)
             case p.Join():
                 self._join(user, msg.room, msg.history, now)
             case p.Leave():
@@ -369,17 +384,26 @@ class Chat:
             return p.Code.TOO_LONG, f"message is {size} bytes; the limit is {limit}"
         if not text or _CONTROL.search(text):
             return p.Code.BAD_TEXT, "a message must be non-empty printable text on one line"
-        rate = self.settings.rate
-        if rate > 0:
-            user.tokens = min(self.settings.burst, user.tokens + (now - user.refilled) * rate)
-            user.refilled = now
-            if user.tokens < 1:
-                return p.Code.RATE_LIMITED, f"slow down: at most {rate:g} messages per second"
-            user.tokens -= 1
+        if not self._afford(user, now):
+            rate = self.settings.rate
+            return p.Code.RATE_LIMITED, f"slow down: at most {rate:g} messages per second"
+        user.tokens -= 1
         return None
 
-    def _fetch(self, user: User, msg: p.Fetch) -> None:
-        """History is for members: only the user's own room can be read."""
+    def _afford(self, user: User, now: float) -> bool:
+        """Refill the user's rate budget; whether a message's worth is left (always, with the
+        limit off). The caller spends what its request costs."""
+        rate = self.settings.rate
+        if rate <= 0:
+            return True
+        user.tokens = min(self.settings.burst, user.tokens + (now - user.refilled) * rate)
+        user.refilled = now
+        return user.tokens >= 1
+
+    def _fetch(self, user: User, msg: p.Fetch, now: float) -> None:
+        """History is for members: only the user's own room can be read. What one client is
+        answered is bounded: per turn of the loop (``ANSWER_BYTES``), by its rate budget, and
+        not at all while its queue is full (it does not read)."""
         if msg.room != user.room:
             if not p.valid_name(msg.room):
                 reason = f"invalid room {msg.room!r}: use {p.NAME_RULE}"
@@ -388,9 +412,35 @@ class Chat:
                 reason = f"you are not in {msg.room}: join it to read its history"
                 self.error(user.peer, p.Code.NOT_MEMBER, reason)
             return
+        budget = ANSWER_BYTES - self.out.answered.get(user.peer, 0)
+        if budget < ANSWER_BYTES // 2 or user.peer in self.stalled or not self._afford(user, now):
+            reason = "history is asked faster than it is read: read the answers, then ask again"
+            self.error(user.peer, p.Code.BUSY, reason)
+            return
         messages, first = self.store.range(msg.room, msg.after, msg.upto, msg.limit)
+        messages = self._answer(user, messages, budget, newest=False)
         self.counters.fetched += len(messages)
         self.out.reply(user.peer, p.Messages(msg.room, messages, first))
+
+    def _answer(
+        self, user: User, messages: list[p.Posted], budget: int, newest: bool
+    ) -> list[p.Posted]:
+        """``messages`` cut to ``budget`` bytes (keeping the oldest, or the ``newest``), charged
+        to the user's batch and rate budget."""
+        total = 0
+        kept = 0
+        for m in reversed(messages) if newest else messages:
+            total += _size(m)
+            if total > budget and kept:
+                total -= _size(m)
+                break
+            kept += 1
+        if kept < len(messages):
+            messages = messages[len(messages) - kept :] if newest else messages[:kept]
+        self.out.answered[user.peer] = self.out.answered.get(user.peer, 0) + total
+        if self.settings.rate > 0:
+            user.tokens -= total / FETCH_TOKEN_BYTES
+        return messages
 
     def _join(self, user: User, room: str, history: int, now: float, forced: bool = False) -> None:
         if not p.valid_name(room):
@@ -411,6 +461,9 @@ class Chat:
             self.out.publish(room, p.Presence(room, user.name, "entered"))
             self.out.log(now, "enter", room, user.name, f"from {old}")
         recent = self.store.recent(room, history)
+        if recent:
+            budget = max(0, ANSWER_BYTES - self.out.answered.get(user.peer, 0))
+            recent = self._answer(user, recent, budget, newest=True)
         self.out.reply(user.peer, p.Joined(room, self.store.last_seq(room), recent, forced))
 
     # ---- the broker's own actions -------------------------------------------------------------
@@ -431,6 +484,7 @@ class Chat:
             self.store.release(user.name, end_session)
         del self.users[user.name]
         self.by_peer.pop(user.peer, None)
+        self.stalled.discard(user.peer)
         self.members[user.room].discard(user.name)
         self.out.publish(user.room, p.Presence(user.room, user.name, what))
         self.out.log(now, "disconnect", user.room, user.name, why)

@@ -9,7 +9,7 @@ from chat_helpers import PUB, T0, chat, hello, send
 
 from broker import protocol as p
 from broker.config import Limits
-from broker.state import Chat, LogEvent, Outbox, User
+from broker.state import Chat, LogEvent, Outbox, Settings, User
 from broker.store import MemoryStore
 
 
@@ -771,3 +771,59 @@ def test_fire_and_reset_end_the_session() -> None:
         c.out.take()
         error = only_reply(send(c, b"p2", p.Hello(p.VERSION, "alice", secret)), b"p2")
         assert error.code is p.Code.BAD_SESSION, command
+
+
+# ---- bounded answers ---------------------------------------------------------------------------
+
+
+def test_one_batch_answers_a_client_at_most_about_answer_bytes_of_history() -> None:
+    from broker.config import ANSWER_BYTES
+
+    c = chat(rate=0, limits=Limits(max_message=4096))
+    alice = hello(c, "alice")
+    _room_with(c, alice, "x", 0)
+    for i in range(200):
+        say(c, alice, f"{i:04d}" + "y" * 4000, i + 1)
+    c.handle(alice.peer, p.Fetch("x", 0), T0)  # 200 x 4 KB asked: about 64 fit
+    c.handle(alice.peer, p.Fetch("x", 100), T0)  # the same batch: nothing is left for it
+    out = c.out.take()
+    first, second = (msg for _, msg in out.replies)
+    assert isinstance(first, p.Messages)
+    assert 0 < len(first.messages) < 200
+    assert [m.seq for m in first.messages] == list(range(1, len(first.messages) + 1))
+    assert sum(len(m.text) for m in first.messages) <= ANSWER_BYTES
+    assert second == p.Error(p.Code.BUSY, second.reason, "fetch")
+    again = fetch(c, alice, p.Fetch("x", len(first.messages)))  # the next batch: the rest
+    assert again.messages[0].seq == len(first.messages) + 1
+
+
+def test_history_costs_from_the_rate_budget_and_a_stalled_peer_gets_none() -> None:
+    c = chat(rate=10, burst=30)
+    alice = hello(c, "alice")
+    _room_with(c, alice, "x", 0)
+    c.settings = Settings(PUB, rate=0)
+    for i in range(200):
+        say(c, alice, "z" * 4000, i + 1)
+    c.settings = Settings(PUB, rate=10, burst=30)
+    alice.tokens = 30.0
+    codes = [
+        type(only_reply(send(c, alice, p.Fetch("x", 0)), alice.peer)).__name__ for _ in range(12)
+    ]
+    assert codes[0] == "Messages" and codes[-1] == "Error"  # 256 KiB costs 4 tokens: 30 go fast
+    c.stalled.add(alice.peer)
+    alice.tokens = 30.0
+    assert error_code(send(c, alice, p.Fetch("x", 0)), alice.peer) is p.Code.BUSY
+    c.stalled.discard(alice.peer)
+    assert isinstance(only_reply(send(c, alice, p.Fetch("x", 0)), alice.peer), p.Messages)
+
+
+def test_join_history_keeps_the_newest_that_fit() -> None:
+    c = chat(rate=0)
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    _room_with(c, alice, "x", 0)
+    for i in range(300):
+        say(c, alice, "w" * 4000, i + 1)
+    got = joined(c, bob, "x", history=1000)
+    assert 0 < len(got.history) < 300
+    assert got.history[-1].seq == 300
+    assert [m.seq for m in got.history] == list(range(301 - len(got.history), 301))
