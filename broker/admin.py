@@ -100,6 +100,19 @@ def out(chat: Chat, args: list[str], now: float) -> Result:
     return Result(f"put {user.name} out of {room}")
 
 
+def remove(chat: Chat, args: list[str], now: float) -> Result:
+    room = args[0]
+    if room == p.LOBBY:
+        raise AdminError(
+            p.Code.BAD_ARGS, f"{p.LOBBY} cannot be removed: it is where everyone lands"
+        )
+    if room not in chat.members:
+        raise AdminError(p.Code.BAD_ARGS, f"there is no room {room!r}: check `room-ctl rooms`")
+    moved = chat.remove_room(room, now)
+    who = f", {len(moved)} members moved to {p.LOBBY}" if moved else ""
+    return Result(f"removed {room} and its history{who}")
+
+
 def reset(chat: Chat, args: list[str], now: float) -> Result:
     count = len(chat.users)
     chat.reset(now)
@@ -177,6 +190,9 @@ COMMANDS: dict[str, Command] = {
     "unblock": Command(unblock, ("USER",), "unblock USER"),
     "fire": Command(fire, ("USER",), "disconnect USER (their client exits)"),
     "out": Command(out, ("USER",), f"move USER out of their room, back to {p.LOBBY}"),
+    "remove": Command(
+        remove, ("ROOM",), f"delete ROOM and its history; its members go to {p.LOBBY}"
+    ),
     "reset": Command(reset, (), "disconnect every client and remove every room but the lobby"),
     "close": Command(
         close, (), "shut the broker down cleanly (--all: every broker on the backbone)", ("all",)

@@ -70,6 +70,24 @@ def main() -> None:
     help="Rooms, the lobby included.",
 )
 @options.option(
+    "--new-rooms",
+    default=config.DEFAULT_LIMITS.new_rooms,
+    type=click.IntRange(min=1),
+    help="Rooms one user may create per minute.",
+)
+@options.option(
+    "--keep-messages",
+    default=config.DEFAULT_LIMITS.keep_messages,
+    type=click.IntRange(min=1),
+    help="Messages kept per room; older ones are deleted in the background.",
+)
+@options.option(
+    "--keep-days",
+    default=config.DEFAULT_LIMITS.keep_days,
+    type=click.FloatRange(min=0),
+    help="Days a message is kept; 0 keeps them for ever.",
+)
+@options.option(
     "--client-queue",
     default=config.DEFAULT_LIMITS.client_queue // 1024,
     type=click.IntRange(min=512),
@@ -144,6 +162,9 @@ def start(
     max_message: int,
     max_clients: int,
     max_rooms: int,
+    new_rooms: int,
+    keep_messages: int,
+    keep_days: float,
     client_queue: int,
     subscriber_queue: int,
     heartbeat: float,
@@ -163,6 +184,9 @@ def start(
         max_clients=max_clients,
         max_rooms=max_rooms,
         max_frame=max_frame,
+        new_rooms=new_rooms,
+        keep_messages=keep_messages,
+        keep_days=keep_days,
         client_queue=client_queue * 1024,
         subscriber_queue=subscriber_queue * 1024,
     )

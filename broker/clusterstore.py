@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import protocol as p
 from .backbone import Backbone, Record
-from .store import AuditEntry, MemoryStore, Store
+from .store import AuditEntry, MemoryStore, Store, StoreError
 
 
 class ClusterStore:
@@ -51,6 +51,16 @@ class ClusterStore:
 
     def add_room(self, room: str) -> None:
         self.mirror.add_room(room)
+
+    def remove_room(self, room: str) -> None:
+        """Rooms live in the stream, shared by every broker: not removed one broker at a time."""
+        if self.mirror.last_seq(room):
+            raise StoreError("remove is not available with a backbone: the stream keeps rooms")
+        self.mirror.remove_room(room)
+
+    def prune(self, keep: int, before: float, limit: int) -> int:
+        """The stream's own limits bound it; the mirror keeps a window."""
+        return 0
 
     def reset(self) -> None:
         """Forget the mirror; the stream itself is purged by the broker that was asked."""

@@ -50,7 +50,10 @@ class Limits:
     max_message: int = 4096  # bytes of UTF-8 text in one room message
     max_clients: int = 10_000
     max_rooms: int = 1_000
-    history_keep: int = 10_000  # messages kept per room for history and gap fill
+    history_keep: int = 10_000  # messages per room kept in memory (a backbone's mirror)
+    keep_messages: int = 100_000  # messages per room kept on disk; older ones are pruned
+    keep_days: float = 365.0  # days a message is kept on disk; 0 keeps them for ever
+    new_rooms: int = 10  # rooms one user may create per minute
     max_frame: int = 64 * 1024  # MAXMSGSIZE on the ROUTER and control sockets
     max_subscription: int = 1024  # MAXMSGSIZE on the PUB socket: a subscription is one room
     # topic (at most 34 bytes), but a CURVE handshake's INITIATE (about 300 bytes) counts too

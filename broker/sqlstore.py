@@ -13,6 +13,7 @@ acknowledged, and the next batch starts clean.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import sqlite3
@@ -121,6 +122,8 @@ class SQLiteStore(LocalNames):
             ) from None
         super().__init__(sessions)
         self._seq: dict[str, int] = {room: seqs.get(room, 0) for room in rooms}
+        self._prune_next = ""
+        """The room the next ``prune`` starts at."""
         self._checkpointer.start()
         self._dirty = False
         self._rows: list[tuple[str, int, float, str, str, int]] = []
@@ -215,6 +218,41 @@ class SQLiteStore(LocalNames):
             self._undo.setdefault(room, None)
             self._seq[room] = 0
             self._write("INSERT OR IGNORE INTO rooms VALUES (?)", (room,))
+
+    def remove_room(self, room: str) -> None:
+        if room in self._seq:
+            self._undo.setdefault(room, self._seq[room])
+            self._write_rows()
+            self._write("DELETE FROM messages WHERE room = ?", (room,))
+            self._write("DELETE FROM rooms WHERE name = ?", (room,))
+            del self._seq[room]
+
+    def prune(self, keep: int, before: float, limit: int) -> int:
+        """Rooms are visited in turn (``_prune_next``), and each looks at its oldest ``limit``
+        messages only (the primary key's order): bounded work for one turn of the loop."""
+        self._write_rows()
+        pruned = 0
+        rooms = sorted(self._seq)
+        start = bisect.bisect_left(rooms, self._prune_next)
+        for room in rooms[start:] + rooms[:start]:
+            if pruned >= limit:
+                self._prune_next = room
+                return pruned
+            oldest = self._db.execute(
+                "SELECT seq, ts FROM messages WHERE room = ? ORDER BY seq LIMIT ?",
+                (room, limit - pruned),
+            ).fetchall()
+            past = self._seq[room] - keep
+            upto = 0
+            for seq, ts in oldest:
+                if seq > past and ts >= before:
+                    break
+                upto = seq
+            if upto:
+                self._write("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, upto))
+                pruned += sum(1 for seq, _ in oldest if seq <= upto)
+        self._prune_next = ""
+        return pruned
 
     def reset(self) -> None:
         self._rows.clear()

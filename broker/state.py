@@ -19,6 +19,9 @@ from . import protocol as p
 from .config import ANSWER_BYTES, DEFAULT_LIMITS, FETCH_TOKEN_BYTES, HEARTBEAT, LIVENESS, Limits
 from .store import ACKS_KEPT, Store, StoreError
 
+PRUNED_PER_TICK: Final = 2_000
+"""Old messages deleted at most per heartbeat tick: retention never holds the loop for long."""
+
 STORE_FAILED: Final = "the broker could not store this message: try again"
 """The reason of the refusal a sender gets when the batch of its message could not be stored."""
 
@@ -90,6 +93,10 @@ class User:
     refilled: float
     mids: OrderedDict[int, p.Ack] = field(default_factory=OrderedDict)
     """The latest acknowledged message ids, to answer a recent retry without the store."""
+    new_rooms: float = 0.0
+    """Rooms the user may still create now (refilled at ``Limits.new_rooms`` per minute)."""
+    new_rooms_at: float = 0.0
+    """When ``new_rooms`` was last refilled."""
     mid_high: int = 0
     """The user's highest stored message id: an id above it is new, and one at or below it is
     looked up in the store (``Store.acked``), so no stall is long enough to store one twice."""
@@ -264,6 +271,7 @@ class Chat:
             self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
             return
         user = User(name, peer, p.LOBBY, session, now, self.settings.burst, now)
+        user.new_rooms, user.new_rooms_at = self.settings.limits.new_rooms, now
         user.mid_high = self.store.highest_mid(name)
         self.users[name] = user
         self.by_peer[peer] = user
@@ -447,8 +455,9 @@ class Chat:
             self.error(user.peer, p.Code.BAD_ROOM, f"invalid room {room!r}: use {p.NAME_RULE}")
             return
         if room not in self.members:
-            if len(self.members) >= self.settings.limits.max_rooms:
-                self.error(user.peer, p.Code.FULL, "the broker is at its room limit: join another")
+            refusal = self._new_room_refusal(user, now)
+            if refusal is not None:
+                self.error(user.peer, *refusal)
                 return
             self.members[room] = set()
             self.store.add_room(room)
@@ -456,6 +465,7 @@ class Chat:
         if old != room:
             self.members[old].discard(user.name)
             self.out.publish(old, p.Presence(old, user.name, "left"))
+            self._drop_if_unused(old)
             user.room = room
             self.members[room].add(user.name)
             self.out.publish(room, p.Presence(room, user.name, "entered"))
@@ -465,6 +475,48 @@ class Chat:
             budget = max(0, ANSWER_BYTES - self.out.answered.get(user.peer, 0))
             recent = self._answer(user, recent, budget, newest=True)
         self.out.reply(user.peer, p.Joined(room, self.store.last_seq(room), recent, forced))
+
+    def _new_room_refusal(self, user: User, now: float) -> tuple[p.Code, str] | None:
+        """Rooms are free to create, within limits: the cap counts rooms someone is in, and
+        each user may create ``new_rooms`` a minute."""
+        limits = self.settings.limits
+        if sum(1 for names in self.members.values() if names) >= limits.max_rooms:
+            return p.Code.FULL, "the broker is at its room limit: join another"
+        per_second = limits.new_rooms / 60
+        user.new_rooms = min(
+            limits.new_rooms, user.new_rooms + (now - user.new_rooms_at) * per_second
+        )
+        user.new_rooms_at = now
+        if user.new_rooms < 1:
+            reason = (
+                f"slow down: at most {limits.new_rooms} new rooms a minute; join one that exists"
+            )
+            return p.Code.RATE_LIMITED, reason
+        user.new_rooms -= 1
+        return None
+
+    def _drop_if_unused(self, room: str) -> None:
+        """A room nobody is in and nothing was ever said in goes (the lobby stays)."""
+        if room != p.LOBBY and not self.members.get(room, True) and not self.store.last_seq(room):
+            del self.members[room]
+            self.store.remove_room(room)
+
+    def remove_room(self, room: str, now: float) -> list[str]:
+        """The admin removes ``room`` and its history: its members are put in the lobby. Returns
+        who was moved."""
+        moved = sorted(self.members.get(room, ()))
+        for name in moved:
+            self.out.publish(room, p.Presence(room, name, "out"))
+            self._join(self.users[name], p.LOBBY, 0, now, forced=True)
+        self.store.remove_room(room)
+        self.members.pop(room, None)
+        return moved
+
+    def prune(self, limit: int, now: float) -> int:
+        """Retention: old messages go a few at a time, at each tick (bounded work in the loop)."""
+        limits = self.settings.limits
+        before = now - limits.keep_days * 86_400 if limits.keep_days > 0 else 0.0
+        return self.store.prune(limits.keep_messages, before, limit)
 
     # ---- the broker's own actions -------------------------------------------------------------
 
@@ -487,6 +539,7 @@ class Chat:
         self.stalled.discard(user.peer)
         self.members[user.room].discard(user.name)
         self.out.publish(user.room, p.Presence(user.room, user.name, what))
+        self._drop_if_unused(user.room)
         self.out.log(now, "disconnect", user.room, user.name, why)
 
     def tick(self, now: float) -> None:
@@ -496,6 +549,7 @@ class Chat:
         if c._mark[0]:
             c.rate = (c.accepted - c._mark[1]) / max(now - c._mark[0], 1e-9)
         c._mark = (now, c.accepted)
+        self.prune(PRUNED_PER_TICK, now)
         deadline = now - s.heartbeat * s.liveness
         for user in list(self.users.values()):
             if user.last_seen < deadline:

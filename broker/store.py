@@ -66,6 +66,15 @@ class Store(Protocol):
 
     def rooms(self) -> list[str]: ...
     def add_room(self, room: str) -> None: ...
+    def remove_room(self, room: str) -> None:
+        """Forget ``room`` and its history (its numbering starts over if it comes back)."""
+        ...
+
+    def prune(self, keep: int, before: float, limit: int) -> int:
+        """Delete at most ``limit`` messages that are past the newest ``keep`` of their room or
+        older than ``before`` (a time; 0: none is too old), a few rooms per call; how many."""
+        ...
+
     def reset(self) -> None:
         """Remove every room but the lobby, and all history; the blocklist stays."""
         ...
@@ -216,6 +225,18 @@ class MemoryStore(LocalNames):
     def add_room(self, room: str) -> None:
         if room not in self._rooms:
             self._new_room(room)
+
+    def remove_room(self, room: str) -> None:
+        self._rooms.pop(room, None)
+
+    def prune(self, keep: int, before: float, limit: int) -> int:
+        """The window already keeps at most ``keep`` (the smaller of both); old ones go here."""
+        pruned = 0
+        for log in self._rooms.values():
+            while log.messages and pruned < limit and log.messages[0].ts < before:
+                log.messages.popleft()
+                pruned += 1
+        return pruned
 
     def reset(self) -> None:
         self._rooms = {LOBBY: _RoomLog(self._keep)}

@@ -278,7 +278,7 @@ def test_leave_returns_to_public() -> None:
         p.LOBBY: [p.Presence(p.LOBBY, "alice", "entered")],
     }
     assert alice.room == p.LOBBY
-    assert c.members["x"] == set()
+    assert "x" not in c.members  # empty, and nothing was said in it: gone
     assert "alice" in c.members[p.LOBBY]
 
 
@@ -622,7 +622,7 @@ def test_tick_drops_silent_users_and_pings_the_others() -> None:
     assert [(e.kind, e.user) for e in out.logs] == [("disconnect", "alice")]
     assert set(c.users) == {"bob"}
     assert alice.peer not in c.by_peer
-    assert "alice" not in c.members["y"]
+    assert "alice" not in c.members.get("y", set())
     hello(c, "alice", b"again", now=T0 + 4)  # the name is free again
 
 
@@ -651,7 +651,7 @@ def test_quit_frees_the_name() -> None:
     assert out.rooms == {"x": [p.Presence("x", "alice", "left")]}
     assert [(e.kind, e.room, e.user) for e in out.logs] == [("disconnect", "x", "alice")]
     assert c.users == {} and c.by_peer == {}
-    assert c.members["x"] == set()
+    assert "x" not in c.members
     assert error_code(send(c, b"a", p.Join("x")), b"a") is p.Code.HELLO_FIRST
     hello(c, "alice", b"b")
 
@@ -827,3 +827,76 @@ def test_join_history_keeps_the_newest_that_fit() -> None:
     assert 0 < len(got.history) < 300
     assert got.history[-1].seq == 300
     assert [m.seq for m in got.history] == list(range(301 - len(got.history), 301))
+
+
+# ---- rooms come and go -------------------------------------------------------------------------
+
+
+def test_a_room_goes_when_its_last_member_leaves_unless_something_was_said_in_it() -> None:
+    c = chat(rate=0)
+    alice = hello(c, "alice")
+    joined(c, alice, "quiet")
+    joined(c, alice, "spoken")
+    assert "quiet" not in c.members and "quiet" not in c.store.rooms()
+    say(c, alice, "hello", 1)
+    send(c, alice, p.Leave())
+    assert "spoken" in c.members and "spoken" in c.store.rooms()
+
+
+def test_the_room_cap_counts_rooms_someone_is_in() -> None:
+    c = chat(rate=0, limits=Limits(max_rooms=3, new_rooms=5000))
+    alice, bob, _carol = hello(c, "alice"), hello(c, "bob"), hello(c, "carol")
+    for i in range(1000):  # a flood of new names: each goes when alice moves on
+        joined(c, alice, f"r{i}")
+    joined(c, bob, "mine")  # public (carol), r999 (alice) and mine (bob) are in use
+    assert error_code(send(c, alice, p.Join("more")), alice.peer) is p.Code.FULL
+    joined(c, bob, "r999")  # mine goes; a room is free again
+    joined(c, alice, "more")
+
+
+def test_creating_rooms_is_rate_limited_per_user() -> None:
+    c = chat(rate=0, limits=Limits(new_rooms=3))
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    for i in range(3):
+        joined(c, alice, f"r{i}")
+    assert error_code(send(c, alice, p.Join("r3")), alice.peer) is p.Code.RATE_LIMITED
+    joined(c, bob, "r3")  # another user still may
+    joined(c, alice, "r3")  # and joining a room that is costs nothing
+    joined(c, alice, "r4", now=T0 + 20)  # a minute refills new_rooms: 20 s one
+
+
+def test_remove_moves_the_members_out_and_deletes_the_history() -> None:
+    from broker.admin import dispatch
+
+    c = chat(rate=0)
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    _room_with(c, alice, "x", 3)
+    joined(c, bob, "x")
+    reply = dispatch(c, p.CtlRequest(1, "remove", ["x"]), T0)
+    assert reply.ok, reply
+    out = c.out.take()
+    assert (alice.peer, p.Joined(p.LOBBY, 0, [], True)) in out.replies
+    assert alice.room == bob.room == p.LOBBY
+    assert "x" not in c.members and "x" not in c.store.rooms() and c.store.last_seq("x") == 0
+    assert not dispatch(c, p.CtlRequest(2, "remove", [p.LOBBY]), T0).ok
+    assert not dispatch(c, p.CtlRequest(3, "remove", ["nowhere"]), T0).ok
+
+
+def test_retention_prunes_past_the_newest_kept_and_first_stays_truthful(tmp_path) -> None:
+    from broker.sqlstore import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "room.db")
+    c = Chat(store, Settings(PUB, limits=Limits(keep_messages=5, keep_days=1), rate=0))
+    alice = hello(c, "alice")
+    _room_with(c, alice, "x", 12)
+    store.commit()
+    c.prune(3, T0)  # at most 3 a call: bounded work
+    c.prune(1000, T0)
+    store.commit()
+    reply = fetch(c, alice, p.Fetch("x", 0))
+    assert [m.seq for m in reply.messages] == [8, 9, 10, 11, 12] and reply.first == 8
+    c.prune(1000, T0 + 86_400 + 1)  # a day later every message is too old
+    store.commit()
+    reply = fetch(c, alice, p.Fetch("x", 0))
+    assert reply.messages == [] and reply.first == 13
+    store.close()
