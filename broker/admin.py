@@ -109,7 +109,7 @@ def remove(chat: Chat, args: list[str], now: float) -> Result:
     if room not in chat.members:
         raise AdminError(p.Code.BAD_ARGS, f"there is no room {room!r}: check `room-ctl rooms`")
     moved = chat.remove_room(room, now)
-    who = f", {len(moved)} members moved to {p.LOBBY}" if moved else ""
+    who = f"; moved to {p.LOBBY}: {', '.join(moved)}" if moved else ""
     return Result(f"removed {room} and its history{who}")
 
 

@@ -58,6 +58,7 @@ def test_every_room_ctl_command_prints_one_json_document(
 ):
     clients.join("alice", "games")
     clients.join("bob")
+    clients.join("carol", "games")
     runs = {
         "block": ["block", "bob"],
         "unblock": ["unblock", "bob"],
@@ -65,6 +66,7 @@ def test_every_room_ctl_command_prints_one_json_document(
         "fire": ["fire", "bob"],
         "who": ["who"],
         "rooms": ["rooms"],
+        "remove": ["remove", "games"],
         "stats": ["stats"],
         "audit": ["audit", "--limit", "3"],
         "reset": ["reset"],
@@ -80,7 +82,9 @@ def test_every_room_ctl_command_prints_one_json_document(
         docs[verb] = _document(ctl(broker, *argv, "--json"))
     assert all(d["ok"] for k, d in docs.items() if k != "fire ghost")
     assert docs["fire ghost"]["ok"] is False and docs["fire ghost"]["code"] == "no_such_user"
-    assert {u["name"]: u["room"] for u in docs["who"]["data"]["users"]} == {"alice": "public"}
+    users = {u["name"]: u["room"] for u in docs["who"]["data"]["users"]}
+    assert users == {"alice": "public", "carol": "games"}
+    assert docs["remove"]["message"] == "removed games and its history; moved to public: carol"
     assert docs["--json who"] == docs["who"]
     assert {r["name"] for r in docs["rooms"]["data"]["rooms"]} >= {"public", "games"}
     stats = docs["stats"]["data"]["stats"]
@@ -89,7 +93,7 @@ def test_every_room_ctl_command_prints_one_json_document(
     for key in ("drops", "uptime_seconds", "database_bytes"):
         assert isinstance(stats[key], int | float), key
     audit = [e["command"] for e in docs["audit"]["data"]["audit"]]
-    assert audit == ["rooms", "stats", "stats"]  # the last three, oldest first
+    assert audit == ["remove", "stats", "stats"]  # the last three, oldest first
     assert broker.wait() == Exit.OK
 
 
