@@ -143,6 +143,8 @@ def stats(chat: Chat, args: list[str], now: float) -> Result:
     uptime = now - c.started if c.started else 0.0
     data = {
         "clients": len(chat.users),
+        "connections": c.connections,
+        "unnamed_connections": max(0, c.connections - len(chat.users)),
         "rooms": len(chat.members),
         "blocked": len(chat.store.blocked()),
         "messages_in": c.accepted,

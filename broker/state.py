@@ -113,6 +113,7 @@ class Counters:
     dropped_replies: int = 0  # replies a peer's full or gone queue could not take
     published: int = 0  # PUB sends (each one a batch of room events)
     fetched: int = 0  # stored messages sent in answer to Fetch (gap repair, /history)
+    connections: int = 0  # open connections to the ROUTER, users or not (set by the I/O layer)
     started: float = 0.0  # when the broker started (set by the I/O layer)
     rate: float = 0.0  # room messages accepted per second over the last heartbeat interval
     _mark: tuple[float, int] = (0.0, 0)  # (time, accepted) at the last tick
