@@ -6,6 +6,7 @@ flush, not one per line.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -14,11 +15,14 @@ from typing import TextIO
 
 import msgspec
 
-from .state import LogEvent
+from .state import CONTROL_CHARS, LogEvent
 
 CHAT_KINDS = frozenset({"msg", "direct", "blocked"})
 """Kinds that ``--quiet`` hides; admin and error lines always show."""
 
+
+_CHECKED_KINDS = frozenset({"msg", "direct"})
+"""Log kinds whose fields the chat has checked: printed as they are (the hot path)."""
 
 _second: list = [None, ""]  # the last whole second formatted, and its text
 
@@ -53,8 +57,17 @@ def stamp(ts: float) -> str:
     return f"{_second[1]}.{int((ts - whole) * 1000):03d}Z"
 
 
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode()
+
+
 def format_text(e: LogEvent) -> str:
+    """One line. A chat line's fields were checked by the chat (names, printable text); any
+    other may carry what a peer sent (a bad frame's reason, a blocked user's text, a name), so
+    control characters and line breaks are escaped there: no peer can forge a log line."""
     when = stamp(e.ts)
+    if e.kind not in _CHECKED_KINDS:
+        e = LogEvent(e.ts, e.kind, *(CONTROL_CHARS.sub(_escaped, f) for f in e[2:]))
     match e.kind:
         case "msg" | "direct":
             return f"{when} [{e.room}] {e.user}: {e.text}"

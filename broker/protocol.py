@@ -86,7 +86,7 @@ class Code(StrEnum):
     BAD_SESSION = "bad_session"  # Hello resuming a session the broker does not have (ended)
     REFUSED = "refused"  # control request from a key that is not (or no longer) an admin's
     UNAVAILABLE = "unavailable"  # storage refused the message; it was not accepted
-    INTERNAL = "internal"  # a bug in the broker; the request had no effect
+    INTERNAL = "internal"  # a bug in the broker: the request may have had part of its effect
 
 
 class Bye(StrEnum):

@@ -384,7 +384,10 @@ class Broker:
         """A bug met one request: answer ``internal`` and log one line with the traceback."""
         if peer is not None:
             self.chat.error(peer, p.Code.INTERNAL, "the broker failed on this request; see its log")
-        trace = " | ".join(line.strip() for line in traceback.format_exception(exc) if line.strip())
+        lines = (
+            line.strip() for item in traceback.format_exception(exc) for line in item.split("\n")
+        )
+        trace = " | ".join(line for line in lines if line)
         what = f"{type(msg).__name__}: {type(exc).__name__}: {exc}"
         self.chat.out.log(self.clock(), "error", text=f"internal error on {what}; {trace}")
 

@@ -25,7 +25,7 @@ PRUNED_PER_TICK: Final = 2_000
 STORE_FAILED: Final = "the broker could not store this message: try again"
 """The reason of the refusal a sender gets when the batch of its message could not be stored."""
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _POSTED_OVERHEAD: Final = 32
 """About what a stored message adds to its text and names on the wire."""
 
@@ -391,7 +391,7 @@ class Chat:
         limit = self.settings.limits.max_message
         if size > limit:
             return p.Code.TOO_LONG, f"message is {size} bytes; the limit is {limit}"
-        if not text or _CONTROL.search(text):
+        if not text or CONTROL_CHARS.search(text):
             return p.Code.BAD_TEXT, "a message must be non-empty printable text on one line"
         if not self._afford(user, now):
             rate = self.settings.rate

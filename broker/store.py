@@ -18,6 +18,8 @@ ACKS_KEPT: Final = 64
 """Acks a connected user keeps at hand to answer a retry without asking the store."""
 MEMORY_ACKS_KEPT: Final = 10_000
 """Message ids a MemoryStore remembers per sender (SQLite remembers every one)."""
+SESSIONS_KEPT: Final = 100_000
+"""Sessions a broker keeps for resuming; a new one beyond that ends the oldest."""
 AUDIT_KEPT: Final = 10_000
 """Audit entries a MemoryStore keeps (the SQLite store keeps them all)."""
 
@@ -137,13 +139,20 @@ class LocalNames:
         self._sessions: dict[str, str] = sessions or {}
 
     def claim(self, name: str, session: str, resume: str) -> str | Code:
+        """A new session goes last; past ``SESSIONS_KEPT`` the oldest ends (its client, if it
+        ever resumes, is told ``bad_session`` and starts anew): endless new names cost a bound."""
         if resume:
             known = self._sessions.get(name)
             if known is None or not secrets.compare_digest(known.encode(), resume.encode()):
                 return Code.BAD_SESSION
             return known
+        self._sessions.pop(name, None)
         self._sessions[name] = session
         self._session_saved(name, session)
+        if len(self._sessions) > SESSIONS_KEPT:
+            oldest = next(iter(self._sessions))
+            del self._sessions[oldest]
+            self._session_saved(oldest, None)
         return session
 
     def release(self, name: str, end_session: bool) -> None:

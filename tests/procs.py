@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -350,3 +351,93 @@ def assert_all_acknowledged_stored_once(
     written = [m.text for m in stored.values() if m.sender == "writer"]
     assert len(written) == len(set(written)), "a message was stored twice"
     return written
+
+
+# ---- a broker with a prelude, and a chatting pair ------------------------------------------------
+
+
+class PreludedBroker(BrokerProc):
+    """``room-broker start`` run after some Python (``prelude``) in the same process: a test can
+    monkeypatch the broker's code, e.g. to make one handler raise."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        prelude: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        router: str = ANY_PORT,
+        pub: str = ANY_PORT,
+        control: str = ANY_PORT,
+    ):
+        self.data_dir, self.extra, self.env, self.prelude = data_dir, extra, env, prelude
+        argv = broker_argv(data_dir, *extra, router=router, pub=pub, control=control)
+        argv[2] = f"{prelude}\n{argv[2]}"  # after "python -c": the code that runs main()
+        Proc.__init__(self, argv, env=env)
+        m = self.expect(_LISTENING.pattern)
+        self.router, self.pub, self.control = m.group(1), m.group(2), m.group(3)
+
+    def restart(self, *extra: str) -> PreludedBroker:
+        return PreludedBroker(
+            self.data_dir, self.prelude, *(extra or self.extra), env=self.env,
+            router=self.router, pub=self.pub, control=self.control,
+        )  # fmt: skip
+
+
+class Canary:
+    """Two users in one room, each with a live subscription: ``chat`` has them take turns saying
+    something, and checks that it is acknowledged and published to both. The one not speaking
+    pings, so that neither is ever dropped as silent."""
+
+    def __init__(
+        self, ctx: zmq.Context, broker: BrokerProc, room: str = "canary", prefix: str = "canary"
+    ) -> None:
+        self.room = room
+        self.users = [Raw(ctx, broker.router, f"{prefix}{i}", room) for i in (1, 2)]
+        self.subs = [socket(ctx, zmq.SUB, broker.pub) for _ in self.users]
+        for sub in self.subs:
+            sub.subscribe(p.topic(room))
+        self.said = 0
+        for sub in self.subs:
+            self._subscribed(sub)
+
+    def _subscribed(self, sub: zmq.Socket) -> None:
+        """Wait until ``sub`` receives: Sync until a Synced arrives on it."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            nonce = next(MIDS)
+            self.users[0].send(p.Sync(nonce))
+            if self._heard(sub, lambda e, n=nonce: isinstance(e, p.Synced) and e.nonce == n, 0.2):
+                return
+        raise AssertionError(f"no subscription to {self.room} within {WAIT}s")
+
+    @staticmethod
+    def _heard(sub: zmq.Socket, wanted: Callable[[p.RoomEvent], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sub.poll(left * 1000):
+                return False
+            _topic, body = sub.recv_multipart()
+            if any(wanted(e) for e in p.decode_room(body)):
+                return True
+        return False
+
+    def chat(self) -> p.Ack:
+        """One message, acknowledged to its sender and published to both; returns the Ack."""
+        self.said += 1
+        speaker, other = self.users[self.said % 2], self.users[1 - self.said % 2]
+        other.send(p.Ping())
+        text = f"{self.room} still chatting {self.said}"
+        ack = speaker.say(text)
+        for sub in self.subs:
+            heard = self._heard(
+                sub, lambda e: isinstance(e, p.Posted) and (e.seq, e.text) == (ack.seq, text), WAIT
+            )
+            assert heard, f"{text!r} (seq {ack.seq}) was acknowledged but not published"
+        return ack
+
+    def close(self) -> None:
+        for user in self.users:
+            user.close()
+        for sub in self.subs:
+            sub.close(0)

@@ -153,14 +153,15 @@ def test_max_clients_refuses_one_more(started, tmp_path: Path, how: str):
 @HOW
 def test_max_rooms_refuses_one_more(started, tmp_path: Path, how: str):
     clients = broker_with(started, tmp_path, how, max_rooms="2")
-    alice = clients.join("alice", "games")  # public and games: two rooms
+    clients.join("bob")  # public and games are in use: two rooms
+    alice = clients.join("alice", "games")
     alice.send("/join other")
     alice.expect(r"^\* error: the broker is at its room limit: join another$")
     alice.send("still in games")
     alice.expect(r"^\[games\] alice: still in games$")
-    bob = clients.join("bob", "games")  # an existing room is fine
-    bob.send("/exit")
-    assert bob.wait() == Exit.OK
+    carol = clients.join("carol", "games")  # an existing room is fine
+    carol.send("/exit")
+    assert carol.wait() == Exit.OK
 
 
 # ---- frame size on every socket (MAXMSGSIZE) ---------------------------------------------------

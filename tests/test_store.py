@@ -391,3 +391,15 @@ def test_sqlite_keeps_sessions_across_a_restart_until_they_end(tmp_path: Path) -
     assert store.claim("bob", "new", "s2") is Code.BAD_SESSION
     assert store.claim("alice", "new", "s1") == "s1"
     store.close()
+
+
+def test_sessions_are_bounded_the_oldest_ending_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker import store as store_module
+
+    monkeypatch.setattr(store_module, "SESSIONS_KEPT", 3)
+    store = MemoryStore()
+    for i in range(5):
+        assert store.claim(f"u{i}", f"s{i}", "") == f"s{i}"
+    assert store.claim("u0", "new", "s0") is Code.BAD_SESSION
+    assert store.claim("u1", "new", "s1") is Code.BAD_SESSION
+    assert store.claim("u4", "new", "s4") == "s4"
