@@ -137,6 +137,15 @@ class NotStored:
 
 
 @dataclass(frozen=True, slots=True)
+class Claimed:
+    """The answer to a name claim (``claim_later``): the session's secret, or why not."""
+
+    name: str
+    result: str | p.Code
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BlockChanged:
     name: str
     blocked: bool
@@ -197,6 +206,7 @@ Event = (
     Delivered
     | Stored
     | NotStored
+    | Claimed
     | BlockChanged
     | Replaced
     | Remote
@@ -283,6 +293,20 @@ class Backbone:
 
     def submit(self, records: list[Record]) -> None:
         self.soon(self._submit, records)
+
+    def claim_later(self, name: str, session: str, resume: str) -> None:
+        """Claim ``name`` on the backbone's thread; the answer comes back as ``Claimed``, so
+        the loop never waits for NATS while someone says hello."""
+        self.soon(lambda: self._spawn(self._claim_and_say(name, session, resume)))
+
+    async def _claim_and_say(self, name: str, session: str, resume: str) -> None:
+        try:
+            result = await asyncio.wait_for(self.claim(name, session, resume), CALL_TIMEOUT)
+        except Exception as exc:
+            reason = f"{UNREACHABLE} ({type(exc).__name__})"
+            self._say(Claimed(name, p.Code.UNAVAILABLE, reason))
+            return
+        self._say(Claimed(name, result))
 
     def take(self) -> list[Event]:
         """Everything the backbone has said since the last call."""

@@ -93,8 +93,9 @@ class ClusterStore:
             self._blocked.discard(name)
         return True
 
-    def claim(self, name: str, session: str, resume: str) -> str | p.Code:
-        return self.backbone.call(self.backbone.claim(name, session, resume))
+    def claim(self, name: str, session: str, resume: str) -> None:
+        """Answered later, by a ``Claimed`` event: the loop never waits for NATS."""
+        self.backbone.claim_later(name, session, resume)
 
     def release(self, name: str, end_session: bool) -> None:
         self.backbone.soon(self.backbone.release, name)

@@ -420,6 +420,8 @@ class Broker:
                     chat.stored(sender, p.Ack(mid, room, seq))
                 case bb.NotStored(sender=sender, mid=mid, reason=reason):
                     chat.not_stored(sender, mid, reason)
+                case bb.Claimed(name=name, result=result, reason=reason):
+                    chat.claimed(name, result, reason, self.clock())
                 case bb.BlockChanged(name=name, blocked=blocked):
                     if cluster_store.block_changed(name, blocked):
                         chat.blocked_changed(name, blocked)

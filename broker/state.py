@@ -146,6 +146,8 @@ class Chat:
         self.counters = Counters()
         self.request = ""
         """The tag of the client message being handled: an ``Error`` names it."""
+        self.claiming: dict[str, bytes] = {}
+        """Names whose claim the backbone answers later, with the peer that said hello."""
         self.stalled: set[bytes] = set()
         """Peers whose queue was full at the last send: they get no history until they read."""
 
@@ -256,6 +258,9 @@ class Chat:
             self._welcome(old)
             self.out.log(now, "connect", old.room, name, "resumed")
             return
+        if name in self.claiming:  # someone's hello for it is being answered
+            self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
+            return
         if len(self.users) >= self.settings.limits.max_clients:
             self.error(peer, p.Code.FULL, "the broker is at its client limit: try again later")
             return
@@ -264,11 +269,31 @@ class Chat:
         except StoreError as exc:
             self.error(peer, p.Code.UNAVAILABLE, str(exc))
             return
+        if session is None:  # a shared store answers later: ``claimed`` ends this hello
+            self.claiming[name] = peer
+            return
+        self._enter(name, peer, session, now)
+
+    def claimed(self, name: str, result: str | p.Code, reason: str, now: float) -> None:
+        """The backbone's answer to the claim of ``name`` (see ``_hello``)."""
+        peer = self.claiming.pop(name, None)
+        if peer is None or peer in self.by_peer or name in self.users:
+            if isinstance(result, str):  # nobody waits for it (any more): let it go
+                self.store.release(name, end_session=False)
+            return
+        self.request = "hello"
+        if result is p.Code.UNAVAILABLE:
+            self.error(peer, result, reason)
+        else:
+            self._enter(name, peer, result, now)
+
+    def _enter(self, name: str, peer: bytes, session: str | p.Code, now: float) -> None:
+        """Welcome ``name`` on ``peer`` with its session's secret, or refuse the claim."""
         if session is p.Code.BAD_SESSION:
             reason = "this session has ended (left, fired, reset, or its name taken since)"
             self.error(peer, session, reason + ": say hello without it to start a new one")
             return
-        if session is p.Code.NAME_TAKEN:
+        if session is p.Code.NAME_TAKEN or not isinstance(session, str):
             self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
             return
         user = User(name, peer, p.LOBBY, session, now, self.settings.burst, now)

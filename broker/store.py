@@ -84,11 +84,12 @@ class Store(Protocol):
     def blocked(self) -> set[str]: ...
     def block(self, name: str) -> bool: ...
     def unblock(self, name: str) -> bool: ...
-    def claim(self, name: str, session: str, resume: str) -> str | Code:
+    def claim(self, name: str, session: str, resume: str) -> str | Code | None:
         """Take a user name for a new ``session``, or resume the session whose secret is
         ``resume``: the secret to use, ``Code.NAME_TAKEN`` when another broker holds the name,
-        or ``Code.BAD_SESSION`` when there is no such session (it ended). The chat has already
-        checked its own connected users."""
+        or ``Code.BAD_SESSION`` when there is no such session (it ended). None: a store shared
+        with other brokers answers later (the chat's ``claimed``). The chat has already checked
+        its own connected users."""
         ...
 
     def release(self, name: str, end_session: bool) -> None:

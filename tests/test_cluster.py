@@ -471,3 +471,48 @@ def test_a_backbone_with_credentials_and_no_secret_in_any_line(tmp_path: Path):
             broker.kill()
     finally:
         nats.stop()
+
+
+def test_hellos_through_a_slow_backbone_delay_no_one_already_chatting(
+    tmp_path: Path, ctx: zmq.Context
+):
+    """A name claim waits for NATS; the loop does not: while 50 clients say hello through a
+    broker 10 ms (each way) from its nats-server, two users chatting there see every message
+    within 100 ms."""
+    from latency import LatencyProxy
+    from procs import Canary
+
+    nats = NatsServer(tmp_path / "nats")
+    proxy = LatencyProxy(("127.0.0.1", nats.port), delay=0.010)
+    broker = BrokerProc(tmp_path / "a", "--backbone", proxy.url, "--node-id", "a", *FAST)
+    canary = None
+    newcomers: list[zmq.Socket] = []
+    try:
+        canary = Canary(ctx, broker)
+        canary.chat()
+        for i in range(50):
+            sock = socket(ctx, zmq.DEALER, broker.router)
+            sock.send(p.encode(p.Hello(p.VERSION, f"new{i}")))
+            newcomers.append(sock)
+        worst = 0.0
+        welcomed = 0
+        deadline = time.monotonic() + WAIT
+        while welcomed < len(newcomers) and time.monotonic() < deadline:
+            started = time.monotonic()
+            canary.chat()
+            worst = max(worst, time.monotonic() - started)
+            for sock in newcomers:
+                while sock.poll(0):
+                    welcomed += sum(isinstance(m, p.Welcome) for m in p.decode_server(sock.recv()))
+        assert welcomed == len(newcomers)
+        print(f"50 hellos through a 10 ms backbone: worst canary delay {worst * 1000:.0f} ms")
+        assert worst < 0.1, f"a message took {worst * 1000:.0f} ms"
+    finally:
+        for sock in newcomers:
+            sock.close(0)
+        if canary is not None:
+            canary.close()
+        broker.stop()
+        broker.kill()
+        proxy.close()
+        nats.stop()

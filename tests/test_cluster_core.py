@@ -209,3 +209,34 @@ def test_merge_reports_the_first_failure() -> None:
     bad = p.CtlReply(9, False, "it broke", "internal", None)
     merged = cluster.merge(_req("reset"), here, [bad])
     assert (merged.id, merged.ok, merged.message, merged.code) == (5, False, "it broke", "internal")
+
+
+class SlowNames(LaterStore):
+    """A backbone whose name claims are answered later (``claimed``), as NATS's are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, str, str]] = []
+
+    def claim(self, name: str, session: str, resume: str) -> None:  # type: ignore[override]
+        self.asked.append((name, session, resume))
+
+
+def test_a_hello_waits_for_the_backbone_without_holding_anyone_else() -> None:
+    store = SlowNames()
+    c = chat(store, rate=0)
+    c.handle(b"p1", p.Hello(p.VERSION, "alice"), T0)
+    assert c.out.take().replies == []  # nothing yet: the claim is on its way
+    c.handle(b"p2", p.Hello(p.VERSION, "alice"), T0)  # the same name meanwhile: taken
+    assert [m.code for _, m in c.out.take().replies] == [p.Code.NAME_TAKEN]
+    c.handle(b"p3", p.Hello(p.VERSION, "bob"), T0)  # anyone else is not held up
+    (name, secret, _), _ = store.asked
+    c.claimed(name, secret, "", T0 + 1)
+    welcome = c.out.take().replies
+    assert welcome[0][0] == b"p1" and isinstance(welcome[0][1], p.Welcome)
+    assert welcome[0][1].session == secret and "alice" in c.users
+    c.claimed("bob", p.Code.UNAVAILABLE, "the chat backbone (NATS) is unreachable", T0 + 1)
+    error = c.out.take().replies
+    reason = "the chat backbone (NATS) is unreachable"
+    assert error == [(b"p3", p.Error(p.Code.UNAVAILABLE, reason, "hello"))]
+    assert "bob" not in c.users
