@@ -190,13 +190,15 @@ def start(
         client_queue=client_queue * 1024,
         subscriber_queue=subscriber_queue * 1024,
     )
-    link = None
+    plugin = None
     if backbone is not None:
         if node_id is None or not valid_name(node_id):
             _fail(f"--backbone needs --node-id, a name unique among the brokers: use {NAME_RULE}")
-        from .backbone import Backbone  # here: a broker without --backbone never loads nats
+        # here: a broker without --backbone never loads nats
+        from .backbone.node import Backbone
+        from .backbone.plugin import BackbonePlugin
 
-        link = Backbone(backbone, node_id, limits.history_keep)
+        plugin = BackbonePlugin(Backbone(backbone, node_id, limits.history_keep))
     store = None
     home = config.data_dir(data_dir)
     try:
@@ -215,7 +217,7 @@ def start(
             curve=curve,
             pub_hwm=pub_hwm,
             pub_sndbuf=pub_sndbuf,
-            backbone=link,
+            plugin=plugin,
         )
     except (StartError, keyfiles.KeyFileError) as exc:
         if store is not None:

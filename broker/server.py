@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import secrets
 import signal
 import socket
 import time
@@ -26,12 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import cluster
 from . import protocol as p
 from .admin import dispatch
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, PUB_SEND_BYTES, Limits
@@ -41,10 +39,6 @@ from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard, user_id
 from .sqlstore import DEFAULT_SYNC, SQLiteStore
 from .state import Chat, Outbox, Settings
 from .store import AuditEntry, MemoryStore, Store, StoreError
-
-if TYPE_CHECKING:  # imported where used: a broker without --backbone never loads nats
-    from . import backbone as bb
-    from .clusterstore import ClusterStore
 
 BATCH: Final = 512
 """Messages read from one socket before the loop flushes; bounds latency under load."""
@@ -106,14 +100,35 @@ class Endpoints:
 
 
 @dataclass(frozen=True, slots=True)
-class _Asked:
-    """A control request sent over the backbone, waiting for the other brokers' answers."""
+class ControlRequest:
+    """An admin request as the audit log records it: from which room-ctl, with which key."""
 
     peer: bytes
     request: p.CtlRequest
     admin: str
     key: str
-    plan: cluster.Plan
+
+
+class Plugin(Protocol):
+    """What a backbone adds to the loop (``backbone.plugin.BackbonePlugin``); a broker on its
+    own has none, and its loop reads the same without it."""
+
+    wake: socket.socket
+    """Readable when the plugin has news for the loop (``drain``)."""
+
+    def attach(self, broker: Broker, local: Store, endpoints: str) -> Store: ...
+    def banner(self) -> str: ...
+    def stop(self) -> None: ...
+    def drain(self) -> None: ...
+    def share(self, out: Outbox) -> None:
+        """Just before a batch goes out."""
+        ...
+
+    def control(self, asked: ControlRequest, now: float) -> p.CtlReply | None:
+        """The reply, or None: answered later (``Broker.answer``)."""
+        ...
+
+    def tick(self, now: float) -> None: ...
 
 
 def _bindable(endpoint: str) -> str:
@@ -130,8 +145,8 @@ class Broker:
 
     ``keys`` is the data dir's key directory (the broker's pair and the admin allow-list); without
     it the broker makes a throwaway key pair and allows no admin key. ``curve`` encrypts the chat
-    sockets too. With a ``backbone`` the broker is one of several: room messages, names and the
-    blocklist live there (``store`` keeps only the audit log).
+    sockets too. With a ``plugin`` (a backbone) the broker is one of several: room messages,
+    names and the blocklist live there (``store`` keeps only the audit log).
     """
 
     def __init__(
@@ -150,7 +165,7 @@ class Broker:
         curve: bool = False,
         pub_hwm: int | None = None,
         pub_sndbuf: int | None = None,
-        backbone: bb.Backbone | None = None,
+        plugin: Plugin | None = None,
     ) -> None:
         self.curve = curve
         self.ctx = zmq.Context()
@@ -197,21 +212,14 @@ class Broker:
         )
         settings = Settings(self.endpoints.pub, limits, rate, burst, heartbeat, liveness)
         store = store or MemoryStore(limits.history_keep)
-        self.backbone = backbone
-        self.cluster: ClusterStore | None = None
-        self._asked: dict[int, _Asked] = {}
+        self.plugin = plugin
         self._ctl_out: list[tuple[bytes, p.CtlReply]] = []
-        self._relayed: dict[str, list[p.RoomEvent]] = {}  # other brokers' presence lines
-        if backbone is not None:
-            from .clusterstore import ClusterStore
-
+        if plugin is not None:
             e = self.endpoints
             try:
-                store = self.cluster = ClusterStore(
-                    backbone, store, f"{e.router} {e.pub} {e.control}"
-                )
+                store = plugin.attach(self, store, f"{e.router} {e.pub} {e.control}")
             except StoreError as exc:
-                backbone.stop()
+                plugin.stop()
                 self._close_sockets(linger=0)
                 self._wake_r.close()
                 self._wake_w.close()
@@ -277,9 +285,8 @@ class Broker:
         self.log.line(f"room-broker listening: router {e.router} pub {e.pub} control {e.control}")
         chat = "encrypted (CURVE)" if self.curve else "not encrypted (start with --curve)"
         self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
-        if self.backbone is not None:
-            b = self.backbone
-            self.log.line(f"room-broker backbone: {b.url} as node {b.node}")
+        if self.plugin is not None:
+            self.log.line(self.plugin.banner())
         self._flush()  # the admin keys found at start
         try:
             self._loop()
@@ -314,16 +321,16 @@ class Broker:
         poller.register(self.control_monitor, zmq.POLLIN)
         poller.register(self.router_monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        backbone = self.backbone
-        if backbone is not None:
-            poller.register(backbone.wake_r, zmq.POLLIN)
+        plugin = self.plugin
+        if plugin is not None:
+            poller.register(plugin.wake, zmq.POLLIN)
         interval = self.chat.settings.heartbeat
         next_tick = self.clock() + interval
         while not self._stopping and not self.chat.closing:
             wait = max(0.0, next_tick - self.clock())
             ready = dict(poller.poll(wait * 1000))
-            if backbone is not None:
-                self._drain_backbone(backbone)
+            if plugin is not None:
+                plugin.drain()
             if self.router in ready:
                 self._drain_router()
             if self.control in ready:
@@ -341,8 +348,8 @@ class Broker:
                     _release_memory()
                 for line in self._bad_frames.tick():
                     self.chat.out.log(now, "error", text=line)
-                if backbone is not None:
-                    backbone.renew(now)
+                if plugin is not None:
+                    plugin.tick(now)
                 next_tick = now + interval
             self._flush()
 
@@ -405,67 +412,11 @@ class Broker:
         if user is not None:
             self.chat.remove(user, self.clock(), "its connection id was taken by another key")
 
-    def _drain_backbone(self, backbone: bb.Backbone) -> None:
-        """Apply what the backbone reports: stored messages in stream order (mirrored, then
-        published), acknowledgements, blocklist changes, and admin requests and answers."""
-        from . import backbone as bb
-
-        chat, cluster_store = self.chat, self.cluster
-        assert cluster_store is not None
-        for event in backbone.take():
-            match event:
-                case bb.Delivered(record=record):
-                    chat.delivered(cluster_store.mirror_put(record), record.mid)
-                case bb.Stored(sender=sender, mid=mid, room=room, seq=seq):
-                    chat.stored(sender, p.Ack(mid, room, seq))
-                case bb.NotStored(sender=sender, mid=mid, reason=reason):
-                    chat.not_stored(sender, mid, reason)
-                case bb.Claimed(name=name, result=result, reason=reason):
-                    chat.claimed(name, result, reason, self.clock())
-                case bb.BlockChanged(name=name, blocked=blocked):
-                    if cluster_store.block_changed(name, blocked):
-                        chat.blocked_changed(name, blocked)
-                case bb.Replaced(name=name):
-                    chat.replaced(name, self.clock())
-                case bb.Remote(request=request, reply_to=reply_to):
-                    reply = self._dispatch(request, self.clock())
-                    command = " ".join((request.command, *request.args))
-                    text = f"{command}: {reply.message} (asked by another broker)"
-                    chat.out.log(self.clock(), "admin", text=text)
-                    backbone.respond(reply_to, reply)
-                case bb.Answered(token=token, replies=replies):
-                    asked = self._asked.pop(token, None)
-                    if asked is not None:
-                        self._answer(asked, self._combine(asked, replies), self.clock())
-                case bb.Forwarded(told=told):
-                    chat.forwarded(told)
-                case bb.Shared(events=events):
-                    for e in events:
-                        self._relayed.setdefault(e.room, []).append(e)
-                case bb.Reset(epoch=epoch):
-                    chat.reset(self.clock())
-                    text = f"reset by another broker: every room starts over (epoch {epoch})"
-                    chat.out.log(self.clock(), "backbone", text=text)
-                case bb.Said(text=text):
-                    chat.out.log(self.clock(), "backbone", text=text)
-
-    def _combine(self, asked: _Asked, replies: list[p.CtlReply]) -> p.CtlReply:
-        """The reply to an admin request that other brokers answered (and maybe this one)."""
-        request = asked.request
-        if asked.plan.node:
-            if not replies:
-                reason = f"the broker holding {request.args[0]} did not answer: try again"
-                return p.CtlReply(request.id, False, reason, p.Code.UNAVAILABLE.value)
-            r = replies[0]
-            return p.CtlReply(request.id, r.ok, r.message, r.code, r.data)
-        here = self._dispatch(request, self.clock())
-        return cluster.merge(request, here, replies)
-
     def _drain_control(self) -> None:
         """Answer control requests. Each is checked against the allow-list again (a key removed
         since its connection's handshake is refused) and recorded in the audit log. The replies
         go out at the flush, after the commit; a request other brokers must answer is answered
-        when they have (``_drain_backbone``)."""
+        when they have (the plugin calls ``answer``)."""
         for _ in range(BATCH):
             try:
                 frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -485,11 +436,14 @@ class Broker:
                 request = p.CtlRequest(0, "", [])
                 reply: p.CtlReply | None = p.CtlReply(0, False, exc.reason, exc.code.value)
             else:
-                reply = self._admin_request(peer, request, admin, key, now)
+                reply = None
+            asked = ControlRequest(peer, request, admin or "", key)
+            if reply is None:
+                reply = self._admin_request(asked, now)
             if reply is not None:
-                self._answer(_Asked(peer, request, admin or "", key, cluster.HERE), reply, now)
+                self.answer(asked, reply, now)
 
-    def _answer(self, asked: _Asked, reply: p.CtlReply, now: float) -> None:
+    def answer(self, asked: ControlRequest, reply: p.CtlReply, now: float) -> None:
         """Log and audit a control request, and queue its reply for the flush."""
         request, admin, key = asked.request, asked.admin, asked.key
         command = " ".join((request.command, *request.args)) or "(unreadable request)"
@@ -501,36 +455,18 @@ class Broker:
         self.chat.store.audit(entry)
         self._ctl_out.append((asked.peer, reply))
 
-    def _admin_request(
-        self, peer: bytes, request: p.CtlRequest, admin: str | None, key: str, now: float
-    ) -> p.CtlReply | None:
-        """The reply, or None when other brokers must answer first."""
-        if admin is None:
+    def _admin_request(self, asked: ControlRequest, now: float) -> p.CtlReply | None:
+        """The reply, or None when other brokers must answer first (the plugin's business)."""
+        request = asked.request
+        if not asked.admin:
             reason = "this key is not (or no longer) on the admin allow-list: see room-broker keys"
             return p.CtlReply(request.id, False, reason, p.Code.REFUSED.value)
-        backbone = self.backbone
-        if backbone is not None:
-            from .backbone import BUS_ALL, node_subject
+        if self.plugin is not None:
+            return self.plugin.control(asked, now)
+        return self.dispatch(request, now)
 
-            if request.command == "reset" and not request.args:  # the shared history first
-                try:
-                    epoch = backbone.call(backbone.reset())
-                except StoreError as exc:
-                    return p.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
-                r = self._dispatch(request, now)
-                message = f"{r.message}; every other broker follows (epoch {epoch})"
-                return p.CtlReply(r.id, r.ok, message, r.code, r.data)
-            plan = cluster.plan(request, self.chat.users, backbone.holder)
-            if plan.node or plan.every:
-                token = secrets.randbits(53)
-                self._asked[token] = _Asked(peer, request, admin, key, plan)
-                subject = node_subject(plan.node) if plan.node else BUS_ALL
-                bus_request = p.CtlRequest(token, request.command, request.args)
-                backbone.ask(token, subject, bus_request, plan.every)
-                return None
-        return self._dispatch(request, now)
-
-    def _dispatch(self, request: p.CtlRequest, now: float) -> p.CtlReply:
+    def dispatch(self, request: p.CtlRequest, now: float) -> p.CtlReply:
+        """Run an admin request here (the verbs' table); a bug costs that request only."""
         try:
             return dispatch(self.chat, request, now)
         except Exception as exc:  # a bug must cost one request, never the broker
@@ -577,8 +513,8 @@ class Broker:
             ctl_replies = [(peer, _unstored(reply)) for peer, reply in ctl_replies]
             text = f"{exc}: {refused} messages refused, nothing of the batch published"
             out.log(self.clock(), "error", text=text)
-        if self.backbone is not None:
-            self._share(self.backbone, out)
+        if self.plugin is not None:
+            self.plugin.share(out)
         encode, topic = p.encode, p.topic
         pub_send, send = self.pub.send, self.router.send
         for room, events in out.rooms.items():
@@ -625,21 +561,6 @@ class Broker:
             self.pub.send(head, _SNDMORE)
             self.pub.send(p.encode(events[start : start + step]))
         return -(-len(events) // step)
-
-    def _share(self, backbone: bb.Backbone, out: Outbox) -> None:
-        """Send the other brokers this batch's presence lines and direct messages for their
-        users, and add theirs to what goes out here."""
-        mine = [e for events in out.rooms.values() for e in events if isinstance(e, p.Presence)]
-        if mine:
-            backbone.share(mine)
-        forwards: dict[str, list[p.ServerMsg]] = {}
-        for node, told in out.forwards:
-            forwards.setdefault(node, []).append(told)
-        for node, batch in forwards.items():
-            backbone.forward(node, batch)
-        for room, events in self._relayed.items():
-            out.rooms.setdefault(room, []).extend(events)
-        self._relayed = {}
 
 
 _CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)

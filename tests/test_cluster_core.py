@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from chat_helpers import T0, chat, hello, send
 
-from broker import cluster
+from broker.backbone import routing
 from broker import protocol as p
 from broker.store import MemoryStore, StoreError
 
@@ -169,28 +169,28 @@ def _req(command: str, *args: str) -> p.CtlRequest:
 @pytest.mark.parametrize(
     ("request_", "expected"),
     [
-        (_req("who"), cluster.Plan(every=True)),
-        (_req("rooms"), cluster.Plan(every=True)),
-        (_req("reset"), cluster.HERE),  # the others follow the epoch in the backbone
-        (_req("close", "all"), cluster.Plan(every=True)),
-        (_req("close"), cluster.HERE),
-        (_req("fire", "bob"), cluster.Plan(node="b")),
-        (_req("out", "bob"), cluster.Plan(node="b")),
-        (_req("fire", "alice"), cluster.HERE),  # held here
-        (_req("fire", "nobody"), cluster.HERE),  # held nowhere: "not connected" from here
-        (_req("block", "bob"), cluster.HERE),  # the blocklist bucket reaches every broker
-        (_req("stats"), cluster.HERE),
+        (_req("who"), routing.Plan(every=True)),
+        (_req("rooms"), routing.Plan(every=True)),
+        (_req("reset"), routing.HERE),  # the others follow the epoch in the backbone
+        (_req("close", "all"), routing.Plan(every=True)),
+        (_req("close"), routing.HERE),
+        (_req("fire", "bob"), routing.Plan(node="b")),
+        (_req("out", "bob"), routing.Plan(node="b")),
+        (_req("fire", "alice"), routing.HERE),  # held here
+        (_req("fire", "nobody"), routing.HERE),  # held nowhere: "not connected" from here
+        (_req("block", "bob"), routing.HERE),  # the blocklist bucket reaches every broker
+        (_req("stats"), routing.HERE),
     ],
 )
-def test_plan(request_: p.CtlRequest, expected: cluster.Plan) -> None:
+def test_plan(request_: p.CtlRequest, expected: routing.Plan) -> None:
     holders = {"bob": "b", "alice": "a"}
-    assert cluster.plan(request_, {"alice"}, lambda name: holders.get(name, "")) == expected
+    assert routing.plan(request_, {"alice"}, lambda name: holders.get(name, "")) == expected
 
 
 def test_merge_who_lists_every_brokers_users_in_name_order() -> None:
     here = p.CtlReply(5, True, "1 users", "", {"users": [{"name": "zed"}], "blocked": ["x"]})
     there = p.CtlReply(9, True, "2 users", "", {"users": [{"name": "amy"}, {"name": "bo"}]})
-    merged = cluster.merge(_req("who"), here, [there])
+    merged = routing.merge(_req("who"), here, [there])
     assert merged.id == 5 and merged.ok
     assert [u["name"] for u in merged.data["users"]] == ["amy", "bo", "zed"]
     assert merged.data["blocked"] == ["x"]
@@ -200,14 +200,14 @@ def test_merge_who_lists_every_brokers_users_in_name_order() -> None:
 def test_merge_rooms_adds_members_and_keeps_the_highest_number() -> None:
     here = p.CtlReply(5, True, "", "", {"rooms": [{"name": "g", "members": 1, "seq": 4}]})
     there = p.CtlReply(9, True, "", "", {"rooms": [{"name": "g", "members": 2, "seq": 6}]})
-    merged = cluster.merge(_req("rooms"), here, [there])
+    merged = routing.merge(_req("rooms"), here, [there])
     assert merged.data == {"rooms": [{"name": "g", "members": 3, "seq": 6}]}
 
 
 def test_merge_reports_the_first_failure() -> None:
     here = p.CtlReply(5, True, "ok", "", None)
     bad = p.CtlReply(9, False, "it broke", "internal", None)
-    merged = cluster.merge(_req("reset"), here, [bad])
+    merged = routing.merge(_req("reset"), here, [bad])
     assert (merged.id, merged.ok, merged.message, merged.code) == (5, False, "it broke", "internal")
 
 

@@ -3,12 +3,13 @@ of the stream and the buckets; what it writes goes to the backbone."""
 
 from __future__ import annotations
 
-from . import protocol as p
-from .backbone import Backbone, Record
-from .store import AuditEntry, MemoryStore, Store, StoreError
+from .. import protocol as p
+from ..store import AuditEntry, MemoryStore, Store, StoreError
+from .events import Record
+from .node import Backbone
 
 
-class ClusterStore:
+class BackboneStore:
     """The ``Store`` of a broker on the backbone. Messages go to the stream (``append`` returns
     None: the result comes back as an event); what the chat reads (history, sequence numbers,
     the blocklist) is this broker's mirror of the stream and the buckets, updated by the loop
@@ -72,14 +73,14 @@ class ClusterStore:
     def block(self, name: str) -> bool:
         if name in self._blocked:
             return False
-        self.backbone.call(self.backbone.block(name, True))
+        self.backbone.link.call(self.backbone.registry.block(name, True))
         self._blocked.add(name)
         return True
 
     def unblock(self, name: str) -> bool:
         if name not in self._blocked:
             return False
-        self.backbone.call(self.backbone.block(name, False))
+        self.backbone.link.call(self.backbone.registry.block(name, False))
         self._blocked.discard(name)
         return True
 
@@ -95,13 +96,13 @@ class ClusterStore:
 
     def claim(self, name: str, session: str, resume: str) -> None:
         """Answered later, by a ``Claimed`` event: the loop never waits for NATS."""
-        self.backbone.claim_later(name, session, resume)
+        self.backbone.registry.claim_later(name, session, resume)
 
     def release(self, name: str, end_session: bool) -> None:
-        self.backbone.soon(self.backbone.release, name)
+        self.backbone.link.soon(self.backbone.registry.release, name)
 
     def holder(self, name: str) -> str:
-        node = self.backbone.holder(name)
+        node = self.backbone.registry.holder(name)
         return "" if node == self.backbone.node else node
 
     def audit(self, entry: AuditEntry) -> None:
@@ -115,7 +116,7 @@ class ClusterStore:
         back as events."""
         self.local.commit()
         if self._pending:
-            self.backbone.submit(self._pending)
+            self.backbone.link.soon(self.backbone.stream.submit, self._pending)
             self._pending = []
 
     def size(self) -> int:

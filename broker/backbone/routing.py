@@ -10,11 +10,11 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
-from . import protocol as p
+from .. import protocol as p
 
 EVERYWHERE = frozenset({"who", "rooms"})
 """Commands every broker answers for its own users and rooms. (``reset`` runs here, and reaches
-the others through the backbone's epoch: see ``backbone.Backbone.reset``.)"""
+the others through the backbone's epoch: see ``plugin.BackbonePlugin.control``.)"""
 ROUTED = frozenset({"fire", "out"})
 """Commands that run on the broker holding the user."""
 ALL_FLAG = "all"

@@ -1,0 +1,58 @@
+"""What lives where in NATS, and how long the broker waits for it.
+
+::
+
+    stream ROOM, subject room.msg.<room>   room messages, a batch per JetStream message; the
+                                           per-room sequence numbers are in the payload and kept
+                                           dense by compare-and-set on the subject's last sequence
+    KV room-names    name -> "node session"   who holds a name (claimed with create: atomic)
+    KV room-blocked  name -> ""               the blocklist
+    KV room-nodes    node -> endpoints         each broker's lease (the bucket's TTL)
+    KV room-epochs   "rooms" -> N              bumped by reset: every broker starts its rooms over
+    room.node.<id>, room.all                  the bus: admin commands routed to one or every broker
+    room.node.<id>.told, room.presence        direct messages to a user there; presence lines
+"""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+STREAM: Final = "ROOM"
+SUBJECT: Final = "room.msg."
+NAMES: Final = "room-names"
+BLOCKED: Final = "room-blocked"
+NODES: Final = "room-nodes"
+EPOCHS: Final = "room-epochs"
+EPOCH_KEY: Final = "rooms"
+BUS_ALL: Final = "room.all"
+PRESENCE: Final = "room.presence"
+ORIGIN: Final = "Room-Node"
+"""Header naming the broker that sent a bus request."""
+DUPLICATE_WINDOW: Final = 120.0
+"""Seconds JetStream remembers a message id: a client's retry comes well within this."""
+CONNECT_TIMEOUT: Final = 5.0
+"""Seconds a starting broker tries to reach the backbone before it gives up with one line."""
+CALL_TIMEOUT: Final = 2.0
+"""Seconds the backbone's thread gives a claim, a block or a purge."""
+GATHER_TIMEOUT: Final = 1.0
+"""Seconds an admin command waits for every broker's answer."""
+WRONG_LAST_SEQUENCE: Final = (10071, 10164)
+LEASE: Final = 5.0
+"""Seconds a broker's lease lasts without renewal; its names are freed when it lapses. Renewed
+every second: a loaded machine may delay a renewal, and a lapse frees the names of live users."""
+UNREACHABLE: Final = "the chat backbone (NATS) is unreachable: try again shortly"
+
+
+def node_subject(node: str) -> str:
+    return f"room.node.{node}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its credentials (``nats://user:secret@host``): logs and errors show it."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,67 @@
+"""``Backbone``: this broker's part in the shared chat, the link, the stream, the registry and
+the bus together. It starts them in order and stops them; the loop's side is ``plugin``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.js.errors
+
+from ..store import StoreError
+from .bus import Bus
+from .events import Record
+from .layout import CONNECT_TIMEOUT
+from .link import Link
+from .registry import Registry
+from .stream import Stream
+
+
+class Backbone:
+    """Connects at ``start``; ``keep`` is how many messages per room the stream keeps."""
+
+    def __init__(self, url: str, node: str, keep: int) -> None:
+        self.link = Link(url, node)
+        self.stream = Stream(self.link, keep)
+        self.registry = Registry(self.link, self.stream.catch_up)
+        self.bus = Bus(self.link, self.registry.live_nodes)
+        self.keep = keep
+
+    @property
+    def url(self) -> str:
+        """The URL to show (no credentials)."""
+        return self.link.url
+
+    @property
+    def node(self) -> str:
+        return self.link.node
+
+    def start(self, endpoints: str) -> tuple[list[Record], set[str]]:
+        """Connect, make the stream and buckets, and read what is stored: the history to mirror
+        and the blocklist. Raises ``StoreError`` with one line for the operator."""
+        self.link.start()
+        return self.link.call(self._start(endpoints), timeout=30.0)
+
+    async def _start(self, endpoints: str) -> tuple[list[Record], set[str]]:
+        link = self.link
+        try:  # nats-py would retry a first connect forever: the start waits CONNECT_TIMEOUT
+            await asyncio.wait_for(link.connect(), CONNECT_TIMEOUT)
+        except Exception as exc:
+            why = link.last_error or type(exc).__name__
+            raise StoreError(
+                f"cannot reach the backbone at {link.url} ({why}): "
+                "start nats-server -js there, or check --backbone and its credentials"
+            ) from None
+        try:
+            await self.stream.create()
+            blocked = await self.registry.create(endpoints)
+        except nats.js.errors.ServiceUnavailableError:
+            raise StoreError(
+                f"the NATS server at {link.url} has no JetStream: start it with -js"
+            ) from None
+        history = await self.stream.history()
+        await self.stream.follow()
+        await self.bus.listen()
+        return history, blocked
+
+    def stop(self) -> None:
+        self.link.stop(self.registry.leave)

@@ -1,0 +1,229 @@
+"""Room messages in the stream: the writer, the consumer, and the history read at start.
+
+Each room's queue is written a batch per JetStream message, on the condition that the room's
+subject ends where this broker thinks it does (``Nats-Expected-Last-Subject-Sequence``): the
+per-room numbers stay dense however many brokers write, and one that loses the race reads the
+newcomer and tries again. Every broker (the writer too) learns of a stored message from one
+ordered consumer of the whole stream, in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.js.errors
+from nats.js import api
+
+from .events import (
+    BATCH_BYTES,
+    BATCH_RECORDS,
+    Delivered,
+    NotStored,
+    Record,
+    Said,
+    Stored,
+    decode_batch,
+    encode_batch,
+)
+from .layout import (
+    CALL_TIMEOUT,
+    DUPLICATE_WINDOW,
+    STREAM,
+    SUBJECT,
+    UNREACHABLE,
+    WRONG_LAST_SEQUENCE,
+)
+from .link import Link
+
+
+@dataclass(slots=True)
+class _RoomWriter:
+    """One room's queue of messages to store, written one at a time (compare-and-set)."""
+
+    queue: deque[Record]
+    last: tuple[int, int] | None = None  # (stream sequence, room sequence) of the last stored
+    busy: bool = False
+
+
+class Stream:
+    """The room stream as one broker writes and reads it."""
+
+    def __init__(self, link: Link, keep: int) -> None:
+        self.link = link
+        self.keep = keep
+        self.received = 0
+        """The stream sequence of the last message the consumer delivered."""
+        self._writers: dict[str, _RoomWriter] = {}
+
+    # ---- start ----------------------------------------------------------------------------------
+
+    async def create(self) -> None:
+        config = api.StreamConfig(
+            name=STREAM,
+            subjects=[SUBJECT + "*"],
+            storage=api.StorageType.FILE,
+            max_msgs_per_subject=self.keep,
+            duplicate_window=DUPLICATE_WINDOW,
+            allow_direct=True,
+        )
+        try:
+            await self.link.js.add_stream(config)
+        except nats.js.errors.BadRequestError:  # exists with other limits: ours win
+            await self.link.js.update_stream(config)
+
+    async def history(self) -> list[Record]:
+        """Every stored message (the stream keeps ``keep`` per room), in stream order; the
+        consumer then follows from the next one."""
+        js = self.link.js
+        info = await js.stream_info(STREAM)
+        last = info.state.last_seq
+        history: list[tuple[int, Record]] = []
+        if info.state.messages:
+            sub = await js.subscribe(
+                SUBJECT + "*", ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
+            )
+            try:
+                while True:
+                    msg = await sub.next_msg(timeout=CALL_TIMEOUT * 5)
+                    sseq = msg.metadata.sequence.stream
+                    with contextlib.suppress(msgspec.DecodeError):  # not ours: skipped
+                        history += ((sseq, record) for record in decode_batch(msg.data))
+                    if sseq >= last:
+                        break
+            finally:
+                await sub.unsubscribe()
+        self.received = history[-1][0] if history else 0
+        return [record for _, record in history]
+
+    async def follow(self) -> None:
+        """Deliver every message stored from now on, by any broker (``Delivered``)."""
+        await self.link.js.subscribe(
+            SUBJECT + "*",
+            cb=self._on_message,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=self.received + 1),
+        )
+
+    async def _on_message(self, msg: Any) -> None:
+        sseq = msg.metadata.sequence.stream
+        try:
+            records = decode_batch(msg.data)
+        except msgspec.DecodeError:
+            self.link.emit(Said(f"backbone: unreadable stream message {sseq} skipped"))
+            return
+        for record in records:
+            self.link.emit(Delivered(record))
+        self.received = sseq
+
+    async def catch_up(self) -> None:
+        """Wait (a little) until the consumer has delivered what the stream holds now."""
+        state = (await self.link.js.stream_info(STREAM)).state
+        if not state.messages:  # empty, or purged: nothing to wait for
+            return
+        deadline = time.monotonic() + CALL_TIMEOUT / 2
+        while self.received < state.last_seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    async def purge(self) -> None:
+        await self.link.js.purge_stream(STREAM)
+        for writer in self._writers.values():
+            writer.last = None
+
+    # ---- the writer ------------------------------------------------------------------------------
+
+    def submit(self, records: list[Record]) -> None:
+        """Queue messages to store (on the backbone's thread)."""
+        for record in records:
+            writer = self._writers.get(record.room)
+            if writer is None:
+                writer = self._writers[record.room] = _RoomWriter(deque())
+            writer.queue.append(record)
+            if not writer.busy:
+                writer.busy = True
+                self.link.spawn(self._write(writer))
+
+    async def _write(self, writer: _RoomWriter) -> None:
+        """Store the room's queue in order, a batch per JetStream message: the batch takes the
+        next room sequence numbers on the condition that the subject's last message is the one
+        we think it is. Another broker that got there first makes us read it and try again."""
+        try:
+            while writer.queue:
+                batch = self._next_batch(writer.queue)
+                try:
+                    stored = await self._store(writer, batch)
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code in WRONG_LAST_SEQUENCE:
+                        writer.last = None  # someone else stored one: read it, try again
+                        continue
+                    self._refuse(writer, batch, f"{UNREACHABLE} ({exc.description})")
+                    continue
+                except Exception:
+                    self._refuse(writer, batch, UNREACHABLE)
+                    continue
+                for _ in batch:
+                    writer.queue.popleft()
+                for record in stored:
+                    self.link.emit(Stored(record.sender, record.mid, record.room, record.seq))
+        finally:
+            writer.busy = False
+
+    @staticmethod
+    def _next_batch(queue: deque[Record]) -> list[Record]:
+        batch: list[Record] = []
+        size = 0
+        for record in queue:
+            size += len(record.text) + len(record.sender) + 32
+            if batch and (len(batch) >= BATCH_RECORDS or size > BATCH_BYTES):
+                break
+            batch.append(record)
+        return batch
+
+    async def _store(self, writer: _RoomWriter, batch: list[Record]) -> list[Record]:
+        """One compare-and-set publish; the records as stored (numbered). A lone message
+        carries its sender's message id, so a retry JetStream has seen is not stored again;
+        a batch's retries are caught by the brokers' mirrors (see ``Registry.claim``)."""
+        if not self.link.nc.is_connected:  # refuse now: a publish nats-py buffers while it
+            raise ConnectionError  # is disconnected would be stored later, after its refusal
+        first = batch[0]
+        subject = SUBJECT + first.room
+        if writer.last is None:
+            writer.last = await self._last(subject)
+        sseq, seq = writer.last
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(sseq)}
+        if len(batch) == 1 and first.mid:
+            headers[api.Header.MSG_ID] = f"{first.sender}.{first.mid}"
+        numbered = [
+            Record(r.room, seq + i, r.ts, r.sender, r.text, r.mid)
+            for i, r in enumerate(batch, start=1)
+        ]
+        ack = await self.link.js.publish(subject, encode_batch(numbered), headers=headers)
+        if ack.duplicate:  # a retry of a stored message: its first copy's number
+            return await self._read(ack.seq)
+        writer.last = (ack.seq, numbered[-1].seq)
+        return numbered
+
+    def _refuse(self, writer: _RoomWriter, batch: list[Record], reason: str) -> None:
+        writer.last = None
+        for record in batch:
+            writer.queue.popleft()
+            self.link.emit(NotStored(record.sender, record.mid, reason))
+
+    async def _last(self, subject: str) -> tuple[int, int]:
+        """The subject's last stream sequence and room sequence ((0, 0): nothing stored)."""
+        try:
+            msg = await self.link.js.get_last_msg(STREAM, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return 0, 0
+        return msg.seq, decode_batch(msg.data)[-1].seq
+
+    async def _read(self, sseq: int) -> list[Record]:
+        msg = await self.link.js.get_msg(STREAM, seq=sseq, direct=True)
+        return decode_batch(msg.data)
