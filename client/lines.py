@@ -1,0 +1,32 @@
+"""The wording of what the session shows, shared by its parts so that each line is written once."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from broker.protocol import Posted
+
+from .effects import Kind, Line
+
+PROG: Final = "room-client"
+"""The program's name, which starts every line the client writes to stderr."""
+
+
+def notice(text: str) -> Line:
+    return Line(Kind.NOTICE, text)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 member``, ``2 members``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def table(rows: list[tuple[str, str]]) -> list[Line]:
+    """Two aligned columns, one notice line per row."""
+    width = max(len(left) for left, _ in rows)
+    return [notice(f"{left.ljust(width)}  {right}".rstrip()) for left, right in rows]
+
+
+def message(msg: Posted, kind: Kind, me: str) -> Line:
+    """A room message; ``me`` is this user's name, to mark its own messages."""
+    return Line(kind, msg.text, room=msg.room, sender=msg.sender, ts=msg.ts, own=msg.sender == me)

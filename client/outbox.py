@@ -1,0 +1,90 @@
+"""What this user sends and waits to hear about: room messages (``Say``) and direct ones (``Tell``).
+
+Each carries a message id (mid) and stays here until the broker answers it with ``Ack`` or
+``Refused``. A ``Say`` is sent again under the same mid until then, which the broker uses to drop
+duplicates; a ``Tell`` is never sent again, because the broker does not store it and a retry could
+deliver it twice.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Final
+
+from broker.protocol import Say, Tell
+
+from .effects import Effect
+from .lines import notice
+from .link import Link
+
+RESEND_AFTER: Final = 3.0
+"""Seconds before an unacknowledged ``Say`` is sent again with the same mid."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A ``Say`` not yet acknowledged, and when it was last sent."""
+
+    text: str
+    sent_at: float
+
+
+class Outbox:
+    """Sent messages by mid until the broker answers them."""
+
+    def __init__(self, link: Link, rng: random.Random) -> None:
+        self.link = link
+        self.next_mid = rng.getrandbits(40) + 1  # room to grow below MAX_ID
+        """Random start: a restarted client must not reuse the ids of its previous run."""
+        self.pending: dict[int, Pending] = {}
+        """Sent ``Say`` messages by mid, until ``Ack`` or ``Refused``."""
+        self.telling: dict[int, str] = {}
+        """Sent ``Tell`` messages by mid (their recipient), until ``Ack`` or ``Refused``."""
+
+    @property
+    def waiting(self) -> bool:
+        """Whether any message still waits for its answer."""
+        return bool(self.pending or self.telling)
+
+    def say(self, text: str, now: float) -> list[Effect]:
+        mid = self._mid()
+        self.pending[mid] = Pending(text, now)
+        if self.link.hello_pending:
+            return []  # sent again once the broker welcomes us back
+        return [self.link.send(Say(text, mid), now)]
+
+    def tell(self, to: str, text: str, now: float) -> list[Effect]:
+        if self.link.hello_pending:
+            return [notice(f"not delivered to {to}: the broker is not reachable; try again")]
+        mid = self._mid()
+        self.telling[mid] = to
+        return [self.link.send(Tell(to, text, mid), now)]
+
+    def answered(self, mid: int) -> None:
+        """The broker acknowledged or refused message ``mid``."""
+        self.pending.pop(mid, None)
+        self.telling.pop(mid, None)
+
+    def resend(self, now: float, *, all_of_them: bool = False) -> list[Effect]:
+        """Every unacknowledged ``Say`` whose answer is overdue (or all of them, on a resume)."""
+        out: list[Effect] = []
+        for mid, pending in self.pending.items():
+            if all_of_them or now - pending.sent_at >= RESEND_AFTER:
+                pending.sent_at = now
+                out.append(self.link.send(Say(pending.text, mid), now))
+        return out
+
+    def forget_tells(self) -> list[Effect]:
+        """After a resume: the ``Tell`` messages the lost broker never answered, said lost."""
+        out: list[Effect] = [
+            notice(f"not delivered to {to}: the broker was lost; send it again")
+            for to in self.telling.values()
+        ]
+        self.telling.clear()
+        return out
+
+    def _mid(self) -> int:
+        mid = self.next_mid
+        self.next_mid += 1
+        return mid
