@@ -86,7 +86,7 @@ def unblock(chat: Chat, args: list[str], now: float) -> Result:
 def fire(chat: Chat, args: list[str], now: float) -> Result:
     user = _connected(chat, args)
     chat.out.reply(user.peer, p.Goodbye(p.Bye.FIRED, "the admin disconnected you"))
-    chat.remove(user, now, "fired by the admin", what="fired", end_session=True)
+    chat.remove(user, now, "fired by the admin", what=p.PresenceKind.FIRED, end_session=True)
     return Result(f"fired {user.name}")
 
 
@@ -95,7 +95,7 @@ def out(chat: Chat, args: list[str], now: float) -> Result:
     room = user.room
     if room == p.LOBBY:
         return Result(f"{user.name} is already in {p.LOBBY}")
-    chat.out.publish(room, p.Presence(room, user.name, "out"))
+    chat.out.publish(room, p.Presence(room, user.name, p.PresenceKind.OUT))
     chat.move(user, p.LOBBY, now)
     return Result(f"put {user.name} out of {room}")
 

@@ -89,6 +89,17 @@ class Code(StrEnum):
     INTERNAL = "internal"  # a bug in the broker: the request may have had part of its effect
 
 
+class PresenceKind(StrEnum):
+    """What happened to a user in a room (``Presence.what``)."""
+
+    ENTERED = "entered"
+    LEFT = "left"  # left the room, or the chat (also: dropped, or the broker closed)
+    BLOCKED = "blocked"
+    UNBLOCKED = "unblocked"
+    OUT = "out"  # the admin put the user out of the room
+    FIRED = "fired"  # the admin disconnected the user
+
+
 class Bye(StrEnum):
     """Why the broker ended a session (``Goodbye.reason``)."""
 
@@ -324,7 +335,7 @@ class Presence(_Msg, tag="presence"):
 
     room: str
     user: str
-    what: str  # entered | left | blocked | unblocked | out | fired
+    what: PresenceKind
 
 
 class Synced(_Msg, tag="synced"):

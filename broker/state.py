@@ -303,7 +303,7 @@ class Chat:
         self.by_peer[peer] = user
         self.members[p.LOBBY].add(name)
         self._welcome(user)
-        self.out.publish(p.LOBBY, p.Presence(p.LOBBY, name, "entered"))
+        self.out.publish(p.LOBBY, p.Presence(p.LOBBY, name, p.PresenceKind.ENTERED))
         self.out.log(now, "connect", p.LOBBY, name)
 
     def _welcome(self, user: User) -> None:
@@ -490,11 +490,11 @@ class Chat:
         old = user.room
         if old != room:
             self.members[old].discard(user.name)
-            self.out.publish(old, p.Presence(old, user.name, "left"))
+            self.out.publish(old, p.Presence(old, user.name, p.PresenceKind.LEFT))
             self._drop_if_unused(old)
             user.room = room
             self.members[room].add(user.name)
-            self.out.publish(room, p.Presence(room, user.name, "entered"))
+            self.out.publish(room, p.Presence(room, user.name, p.PresenceKind.ENTERED))
             self.out.log(now, "enter", room, user.name, f"from {old}")
         recent = self.store.recent(room, history)
         if recent:
@@ -532,7 +532,7 @@ class Chat:
         who was moved."""
         moved = sorted(self.members.get(room, ()))
         for name in moved:
-            self.out.publish(room, p.Presence(room, name, "out"))
+            self.out.publish(room, p.Presence(room, name, p.PresenceKind.OUT))
             self._join(self.users[name], p.LOBBY, 0, now, forced=True)
         self.store.remove_room(room)
         self.members.pop(room, None)
@@ -551,7 +551,7 @@ class Chat:
         user: User,
         now: float,
         why: str,
-        what: str = "left",
+        what: p.PresenceKind = p.PresenceKind.LEFT,
         release: bool = True,
         end_session: bool = False,
     ) -> None:
@@ -596,9 +596,8 @@ class Chat:
         user = self.users.get(name)
         if user is None:
             return
-        self.out.publish(
-            user.room, p.Presence(user.room, name, "blocked" if blocked else "unblocked")
-        )
+        what = p.PresenceKind.BLOCKED if blocked else p.PresenceKind.UNBLOCKED
+        self.out.publish(user.room, p.Presence(user.room, name, what))
         if not blocked:
             self.out.reply(
                 user.peer, p.Notice("you are unblocked: your messages reach the room again")
