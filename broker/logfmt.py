@@ -15,7 +15,8 @@ from typing import TextIO
 
 import msgspec
 
-from .state import CONTROL_CHARS, LogEvent
+from .outbox import LogEvent
+from .state import CONTROL_CHARS
 
 CHAT_KINDS = frozenset({"msg", "direct", "blocked"})
 """Kinds that ``--quiet`` hides; admin and error lines always show."""

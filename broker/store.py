@@ -14,8 +14,6 @@ from typing import Final, Protocol
 
 from .protocol import LOBBY, Ack, Code, Posted
 
-ACKS_KEPT: Final = 64
-"""Acks a connected user keeps at hand to answer a retry without asking the store."""
 MEMORY_ACKS_KEPT: Final = 10_000
 """Message ids a MemoryStore remembers per sender (SQLite remembers every one)."""
 SESSIONS_KEPT: Final = 100_000

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from chat_helpers import T0, chat, hello, send
 
-from broker.backbone import routing
 from broker import protocol as p
+from broker.backbone import routing
 from broker.store import MemoryStore, StoreError
 
 

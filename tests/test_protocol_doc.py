@@ -16,7 +16,7 @@ from broker import protocol as p
 from broker.admin import COMMANDS
 from broker.config import DEFAULT_LIMITS, FRAME_OVERHEAD, HEARTBEAT, LIVENESS
 from broker.server import BATCH
-from broker.store import ACKS_KEPT
+from broker.store import MEMORY_ACKS_KEPT
 from client.core import RESEND_AFTER, SYNC_RETRY
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -131,7 +131,7 @@ def test_the_numbers_are_the_codes():
         f"(`VERSION` = {p.VERSION})",
         f"0..{p.HISTORY_MAX} (`HISTORY_MAX`)",
         f"at most {p.SESSION_MAX} characters",
-        f"last {ACKS_KEPT} acknowledged `mid`s (`ACKS_KEPT`)",
+        f"keeps the last {MEMORY_ACKS_KEPT:,} ids per sender",
         f"every {SYNC_RETRY:g} s (`SYNC_RETRY`)",
         f"every {RESEND_AFTER:g} s (`RESEND_AFTER`)",
         f"The liveness factor is {LIVENESS} (`LIVENESS`",

@@ -9,7 +9,8 @@ from chat_helpers import PUB, T0, chat, hello, send
 
 from broker import protocol as p
 from broker.config import Limits
-from broker.state import Chat, LogEvent, Outbox, Settings, User
+from broker.outbox import LogEvent, Outbox
+from broker.state import Chat, Settings, User
 from broker.store import MemoryStore
 
 

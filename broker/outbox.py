@@ -1,0 +1,73 @@
+"""What one batch of input produced, for the I/O layer to send, and what the broker counts.
+
+The chat fills an ``Outbox``; the loop drains it after each batch (``Broker._flush``): the store
+commits first, then each room's events go out in one PUB send, each peer's replies in one ROUTER
+send, and the log lines are written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from . import protocol as p
+
+
+class LogEvent(NamedTuple):
+    """One line of the broker's log; the I/O layer formats it (text or JSON)."""
+
+    ts: float
+    kind: str  # msg | blocked | enter | leave | connect | disconnect | admin | error
+    room: str = ""
+    user: str = ""
+    text: str = ""
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What a batch of input produced, in order, for the I/O layer to send."""
+
+    replies: list[tuple[bytes, p.ServerMsg]] = field(default_factory=list)
+    rooms: dict[str, list[p.RoomEvent]] = field(default_factory=dict)
+    logs: list[LogEvent] = field(default_factory=list)
+    forwards: list[tuple[str, p.Told]] = field(default_factory=list)
+    """Direct messages for users another broker holds (on a backbone), by that broker."""
+    answered: dict[bytes, int] = field(default_factory=dict)
+    """Bytes of history answered to each peer in this batch (at most about ANSWER_BYTES)."""
+
+    def reply(self, peer: bytes, msg: p.ServerMsg) -> None:
+        self.replies.append((peer, msg))
+
+    def publish(self, room: str, event: p.RoomEvent) -> None:
+        events = self.rooms.get(room)
+        if events is None:
+            self.rooms[room] = [event]
+        else:
+            events.append(event)
+
+    def log(self, ts: float, kind: str, room: str = "", user: str = "", text: str = "") -> None:
+        self.logs.append(LogEvent(ts, kind, room, user, text))
+
+    def take(self) -> Outbox:
+        """Hand over everything collected so far and start empty."""
+        taken = Outbox(self.replies, self.rooms, self.logs, self.forwards)
+        self.replies, self.rooms, self.logs, self.forwards = [], {}, [], []
+        self.answered = {}
+        return taken
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the broker has done since it started, for ``room-ctl stats``."""
+
+    accepted: int = 0  # room messages stored and published
+    refused: int = 0  # room and direct messages refused (blocked, rate, too long, ...)
+    direct: int = 0  # direct messages delivered
+    bad_frames: int = 0
+    dropped_replies: int = 0  # replies a peer's full or gone queue could not take
+    published: int = 0  # PUB sends (each one a batch of room events)
+    fetched: int = 0  # stored messages sent in answer to Fetch (gap repair, /history)
+    connections: int = 0  # open connections to the ROUTER, users or not (set by the I/O layer)
+    started: float = 0.0  # when the broker started (set by the I/O layer)
+    rate: float = 0.0  # room messages accepted per second over the last heartbeat interval
+    _mark: tuple[float, int] = (0.0, 0)  # (time, accepted) at the last tick
