@@ -11,9 +11,10 @@ import click
 from . import config, options
 from . import keys as keyfiles
 from .config import Exit, Limits
+from .datadir import StartError, open_store
 from .logfmt import LogWriter
 from .protocol import NAME_RULE, valid_name
-from .server import Broker, Endpoints, StartError, open_store
+from .server import Broker, Endpoints
 from .sqlstore import DEFAULT_SYNC, SYNC_MODES
 
 

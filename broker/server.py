@@ -16,32 +16,28 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import signal
 import socket
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Final, Protocol
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as p
-from .admin import dispatch
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, PUB_SEND_BYTES, Limits
-from .keys import KeyDir, KeyFileError, short
+from .control import ControlChannel, ControlRequest, _unstored
+from .datadir import StartError, open_store
+from .intake import BATCH, ClientIntake
+from .keys import KeyDir, KeyFileError
 from .logfmt import LogWriter, Throttle
-from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard, user_id
-from .sqlstore import DEFAULT_SYNC, SQLiteStore
+from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard
 from .state import Chat, Outbox, Settings
-from .store import AuditEntry, MemoryStore, Store, StoreError
+from .store import MemoryStore, Store, StoreError
 
-BATCH: Final = 512
-"""Messages read from one socket before the loop flushes; bounds latency under load."""
+__all__ = ["BATCH", "Broker", "Endpoints", "StartError", "open_store"]
 
 ROUTER_RCVHWM: Final = 10_000
 """Client messages waiting to be read, per client."""
@@ -56,40 +52,10 @@ CLOSE_LINGER_MS: Final = 500
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _SNDMORE: Final = int(zmq.SNDMORE)
 _SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
-_RCVMORE: Final = int(zmq.RCVMORE)
-
-
-class StartError(Exception):
-    """The broker cannot start; the message is one line for the operator."""
 
 
 DB_FILE: Final = "room.db"
 LOCK_FILE: Final = "broker.lock"
-
-
-def open_store(home: Path, sync: str = DEFAULT_SYNC) -> SQLiteStore:
-    """Create the data dir, take its lock (one broker per data dir) and open the database."""
-    try:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = open(home / LOCK_FILE, "a")  # noqa: SIM115 - held for the life of the process
-    except OSError as exc:
-        raise StartError(
-            f"cannot use the data dir {home}: {exc.strerror}: choose another"
-        ) from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise StartError(
-            f"another broker is using the data dir {home}: stop it, or choose another --data-dir"
-        ) from None
-    try:
-        store = SQLiteStore(home / DB_FILE, sync)
-    except StoreError as exc:
-        lock.close()
-        raise StartError(str(exc)) from None
-    store.lock = lock
-    return store
 
 
 @dataclass(slots=True)
@@ -97,16 +63,6 @@ class Endpoints:
     router: str
     pub: str
     control: str
-
-
-@dataclass(frozen=True, slots=True)
-class ControlRequest:
-    """An admin request as the audit log records it: from which room-ctl, with which key."""
-
-    peer: bytes
-    request: p.CtlRequest
-    admin: str
-    key: str
 
 
 class Plugin(Protocol):
@@ -140,7 +96,7 @@ def _bindable(endpoint: str) -> str:
     )
 
 
-class Broker:
+class Broker(ClientIntake, ControlChannel):
     """Binds the sockets on construction; ``run`` serves until closed or stopped.
 
     ``keys`` is the data dir's key directory (the broker's pair and the admin allow-list); without
@@ -353,155 +309,6 @@ class Broker:
                 next_tick = now + interval
             self._flush()
 
-    def _drain_router(self) -> None:
-        router, chat, clock = self.router, self.chat, self.clock
-        recv, more, decode = router.recv, router.getsockopt, p.decode_client
-        curve = self.curve
-        for _ in range(BATCH):
-            try:
-                peer = recv(_NOBLOCK)
-            except zmq.Again:
-                return
-            if curve:  # the body's metadata says which CURVE key sent it
-                frame = recv(_NOBLOCK, copy=False)
-                body = frame.bytes
-                if self.guard.key_taken(peer, user_id(frame)):
-                    self._drop_taken(peer)
-            else:
-                body = recv(_NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
-            if more(_RCVMORE):
-                frames = 2  # the body and the one that is still to come
-                recv(_NOBLOCK)
-                while more(_RCVMORE):
-                    recv(_NOBLOCK)
-                    frames += 1
-                self._bad_frame(peer, f"expected 1 frame (the body), got {frames}")
-                continue
-            try:
-                msg = decode(body)
-            except p.ProtocolError as exc:
-                self._bad_frame(peer, exc.reason)
-                continue
-            try:
-                chat.handle(peer, msg, clock())
-            except Exception as exc:  # a bug must cost one request, never the broker
-                self._internal_error(peer, msg, exc)
-
-    def _internal_error(self, peer: bytes | None, msg: object, exc: Exception) -> None:
-        """A bug met one request: answer ``internal`` and log one line with the traceback."""
-        if peer is not None:
-            self.chat.error(peer, p.Code.INTERNAL, "the broker failed on this request; see its log")
-        lines = (
-            line.strip() for item in traceback.format_exception(exc) for line in item.split("\n")
-        )
-        trace = " | ".join(line for line in lines if line)
-        what = f"{type(msg).__name__}: {type(exc).__name__}: {exc}"
-        self.chat.out.log(self.clock(), "error", text=f"internal error on {what}; {trace}")
-
-    def _bad_frame(self, peer: bytes, reason: str) -> None:
-        self.chat.counters.bad_frames += 1
-        self.chat.error(peer, p.Code.BAD_FRAME, reason, request="")
-        if self._bad_frames.allow():
-            text = f"bad frame from peer {peer.hex()}: {reason}"
-            self.chat.out.log(self.clock(), "error", text=text)
-
-    def _drop_taken(self, peer: bytes) -> None:
-        """A new connection (another CURVE key) took a dead connection's peer id: the old
-        connection's user is dropped, not handed over."""
-        user = self.chat.by_peer.get(peer)
-        if user is not None:
-            self.chat.remove(user, self.clock(), "its connection id was taken by another key")
-
-    def _drain_control(self) -> None:
-        """Answer control requests. Each is checked against the allow-list again (a key removed
-        since its connection's handshake is refused) and recorded in the audit log. The replies
-        go out at the flush, after the commit; a request other brokers must answer is answered
-        when they have (the plugin calls ``answer``)."""
-        for _ in range(BATCH):
-            try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            now = self.clock()
-            key = user_id(frames[-1])
-            admin = self.guard.admin(key)
-            if len(frames) != 3 or frames[1].bytes != b"":
-                if self._bad_frames.allow():
-                    self.chat.out.log(now, "error", text="malformed control request: ignored")
-                continue  # not a REQ peer: nothing we could address a reply to
-            peer = frames[0].bytes
-            try:
-                request = p.decode_ctl_request(frames[2].bytes)
-            except p.ProtocolError as exc:
-                request = p.CtlRequest(0, "", [])
-                reply: p.CtlReply | None = p.CtlReply(0, False, exc.reason, exc.code.value)
-            else:
-                reply = None
-            asked = ControlRequest(peer, request, admin or "", key)
-            if reply is None:
-                reply = self._admin_request(asked, now)
-            if reply is not None:
-                self.answer(asked, reply, now)
-
-    def answer(self, asked: ControlRequest, reply: p.CtlReply, now: float) -> None:
-        """Log and audit a control request, and queue its reply for the flush."""
-        request, admin, key = asked.request, asked.admin, asked.key
-        command = " ".join((request.command, *request.args)) or "(unreadable request)"
-        name = admin or f"unknown key {short(key)}"
-        self.chat.out.log(now, "admin", user=name, text=f"{command}: {reply.message} (by {name})")
-        entry = AuditEntry(
-            now, admin, key, request.command, tuple(request.args), reply.ok, reply.message
-        )
-        self.chat.store.audit(entry)
-        self._ctl_out.append((asked.peer, reply))
-
-    def _admin_request(self, asked: ControlRequest, now: float) -> p.CtlReply | None:
-        """The reply, or None when other brokers must answer first (the plugin's business)."""
-        request = asked.request
-        if not asked.admin:
-            reason = "this key is not (or no longer) on the admin allow-list: see room-broker keys"
-            return p.CtlReply(request.id, False, reason, p.Code.REFUSED.value)
-        if self.plugin is not None:
-            return self.plugin.control(asked, now)
-        return self.dispatch(request, now)
-
-    def dispatch(self, request: p.CtlRequest, now: float) -> p.CtlReply:
-        """Run an admin request here (the verbs' table); a bug costs that request only."""
-        try:
-            return dispatch(self.chat, request, now)
-        except Exception as exc:  # a bug must cost one request, never the broker
-            self._internal_error(None, request, exc)
-            return p.CtlReply(request.id, False, "the broker failed; see its log", "internal")
-
-    def _count_connections(self) -> None:
-        """Count the ROUTER's connections (``stats``: also those that never said hello)."""
-        counters = self.chat.counters
-        for _ in range(BATCH):
-            try:
-                event = parse_monitor_message(self.router_monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                counters.connections += 1
-            else:
-                counters.connections -= 1
-                self._gone += 1
-
-    def _drain_monitor(self) -> None:
-        """Log refused control handshakes (the guard caps how many per interval)."""
-        for _ in range(BATCH):
-            try:
-                event = parse_monitor_message(self.control_monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            line = self.guard.refused(event)
-            if line is not None:
-                self.chat.out.log(self.clock(), "security", text=line)
-
-    def _security_log(self, lines: list[str], now: float) -> None:
-        for line in lines:
-            self.chat.out.log(now, "security", text=line)
-
     def _flush(self) -> None:
         out = self.chat.out.take()
         ctl_replies, self._ctl_out = self._ctl_out, []
@@ -544,9 +351,7 @@ class Broker:
             send(encode(batch), _NOBLOCK)
             if stalled:
                 stalled.discard(peer)
-        for peer, reply in ctl_replies:
-            with contextlib.suppress(zmq.ZMQError):  # room-ctl gave up waiting
-                self.control.send_multipart([peer, b"", encode(reply)], zmq.NOBLOCK)
+        self._send_control_replies(ctl_replies)
         if out.logs:
             self.log.events(out.logs)
 
@@ -577,10 +382,3 @@ def _release_memory() -> None:
     idle size (measured)."""
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-def _unstored(reply: p.CtlReply) -> p.CtlReply:
-    """The answer to a control request whose batch could not be stored: its audit entry and any
-    change to the blocklist are lost (a block or unblock did not happen), so it is not an ok."""
-    reason = "the broker could not store this request: try again; see its log"
-    return p.CtlReply(reply.id, False, reason, p.Code.UNAVAILABLE.value)

@@ -1,0 +1,108 @@
+"""What arrives on the ROUTER: frames checked and decoded, handed to the chat; a bad frame or a
+bug answered to its sender alone; connections counted as they come and go.
+
+Part of ``server.Broker`` (a mixin: it uses the broker's sockets, chat, guard and clock), apart
+because it is one story.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING, Final
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from . import protocol as p
+from .security import user_id
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+    _Base = Broker
+else:
+    _Base = object
+
+BATCH: Final = 512
+"""Messages read from one socket before the loop flushes; bounds latency under load."""
+
+# Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_RCVMORE: Final = int(zmq.RCVMORE)
+
+
+class ClientIntake(_Base):
+    """The ROUTER side of ``Broker``."""
+
+    def _drain_router(self) -> None:
+        router, chat, clock = self.router, self.chat, self.clock
+        recv, more, decode = router.recv, router.getsockopt, p.decode_client
+        curve = self.curve
+        for _ in range(BATCH):
+            try:
+                peer = recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            if curve:  # the body's metadata says which CURVE key sent it
+                frame = recv(_NOBLOCK, copy=False)
+                body = frame.bytes
+                if self.guard.key_taken(peer, user_id(frame)):
+                    self._drop_taken(peer)
+            else:
+                body = recv(_NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
+            if more(_RCVMORE):
+                frames = 2  # the body and the one that is still to come
+                recv(_NOBLOCK)
+                while more(_RCVMORE):
+                    recv(_NOBLOCK)
+                    frames += 1
+                self._bad_frame(peer, f"expected 1 frame (the body), got {frames}")
+                continue
+            try:
+                msg = decode(body)
+            except p.ProtocolError as exc:
+                self._bad_frame(peer, exc.reason)
+                continue
+            try:
+                chat.handle(peer, msg, clock())
+            except Exception as exc:  # a bug must cost one request, never the broker
+                self._internal_error(peer, msg, exc)
+
+    def _internal_error(self, peer: bytes | None, msg: object, exc: Exception) -> None:
+        """A bug met one request: answer ``internal`` and log one line with the traceback."""
+        if peer is not None:
+            self.chat.error(peer, p.Code.INTERNAL, "the broker failed on this request; see its log")
+        lines = (
+            line.strip() for item in traceback.format_exception(exc) for line in item.split("\n")
+        )
+        trace = " | ".join(line for line in lines if line)
+        what = f"{type(msg).__name__}: {type(exc).__name__}: {exc}"
+        self.chat.out.log(self.clock(), "error", text=f"internal error on {what}; {trace}")
+
+    def _bad_frame(self, peer: bytes, reason: str) -> None:
+        self.chat.counters.bad_frames += 1
+        self.chat.error(peer, p.Code.BAD_FRAME, reason, request="")
+        if self._bad_frames.allow():
+            text = f"bad frame from peer {peer.hex()}: {reason}"
+            self.chat.out.log(self.clock(), "error", text=text)
+
+    def _drop_taken(self, peer: bytes) -> None:
+        """A new connection (another CURVE key) took a dead connection's peer id: the old
+        connection's user is dropped, not handed over."""
+        user = self.chat.by_peer.get(peer)
+        if user is not None:
+            self.chat.remove(user, self.clock(), "its connection id was taken by another key")
+
+    def _count_connections(self) -> None:
+        """Count the ROUTER's connections (``stats``: also those that never said hello)."""
+        counters = self.chat.counters
+        for _ in range(BATCH):
+            try:
+                event = parse_monitor_message(self.router_monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                counters.connections += 1
+            else:
+                counters.connections -= 1
+                self._gone += 1
