@@ -79,7 +79,7 @@ class Chat(Sessions, Rooms, FromOthers):
         user.last_seen = now
         match msg:
             case p.Say():
-                self._say(user, msg, now)
+                self._post(user, msg, now)
             case p.Tell():
                 self._tell(user, msg, now)
             case p.Ping():
@@ -141,7 +141,8 @@ class Chat(Sessions, Rooms, FromOthers):
         names the request (by default the one being handled)."""
         self.out.reply(peer, p.Error(code, reason, self.request if request is None else request))
 
-    def _say(self, user: User, msg: p.Say, now: float) -> None:
+    def _post(self, user: User, msg: p.Say, now: float) -> None:
+        """A room message: stored, published and acknowledged, unless it is a retry or refused."""
         if msg.mid and msg.mid <= user.mid_high:  # perhaps a retry of a stored message
             seen = self.store.acked(user.name, msg.mid)
             if seen is not None:  # acknowledged again, never stored twice

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from .. import protocol as p
-from .events import Answered, Forwarded, Remote, Replaced, Shared
+from .events import Forwarded, Replaced, TheirAnswers, TheirPresence, TheirRequest
 from .layout import BUS_ALL, GATHER_TIMEOUT, ORIGIN, PRESENCE, node_subject
 from .link import Link
 
@@ -36,7 +36,7 @@ class Bus:
 
     def ask(self, token: int, subject: str, request: p.CtlRequest, every: bool) -> None:
         """Send an admin request to one broker, or to ``every`` live one, and report the answers
-        as ``Answered(token)``."""
+        as ``TheirAnswers(token)``."""
         self.link.background(self._ask(token, subject, request, every))
 
     def respond(self, reply_to: str, reply: p.CtlReply) -> None:
@@ -67,7 +67,7 @@ class Bus:
                 done.set()
 
         if not expected:
-            self.link.emit(Answered(token, replies))
+            self.link.emit(TheirAnswers(token, replies))
             return
         try:
             inbox = nc.new_inbox()
@@ -78,7 +78,7 @@ class Bus:
             await sub.unsubscribe()
         except Exception:
             pass
-        self.link.emit(Answered(token, replies))
+        self.link.emit(TheirAnswers(token, replies))
 
     async def _respond(self, reply_to: str, reply: p.CtlReply) -> None:
         with contextlib.suppress(Exception):
@@ -92,7 +92,7 @@ class Bus:
         except p.ProtocolError:
             return
         if msg.reply:
-            self.link.emit(Remote(request, msg.reply))
+            self.link.emit(TheirRequest(request, msg.reply))
 
     async def _on_replaced(self, msg: Any) -> None:
         self.link.emit(Replaced(msg.data.decode()))
@@ -109,4 +109,4 @@ class Bus:
         with contextlib.suppress(p.ProtocolError):
             events = [e for e in p.decode_room(msg.data) if isinstance(e, p.Presence)]
             if events:
-                self.link.emit(Shared(events))
+                self.link.emit(TheirPresence(events))

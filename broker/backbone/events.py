@@ -84,7 +84,7 @@ class Replaced:
 
 
 @dataclass(frozen=True, slots=True)
-class Remote:
+class TheirRequest:
     """An admin request from another broker (or this one, broadcast) to run here."""
 
     request: p.CtlRequest
@@ -92,7 +92,7 @@ class Remote:
 
 
 @dataclass(frozen=True, slots=True)
-class Answered:
+class TheirAnswers:
     """The answers to a routed or broadcast admin request (``token`` says which)."""
 
     token: int
@@ -107,7 +107,7 @@ class Forwarded:
 
 
 @dataclass(frozen=True, slots=True)
-class Shared:
+class TheirPresence:
     """Presence lines (entered, left, ...) from another broker's users, for the rooms here."""
 
     events: list[p.Presence]
@@ -121,7 +121,7 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
-class Said:
+class LogNote:
     """A line for the broker's log (the backbone was lost, or is back)."""
 
     text: str
@@ -134,10 +134,10 @@ Event = (
     | Claimed
     | BlockChanged
     | Replaced
-    | Remote
-    | Answered
+    | TheirRequest
+    | TheirAnswers
     | Forwarded
-    | Shared
+    | TheirPresence
     | Reset
-    | Said
+    | LogNote
 )

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import nats
 
 from ..store import StoreError
-from .events import Event, Said
+from .events import Event, LogNote
 from .layout import CALL_TIMEOUT, ORIGIN, UNREACHABLE, shown_url
 
 T = TypeVar("T")
@@ -117,12 +117,13 @@ class Link:
         async def disconnected() -> None:
             if self.connected:
                 self.connected = False
-                self.emit(Said(f"backbone: lost {self.url}; room messages are refused meanwhile"))
+                line = f"backbone: lost {self.url}; room messages are refused meanwhile"
+                self.emit(LogNote(line))
 
         async def reconnected() -> None:
             self.connected = True
             self.linked = time.monotonic()
-            self.emit(Said(f"backbone: reconnected to {self.url}"))
+            self.emit(LogNote(f"backbone: reconnected to {self.url}"))
 
         async def error(exc: Exception) -> None:
             """nats-py reports every failed (re)connect here: the disconnect line says enough

@@ -88,26 +88,26 @@ class BackbonePlugin:
                         chat.blocked_changed(name, blocked)
                 case ev.Replaced(name=name):
                     chat.replaced(name, clock())
-                case ev.Remote(request=request, reply_to=reply_to):
+                case ev.TheirRequest(request=request, reply_to=reply_to):
                     reply = broker.dispatch(request, clock())
                     command = " ".join((request.command, *request.args))
                     text = f"{command}: {reply.message} (asked by another broker)"
                     chat.out.log(clock(), "admin", text=text)
                     self.backbone.bus.respond(reply_to, reply)
-                case ev.Answered(token=token, replies=replies):
+                case ev.TheirAnswers(token=token, replies=replies):
                     waiting = self._waiting.pop(token, None)
                     if waiting is not None:
                         broker.answer(waiting.asked, self._combine(waiting, replies), clock())
                 case ev.Forwarded(told=told):
                     chat.forwarded(told)
-                case ev.Shared(events=events):
+                case ev.TheirPresence(events=events):
                     for e in events:
                         self._relayed.setdefault(e.room, []).append(e)
                 case ev.Reset(epoch=epoch):
                     chat.reset(clock())
                     text = f"reset by another broker: every room starts over (epoch {epoch})"
                     chat.out.log(clock(), "backbone", text=text)
-                case ev.Said(text=text):
+                case ev.LogNote(text=text):
                     chat.out.log(clock(), "backbone", text=text)
 
     def share(self, out: Outbox) -> None:

@@ -24,9 +24,9 @@ from .events import (
     BATCH_BYTES,
     BATCH_RECORDS,
     Delivered,
+    LogNote,
     NotStored,
     Record,
-    Said,
     Stored,
     decode_batch,
     encode_batch,
@@ -117,7 +117,7 @@ class Stream:
         try:
             records = decode_batch(msg.data)
         except msgspec.DecodeError:
-            self.link.emit(Said(f"backbone: unreadable stream message {sseq} skipped"))
+            self.link.emit(LogNote(f"backbone: unreadable stream message {sseq} skipped"))
             return
         for record in records:
             self.link.emit(Delivered(record))
