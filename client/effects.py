@@ -84,7 +84,7 @@ class Unsubscribe:
 @dataclass(frozen=True, slots=True)
 class Reconnect:
     """Replace the DEALER with a new one and send ``hello`` on it (the broker seems gone); with
-    several brokers, the connection picks which one (``client.connection``)."""
+    several brokers, the connection picks which one (``client.brokers``)."""
 
     hello: Hello
 
