@@ -9,6 +9,8 @@ from typing import Any
 import click
 import msgspec
 
+from broker import options
+
 from . import run as bench
 
 
@@ -46,14 +48,21 @@ HEADER = (
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--quick", is_flag=True, help="A small run that takes seconds (CI's smoke test).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
-              help="Draw throughput and latency to a PNG (needs the 'plot' extra).")  # fmt: skip
-@click.option("--only", multiple=True, help="Run only this scenario (repeatable).")
-@click.option("--cluster", is_flag=True,
-              help="Run the three-broker family instead: brokers a, b, c on a private nats-server "
-                   "(needs nats-server), beside one broker and the relay.")  # fmt: skip
+@options.option("--quick", is_flag=True, help="A small run that takes seconds (CI's smoke test).")
+@options.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure.")
+@options.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    help="Draw throughput and latency to a PNG (needs the 'plot' extra).",
+)
+@options.option("--only", multiple=True, help="Run only this scenario (repeatable).")
+@options.option(
+    "--cluster",
+    is_flag=True,
+    help="Run the three-broker family instead: brokers a, b, c on a private nats-server "
+    "(needs nats-server), beside one broker and the relay.",
+)
 def main(
     quick: bool, json_path: str | None, plot_path: str | None, only: tuple[str, ...], cluster: bool
 ) -> None:

@@ -1,24 +1,21 @@
 """Admin commands: one small handler per verb, in one explicit table.
 
 A handler takes the chat, its arguments and the time, acts, and returns the reply. It raises
-``AdminError`` for a request it refuses; the dispatcher turns that into an error reply. A verb's
-``args`` are required; its ``options`` may follow them (room-ctl shows them as ``--option``).
-The broker's I/O layer records every request in the audit log after dispatch (``audit`` reads it).
+``AdminError`` for a request it refuses; the dispatcher turns that into an error reply. What a
+verb takes and how it is shown (its args, options, help and usage) is ``broker.verbs``, shared
+with room-ctl; ``COMMANDS`` maps the same verbs to their handlers, checked at import. The
+broker's I/O layer records every request in the audit log after dispatch (``audit`` reads it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from . import protocol as p
 from .state import Chat, User
 from .store import StoreError
-
-AUDIT_SHOWN = 20
-"""Audit entries ``audit`` shows unless told otherwise."""
-AUDIT_MAX = 10_000
+from .verbs import AUDIT_MAX, AUDIT_SHOWN, VERBS
 
 
 class AdminError(Exception):
@@ -31,21 +28,10 @@ class AdminError(Exception):
 @dataclass(frozen=True, slots=True)
 class Result:
     message: str
-    data: Any = None
+    data: p.CtlData | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    run: Callable[[Chat, list[str], float], Result]
-    args: tuple[str, ...]
-    help: str
-    options: tuple[str, ...] = ()
-    """Optional, after the args: an upper-case one takes a value (``LIMIT``), a lower-case one
-    is a flag that passes its own name (``all``)."""
-
-    def usage(self, verb: str) -> str:
-        shown = (f"[--{o}]" if o.islower() else f"[{o}]" for o in self.options)
-        return " ".join((verb, *self.args, *shown))
+Handler = Callable[[Chat, list[str], float], Result]
 
 
 def _name(args: list[str]) -> str:
@@ -128,98 +114,82 @@ def close(chat: Chat, args: list[str], now: float) -> Result:
 
 def who(chat: Chat, args: list[str], now: float) -> Result:
     users = chat.user_list()
-    blocked = sorted(chat.store.blocked())
-    data = {"users": [_fields(u) for u in users], "blocked": blocked}
+    data = p.UserList(users, sorted(chat.store.blocked()))
     return Result(f"{len(users)} users connected", data)
 
 
 def rooms(chat: Chat, args: list[str], now: float) -> Result:
     listing = chat.room_list()
-    return Result(f"{len(listing)} rooms", {"rooms": [_fields(r) for r in listing]})
+    return Result(f"{len(listing)} rooms", p.RoomList(listing))
 
 
 def stats(chat: Chat, args: list[str], now: float) -> Result:
     c = chat.counters
     uptime = now - c.started if c.started else 0.0
-    data = {
-        "clients": len(chat.users),
-        "connections": c.connections,
-        "unnamed_connections": max(0, c.connections - len(chat.users)),
-        "rooms": len(chat.members),
-        "blocked": len(chat.store.blocked()),
-        "messages_in": c.accepted,
-        "messages_out": c.published,
-        "fetched": c.fetched,
-        "direct": c.direct,
-        "refused": c.refused,
-        "messages_per_second": round(c.rate, 1),
-        "drops": c.dropped_replies,
-        "bad_frames": c.bad_frames,
-        "uptime_seconds": round(uptime, 1),
-        "database_bytes": chat.store.size(),
-    }
+    counters = p.Counters(
+        clients=len(chat.users),
+        connections=c.connections,
+        unnamed_connections=max(0, c.connections - len(chat.users)),
+        rooms=len(chat.members),
+        blocked=len(chat.store.blocked()),
+        messages_in=c.accepted,
+        messages_out=c.published,
+        fetched=c.fetched,
+        direct=c.direct,
+        refused=c.refused,
+        messages_per_second=round(c.rate, 1),
+        drops=c.dropped_replies,
+        bad_frames=c.bad_frames,
+        uptime_seconds=round(uptime, 1),
+        database_bytes=chat.store.size(),
+    )
     text = f"up {uptime:.0f}s, {len(chat.users)} clients, {c.accepted} messages"
-    return Result(text, {"stats": data})
+    return Result(text, p.Stats(counters))
 
 
 def audit(chat: Chat, args: list[str], now: float) -> Result:
     text = args[0] if args else str(AUDIT_SHOWN)
     if not text.isdigit() or not 1 <= int(text) <= AUDIT_MAX:
         raise AdminError(p.Code.BAD_ARGS, f"LIMIT must be a number from 1 to {AUDIT_MAX}")
-    entries = chat.store.audit_log(int(text))
     rows = [
-        {
-            "ts": e.ts,
-            "admin": e.admin,
-            "key": e.key,
-            "command": e.command,
-            "args": list(e.args),
-            "ok": e.ok,
-            "message": e.message,
-        }
-        for e in entries
+        p.AuditRow(e.ts, e.admin, e.key, e.command, list(e.args), e.ok, e.message)
+        for e in chat.store.audit_log(int(text))
     ]
     noun = "entry" if len(rows) == 1 else "entries"
-    return Result(f"{len(rows)} audit {noun}, oldest first", {"audit": rows})
+    return Result(f"{len(rows)} audit {noun}, oldest first", p.AuditLog(rows))
 
 
-def _fields(struct: Any) -> dict[str, Any]:
-    return {f: getattr(struct, f) for f in struct.__struct_fields__}
-
-
-COMMANDS: dict[str, Command] = {
-    "block": Command(block, ("USER",), "block USER: their room messages reach only the log"),
-    "unblock": Command(unblock, ("USER",), "unblock USER"),
-    "fire": Command(fire, ("USER",), "disconnect USER (their client exits)"),
-    "out": Command(out, ("USER",), f"move USER out of their room, back to {p.LOBBY}"),
-    "remove": Command(
-        remove, ("ROOM",), f"delete ROOM and its history; its members go to {p.LOBBY}"
-    ),
-    "reset": Command(reset, (), "disconnect every client and remove every room but the lobby"),
-    "close": Command(
-        close, (), "shut the broker down cleanly (--all: every broker on the backbone)", ("all",)
-    ),
-    "who": Command(who, (), "connected users, their rooms, and the blocklist"),
-    "rooms": Command(rooms, (), "rooms with member counts"),
-    "stats": Command(stats, (), "counters: clients, rooms, messages, rate, drops, uptime, size"),
-    "audit": Command(
-        audit, (), f"the latest admin requests (LIMIT, default {AUDIT_SHOWN})", ("LIMIT",)
-    ),
+COMMANDS: dict[str, Handler] = {
+    "block": block,
+    "unblock": unblock,
+    "fire": fire,
+    "out": out,
+    "remove": remove,
+    "reset": reset,
+    "close": close,
+    "who": who,
+    "rooms": rooms,
+    "stats": stats,
+    "audit": audit,
 }
+"""The handler of each verb of ``verbs.VERBS``: the same names, or this module does not load."""
+
+if _unpaired := set(COMMANDS) ^ set(VERBS):
+    raise AssertionError(f"broker.verbs and broker.admin.COMMANDS differ on {sorted(_unpaired)}")
 
 
 def dispatch(chat: Chat, request: p.CtlRequest, now: float) -> p.CtlReply:
     """Run one control request; any refusal becomes an error reply, never an exception."""
-    command = COMMANDS.get(request.command)
+    verb = VERBS.get(request.command)
     try:
-        if command is None:
-            known = ", ".join(COMMANDS)
+        if verb is None:
+            known = ", ".join(VERBS)
             raise AdminError(
                 p.Code.UNKNOWN_COMMAND, f"unknown command {request.command!r}: use one of {known}"
             )
-        if not len(command.args) <= len(request.args) <= len(command.args) + len(command.options):
-            raise AdminError(p.Code.BAD_ARGS, f"usage: {command.usage(request.command)}")
-        result = command.run(chat, request.args, now)
+        if not verb.takes(len(request.args)):
+            raise AdminError(p.Code.BAD_ARGS, f"usage: {verb.usage(request.command)}")
+        result = COMMANDS[request.command](chat, request.args, now)
     except AdminError as exc:
         return p.CtlReply(request.id, False, exc.message, exc.code.value)
     except StoreError as exc:  # the backbone did not answer: nothing changed

@@ -139,14 +139,14 @@ def main() -> None:
     default=None,
     help="This broker's name on the backbone, unique among the brokers (needed with --backbone).",
 )
-@click.option(
+@options.option(
     "--pub-hwm",
     default=None,
     type=click.IntRange(min=0),
     hidden=True,
     help="SNDHWM of the PUB socket in sends (tests: a small one makes a subscriber lose some).",
 )
-@click.option(
+@options.option(
     "--pub-sndbuf",
     default=None,
     type=click.IntRange(min=1),
@@ -295,7 +295,7 @@ def keys_remove(kd: keyfiles.KeyDir, name: str) -> None:
 
 @keys.command("new")
 @click.argument("name")
-@click.option(
+@options.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,

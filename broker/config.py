@@ -15,7 +15,7 @@ PUB: Final = "tcp://127.0.0.1:5556"
 CONTROL: Final = "tcp://127.0.0.1:5557"
 
 ENV_PREFIX: Final = "ROOM"
-"""Every CLI option also reads ``ROOM_<OPTION>`` (click's auto_envvar_prefix)."""
+"""Every CLI option also reads ``ROOM_<OPTION>``, named in one place: ``options.envvar``."""
 
 DATA_DIR_ENV: Final = "ROOM_DATA_DIR"
 

@@ -1,7 +1,9 @@
-"""Command-line options shared by room-broker, room-client and room-ctl, defined once.
+"""Command-line options of room-broker, room-client, room-ctl and room-bench, made one way.
 
-Every option made here reads ``ROOM_<NAME>`` from the environment (``--max-rooms`` reads
-``ROOM_MAX_ROOMS``): operators script these names, so they follow the flag and nothing else.
+Every option reads ``ROOM_<NAME>`` from the environment, after its flag (``--max-rooms`` reads
+``ROOM_MAX_ROOMS``, ``room-client join --room`` reads ``ROOM_ROOM``), and ``--help`` shows it:
+operators script these names, so they follow the flag and nothing else. A flag given on the
+command line wins over its variable. Every option of the four commands is made here.
 """
 
 from __future__ import annotations
@@ -14,10 +16,22 @@ import click
 from .config import ENV_PREFIX
 
 
-def option(flag: str, **kwargs: Any) -> Callable[[Any], Any]:
-    """``click.option`` with the environment variable named after the flag, shown in --help."""
-    env = f"{ENV_PREFIX}_{flag.lstrip('-').replace('-', '_').upper()}"
-    return click.option(flag, envvar=env, show_envvar=True, **kwargs)
+def envvar(flag: str) -> str:
+    """The variable an option reads: ``--max-rooms`` -> ``ROOM_MAX_ROOMS``."""
+    if not flag.startswith("--"):
+        raise ValueError(f"an option's first name is its long flag, not {flag!r}")
+    return f"{ENV_PREFIX}_{flag.removeprefix('--').replace('-', '_').upper()}"
+
+
+def option(flag: str, *decls: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """``click.option`` with its environment variable, shown in --help. ``decls``: more names,
+    such as the parameter's (``option("--json", "as_json", ...)``)."""
+    return click.option(flag, *decls, envvar=envvar(flag), show_envvar=True, **kwargs)
+
+
+def make(flag: str, *decls: str, **kwargs: Any) -> click.Option:
+    """The same option as an object, for a command built at run time (room-ctl's verbs)."""
+    return click.Option([flag, *decls], envvar=envvar(flag), show_envvar=True, **kwargs)
 
 
 data_dir = option(

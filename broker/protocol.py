@@ -360,6 +360,67 @@ class CtlRequest(_Msg, tag="ctl"):
     args: list[str] = []
 
 
+class UserList(_Msg, tag="ctlusers"):
+    """``who``: the connected users in name order, and every blocked name, connected or not."""
+
+    users: list[UserInfo]
+    blocked: list[str]
+
+
+class RoomList(_Msg, tag="ctlrooms"):
+    """``rooms``: every room in name order, with its members and its newest sequence number."""
+
+    rooms: list[RoomInfo]
+
+
+class Counters(_Msg, tag="counters"):
+    """The broker's counters since it started; sizes in bytes, times in seconds."""
+
+    clients: int
+    connections: int
+    unnamed_connections: int
+    rooms: int
+    blocked: int
+    messages_in: int
+    messages_out: int
+    fetched: int
+    direct: int
+    refused: int
+    messages_per_second: float
+    drops: int
+    bad_frames: int
+    uptime_seconds: float
+    database_bytes: int
+
+
+class Stats(_Msg, tag="ctlstats"):
+    """``stats``: the counters."""
+
+    stats: Counters
+
+
+class AuditRow(_Msg, tag="auditrow"):
+    """One admin request: when, by whom (``admin`` "": a refused key), what, and its result."""
+
+    ts: float
+    admin: str
+    key: str
+    command: str
+    args: list[str]
+    ok: bool
+    message: str
+
+
+class AuditLog(_Msg, tag="ctlaudit"):
+    """``audit``: the newest entries of the audit log, oldest first."""
+
+    audit: list[AuditRow]
+
+
+CtlData = UserList | RoomList | Stats | AuditLog
+"""The listings a ``CtlReply`` carries, told apart by their tag."""
+
+
 class CtlReply(_Msg, tag="ctlreply"):
     """``ok`` with a one-line ``message``, or an error ``code``; ``data`` for listings."""
 
@@ -367,7 +428,17 @@ class CtlReply(_Msg, tag="ctlreply"):
     ok: bool
     message: str
     code: str = ""
-    data: Any = None
+    data: CtlData | None = None
+
+
+def plain(value: Any) -> Any:
+    """``CtlReply.data`` (or any part of it) as plain values, the way ``room-ctl --json`` prints
+    it: a struct is a map of its fields, without its tag; a list stays a list."""
+    if isinstance(value, msgspec.Struct):
+        return {name: plain(getattr(value, name)) for name in value.__struct_fields__}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
 
 
 # ---- encoding ----------------------------------------------------------------------------------

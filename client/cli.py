@@ -9,7 +9,7 @@ from typing import Final
 import click
 
 from broker import options
-from broker.config import ENV_PREFIX, HISTORY, ROUTER, Exit
+from broker.config import HISTORY, ROUTER, Exit
 from broker.keys import KeyFileError
 from broker.protocol import LOBBY, NAME_RULE, valid_name
 from client import app
@@ -54,22 +54,20 @@ def _prompted_name(value: str) -> str:
     return value
 
 
-@click.group(
-    context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]}
-)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The room chat client."""
 
 
 @main.command()
-@click.option(
+@options.option(
     "--room",
     default=LOBBY,
     show_default=True,
     callback=_check_name,
     help="The room to be in once connected.",
 )
-@click.option(
+@options.option(
     "--name",
     callback=_check_name,
     help="Your name in the chat; asked for on a terminal, required when piped.",
@@ -84,7 +82,7 @@ def main() -> None:
     "to give several brokers: the first that answers is used, and the next ones in turn when "
     "it is lost. One --server-key applies to all of them.",
 )
-@click.option(
+@options.option(
     "--history",
     default=HISTORY,
     type=click.IntRange(0, 1000),
@@ -99,7 +97,7 @@ def main() -> None:
     "--server brokers it is used for all of them, so they must share one key pair.",
 )
 @options.data_dir
-@click.option(
+@options.option(
     "--sub-hwm",
     default=None,
     type=click.IntRange(min=1),

@@ -1,8 +1,14 @@
-"""``room-ctl``: admin commands for a running broker. Verbs come from the broker's own table."""
+"""``room-ctl``: admin commands for a running broker.
+
+Its verbs come from the broker's table of verbs (``broker.verbs``), which is pure data: room-ctl
+loads the protocol and what it needs to talk to the broker and show its replies, never the chat
+core that runs the verbs.
+"""
 
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -11,12 +17,13 @@ import msgspec
 
 from broker import config, options
 from broker import keys as keyfiles
-from broker.admin import COMMANDS
+from broker import protocol as p
 from broker.config import Exit
-from broker.logfmt import stamp
-from broker.protocol import Code, ProtocolError
+from broker.verbs import VERBS, Verb
 
 from .control import CurveKeys, Refused, Unreachable, request
+
+_JSON_HELP = "Print the reply as one JSON document."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -43,7 +50,7 @@ from .control import CurveKeys, Refused, Unreachable, request
     default=None,
     help="The broker's public key, or its file [default: keys/broker.key in the data dir].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the reply as one JSON document.")
+@options.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -95,59 +102,66 @@ def _run(ctx: click.Context, command: str, args: list[str]) -> None:
         _fail(f"{exc}: is room-broker running? check --control", Exit.UNREACHABLE)
     except Refused as exc:
         _fail(str(exc), Exit.REFUSED)
-    except ProtocolError as exc:
+    except p.ProtocolError as exc:
         _fail(f"the broker at {opts['control']} sent a reply this room-ctl cannot read: {exc}")
-    failed = Exit.REFUSED if reply.code == Code.REFUSED else Exit.ERROR
+    failed = Exit.REFUSED if reply.code == p.Code.REFUSED else Exit.ERROR
     if opts["json"]:
         document = {
             "ok": reply.ok,
             "message": reply.message,
             "code": reply.code,
-            "data": reply.data,
+            "data": p.plain(reply.data),
         }
         click.echo(msgspec.json.encode(document).decode())
         sys.exit(Exit.OK if reply.ok else failed)
     if not reply.ok:
         _fail(reply.message, failed)
     click.echo(reply.message)
-    if isinstance(reply.data, dict):
-        for line in render(reply.data):
-            click.echo(line)
+    for line in render(reply.data):
+        click.echo(line)
     sys.exit(Exit.OK)
 
 
-def render(data: dict[str, Any]) -> list[str]:
-    """Aligned tables for listings (`who`, `rooms`, `audit`)."""
-    lines: list[str] = []
-    if "users" in data:
-        rows = [(u["name"], u["room"], "blocked" if u["blocked"] else "") for u in data["users"]]
-        lines += _table(("USER", "ROOM", "STATUS"), rows)
-        offline = [
-            n for n in data.get("blocked", []) if n not in {u["name"] for u in data["users"]}
-        ]
-        if offline:
-            lines.append("blocked, not connected: " + ", ".join(offline))
-    if "rooms" in data:
-        rows = [(r["name"], str(r["members"]), str(r["seq"])) for r in data["rooms"]]
-        lines += _table(("ROOM", "MEMBERS", "MESSAGES"), rows)
-    if "stats" in data:
-        rows = [
-            (_STAT_NAMES.get(k, k.replace("_", " ")), _stat(k, v)) for k, v in data["stats"].items()
-        ]
-        lines += _table(("COUNTER", "VALUE"), rows, right={1})
-    if "audit" in data:
-        rows = [
-            (
-                stamp(e["ts"]),
-                e["admin"] or "(refused)",
-                keyfiles.short(e["key"]),
-                " ".join((e["command"], *e["args"])) or "(unreadable request)",
-                ("ok: " if e["ok"] else "failed: ") + e["message"],
-            )
-            for e in data["audit"]
-        ]
-        lines += _table(("TIME", "ADMIN", "KEY", "COMMAND", "RESULT"), rows)
-    return lines
+def render(data: p.CtlData | None) -> list[str]:
+    """Aligned tables for listings (`who`, `rooms`, `stats`, `audit`); nothing for other replies."""
+    match data:
+        case p.UserList(users=users, blocked=blocked):
+            rows = [(u.name, u.room, "blocked" if u.blocked else "") for u in users]
+            lines = _table(("USER", "ROOM", "STATUS"), rows)
+            connected = {u.name for u in users}
+            if offline := [name for name in blocked if name not in connected]:
+                lines.append("blocked, not connected: " + ", ".join(offline))
+            return lines
+        case p.RoomList(rooms=rooms):
+            rows = [(r.name, str(r.members), str(r.seq)) for r in rooms]
+            return _table(("ROOM", "MEMBERS", "MESSAGES"), rows)
+        case p.Stats(stats=counters):
+            rows = [
+                (_STAT_NAMES.get(k, k.replace("_", " ")), _stat(k, getattr(counters, k)))
+                for k in counters.__struct_fields__
+            ]
+            return _table(("COUNTER", "VALUE"), rows, right={1})
+        case p.AuditLog(audit=entries):
+            rows = [
+                (
+                    stamp(e.ts),
+                    e.admin or "(refused)",
+                    keyfiles.short(e.key),
+                    " ".join((e.command, *e.args)) or "(unreadable request)",
+                    ("ok: " if e.ok else "failed: ") + e.message,
+                )
+                for e in entries
+            ]
+            return _table(("TIME", "ADMIN", "KEY", "COMMAND", "RESULT"), rows)
+    return []
+
+
+def stamp(ts: float) -> str:
+    """UTC time with milliseconds, ISO 8601: the broker's log writes the same
+    (``broker.logfmt.stamp``, not imported here: it belongs to the broker)."""
+    whole = int(ts)
+    second = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{second}.{int((ts - whole) * 1000):03d}Z"
 
 
 _STAT_NAMES = {"uptime_seconds": "uptime", "database_bytes": "database size"}
@@ -194,34 +208,30 @@ def _fail(message: str, code: Exit = Exit.ERROR) -> NoReturn:
     sys.exit(code)
 
 
-def _verb(
-    name: str, argnames: tuple[str, ...], options: tuple[str, ...], help_text: str
-) -> click.Command:
+def _verb(name: str, verb: Verb) -> click.Command:
+    """The click command of one verb: its args as arguments, its options as ``--option``."""
+
     def callback(as_json: bool, **kwargs: str | None) -> None:
         ctx = click.get_current_context()
         if as_json:  # `room-ctl who --json` as well as `room-ctl --json who`
             ctx.find_root().obj["json"] = True
-        args = [kwargs[a.lower()] for a in argnames]
-        for o in options:  # a value (LIMIT) passes its value; a flag (all) passes its name
+        args = [kwargs[a.lower()] for a in verb.args]
+        for o in verb.options:  # a value (LIMIT) passes its value; a flag (all) passes its name
             value = kwargs[o.lower()]
             if value:
                 args.append(o if o.islower() else value)
         _run(ctx, name, [str(a) for a in args])
 
-    params: list[click.Parameter] = [click.Argument([a.lower()]) for a in argnames]
+    params: list[click.Parameter] = [click.Argument([a.lower()]) for a in verb.args]
     params += [
-        click.Option([f"--{o}"], is_flag=True, help=f"{o} (see the command's help)")
+        options.make(f"--{o}", is_flag=True, help=f"{o} (see the command's help)")
         if o.islower()
-        else click.Option([f"--{o.lower()}"], metavar=o, default=None, help=f"{o} (optional)")
-        for o in options
+        else options.make(f"--{o.lower()}", metavar=o, default=None, help=f"{o} (optional)")
+        for o in verb.options
     ]
-    params.append(
-        click.Option(
-            ["--json", "as_json"], is_flag=True, help="Print the reply as one JSON document."
-        )
-    )
-    return click.Command(name, callback=callback, params=params, help=help_text)
+    params.append(options.make("--json", "as_json", is_flag=True, help=_JSON_HELP))
+    return click.Command(name, callback=callback, params=params, help=verb.help)
 
 
-for _name, _command in COMMANDS.items():
-    main.add_command(_verb(_name, _command.args, _command.options, _command.help))
+for _name, _described in VERBS.items():
+    main.add_command(_verb(_name, _described))

@@ -1,16 +1,18 @@
-"""Admin commands (broker.admin): every verb of COMMANDS through dispatch, and its refusals."""
+"""Admin commands (broker.admin): every verb of VERBS through dispatch, and its refusals."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from chat_helpers import T0, chat, hello, send
 
 from broker import protocol as p
-from broker.admin import COMMANDS, dispatch
+from broker.admin import dispatch
 from broker.state import Chat, User
 from broker.store import AuditEntry, MemoryStore
+from broker.verbs import VERBS
 
 
 def in_room(c: Chat, user: User, room: str, messages: int = 0) -> None:
@@ -20,11 +22,13 @@ def in_room(c: Chat, user: User, room: str, messages: int = 0) -> None:
 
 
 def ctl(c: Chat, command: str, *args: str, rid: int = 7) -> p.CtlReply:
+    """The reply to one request, its ``data`` as ``room-ctl --json`` shows it (``p.plain``:
+    maps and lists); the typed listings themselves are checked in test_ctl.py."""
     reply = dispatch(c, p.CtlRequest(rid, command, list(args)), T0 + 1)
     assert reply.id == rid
     # Every reply, data included, must survive the wire.
     assert p.decode_ctl_reply(p.encode(reply)) == reply
-    return reply
+    return msgspec.structs.replace(reply, data=p.plain(reply.data))
 
 
 def ok(reply: p.CtlReply) -> str:
@@ -43,8 +47,8 @@ def refused(reply: p.CtlReply) -> str:
 def test_the_table_holds_exactly_the_tested_verbs() -> None:
     verbs = {"block", "unblock", "fire", "out", "remove", "reset", "close", "who", "rooms"}
     verbs |= {"audit", "stats"}
-    assert set(COMMANDS) == verbs
-    for name, command in COMMANDS.items():
+    assert set(VERBS) == verbs
+    for name, command in VERBS.items():
         assert command.help, name
         assert all(arg.isupper() for arg in command.args), name
         assert all(o.isupper() or (o.isalpha() and o.islower()) for o in command.options), name
@@ -278,7 +282,7 @@ def test_unknown_command() -> None:
     reply = ctl(c, "kick", "alice")
     assert refused(reply) == p.Code.UNKNOWN_COMMAND
     assert "kick" in reply.message
-    assert all(verb in reply.message for verb in COMMANDS)
+    assert all(verb in reply.message for verb in VERBS)
 
 
 @pytest.mark.parametrize(
@@ -386,4 +390,4 @@ def test_close_takes_the_all_flag_and_nothing_else() -> None:
     c = chat()
     assert ok(ctl(c, "close", "all")) and c.closing
     assert refused(ctl(chat(), "close", "now")) == p.Code.BAD_ARGS
-    assert COMMANDS["close"].usage("close") == "close [--all]"
+    assert VERBS["close"].usage("close") == "close [--all]"

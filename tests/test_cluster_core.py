@@ -187,21 +187,35 @@ def test_plan(request_: p.CtlRequest, expected: routing.Plan) -> None:
     assert routing.plan(request_, {"alice"}, lambda name: holders.get(name, "")) == expected
 
 
+def _users(*names: str, blocked: tuple[str, ...] = ()) -> p.UserList:
+    return p.UserList([p.UserInfo(name, p.LOBBY, False) for name in names], list(blocked))
+
+
 def test_merge_who_lists_every_brokers_users_in_name_order() -> None:
-    here = p.CtlReply(5, True, "1 users", "", {"users": [{"name": "zed"}], "blocked": ["x"]})
-    there = p.CtlReply(9, True, "2 users", "", {"users": [{"name": "amy"}, {"name": "bo"}]})
+    here = p.CtlReply(5, True, "1 users", "", _users("zed", blocked=("x",)))
+    there = p.CtlReply(9, True, "2 users", "", _users("amy", "bo", blocked=("x",)))
     merged = routing.merge(_req("who"), here, [there])
     assert merged.id == 5 and merged.ok
-    assert [u["name"] for u in merged.data["users"]] == ["amy", "bo", "zed"]
-    assert merged.data["blocked"] == ["x"]
+    assert isinstance(merged.data, p.UserList)
+    assert [u.name for u in merged.data.users] == ["amy", "bo", "zed"]
+    assert merged.data.blocked == ["x"]
     assert merged.message == "3 users connected on 2 brokers"
+    assert p.decode_ctl_reply(p.encode(merged)) == merged
 
 
 def test_merge_rooms_adds_members_and_keeps_the_highest_number() -> None:
-    here = p.CtlReply(5, True, "", "", {"rooms": [{"name": "g", "members": 1, "seq": 4}]})
-    there = p.CtlReply(9, True, "", "", {"rooms": [{"name": "g", "members": 2, "seq": 6}]})
+    here = p.CtlReply(5, True, "", "", p.RoomList([p.RoomInfo("g", 1, 4), p.RoomInfo("a", 0, 1)]))
+    there = p.CtlReply(9, True, "", "", p.RoomList([p.RoomInfo("g", 2, 6)]))
     merged = routing.merge(_req("rooms"), here, [there])
-    assert merged.data == {"rooms": [{"name": "g", "members": 3, "seq": 6}]}
+    assert merged.data == p.RoomList([p.RoomInfo("a", 0, 1), p.RoomInfo("g", 3, 6)])
+    assert merged.message == "2 rooms on 2 brokers"
+
+
+def test_merge_of_another_command_says_how_many_brokers_answered() -> None:
+    here = p.CtlReply(5, True, "broker closing", "", None)
+    there = p.CtlReply(9, True, "broker closing", "", None)
+    merged = routing.merge(_req("close", "all"), here, [there, there])
+    assert merged == p.CtlReply(5, True, "broker closing (on 3 brokers)", "", None)
 
 
 def test_merge_reports_the_first_failure() -> None:

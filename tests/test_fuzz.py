@@ -151,6 +151,8 @@ ACCEPTS: dict[type, set[str]] = {
     mi.BoolType: {"bool"},
     mi.ListType: {"array"},
     mi.AnyType: set(KINDS),
+    mi.StructType: {"array"},  # a nested message (Stats.stats)
+    mi.UnionType: {"array", "nil"},  # CtlReply.data: a tagged listing, or nil
 }
 """What MessagePack types a field of each kind accepts (the tag is a ``str``)."""
 
@@ -189,6 +191,12 @@ TEMPLATES: dict[type, p._Msg] = {
         p.Synced(p.LOBBY, 1, 1),
         p.CtlRequest(1, "who", []),
         p.CtlReply(1, True, "ok", "", None),
+        p.UserList([p.UserInfo("fz", p.LOBBY, False)], ["fz"]),
+        p.RoomList([p.RoomInfo(p.LOBBY, 1, 1)]),
+        p.Counters(1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1.5, 0),
+        p.Stats(p.Counters(1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1.5, 0)),
+        p.AuditRow(1.5, "fz", "K", "who", [], True, "ok"),
+        p.AuditLog([]),
     )
 }
 """A valid example of every message of the protocol."""

@@ -70,11 +70,19 @@ CTL_REQUESTS: list[Any] = [
 CTL_REPLIES: list[Any] = [
     p.CtlReply(1, True, "blocked alice"),
     p.CtlReply(2, False, "alice is not connected", p.Code.NO_SUCH_USER.value),
-    p.CtlReply(3, True, "1 users", "", {"users": [{"name": "a", "blocked": False}], "n": [1, 2]}),
+    p.CtlReply(3, True, "1 users", "", p.UserList([p.UserInfo("a", p.LOBBY, False)], ["n"])),
+    p.CtlReply(4, True, "1 rooms", "", p.RoomList([p.RoomInfo(p.LOBBY, 1, 2)])),
+    p.CtlReply(
+        5, True, "up 2s", "", p.Stats(p.Counters(1, 1, 0, 1, 0, 2, 3, 0, 0, 0, 0.5, 0, 0, 2.0, 0))
+    ),
+    p.CtlReply(
+        6, True, "1 audit entry", "", p.AuditLog([p.AuditRow(1.5, "a", "K", "who", [], True, "ok")])
+    ),
 ]
 
-# Nested-only structs: they travel inside Users and Rooms.
-NESTED = {p.UserInfo, p.RoomInfo}
+# Nested-only structs: they travel inside Users and Rooms, and the listings inside CtlReply.
+NESTED = {p.UserInfo, p.RoomInfo, p.UserList, p.RoomList, p.Stats, p.Counters, p.AuditLog}
+NESTED |= {p.AuditRow}
 
 
 def _ids(msgs: list[Any]) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any
 
 from .. import protocol as p
 
@@ -54,23 +53,30 @@ def merge(request: p.CtlRequest, here: p.CtlReply, others: list[p.CtlReply]) -> 
     brokers = f"{len(replies)} broker{'s' if len(replies) != 1 else ''}"
     match request.command:
         case "who":
-            users = sorted(
-                (u for r in replies for u in (r.data or {}).get("users", [])),
-                key=lambda u: u["name"],
-            )
-            blocked = (here.data or {}).get("blocked", [])
-            data = {"users": users, "blocked": blocked}
-            return p.CtlReply(here.id, True, f"{len(users)} users connected on {brokers}", "", data)
+            users = _users(replies)
+            text = f"{len(users.users)} users connected on {brokers}"
+            return p.CtlReply(here.id, True, text, "", users)
         case "rooms":
-            rooms: dict[str, dict[str, Any]] = {}
-            for r in replies:
-                for room in (r.data or {}).get("rooms", []):
-                    seen = rooms.setdefault(room["name"], {**room, "members": 0})
-                    seen["members"] += room["members"]
-                    seen["seq"] = max(seen["seq"], room["seq"])
-            listing = [rooms[name] for name in sorted(rooms)]
-            return p.CtlReply(
-                here.id, True, f"{len(listing)} rooms on {brokers}", "", {"rooms": listing}
-            )
+            rooms = _rooms(replies)
+            return p.CtlReply(here.id, True, f"{len(rooms.rooms)} rooms on {brokers}", "", rooms)
         case _:
             return p.CtlReply(here.id, True, f"{here.message} (on {brokers})", "", here.data)
+
+
+def _users(replies: list[p.CtlReply]) -> p.UserList:
+    """Every broker's users in name order; the blocklist is shared, so this broker's is all."""
+    lists = [r.data for r in replies if isinstance(r.data, p.UserList)]
+    users = sorted((u for listing in lists for u in listing.users), key=lambda u: u.name)
+    here = replies[0].data
+    return p.UserList(users, here.blocked if isinstance(here, p.UserList) else [])
+
+
+def _rooms(replies: list[p.CtlReply]) -> p.RoomList:
+    """Each room once: the members of every broker added up, the highest sequence number seen."""
+    rooms: dict[str, p.RoomInfo] = {}
+    for r in replies:
+        for room in r.data.rooms if isinstance(r.data, p.RoomList) else []:
+            seen = rooms.get(room.name, p.RoomInfo(room.name, 0, 0))
+            members, seq = seen.members + room.members, max(seen.seq, room.seq)
+            rooms[room.name] = p.RoomInfo(room.name, members, seq)
+    return p.RoomList([rooms[name] for name in sorted(rooms)])

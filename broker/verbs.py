@@ -1,0 +1,55 @@
+"""The admin verbs as an admin sees them: each verb's arguments, options, help and usage.
+
+Pure data, the one description of the control channel's verbs: ``room-ctl`` builds its click
+commands from ``VERBS`` without loading the chat core, and the broker's handlers
+(``broker.admin.COMMANDS``) are mapped to the same names, checked when ``broker.admin`` is
+imported. A verb's ``args`` are required; its ``options`` may follow them (room-ctl shows them as
+``--option``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from .protocol import LOBBY
+
+AUDIT_SHOWN: Final = 20
+"""Audit entries ``audit`` shows unless told otherwise."""
+AUDIT_MAX: Final = 10_000
+"""The most audit entries one ``audit`` shows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    args: tuple[str, ...]
+    help: str
+    options: tuple[str, ...] = ()
+    """Optional, after the args: an upper-case one takes a value (``LIMIT``), a lower-case one
+    is a flag that passes its own name (``all``)."""
+
+    def takes(self, count: int) -> bool:
+        """Whether ``count`` arguments fit: every required one, and at most one per option."""
+        return len(self.args) <= count <= len(self.args) + len(self.options)
+
+    def usage(self, verb: str) -> str:
+        shown = (f"[--{o}]" if o.islower() else f"[{o}]" for o in self.options)
+        return " ".join((verb, *self.args, *shown))
+
+
+VERBS: Final[dict[str, Verb]] = {
+    "block": Verb(("USER",), "block USER: their room messages reach only the log"),
+    "unblock": Verb(("USER",), "unblock USER"),
+    "fire": Verb(("USER",), "disconnect USER (their client exits)"),
+    "out": Verb(("USER",), f"move USER out of their room, back to {LOBBY}"),
+    "remove": Verb(("ROOM",), f"delete ROOM and its history; its members go to {LOBBY}"),
+    "reset": Verb((), "disconnect every client and remove every room but the lobby"),
+    "close": Verb(
+        (), "shut the broker down cleanly (--all: every broker on the backbone)", ("all",)
+    ),
+    "who": Verb((), "connected users, their rooms, and the blocklist"),
+    "rooms": Verb((), "rooms with member counts"),
+    "stats": Verb((), "counters: clients, rooms, messages, rate, drops, uptime, size"),
+    "audit": Verb((), f"the latest admin requests (LIMIT, default {AUDIT_SHOWN})", ("LIMIT",)),
+}
+"""Every verb the control channel knows (an unknown one is answered with this list)."""
