@@ -81,9 +81,64 @@ def out(chat: Chat, args: list[str], now: float) -> Result:
     room = user.room
     if room == p.LOBBY:
         return Result(f"{user.name} is already in {p.LOBBY}")
+    if chat.access.is_private(room):  # off its list too: the admin must allow them again
+        chat.deny(user.name, room, now)
+        return Result(f"put {user.name} out of {room}, and off its list (private)")
     chat.out.publish(room, p.Presence(room, user.name, p.PresenceKind.OUT))
     chat.move(user, p.LOBBY, now)
     return Result(f"put {user.name} out of {room}")
+
+
+def _room(args: list[str], at: int = 0) -> str:
+    room = args[at]
+    if not p.valid_name(room):
+        raise AdminError(p.Code.BAD_ARGS, f"invalid room {room!r}: use {p.NAME_RULE}")
+    return room
+
+
+def _private(chat: Chat, args: list[str], at: int) -> str:
+    room = _room(args, at)
+    if not chat.access.is_private(room):
+        raise AdminError(p.Code.BAD_ARGS, f"{room} is not private: `room-ctl private {room}` first")
+    return room
+
+
+def private(chat: Chat, args: list[str], now: float) -> Result:
+    room = _room(args)
+    if room == p.LOBBY:
+        raise AdminError(p.Code.BAD_ARGS, f"{p.LOBBY} cannot be private: everyone lands there")
+    if chat.access.is_private(room):
+        return Result(f"{room} was already private")
+    allowed = chat.make_private(room, now)
+    who = f"; allowed (in it now): {', '.join(sorted(allowed))}" if allowed else ""
+    return Result(f"{room} is private{who}")
+
+
+def open_room(chat: Chat, args: list[str], now: float) -> Result:
+    room = _private(chat, args, 0)
+    moved = chat.make_open(room, now)
+    who = f"; let in who asked: {', '.join(moved)}" if moved else ""
+    return Result(f"{room} is open{who}")
+
+
+def allow(chat: Chat, args: list[str], now: float) -> Result:
+    name, room = _name(args), _private(chat, args, 1)
+    if chat.allow(name, room, now):
+        return Result(f"allowed {name} into {room}; {name} asked, and is in it now")
+    return Result(f"allowed {name} into {room}")
+
+
+def deny(chat: Chat, args: list[str], now: float) -> Result:
+    name, room = _name(args), _private(chat, args, 1)
+    if chat.deny(name, room, now):
+        return Result(f"denied {name} {room}, and put {name} out of it")
+    return Result(f"denied {name} {room}")
+
+
+def requests(chat: Chat, args: list[str], now: float) -> Result:
+    rows = [p.JoinRequest(room, user, r.ts) for room, user, r in chat.access.waiting()]
+    noun = "request" if len(rows) == 1 else "requests"
+    return Result(f"{len(rows)} join {noun} waiting", p.RequestList(rows))
 
 
 def remove(chat: Chat, args: list[str], now: float) -> Result:
@@ -119,7 +174,7 @@ def who(chat: Chat, args: list[str], now: float) -> Result:
 
 
 def rooms(chat: Chat, args: list[str], now: float) -> Result:
-    listing = chat.room_list()
+    listing = chat.room_list(allowed=True)
     return Result(f"{len(listing)} rooms", p.RoomList(listing))
 
 
@@ -165,6 +220,11 @@ COMMANDS: dict[str, Handler] = {
     "fire": fire,
     "out": out,
     "remove": remove,
+    "private": private,
+    "open": open_room,
+    "allow": allow,
+    "deny": deny,
+    "requests": requests,
     "reset": reset,
     "close": close,
     "who": who,

@@ -281,9 +281,14 @@ class UserInfo(_Msg, tag="user"):
 
 
 class RoomInfo(_Msg, tag="room"):
+    """A room: ``private`` rooms let in only the users the admin allowed (``allowed``, shown to
+    room-ctl only; empty in a user's listing)."""
+
     name: str
     members: Id
     seq: Id
+    private: bool = False
+    allowed: list[str] = []
 
 
 class Users(_Msg, tag="users"):
@@ -292,6 +297,14 @@ class Users(_Msg, tag="users"):
 
 class Rooms(_Msg, tag="roomlist"):
     rooms: list[RoomInfo]
+
+
+class JoinRequested(_Msg, tag="requested"):
+    """Answer to ``Join`` of a private room the user is not allowed in: the user stays where it
+    is, and the admin sees the request (``room-ctl requests``). If the admin allows the user
+    while it is connected, a ``Joined`` follows unasked, with the history the Join asked for."""
+
+    room: str
 
 
 class Told(_Msg, tag="told"):
@@ -324,6 +337,7 @@ ServerMsg = (
     | Ping
     | Posted
     | Told
+    | JoinRequested
 )
 
 
@@ -417,7 +431,21 @@ class AuditLog(_Msg, tag="ctlaudit"):
     audit: list[AuditRow]
 
 
-CtlData = UserList | RoomList | Stats | AuditLog
+class JoinRequest(_Msg, tag="joinrequest"):
+    """A user who asked to join a private room, and when (seconds since the epoch, UTC)."""
+
+    room: str
+    user: str
+    ts: float
+
+
+class RequestList(_Msg, tag="ctlrequests"):
+    """``requests``: the join requests waiting for the admin, oldest first."""
+
+    requests: list[JoinRequest]
+
+
+CtlData = UserList | RoomList | Stats | AuditLog | RequestList
 """The listings a ``CtlReply`` carries, told apart by their tag."""
 
 

@@ -38,6 +38,9 @@ class Rooms(_Base):
         if not p.valid_name(room):
             self.error(user.peer, p.Code.BAD_ROOM, f"invalid room {room!r}: use {p.NAME_RULE}")
             return
+        if not forced and user.room != room and not self.access.may_enter(user.name, room):
+            self._request_join(user, room, history, now)
+            return
         if room not in self.members:
             refusal = self._new_room_refusal(user, now)
             if refusal is not None:
@@ -127,7 +130,12 @@ class Rooms(_Base):
 
     def _drop_if_unused(self, room: str) -> None:
         """A room nobody is in and nothing was ever said in goes (the lobby stays)."""
-        if room != p.LOBBY and not self.members.get(room, True) and not self.store.last_seq(room):
+        if (
+            room != p.LOBBY
+            and not self.members.get(room, True)
+            and not self.store.last_seq(room)
+            and not self.access.is_private(room)
+        ):
             del self.members[room]
             self.store.remove_room(room)
 
@@ -140,6 +148,7 @@ class Rooms(_Base):
             self._join(self.users[name], p.LOBBY, 0, now, forced=True)
         self.store.remove_room(room)
         self.members.pop(room, None)
+        self.forget_access(room)
         return moved
 
     def prune(self, limit: int, now: float) -> int:
@@ -148,8 +157,16 @@ class Rooms(_Base):
         before = now - limits.keep_days * 86_400 if limits.keep_days > 0 else 0.0
         return self.store.prune(limits.keep_messages, before, limit)
 
-    def room_list(self) -> list[p.RoomInfo]:
+    def room_list(self, allowed: bool = False) -> list[p.RoomInfo]:
+        """Every room; with ``allowed`` (the admin's view), who may enter each private one."""
+        private = self.access.private
         return [
-            p.RoomInfo(room, len(names), self.store.last_seq(room))
+            p.RoomInfo(
+                room,
+                len(names),
+                self.store.last_seq(room),
+                room in private,
+                sorted(private[room]) if allowed and room in private else [],
+            )
             for room, names in sorted(self.members.items())
         ]

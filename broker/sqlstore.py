@@ -24,6 +24,8 @@ from typing import IO, Final
 import msgspec
 
 from .protocol import LOBBY, Ack, Posted
+from .sqlaccess import SCHEMA as ACCESS_SCHEMA
+from .sqlaccess import AccessTables
 from .store import AuditEntry, LocalNames, StoreError
 
 SCHEMA: Final = """
@@ -89,7 +91,7 @@ class _Checkpointer(threading.Thread):
         self._db.close()
 
 
-class SQLiteStore(LocalNames):
+class SQLiteStore(AccessTables, LocalNames):
     """One SQLite file in the data dir; the broker's only thread uses it."""
 
     def __init__(self, path: Path, sync: str = DEFAULT_SYNC) -> None:
@@ -107,7 +109,7 @@ class SQLiteStore(LocalNames):
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise sqlite3.DatabaseError(f"journal mode is {mode}, not wal")
-            self._db.executescript(SCHEMA)
+            self._db.executescript(SCHEMA + ACCESS_SCHEMA)
             self._db.execute("INSERT OR IGNORE INTO rooms VALUES (?)", (LOBBY,))
             rooms = [r for (r,) in self._db.execute("SELECT name FROM rooms")]
             seqs = dict(self._db.execute("SELECT room, max(seq) FROM messages GROUP BY room"))
@@ -261,6 +263,7 @@ class SQLiteStore(LocalNames):
         self._write("DELETE FROM messages", ())
         self._write("DELETE FROM rooms WHERE name != ?", (LOBBY,))
         self._write("DELETE FROM sessions", ())
+        self._reset_access()
         self._seq = {LOBBY: 0}
         self._sessions_reset()
 

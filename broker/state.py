@@ -16,6 +16,7 @@ from typing import Final
 from . import protocol as p
 from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
 from .outbox import Counters, Outbox
+from .privaterooms import PrivateRooms
 from .rooms import Rooms
 from .sessions import Sessions
 from .shared import FromOthers
@@ -44,7 +45,7 @@ class Settings:
     liveness: int = LIVENESS
 
 
-class Chat(Sessions, Rooms, FromOthers):
+class Chat(Sessions, Rooms, PrivateRooms, FromOthers):
     """Users, rooms and the blocklist; every decision about who may do what is made here."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
@@ -55,6 +56,8 @@ class Chat(Sessions, Rooms, FromOthers):
         self.by_peer: dict[bytes, User] = {}
         self.members: dict[str, set[str]] = {room: set() for room in store.rooms()}
         self.members.setdefault(p.LOBBY, set())
+        self.access = store.access()
+        """Private rooms, who may enter them, and who asked (see ``privaterooms``)."""
         self.closing = False
         self.counters = Counters()
         self.request = ""
@@ -112,6 +115,7 @@ class Chat(Sessions, Rooms, FromOthers):
         what is stored: no client may learn a sequence number that will be used again. Returns
         how many messages were refused."""
         last = self.store.last_seq
+        self.access = self.store.access()  # as last committed: the batch's changes are gone
         lost: set[tuple[str, int]] = set()  # a retry in the same batch is the same message
         for i, (peer, msg) in enumerate(out.replies):
             match msg:
@@ -276,3 +280,4 @@ class Chat(Sessions, Rooms, FromOthers):
         self.goodbye_all(p.Bye.RESET, "the admin reset the broker", now)
         self.store.reset()
         self.members = {p.LOBBY: set()}
+        self.access = self.store.access()

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from .access import Access, Request
 from .protocol import LOBBY, Ack, Code, Posted
 
 MEMORY_ACKS_KEPT: Final = 10_000
@@ -98,6 +99,17 @@ class Store(Protocol):
         """The other broker holding ``name`` ('' when none: the chat's own users are its own)."""
         ...
 
+    def access(self) -> Access:
+        """Private rooms, who is allowed in, pending requests, as last committed."""
+        ...
+
+    def set_private(self, room: str, allowed: set[str] | None) -> None:
+        """Make ``room`` private with ``allowed`` in it, or open (None: its requests go too)."""
+        ...
+
+    def set_allowed(self, room: str, user: str, allowed: bool) -> None: ...
+    def set_request(self, room: str, user: str, request: Request | None) -> None: ...
+
     def audit(self, entry: AuditEntry) -> None:
         """Record an admin request; kept across restarts and ``reset``."""
         ...
@@ -169,11 +181,44 @@ class LocalNames:
         self._sessions.clear()
 
 
-class MemoryStore(LocalNames):
+class LocalAccess:
+    """Room access kept in memory (gone when the broker stops), for ``MemoryStore``."""
+
+    def __init__(self) -> None:
+        self._access = Access()
+
+    def access(self) -> Access:
+        a = self._access
+        private = {room: set(users) for room, users in a.private.items()}
+        return Access(private, {room: dict(users) for room, users in a.requests.items()})
+
+    def set_private(self, room: str, allowed: set[str] | None) -> None:
+        if allowed is None:
+            self._access.private.pop(room, None)
+            self._access.requests.pop(room, None)
+        else:
+            self._access.private.setdefault(room, set()).update(allowed)
+
+    def set_allowed(self, room: str, user: str, allowed: bool) -> None:
+        users = self._access.private.setdefault(room, set())
+        if allowed:
+            users.add(user)
+        else:
+            users.discard(user)
+
+    def set_request(self, room: str, user: str, request: Request | None) -> None:
+        if request is None:
+            self._access.requests.get(room, {}).pop(user, None)
+        else:
+            self._access.requests.setdefault(room, {})[user] = request
+
+
+class MemoryStore(LocalAccess, LocalNames):
     """Everything in process memory: fast, and gone when the broker stops."""
 
     def __init__(self, keep: int = 10_000) -> None:
-        super().__init__()
+        LocalAccess.__init__(self)
+        LocalNames.__init__(self)
         self._keep = keep
         self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
         self._blocked: set[str] = set()
@@ -250,6 +295,7 @@ class MemoryStore(LocalNames):
         self._rooms = {LOBBY: _RoomLog(self._keep)}
         self._acks.clear()
         self._sessions_reset()
+        self._access = Access()
 
     def blocked(self) -> set[str]:
         return self._blocked

@@ -43,12 +43,17 @@ VERBS: Final[dict[str, Verb]] = {
     "fire": Verb(("USER",), "disconnect USER (their client exits)"),
     "out": Verb(("USER",), f"move USER out of their room, back to {LOBBY}"),
     "remove": Verb(("ROOM",), f"delete ROOM and its history; its members go to {LOBBY}"),
+    "private": Verb(("ROOM",), "make ROOM private (made if needed): only allowed users enter"),
+    "open": Verb(("ROOM",), "make ROOM open again; whoever asked to join is let in"),
+    "allow": Verb(("USER", "ROOM"), "let USER into private ROOM (at once, if USER asked)"),
+    "deny": Verb(("USER", "ROOM"), "take USER off private ROOM's list, and out of it"),
+    "requests": Verb((), "join requests waiting for the admin"),
     "reset": Verb((), "disconnect every client and remove every room but the lobby"),
     "close": Verb(
         (), "shut the broker down cleanly (--all: every broker on the backbone)", ("all",)
     ),
     "who": Verb((), "connected users, their rooms, and the blocklist"),
-    "rooms": Verb((), "rooms with member counts"),
+    "rooms": Verb((), "rooms with member counts; private ones with who may enter"),
     "stats": Verb((), "counters: clients, rooms, messages, rate, drops, uptime, size"),
     "audit": Verb((), f"the latest admin requests (LIMIT, default {AUDIT_SHOWN})", ("LIMIT",)),
 }

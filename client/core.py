@@ -32,6 +32,7 @@ from broker.protocol import (
     Goodbye,
     Hello,
     Joined,
+    JoinRequested,
     Messages,
     Notice,
     Ping,
@@ -174,6 +175,8 @@ class Session:
                 out += self._welcome(msg, now)
             case Joined():
                 out += self.delivery.joined(msg, now)
+            case JoinRequested():
+                out += self.delivery.requested(msg, now)
             case Posted():
                 out += self.delivery.posted(msg, now)
             case Messages():

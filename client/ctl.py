@@ -134,7 +134,17 @@ def render(data: p.CtlData | None) -> list[str]:
             return lines
         case p.RoomList(rooms=rooms):
             rows = [(r.name, str(r.members), str(r.seq)) for r in rooms]
-            return _table(("ROOM", "MEMBERS", "MESSAGES"), rows)
+            if not any(r.private for r in rooms):
+                return _table(("ROOM", "MEMBERS", "MESSAGES"), rows)
+            access = [
+                f"private: {', '.join(r.allowed) or 'nobody allowed'}" if r.private else "open"
+                for r in rooms
+            ]
+            rows = [(*row, shown) for row, shown in zip(rows, access, strict=True)]
+            return _table(("ROOM", "MEMBERS", "MESSAGES", "ACCESS"), rows)
+        case p.RequestList(requests=waiting):
+            rows = [(stamp(r.ts), r.room, r.user) for r in waiting]
+            return _table(("ASKED", "ROOM", "USER"), rows)
         case p.Stats(stats=counters):
             rows = [
                 (_STAT_NAMES.get(k, k.replace("_", " ")), _stat(k, getattr(counters, k)))

@@ -21,6 +21,7 @@ from broker.protocol import (
     Fetch,
     Join,
     Joined,
+    JoinRequested,
     Leave,
     Messages,
     Posted,
@@ -169,6 +170,18 @@ class Delivery:
             # The first Join failed, but the broker put us in the lobby at Hello.
             return [self.join(LOBBY, now)]
         return []
+
+    def requested(self, msg: JoinRequested, now: float) -> list[Effect]:
+        """The room is private: the Join waits for the admin (a Joined comes if allowed)."""
+        out: list[Effect] = [
+            notice(f"{msg.room} is private: your request to join was sent to the admin")
+        ]
+        if self.joins:
+            self.joins -= 1
+            self.check_numbering = False
+            if self.room is None:  # the first Join: the broker put us in the lobby at Hello
+                out.append(self.join(LOBBY, now))
+        return out
 
     def joined(self, msg: Joined, now: float) -> list[Effect]:
         out: list[Effect] = []

@@ -14,6 +14,9 @@ from broker.state import Chat, User
 from broker.store import AuditEntry, MemoryStore
 from broker.verbs import VERBS
 
+OPEN = {"private": False, "allowed": []}
+"""What ``rooms`` says of an open room."""
+
 
 def in_room(c: Chat, user: User, room: str, messages: int = 0) -> None:
     send(c, user, p.Join(room))
@@ -46,6 +49,7 @@ def refused(reply: p.CtlReply) -> str:
 
 def test_the_table_holds_exactly_the_tested_verbs() -> None:
     verbs = {"block", "unblock", "fire", "out", "remove", "reset", "close", "who", "rooms"}
+    verbs |= {"private", "open", "allow", "deny", "requests"}
     verbs |= {"audit", "stats"}
     assert set(VERBS) == verbs
     for name, command in VERBS.items():
@@ -215,7 +219,7 @@ def test_reset_ends_every_session_and_removes_every_room_but_public() -> None:
     assert c.store.last_seq("x") == 0
     assert c.store.last_seq(p.LOBBY) == 0
     assert c.store.blocked() == {"dave"}
-    assert ctl(c, "rooms").data == {"rooms": [{"name": p.LOBBY, "members": 0, "seq": 0}]}
+    assert ctl(c, "rooms").data == {"rooms": [{"name": p.LOBBY, "members": 0, "seq": 0, **OPEN}]}
 
     # Life goes on: a room made again starts from seq 1.
     alice = hello(c, "alice")
@@ -268,8 +272,8 @@ def test_rooms_lists_members_and_seq() -> None:
     assert "2 rooms" in ok(reply)
     assert reply.data == {
         "rooms": [
-            {"name": p.LOBBY, "members": 1, "seq": 0},
-            {"name": "x", "members": 2, "seq": 4},
+            {"name": p.LOBBY, "members": 1, "seq": 0, **OPEN},
+            {"name": "x", "members": 2, "seq": 4, **OPEN},
         ]
     }
 

@@ -124,7 +124,7 @@ def test_plain_is_the_json_shape_of_room_ctl() -> None:
         "blocked": ["alice"],
     }
     assert p.plain(p.RoomList([p.RoomInfo("x", 2, 9)])) == {
-        "rooms": [{"name": "x", "members": 2, "seq": 9}]
+        "rooms": [{"name": "x", "members": 2, "seq": 9, "private": False, "allowed": []}]
     }
     row = p.AuditRow(1.5, "", "K", "", [], False, "refused")
     assert p.plain(p.AuditLog([row])) == {

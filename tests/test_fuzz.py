@@ -197,6 +197,9 @@ TEMPLATES: dict[type, p._Msg] = {
         p.Stats(p.Counters(1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1.5, 0)),
         p.AuditRow(1.5, "fz", "K", "who", [], True, "ok"),
         p.AuditLog([]),
+        p.JoinRequested("fz"),
+        p.JoinRequest("fz", "fz", 1.5),
+        p.RequestList([]),
     )
 }
 """A valid example of every message of the protocol."""

@@ -52,6 +52,7 @@ SERVER_MSGS: list[Any] = [
     p.Rooms([p.RoomInfo(p.LOBBY, 2, 0), p.RoomInfo("room-1", 1, 7)]),
     p.Goodbye(p.Bye.FIRED, "the admin disconnected you"),
     p.Told("alice", "bob", "psst", 1.5),
+    p.JoinRequested("secret"),
     p.Ping("room-1", 3),
     POSTED,
 ]
@@ -78,11 +79,13 @@ CTL_REPLIES: list[Any] = [
     p.CtlReply(
         6, True, "1 audit entry", "", p.AuditLog([p.AuditRow(1.5, "a", "K", "who", [], True, "ok")])
     ),
+    p.CtlReply(7, True, "1 request", "", p.RequestList([p.JoinRequest("secret", "bob", 1.5)])),
+    p.CtlReply(8, True, "1 rooms", "", p.RoomList([p.RoomInfo("s", 1, 2, True, ["bob"])])),
 ]
 
 # Nested-only structs: they travel inside Users and Rooms, and the listings inside CtlReply.
 NESTED = {p.UserInfo, p.RoomInfo, p.UserList, p.RoomList, p.Stats, p.Counters, p.AuditLog}
-NESTED |= {p.AuditRow}
+NESTED |= {p.AuditRow, p.RequestList, p.JoinRequest}
 
 
 def _ids(msgs: list[Any]) -> list[str]:

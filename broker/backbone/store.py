@@ -4,6 +4,7 @@ of the stream and the buckets; what it writes goes to the backbone."""
 from __future__ import annotations
 
 from .. import protocol as p
+from ..access import Access, Request
 from ..store import AuditEntry, MemoryStore, Store, StoreError
 from .events import Record
 from .node import Backbone
@@ -104,6 +105,19 @@ class BackboneStore:
     def holder(self, name: str) -> str:
         node = self.backbone.registry.holder(name)
         return "" if node == self.backbone.node else node
+
+    def access(self) -> Access:
+        """This broker's own (not yet shared with the others on the backbone)."""
+        return self.local.access()
+
+    def set_private(self, room: str, allowed: set[str] | None) -> None:
+        self.local.set_private(room, allowed)
+
+    def set_allowed(self, room: str, user: str, allowed: bool) -> None:
+        self.local.set_allowed(room, user, allowed)
+
+    def set_request(self, room: str, user: str, request: Request | None) -> None:
+        self.local.set_request(room, user, request)
 
     def audit(self, entry: AuditEntry) -> None:
         self.local.audit(entry)

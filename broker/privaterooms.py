@@ -1,0 +1,93 @@
+"""Private rooms, as the chat applies them: a Join of one becomes a request unless the admin
+allowed the user; the admin's ``private``, ``open``, ``allow`` and ``deny`` change who may enter,
+and an ``allow`` moves a connected requester in at once. ``out`` from a private room and
+``deny`` take the user off its list. Part of ``state.Chat`` (a mixin), apart because it is one
+story; the state itself is ``access.Access``, written through to the store.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import protocol as p
+from .access import Request
+from .users import User
+
+if TYPE_CHECKING:
+    from .state import Chat
+
+    _Base = Chat
+else:
+    _Base = object
+
+
+class PrivateRooms(_Base):
+    """The access rules of ``Chat``."""
+
+    def _request_join(self, user: User, room: str, history: int, now: float) -> None:
+        """``user`` may not enter ``room``: the Join waits for the admin."""
+        request = Request(now, history)
+        self.access.requests.setdefault(room, {})[user.name] = request
+        self.store.set_request(room, user.name, request)
+        self.out.reply(user.peer, p.JoinRequested(room))
+        self.out.log(now, "request", room, user.name, "asked to join (private)")
+
+    def make_private(self, room: str, now: float) -> set[str]:
+        """``room`` (made if needed) lets in only whom the admin allows: those in it now are
+        allowed, so that making a room private puts nobody out. Returns who is allowed."""
+        if room not in self.members:
+            self.members[room] = set()
+            self.store.add_room(room)
+        allowed = self.access.private.setdefault(room, set())
+        allowed.update(self.members[room])
+        self.store.set_private(room, allowed)
+        return allowed
+
+    def make_open(self, room: str, now: float) -> list[str]:
+        """Anyone may enter ``room`` again; whoever was waiting and is connected is moved in.
+        Returns who was moved."""
+        self.access.private.pop(room, None)
+        waiting = self.access.requests.pop(room, {})
+        self.store.set_private(room, None)
+        return self._let_in(room, waiting, now)
+
+    def allow(self, name: str, room: str, now: float) -> bool:
+        """Put ``name`` on ``room``'s list; True if it was waiting, is connected, and went in."""
+        self.access.private[room].add(name)
+        self.store.set_allowed(room, name, True)
+        request = self.access.requests.get(room, {}).pop(name, None)
+        if request is None:
+            return False
+        self.store.set_request(room, name, None)
+        return bool(self._let_in(room, {name: request}, now))
+
+    def deny(self, name: str, room: str, now: float) -> bool:
+        """Take ``name`` off ``room``'s list (and its request); put it out if it is in there.
+        True if it was put out."""
+        self.access.private[room].discard(name)
+        self.store.set_allowed(room, name, False)
+        if self.access.requests.get(room, {}).pop(name, None) is not None:
+            self.store.set_request(room, name, None)
+        user = self.users.get(name)
+        if user is None or user.room != room:
+            return False
+        self.out.publish(room, p.Presence(room, name, p.PresenceKind.OUT))
+        self.move(user, p.LOBBY, now)
+        return True
+
+    def forget_access(self, room: str) -> None:
+        """``room`` is gone (removed): so is what it allowed and who asked."""
+        self.access.private.pop(room, None)
+        self.access.requests.pop(room, None)
+        self.store.set_private(room, None)
+
+    def _let_in(self, room: str, waiting: dict[str, Request], now: float) -> list[str]:
+        """Move the connected ones of ``waiting`` into ``room``, with the history each asked
+        for, as if their Join had been answered now."""
+        moved = []
+        for name, request in waiting.items():
+            user = self.users.get(name)
+            if user is not None and user.room != room:
+                self._join(user, room, request.history, now)
+                moved.append(name)
+        return moved

@@ -1,0 +1,124 @@
+"""Private rooms: a join becomes a request, the admin allows or denies, and the lists last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chat_helpers import T0, chat, hello, send
+
+from broker import protocol as p
+from broker.admin import dispatch
+from broker.sqlstore import SQLiteStore
+from broker.state import Chat, Settings
+
+
+def ctl(c: Chat, command: str, *args: str) -> p.CtlReply:
+    return dispatch(c, p.CtlRequest(1, command, list(args)), T0)
+
+
+def replies(c: Chat, peer: bytes) -> list[Any]:
+    return [m for q, m in c.out.take().replies if q == peer]
+
+
+def test_a_join_of_a_private_room_becomes_a_request_that_allow_answers() -> None:
+    c = chat(rate=0)
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    send(c, alice, p.Join("vip"))
+    assert ctl(c, "private", "vip").ok  # alice is in it: she stays allowed
+    send(c, alice, p.Say("for members", 1))
+    assert send(c, bob, p.Join("vip", 5)).replies == [(bob.peer, p.JoinRequested("vip"))]
+    assert bob.room == p.LOBBY and "bob" not in c.members["vip"]
+    listing = ctl(c, "requests")
+    assert [(r.room, r.user) for r in listing.data.requests] == [("vip", "bob")]
+    reply = ctl(c, "allow", "bob", "vip")
+    assert reply.ok and "is in it now" in reply.message
+    joined = [m for m in replies(c, bob.peer) if isinstance(m, p.Joined)]
+    assert [(j.room, [m.text for m in j.history]) for j in joined] == [("vip", ["for members"])]
+    assert bob.room == "vip" and ctl(c, "requests").data.requests == []
+
+
+def test_deny_and_out_take_a_user_off_the_list_and_out() -> None:
+    c = chat(rate=0)
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    send(c, alice, p.Join("vip"))
+    send(c, bob, p.Join("vip"))
+    assert ctl(c, "private", "vip").ok
+    assert ctl(c, "deny", "bob", "vip").ok
+    assert (bob.peer, p.Joined(p.LOBBY, 0, [], True)) in c.out.take().replies
+    assert bob.room == p.LOBBY
+    assert send(c, bob, p.Join("vip")).replies == [(bob.peer, p.JoinRequested("vip"))]
+    assert ctl(c, "out", "alice").ok
+    c.out.take()
+    assert alice.room == p.LOBBY
+    assert send(c, alice, p.Join("vip")).replies == [(alice.peer, p.JoinRequested("vip"))]
+    (room,) = [r for r in ctl(c, "rooms").data.rooms if r.name == "vip"]
+    assert room.private and room.allowed == []
+
+
+def test_open_lets_the_waiting_in_and_public_is_never_private() -> None:
+    c = chat(rate=0)
+    bob = hello(c, "bob")
+    assert ctl(c, "private", "vip").ok
+    send(c, bob, p.Join("vip"))
+    assert ctl(c, "open", "vip").ok
+    assert bob.room == "vip"
+    refused = ctl(c, "private", p.LOBBY)
+    assert not refused.ok and refused.code == p.Code.BAD_ARGS.value
+    assert not ctl(c, "allow", "bob", "nowhere").ok  # not a private room
+
+
+def test_private_rooms_their_lists_and_requests_survive_a_restart(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "room.db")
+    c = Chat(store, Settings("tcp://127.0.0.1:1", rate=0))
+    alice, bob = hello(c, "alice"), hello(c, "bob")
+    send(c, alice, p.Join("vip"))
+    ctl(c, "private", "vip")
+    send(c, bob, p.Join("vip"))
+    store.commit()
+    store.close()
+    store = SQLiteStore(tmp_path / "room.db")
+    c = Chat(store, Settings("tcp://127.0.0.1:1", rate=0))
+    assert c.access.private == {"vip": {"alice"}}
+    assert list(c.access.requests["vip"]) == ["bob"]
+    carol = hello(c, "carol")
+    assert send(c, carol, p.Join("vip")).replies == [(carol.peer, p.JoinRequested("vip"))]
+    store.close()
+
+
+def test_end_to_end_a_request_allowed_deny_and_a_restart(tmp_path: Path) -> None:
+    """Real processes: alice in a private room, bob asks, the admin allows and denies; the
+    room, its list and a pending request are still there after the broker restarts."""
+    import json
+
+    from conftest import client_factory, running_broker
+    from procs import ctl as room_ctl
+
+    with running_broker(tmp_path / "data") as broker, client_factory(broker) as clients:
+        alice = clients.join("alice", "vip")
+        assert room_ctl(broker, "private", "vip").returncode == 0
+        alice.send("members only")
+        alice.expect(r"^\[vip\] alice: members only$")
+        bob = clients.join("bob")
+        bob.send("/join vip")
+        bob.expect(r"^\* vip is private: your request to join was sent to the admin$")
+        asked = json.loads(room_ctl(broker, "requests", "--json").stdout)
+        assert [(r["room"], r["user"]) for r in asked["data"]["requests"]] == [("vip", "bob")]
+        done = room_ctl(broker, "allow", "bob", "vip")
+        assert done.returncode == 0 and "is in it now" in done.stdout
+        bob.expect(r"^\[vip\] alice: members only$")  # the history his /join asked for
+        bob.expect(r"^\* joined vip$")
+        alice.send("welcome bob")
+        bob.expect(r"^\[vip\] alice: welcome bob$")
+        assert room_ctl(broker, "deny", "bob", "vip").returncode == 0
+        bob.expect(r"^\* you were put out of vip$")
+        carol = clients.join("carol")
+        carol.send("/join vip")
+        carol.expect(r"^\* vip is private")
+        rooms = json.loads(room_ctl(broker, "rooms", "--json").stdout)["data"]["rooms"]
+        assert {r["name"]: (r["private"], r["allowed"]) for r in rooms}["vip"] == (True, ["alice"])
+    with running_broker(tmp_path / "data") as broker:
+        rooms = json.loads(room_ctl(broker, "rooms", "--json").stdout)["data"]["rooms"]
+        assert {r["name"]: (r["private"], r["allowed"]) for r in rooms}["vip"] == (True, ["alice"])
+        asked = json.loads(room_ctl(broker, "requests", "--json").stdout)["data"]["requests"]
+        assert [(r["room"], r["user"]) for r in asked] == [("vip", "carol")]
