@@ -160,8 +160,8 @@ class Broker(ClientIntake, ControlChannel):
             self.guard.stop()
             self.ctx.destroy(linger=0)
             raise
-        self.control_monitor = self.control.get_monitor_socket(REFUSED_EVENTS)
-        self.router_monitor = self.router.get_monitor_socket(_CONNECTION_EVENTS)
+        self.control_monitor = self._monitor(self.control, REFUSED_EVENTS)
+        self.router_monitor = self._monitor(self.router, _CONNECTION_EVENTS)
         self._gone = 0  # connections closed since the last tick
         self.endpoints = Endpoints(
             self._endpoint(self.router), self._endpoint(self.pub), self._endpoint(self.control)
@@ -213,6 +213,17 @@ class Broker(ClientIntake, ControlChannel):
             )
             raise StartError(f"cannot bind {endpoint}: {exc.strerror}: {hint}") from None
         return sock
+
+    def _monitor(self, sock: zmq.Socket[bytes], events: int) -> zmq.Socket[bytes]:
+        """A monitor of ``sock`` that loses no event: pyzmq's ``get_monitor_socket`` leaves the
+        pipe at 1,000 events, and a flood of connections that come and go fills it while the
+        loop is busy (the connection count would then drift for good)."""
+        addr = f"inproc://monitor-{id(sock)}"
+        sock.monitor(addr, events)
+        monitor: zmq.Socket[bytes] = self.ctx.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.RCVHWM, 0)  # before connecting: the pipe takes no limit then
+        monitor.connect(addr)
+        return monitor
 
     @staticmethod
     def _endpoint(sock: zmq.Socket[bytes]) -> str:
