@@ -75,6 +75,28 @@ class PrivateRooms(_Base):
         self.move(user, p.LOBBY, now)
         return True
 
+    def access_changed(
+        self, room: str, allowed: set[str] | None, waiting: dict[str, Request], now: float
+    ) -> None:
+        """Another broker (or this one, its change come back) changed ``room``'s access: take
+        it as it is now, and let in a user connected here who was waiting and may enter now."""
+        before = self.access.requests.get(room, {})
+        let_in = {
+            name: request
+            for name, request in before.items()
+            if name not in waiting and (allowed is None or name in allowed)
+        }
+        if allowed is None:
+            self.access.private.pop(room, None)
+        else:
+            self.access.private[room] = set(allowed)
+            self.members.setdefault(room, set())
+        if waiting:
+            self.access.requests[room] = dict(waiting)
+        else:
+            self.access.requests.pop(room, None)
+        self._let_in(room, let_in, now)
+
     def forget_access(self, room: str) -> None:
         """``room`` is gone (removed): so is what it allowed and who asked."""
         self.access.private.pop(room, None)

@@ -516,3 +516,29 @@ def test_hellos_through_a_slow_backbone_delay_no_one_already_chatting(
         broker.kill()
         proxy.close()
         nats.stop()
+
+
+def test_a_private_room_holds_on_every_broker_and_allow_on_a_lets_in_on_b(cluster: Cluster):
+    """The access bucket: a room made private through a, a request made on b, allowed through
+    a: the requester on b is let in there, and sees the room's history."""
+    alice = cluster.client("a", "alice", room="vip")
+    assert ctl(cluster.brokers["a"], "private", "vip").returncode == 0
+    alice.send("for members")
+    alice.expect(r"^\[vip\] alice: for members$")
+    bob = cluster.client("b", "bob")
+    deadline = time.monotonic() + WAIT  # b learns that vip is private within the follower's trip
+    while True:
+        bob.send("/join vip")
+        line = bob.expect(r"^\* (vip is private|joined vip)")
+        if "private" in line.group(0):
+            break
+        assert time.monotonic() < deadline, "vip never became private on b"
+        bob.send("/leave")
+        bob.expect(r"^\* joined public$")
+    asked = json.loads(ctl(cluster.brokers["a"], "requests", "--json").stdout)
+    assert [(r["room"], r["user"]) for r in asked["data"]["requests"]] == [("vip", "bob")]
+    assert ctl(cluster.brokers["a"], "allow", "bob", "vip").returncode == 0
+    bob.expect(r"^\[vip\] alice: for members$")
+    bob.expect(r"^\* joined vip$")
+    assert ctl(cluster.brokers["a"], "deny", "bob", "vip").returncode == 0  # runs on b
+    bob.expect(r"^\* you were put out of vip$")

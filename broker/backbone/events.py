@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -71,6 +71,16 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessChanged:
+    """A private room's access as it is now, after a change by any broker: who may enter
+    (None: the room is open) and who is waiting."""
+
+    room: str
+    allowed: set[str] | None
+    waiting: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class BlockChanged:
     name: str
     blocked: bool
@@ -132,6 +142,7 @@ Event = (
     | Stored
     | NotStored
     | Claimed
+    | AccessChanged
     | BlockChanged
     | Replaced
     | TheirRequest

@@ -9,6 +9,7 @@
     KV room-blocked  name -> ""               the blocklist
     KV room-nodes    node -> endpoints         each broker's lease (the bucket's TTL)
     KV room-epochs   "rooms" -> N              bumped by reset: every broker starts its rooms over
+    KV room-access   private rooms, who may enter, who asked (see ``access``)
     room.node.<id>, room.all                  the bus: admin commands routed to one or every broker
     room.node.<id>.told, room.presence        direct messages to a user there; presence lines
 """
@@ -25,6 +26,8 @@ BLOCKED: Final = "room-blocked"
 NODES: Final = "room-nodes"
 EPOCHS: Final = "room-epochs"
 EPOCH_KEY: Final = "rooms"
+ACCESS: Final = "room-access"
+"""Private rooms, who may enter, and who asked (see ``access``)."""
 BUS_ALL: Final = "room.all"
 PRESENCE: Final = "room.presence"
 ORIGIN: Final = "Room-Node"

@@ -7,10 +7,12 @@ import asyncio
 
 import nats.js.errors
 
+from ..access import Access
 from ..store import StoreError
+from .access import SharedAccess
 from .bus import Bus
 from .events import Record
-from .layout import CONNECT_TIMEOUT
+from .layout import ACCESS, CONNECT_TIMEOUT
 from .link import Link
 from .registry import Registry
 from .stream import Stream
@@ -24,6 +26,7 @@ class Backbone:
         self.stream = Stream(self.link, keep)
         self.registry = Registry(self.link, self.stream.catch_up)
         self.bus = Bus(self.link, self.registry.live_nodes)
+        self.access = SharedAccess(self.link)
         self.keep = keep
 
     @property
@@ -35,13 +38,13 @@ class Backbone:
     def node(self) -> str:
         return self.link.node
 
-    def start(self, endpoints: str) -> tuple[list[Record], set[str]]:
-        """Connect, make the stream and buckets, and read what is stored: the history to mirror
-        and the blocklist. Raises ``StoreError`` with one line for the operator."""
+    def start(self, endpoints: str) -> tuple[list[Record], set[str], Access]:
+        """Connect, make the stream and buckets, and read what is stored: the history to mirror,
+        the blocklist and room access. Raises ``StoreError`` with one line for the operator."""
         self.link.start()
         return self.link.call(self._start(endpoints), timeout=30.0)
 
-    async def _start(self, endpoints: str) -> tuple[list[Record], set[str]]:
+    async def _start(self, endpoints: str) -> tuple[list[Record], set[str], Access]:
         link = self.link
         try:  # nats-py would retry a first connect forever: the start waits CONNECT_TIMEOUT
             await asyncio.wait_for(link.connect(), CONNECT_TIMEOUT)
@@ -54,6 +57,10 @@ class Backbone:
         try:
             await self.stream.create()
             blocked = await self.registry.create(endpoints)
+            access = await self.access.create()
+            await self.registry.follow(
+                ACCESS, lambda e: self.access.on_change(e.key, e.value, e.operation is not None)
+            )
         except nats.js.errors.ServiceUnavailableError:
             raise StoreError(
                 f"the NATS server at {link.url} has no JetStream: start it with -js"
@@ -61,7 +68,7 @@ class Backbone:
         history = await self.stream.history()
         await self.stream.follow()
         await self.bus.listen()
-        return history, blocked
+        return history, blocked, access
 
     def stop(self) -> None:
         self.link.stop(self.registry.leave)

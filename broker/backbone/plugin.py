@@ -83,6 +83,8 @@ class BackbonePlugin:
                     chat.not_stored(sender, mid, reason)
                 case ev.Claimed(name=name, result=result, reason=reason):
                     chat.claimed(name, result, reason, clock())
+                case ev.AccessChanged(room=room, allowed=allowed, waiting=waiting):
+                    chat.access_changed(room, allowed, waiting, clock())
                 case ev.BlockChanged(name=name, blocked=blocked):
                     if store.block_changed(name, blocked):
                         chat.blocked_changed(name, blocked)

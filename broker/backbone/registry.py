@@ -88,9 +88,9 @@ class Registry:
                 await self._release(name, revision)
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             self.epoch = int((await kv[EPOCHS].get(EPOCH_KEY)).value or b"0")
-        await self._follow(NAMES, self._on_name)
-        await self._follow(BLOCKED, self._on_block)
-        await self._follow(EPOCHS, self._on_epoch)
+        await self.follow(NAMES, self._on_name)
+        await self.follow(BLOCKED, self._on_block)
+        await self.follow(EPOCHS, self._on_epoch)
         return blocked
 
     async def leave(self) -> None:
@@ -109,7 +109,7 @@ class Registry:
             await watcher.stop()
         return entries
 
-    async def _follow(self, bucket: str, apply: Callable[[_Entry], None]) -> None:
+    async def follow(self, bucket: str, apply: Callable[[_Entry], None]) -> None:
         """Follow a bucket's changes for the life of the broker. An ordered consumer with a 1 s
         heartbeat, not nats-py's watcher: that one's 5 s heartbeat leaves a broker blind to a
         block for 10 s or more after nats-server restarts."""

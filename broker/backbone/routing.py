@@ -14,7 +14,7 @@ from .. import protocol as p
 EVERYWHERE = frozenset({"who", "rooms"})
 """Commands every broker answers for its own users and rooms. (``reset`` runs here, and reaches
 the others through the backbone's epoch: see ``plugin.BackbonePlugin.control``.)"""
-ROUTED = frozenset({"fire", "out"})
+ROUTED = frozenset({"fire", "out", "deny"})
 """Commands that run on the broker holding the user."""
 ALL_FLAG = "all"
 """``close --all``: every broker closes, not just the one asked."""

@@ -22,7 +22,7 @@ class BackboneStore:
         self.backbone = backbone
         self.local = local
         self.mirror = MemoryStore(backbone.keep)
-        history, self._blocked = backbone.start(endpoints)
+        history, self._blocked, self._access = backbone.start(endpoints)
         for record in history:
             self.mirror_put(record)
         self._pending: list[Record] = []
@@ -107,17 +107,18 @@ class BackboneStore:
         return "" if node == self.backbone.node else node
 
     def access(self) -> Access:
-        """This broker's own (not yet shared with the others on the backbone)."""
-        return self.local.access()
+        """Shared by every broker (``backbone.access``): as read at the start, then followed
+        through ``AccessChanged`` events."""
+        return self.backbone.access.snapshot()
 
     def set_private(self, room: str, allowed: set[str] | None) -> None:
-        self.local.set_private(room, allowed)
+        self.backbone.access.set_private(room, allowed)
 
     def set_allowed(self, room: str, user: str, allowed: bool) -> None:
-        self.local.set_allowed(room, user, allowed)
+        self.backbone.access.set_allowed(room, user, allowed)
 
     def set_request(self, room: str, user: str, request: Request | None) -> None:
-        self.local.set_request(room, user, request)
+        self.backbone.access.set_request(room, user, request)
 
     def audit(self, entry: AuditEntry) -> None:
         self.local.audit(entry)
