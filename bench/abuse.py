@@ -1,0 +1,488 @@
+"""The abusers and the witnesses of ``bench.soak``: the canary pair that must keep chatting, a
+watch on the broker's memory, and each attack, run in a process of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import zmq
+
+from broker import protocol as p
+
+from . import load, run
+
+RSS_LIMIT_MB: Final = 300.0
+"""The most memory the broker may hold under any of these attacks."""
+TEXT_4K: Final = "abuse " * 666 + "abcd"  # 4000 bytes: near the default --max-message of 4096
+CANARY_PACE: Final = 0.1
+"""Seconds between the canary's messages."""
+LOST_AFTER: Final = 10.0
+"""A canary message not acknowledged and heard on both subscriptions by then is lost."""
+SETUP_WAIT: Final = 60.0
+"""Seconds an attacker may take to get ready (seeding a room, connecting), and to finish."""
+COOLDOWN: Final = 3.0
+"""Seconds the canary goes on chatting after the attack, before the broker's last RSS."""
+FLOOD: Final = 2_000
+"""Silent connections in each wave of the ``connections`` scenario."""
+STUCK: Final = 20
+"""Stopped subscriptions in the ``stopped-subs`` scenario."""
+WINDOW: Final = 200
+"""Messages a flooder keeps unacknowledged."""
+
+
+# ---- the broker's memory, and room-ctl -----------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory (VmRSS) in MB, or None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None  # a zombie has no VmRSS
+
+
+def ctl_stats(control: str, data_dir: str, timeout: float = 10.0) -> dict[str, Any] | None:
+    """``room-ctl --json stats`` (the admin key from the broker's data dir): the broker's
+    counters, or None if it did not answer in time."""
+    argv = [sys.executable, "-c", "from client.ctl import main; main()",
+            "--control", control, "--data-dir", data_dir, "--json", "stats"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return json.loads(out)["data"]["stats"] if proc.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        run.stop_process(proc)
+
+
+# ---- the canary ----------------------------------------------------------------------------------
+
+
+def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], router: str) -> zmq.Socket[bytes]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(router)
+    return sock
+
+
+def _drain(sock: zmq.Socket[bytes]) -> list[p.ServerMsg]:
+    """Whatever the broker has sent ``sock`` so far, without waiting."""
+    got: list[p.ServerMsg] = []
+    while True:
+        try:
+            got += p.decode_server(sock.recv(zmq.NOBLOCK))
+        except zmq.Again:
+            return got
+
+
+class Canary:
+    """Two users in one room, each with a subscription of its own. ``chat`` has them take turns:
+    one message, acknowledged to its speaker and heard on both subscriptions within
+    ``LOST_AFTER``, or counted lost."""
+
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], router: str, room: str = "canary"
+    ) -> None:
+        self.room = room
+        self.users = [_dealer(ctx, router) for _ in range(2)]
+        welcome = None
+        for i, user in enumerate(self.users):
+            welcome = load._handshake(user, f"canary{i + 1}", room)
+        assert welcome is not None
+        self.subs: list[zmq.Socket[bytes]] = []
+        for _ in self.users:
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.connect(welcome.pub)
+            sub.setsockopt(zmq.SUBSCRIBE, p.topic(room))
+            self.subs.append(sub)
+        for sub in self.subs:
+            self._subscribed(sub)
+        self.said = 0
+        self.delays_ns: list[int] = []
+        self.lost: list[str] = []
+
+    def _subscribed(self, sub: zmq.Socket[bytes]) -> None:
+        """Sync until a Synced arrives on ``sub``: its subscription has reached the PUB."""
+        deadline = time.monotonic() + SETUP_WAIT
+        nonce = 0
+        while time.monotonic() < deadline:
+            nonce += 1
+            self.users[0].send(p.encode(p.Sync(nonce)))
+            _drain(self.users[0])
+            if sub.poll(200):
+                while True:
+                    try:
+                        events = p.decode_room(sub.recv_multipart(zmq.NOBLOCK)[1])
+                    except zmq.Again:
+                        break
+                    if any(type(e) is p.Synced and e.nonce == nonce for e in events):
+                        return
+        raise TimeoutError(f"the canary's subscription to {self.room} never heard the room")
+
+    def chat(self) -> None:
+        """One message; its delay (the later of its two arrivals) or its loss is recorded."""
+        self.said += 1
+        speaker, other = self.users[self.said % 2], self.users[1 - self.said % 2]
+        other.send(p.encode(p.Ping()))  # the one not speaking stays alive at the broker
+        _drain(other)
+        text, mid = f"{self.room} {self.said}", self.said
+        poller = zmq.Poller()
+        poller.register(speaker, zmq.POLLIN)
+        for sub in self.subs:
+            poller.register(sub, zmq.POLLIN)
+        acked = False
+        heard: dict[int, int] = {}
+        said = time.monotonic_ns()
+        speaker.send(p.encode(p.Say(text, mid)))
+        deadline = time.monotonic() + LOST_AFTER
+        next_ping = time.monotonic() + 1.0
+        while not acked or len(heard) < len(self.subs):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.lost.append(f"{text!r}: ack {acked}, heard on {len(heard)} of 2")
+                return
+            ready = dict(poller.poll(min(left, 0.5) * 1000))
+            now = time.monotonic_ns()
+            for k, sub in enumerate(self.subs):
+                if sub not in ready:
+                    continue
+                while True:
+                    try:
+                        body = sub.recv_multipart(zmq.NOBLOCK)[1]
+                    except zmq.Again:
+                        break
+                    if any(type(e) is p.Posted and e.text == text for e in p.decode_room(body)):
+                        heard.setdefault(k, now)
+            for msg in _drain(speaker):
+                if type(msg) is p.Ack and msg.mid == mid:
+                    acked = True
+                elif type(msg) is p.Refused and msg.mid == mid:
+                    self.lost.append(f"{text!r}: refused, {msg.reason}")
+                    return
+            if time.monotonic() >= next_ping:  # a slow broker: neither user may fall silent
+                next_ping = time.monotonic() + 1.0
+                for user in self.users:
+                    user.send(p.encode(p.Ping()))
+                _drain(other)
+        self.delays_ns.append(max(heard.values()) - said)
+
+
+class Watch:
+    """While a scenario runs: the canary chats every ``CANARY_PACE`` seconds in one thread, and
+    another samples the broker's VmRSS every 0.1 s."""
+
+    def __init__(self, pid: int, canary: Canary) -> None:
+        self.pid, self.canary = pid, canary
+        self.rss: list[float] = []
+        self.failure = ""
+        self.broker_gone = False
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._chat, daemon=True),
+            threading.Thread(target=self._sample, daemon=True),
+        ]
+
+    def start(self) -> None:
+        self._sample_once()
+        for t in self._threads:
+            t.start()
+
+    def _chat(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.canary.chat()
+                self._stop.wait(CANARY_PACE)
+        except Exception as exc:  # reported, and the run fails
+            self.failure = f"the canary failed: {type(exc).__name__}: {exc}"
+
+    def _sample_once(self) -> None:
+        mb = rss_mb(self.pid)
+        if mb is None:
+            self.broker_gone = True
+        else:
+            self.rss.append(mb)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1) and not self.broker_gone:
+            self._sample_once()
+
+    def stop(self) -> None:
+        """Stop both threads (the canary's ends within ``LOST_AFTER``), then a last sample."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for t in self._threads:
+            t.join(LOST_AFTER + 5)
+        if any(t.is_alive() for t in self._threads):
+            self.failure = self.failure or "the canary did not stop"
+        self._sample_once()
+
+
+# ---- attackers, each in a process of its own -----------------------------------------------------
+
+
+def _entry(results: Any, body: Callable[..., dict[str, Any]], *args: Any) -> None:
+    """An attacker process: ``body(ctx, ready, *args)`` calls ``ready()`` once set up and returns
+    its figures; both go on ``results``, as does an exception. SIGTERM ends it through its
+    ``finally`` blocks: sockets closed, a room-ctl it waits for stopped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        figures = body(ctx, lambda: results.put({"ready": True}), *args)
+        results.put(figures)
+    except Exception as exc:
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _send_until(sock: zmq.Socket[bytes], frame: bytes, until: float) -> bool:
+    """Send without blocking past ``until``; False if the queue stayed full that long."""
+    while True:
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            sock.poll(min(left, 0.01) * 1000, zmq.POLLOUT)
+
+
+def _flood(
+    sock: zmq.Socket[bytes], count: int | None, seconds: float, window: int = WINDOW
+) -> tuple[int, Counter[str], float]:
+    """Say 4 KB messages with ``window`` unacknowledged, ``count`` of them or for ``seconds``,
+    then wait (at most ``SETUP_WAIT``) for the last answers. Returns the messages sent, the
+    answers by kind, and the seconds it took."""
+    got = Counter[str]()
+    sent = 0
+    began = time.monotonic()
+    end = began + seconds
+    said = p.encode(p.Say(TEXT_4K, 0))  # mid 0: never looked up as a retry
+    while (count is None or sent < count) and time.monotonic() < end:
+        while sent - got["Ack"] - got["Refused"] < window and (count is None or sent < count):
+            if not _send_until(sock, said, end):
+                break
+            sent += 1
+        if sock.poll(100):
+            for msg in _drain(sock):
+                got[type(msg).__name__] += 1
+    deadline = time.monotonic() + SETUP_WAIT
+    while got["Ack"] + got["Refused"] < sent and time.monotonic() < deadline:
+        if sock.poll(100):
+            for msg in _drain(sock):
+                got[type(msg).__name__] += 1
+        else:
+            _send_until(sock, p.encode(p.Ping()), time.monotonic() + 0.1)
+    return sent, got, time.monotonic() - began
+
+
+def _fetcher(ctx: Any, ready: Callable[[], None], router: str, seconds: float) -> dict[str, Any]:
+    """Seed room ``big`` with 1,000 messages of 4 KB (4 MB of history), then ask for all of it
+    in bursts of 100 Fetches every 50 ms, pinging, and never read an answer."""
+    seeder = _dealer(ctx, router)
+    load._handshake(seeder, "seeder", "big")
+    sent, got, took = _flood(seeder, 1000, SETUP_WAIT)
+    if got["Ack"] != 1000:
+        raise RuntimeError(f"seeding: {sent} sent, answers {dict(got)}")
+    seeder.close(0)
+
+    attacker = ctx.socket(zmq.DEALER)
+    attacker.setsockopt(zmq.LINGER, 0)
+    attacker.setsockopt(zmq.RCVHWM, 1)  # libzmq holds one message for it...
+    attacker.setsockopt(zmq.RCVBUF, 4096)  # ...the kernel a few KB: the broker's queue the rest
+    attacker.connect(router)
+    load._handshake(attacker, "attacker", "big")
+    ready()
+    fetch, ping = p.encode(p.Fetch("big", 0, 0, 1000)), p.encode(p.Ping())
+    requests = full = 0
+    began = time.monotonic()
+    end = began + seconds
+    next_ping = began
+    burst = 0
+    while (now := time.monotonic()) < end:
+        if now >= next_ping:
+            next_ping = now + 1.0
+            _send_until(attacker, ping, end)
+        for _ in range(100):
+            try:
+                attacker.send(fetch, zmq.NOBLOCK)
+                requests += 1
+            except zmq.Again:  # the broker reads slower than this: come back next burst
+                full += 1
+                break
+        burst += 1
+        time.sleep(max(0.0, min(began + 0.05 * burst, end) - time.monotonic()))
+    elapsed = time.monotonic() - began
+    return {"requests": requests, "rate": requests / elapsed, "full": full,
+            "seeded_in": took}  # fmt: skip
+
+
+def _flooder(ctx: Any, ready: Callable[[], None], router: str, seconds: float) -> dict[str, Any]:
+    """Flood room ``flooded`` with 4 KB messages as fast as the broker acknowledges them."""
+    sock = _dealer(ctx, router)
+    sock.setsockopt(zmq.RCVHWM, 0)  # every Ack
+    load._handshake(sock, "flooder", "flooded")
+    ready()
+    sent, got, took = _flood(sock, None, seconds)
+    return {"sent": sent, "acked": got["Ack"], "refused": got["Refused"], "seconds": took}
+
+
+def _roomer(ctx: Any, ready: Callable[[], None], router: str, seconds: float) -> dict[str, Any]:
+    """Join new room names (``flood0``, ``flood1``...) as fast as they go, reading loosely; then
+    list the rooms, which also says that every Join has been handled."""
+    sock = _dealer(ctx, router)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.send(p.encode(p.Hello(p.VERSION, "roomer")))
+    load._await(sock, p.Welcome, SETUP_WAIT)
+    ready()
+    got = Counter[str]()
+
+    def take(msgs: list[p.ServerMsg]) -> list[p.ServerMsg]:
+        for msg in msgs:
+            got[msg.code.value if type(msg) is p.Error else type(msg).__name__] += 1
+        return msgs
+
+    began = time.monotonic()
+    end = began + seconds
+    sent = 0
+    while time.monotonic() < end:
+        if not _send_until(sock, p.encode(p.Join(f"flood{sent}", 0)), end):
+            break
+        sent += 1
+        if sent % 256 == 0:
+            take(_drain(sock))
+    sent_in = time.monotonic() - began
+    rooms: list[p.RoomInfo] | None = None
+    deadline = time.monotonic() + SETUP_WAIT
+    next_ask = 0.0
+    while rooms is None and time.monotonic() < deadline:
+        if time.monotonic() >= next_ask:  # asks again: a reply may have been dropped
+            next_ask = time.monotonic() + 2.0
+            _send_until(sock, p.encode(p.ListRooms()), next_ask)  # the queue may be full
+        if sock.poll(200):
+            for msg in take(_drain(sock)):
+                if type(msg) is p.Rooms:
+                    rooms = msg.rooms
+    return {"sent": sent, "rate": sent / sent_in, "got": dict(got),
+            "rooms": None if rooms is None else len(rooms),
+            "handled_in": time.monotonic() - began}  # fmt: skip
+
+
+def _connector(
+    ctx: Any, ready: Callable[[], None], router: str, seconds: float, control: str, data: str
+) -> dict[str, Any]:
+    """Waves of ``FLOOD`` DEALERs that connect and say nothing: each wave waits until the broker
+    counts it (``room-ctl stats``), is closed, and the next starts once the broker has let them
+    all go, until ``seconds`` have passed."""
+    ctx.max_sockets = FLOOD + 100
+    ready()
+    waves = opened = 0
+    peak = 0
+    slow: list[str] = []
+    began = time.monotonic()
+    end = began + seconds
+
+    def wait_for(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        deadline = time.monotonic() + SETUP_WAIT
+        stats = None
+        while time.monotonic() < deadline:
+            stats = ctl_stats(control, data)
+            if stats is not None and check(stats):
+                return stats
+            time.sleep(0.1)
+        return stats
+
+    while time.monotonic() < end:
+        silent = []
+        try:
+            for _ in range(FLOOD):
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                silent.append(sock)
+                sock.connect(router)
+            opened += FLOOD
+            stats = wait_for(lambda s: s["unnamed_connections"] >= FLOOD)
+            if stats is None or stats["unnamed_connections"] < FLOOD:
+                slow.append(f"wave {waves + 1} counted {stats and stats['unnamed_connections']}")
+            else:
+                peak = max(peak, stats["connections"])
+        finally:
+            for sock in silent:
+                sock.close(0)
+        waves += 1
+        stats = wait_for(lambda s: s["unnamed_connections"] == 0)
+        if stats is None or stats["unnamed_connections"]:
+            slow.append(f"after wave {waves}: {stats and stats['unnamed_connections']} left")
+    return {"waves": waves, "opened": opened, "peak": peak, "slow": slow,
+            "seconds": time.monotonic() - began}  # fmt: skip
+
+
+# ---- 20 stopped subscribers ----------------------------------------------------------------------
+
+STOPPED_SUBSCRIBERS = """
+import sys, time, zmq
+endpoint, count, topic, hold = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3]), \\
+    float(sys.argv[4])
+ctx = zmq.Context()
+subs = []
+for _ in range(count):
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.rcvhwm = 1
+    sub.rcvbuf = 4096
+    sub.connect(endpoint)
+    sub.subscribe(topic)
+    subs.append(sub)
+poller = zmq.Poller()
+for sub in subs:
+    poller.register(sub, zmq.POLLIN)
+waiting = set(subs)
+deadline = time.monotonic() + hold
+while waiting and time.monotonic() < deadline:  # each is live once it has heard the room
+    for sub, _ in poller.poll(1000):
+        sub.recv_multipart()
+        waiting.discard(sub)
+print("ready" if not waiting else "not ready", flush=True)
+time.sleep(max(0.0, deadline - time.monotonic()))  # stopped meanwhile, killed at the end
+ctx.destroy(linger=0)
+"""
+
+
+def stop_stopped(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM and SIGCONT (a stopped process acts on its signals once continued), then
+    SIGKILL if it has not gone after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+# ---- scenarios -----------------------------------------------------------------------------------
