@@ -27,6 +27,7 @@ import pytest
 import zmq
 from procs import MIDS, WAIT, BrokerProc, Canary, Proc, Raw, Replies, ctl, socket, unconnected
 
+from bench.abuse import STOPPED_SUBSCRIBERS
 from broker import protocol as p
 
 MB = 1024 * 1024
@@ -326,31 +327,6 @@ def _recv_within(sock: zmq.Socket, timeout: float) -> bytes | None:
 
 # ---- 2. stopped subscribers in a flooded room ----------------------------------------------------
 
-STOPPED_SUBSCRIBERS = """
-import sys, zmq
-endpoint, count, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode() + b"\\0"
-ctx = zmq.Context()
-subs = []
-for _ in range(count):
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.rcvhwm = 1
-    sub.rcvbuf = 4096
-    sub.connect(endpoint)
-    sub.subscribe(topic)
-    subs.append(sub)
-poller = zmq.Poller()
-for sub in subs:
-    poller.register(sub, zmq.POLLIN)
-waiting = set(subs)
-while waiting:  # each subscription is live once it has heard the room
-    for sub, _ in poller.poll(10_000):
-        sub.recv_multipart()
-        waiting.discard(sub)
-print("ready", flush=True)
-sys.stdin.read()  # until killed
-"""
-
 
 def test_stopped_subscribers_in_a_flooded_room_cost_a_bounded_queue_each(
     tmp_path: Path, ctx: zmq.Context, started: list[Proc]
@@ -363,7 +339,8 @@ def test_stopped_subscribers_in_a_flooded_room_cost_a_bounded_queue_each(
     canary = TimedCanary(ctx, broker)
     room = "flooded"
     flooder = Raw(ctx, broker.router, "flooder", room)
-    stuck = Proc([sys.executable, "-c", STOPPED_SUBSCRIBERS, broker.pub, "20", room], stdin=True)
+    argv = [broker.pub, "20", p.topic(room).hex(), str(3 * WAIT)]  # held at most that long
+    stuck = Proc([sys.executable, "-c", STOPPED_SUBSCRIBERS, *argv], stdin=True)
     started.append(stuck)
     deadline = time.monotonic() + WAIT
     while True:  # the room is heard on every one of the 20 subscriptions, then they stop
