@@ -140,6 +140,11 @@ def main() -> None:
     help="This broker's name on the backbone, unique among the brokers (needed with --backbone).",
 )
 @options.option(
+    "--room-keys",
+    is_flag=True,
+    help="Seal room events on the PUB with keys only members get (room-client: not yet).",
+)
+@options.option(
     "--pub-hwm",
     default=None,
     type=click.IntRange(min=0),
@@ -175,6 +180,7 @@ def start(
     curve: bool,
     backbone: str | None,
     node_id: str | None,
+    room_keys: bool,
     pub_hwm: int | None,
     pub_sndbuf: int | None,
 ) -> None:
@@ -217,6 +223,7 @@ def start(
             keys=kd,
             curve=curve,
             pub_hwm=pub_hwm,
+            room_keys=room_keys,
             pub_sndbuf=pub_sndbuf,
             plugin=plugin,
         )

@@ -220,6 +220,8 @@ class Welcome(_Msg, tag="welcome"):
     session: str
     heartbeat: float
     blocked: bool = False
+    sealed: bool = False
+    """The broker seals room events on the PUB (``--room-keys``): open them with ``RoomKey``s."""
 
 
 class Joined(_Msg, tag="joined"):
@@ -299,6 +301,16 @@ class Rooms(_Msg, tag="roomlist"):
     rooms: list[RoomInfo]
 
 
+class RoomKey(_Msg, tag="roomkey"):
+    """The key of ``room`` from ``epoch`` on (``--room-keys``): PUB sends of the room whose
+    first 8 bytes are ``epoch`` open with it (ChaCha20-Poly1305, see docs/protocol.md). Sent to
+    every member whenever the members change, before the room's next send."""
+
+    room: str
+    epoch: Id
+    key: bytes
+
+
 class JoinRequested(_Msg, tag="requested"):
     """Answer to ``Join`` of a private room the user is not allowed in: the user stays where it
     is, and the admin sees the request (``room-ctl requests``). If the admin allows the user
@@ -338,6 +350,7 @@ ServerMsg = (
     | Posted
     | Told
     | JoinRequested
+    | RoomKey
 )
 
 

@@ -33,6 +33,7 @@ from .datadir import StartError, open_store
 from .intake import BATCH, ClientIntake
 from .keys import KeyDir, KeyFileError
 from .logfmt import LogWriter, Throttle
+from .roomkeys import RoomKeys
 from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard
 from .state import Chat, Outbox, Settings
 from .store import MemoryStore, Store, StoreError
@@ -122,6 +123,7 @@ class Broker(ClientIntake, ControlChannel):
         pub_hwm: int | None = None,
         pub_sndbuf: int | None = None,
         plugin: Plugin | None = None,
+        room_keys: bool = False,
     ) -> None:
         self.curve = curve
         self.ctx = zmq.Context()
@@ -166,7 +168,11 @@ class Broker(ClientIntake, ControlChannel):
         self.endpoints = Endpoints(
             self._endpoint(self.router), self._endpoint(self.pub), self._endpoint(self.control)
         )
-        settings = Settings(self.endpoints.pub, limits, rate, burst, heartbeat, liveness)
+        settings = Settings(
+            self.endpoints.pub, limits, rate, burst, heartbeat, liveness, sealed=room_keys
+        )
+        self.keys = RoomKeys() if room_keys else None
+        """With room keys, every PUB send is sealed (``roomkeys``)."""
         store = store or MemoryStore(limits.history_keep)
         self.plugin = plugin
         self._ctl_out: list[tuple[bytes, p.CtlReply]] = []
@@ -335,14 +341,18 @@ class Broker(ClientIntake, ControlChannel):
             self.plugin.share(out)
         encode, topic = p.encode, p.topic
         pub_send, send = self.pub.send, self.router.send
+        keys = self.keys
         for room, events in out.rooms.items():
             body = encode(events)
-            if len(body) <= PUB_SEND_BYTES:
-                pub_send(topic(room), _SNDMORE)
-                pub_send(body)
-                counters.published += 1
-            else:
+            if len(body) > PUB_SEND_BYTES:
                 counters.published += self._publish_in_parts(room, events, len(body))
+                continue
+            head = topic(room)
+            pub_send(head, _SNDMORE)
+            pub_send(body if keys is None else self._seal(room, head, body))
+            counters.published += 1
+        if keys is not None:
+            self._hand_out_keys(keys, out)
         batches: dict[bytes, list[p.ServerMsg]] = {}
         for peer, msg in out.replies:  # one send per peer, however many replies it has
             batch = batches.get(peer)
@@ -374,9 +384,23 @@ class Broker(ClientIntake, ControlChannel):
         step = -(-len(events) // parts)
         head = p.topic(room)
         for start in range(0, len(events), step):
+            body = p.encode(events[start : start + step])
             self.pub.send(head, _SNDMORE)
-            self.pub.send(p.encode(events[start : start + step]))
+            self.pub.send(body if self.keys is None else self._seal(room, head, body))
         return -(-len(events) // step)
+
+    def _seal(self, room: str, head: bytes, body: bytes) -> bytes:
+        assert self.keys is not None
+        return self.keys.seal(room, head, frozenset(self.chat.members.get(room, ())), body)
+
+    def _hand_out_keys(self, keys: RoomKeys, out: Outbox) -> None:
+        """Each new room key, to every member it was made for (their replies of this batch)."""
+        users = self.chat.users
+        for room, epoch, key, holders in keys.new_keys():
+            for name in holders:
+                user = users.get(name)
+                if user is not None:
+                    out.replies.append((user.peer, p.RoomKey(room, epoch, key)))
 
 
 _CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)

@@ -103,6 +103,13 @@ class Sessions(_Base):
         s = self.settings
         blocked = user.name in self.store.blocked()
         welcome = p.Welcome(
-            p.VERSION, user.name, user.room, s.pub_endpoint, user.session, s.heartbeat, blocked
+            p.VERSION,
+            user.name,
+            user.room,
+            s.pub_endpoint,
+            user.session,
+            s.heartbeat,
+            blocked,
+            s.sealed,
         )
         self.out.reply(user.peer, welcome)

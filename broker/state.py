@@ -43,6 +43,7 @@ class Settings:
     burst: int = 30
     heartbeat: float = HEARTBEAT
     liveness: int = LIVENESS
+    sealed: bool = False  # room events on the PUB are sealed with room keys
 
 
 class Chat(Sessions, Rooms, PrivateRooms, FromOthers):

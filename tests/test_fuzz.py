@@ -149,6 +149,7 @@ ACCEPTS: dict[type, set[str]] = {
     mi.StrType: {"str"},
     mi.EnumType: {"str"},  # every enum of the protocol is a string enum
     mi.BoolType: {"bool"},
+    mi.BytesType: {"bin"},  # RoomKey.key
     mi.ListType: {"array"},
     mi.AnyType: set(KINDS),
     mi.StructType: {"array"},  # a nested message (Stats.stats)
@@ -198,6 +199,7 @@ TEMPLATES: dict[type, p._Msg] = {
         p.AuditRow(1.5, "fz", "K", "who", [], True, "ok"),
         p.AuditLog([]),
         p.JoinRequested("fz"),
+        p.RoomKey("fz", 1, bytes(32)),
         p.JoinRequest("fz", "fz", 1.5),
         p.RequestList([]),
     )

@@ -53,6 +53,7 @@ SERVER_MSGS: list[Any] = [
     p.Goodbye(p.Bye.FIRED, "the admin disconnected you"),
     p.Told("alice", "bob", "psst", 1.5),
     p.JoinRequested("secret"),
+    p.RoomKey("secret", 7, bytes(32)),
     p.Ping("room-1", 3),
     POSTED,
 ]

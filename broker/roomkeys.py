@@ -1,0 +1,85 @@
+"""Room keys: the PUB carries each room's events sealed with a key only its members hold.
+
+Anyone who can reach the PUB can subscribe to any topic, so who reads a room cannot be left to
+the subscriptions. With ``--room-keys`` each room has a key (ChaCha20-Poly1305, from the
+``cryptography`` package), and every PUB send is sealed with it once, whatever it carries. The
+key changes whenever the room's members are not those it was given to (someone joined, left,
+was put out, fired, or dropped), before the next send: the newcomers get no key that opens what
+was sent before they came, and those who left get no key that opens what is sent after. Keys
+go to members over their own DEALER connection (``RoomKey``), and live in memory only: a
+restart starts new ones. A (key, nonce) pair never repeats: a key is random, its nonces count.
+
+A sealed body is ``epoch (8 bytes, big-endian) || nonce (12 bytes) || ciphertext and tag``, the
+associated data ``topic || epoch``. Pure code: the loop asks ``seal`` for each room's send.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+EPOCH_BYTES: Final = 8
+NONCE_BYTES: Final = 12
+KEY_BYTES: Final = 32
+
+
+@dataclass(slots=True)
+class _RoomKey:
+    epoch: int
+    key: bytes
+    cipher: ChaCha20Poly1305
+    holders: frozenset[str]
+    sent: int = 0  # nonces used
+
+
+class RoomKeys:
+    """Each room's current key, and who holds it."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, _RoomKey] = {}
+        self._made: list[tuple[str, int, bytes, frozenset[str]]] = []
+        self._next_epoch = secrets.randbits(32) + 1
+        """Epochs count up from a random start: a client never mistakes a key of this broker's
+        life for one of an earlier life's."""
+
+    def seal(self, room: str, topic: bytes, members: frozenset[str], body: bytes) -> bytes:
+        """``body`` sealed with the key of ``members`` (a new one if they changed)."""
+        current = self._rooms.get(room)
+        if current is None or current.holders != members:
+            current = self._rotate(room, members)
+        nonce = bytes(4) + current.sent.to_bytes(8, "big")
+        current.sent += 1
+        epoch = current.epoch.to_bytes(EPOCH_BYTES, "big")
+        return epoch + nonce + current.cipher.encrypt(nonce, body, topic + epoch)
+
+    def new_keys(self) -> list[tuple[str, int, bytes, frozenset[str]]]:
+        """Keys made since the last call, to send: (room, epoch, key, to whom)."""
+        made, self._made = self._made, []
+        return made
+
+    def forget(self, room: str) -> None:
+        self._rooms.pop(room, None)
+
+    def _rotate(self, room: str, members: frozenset[str]) -> _RoomKey:
+        key = os.urandom(KEY_BYTES)
+        fresh = _RoomKey(self._next_epoch, key, ChaCha20Poly1305(key), members)
+        self._next_epoch += 1
+        self._rooms[room] = fresh
+        self._made.append((room, fresh.epoch, key, members))
+        return fresh
+
+
+def open_sealed(key: bytes, topic: bytes, sealed: bytes) -> bytes:
+    """The body of a sealed PUB send (raises ``cryptography.exceptions.InvalidTag`` if ``key``
+    is not the one it was sealed with, or it was changed)."""
+    epoch = sealed[:EPOCH_BYTES]
+    nonce = sealed[EPOCH_BYTES : EPOCH_BYTES + NONCE_BYTES]
+    return ChaCha20Poly1305(key).decrypt(nonce, sealed[EPOCH_BYTES + NONCE_BYTES :], topic + epoch)
+
+
+def epoch_of(sealed: bytes) -> int:
+    return int.from_bytes(sealed[:EPOCH_BYTES], "big")

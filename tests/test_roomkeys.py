@@ -1,0 +1,162 @@
+"""Room keys (``--room-keys``): the PUB carries nothing a non-member can read, an ex-member
+cannot open what is sent after it left, and a newcomer cannot open what was sent before."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+from conftest import running_broker
+from cryptography.exceptions import InvalidTag
+from procs import MIDS, WAIT, ctl, socket
+
+from broker import protocol as p
+from broker.roomkeys import epoch_of, open_sealed
+
+
+class Member:
+    """A bare client that keeps every room key it is given, and a SUB of its own."""
+
+    def __init__(self, ctx: zmq.Context, broker: Any, name: str) -> None:
+        self.sock = socket(ctx, zmq.DEALER, broker.router)
+        self.keys: dict[int, bytes] = {}
+        self.sub = socket(ctx, zmq.SUB, broker.pub)
+        self.sub.subscribe(b"")  # everything: what it may read is up to the keys
+        self.frames: list[tuple[bytes, bytes]] = []
+        self.send(p.Hello(p.VERSION, name))
+        welcome = self.expect(p.Welcome)
+        assert welcome.sealed
+
+    def send(self, msg: p.ClientMsg) -> None:
+        self.sock.send(p.encode(msg))
+
+    def expect(self, kind: type, timeout: float = WAIT) -> Any:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(left * 1000):
+                break
+            batch = p.decode_server(self.sock.recv())
+            for msg in batch:  # the whole batch first: a key may follow what we wait for
+                if isinstance(msg, p.RoomKey):
+                    self.keys[msg.epoch] = msg.key
+                assert not isinstance(msg, p.Error | p.Goodbye), msg
+            found = [msg for msg in batch if isinstance(msg, kind)]
+            if found:
+                return found[0]
+        raise AssertionError(f"no {kind.__name__} within {timeout}s")
+
+    def join(self, room: str) -> None:
+        self.send(p.Join(room))
+        self.expect(p.Joined)
+
+    def say(self, text: str) -> p.Ack:
+        self.send(p.Say(text, next(MIDS)))
+        return self.expect(p.Ack)
+
+    def capture(self, seconds: float = 0.3) -> list[tuple[bytes, bytes]]:
+        """What the SUB received until it was quiet for ``seconds``."""
+        got = []
+        while self.sub.poll(seconds * 1000):
+            got.append(tuple(self.sub.recv_multipart()))
+        self.frames += got
+        return got
+
+    def opens(self, topic: bytes, sealed: bytes) -> list[p.RoomEvent] | None:
+        """The events, if any key this member ever held opens the frame."""
+        for key in self.keys.values():
+            try:
+                return p.decode_room(open_sealed(key, topic, sealed))
+            except InvalidTag:
+                continue
+        return None
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.sub.close(0)
+
+
+def texts(events: list[p.RoomEvent] | None) -> list[str]:
+    return [e.text for e in events or [] if isinstance(e, p.Posted)]
+
+
+@pytest.fixture
+def keyed(tmp_path: Path):
+    with running_broker(tmp_path / "data", "--room-keys", "--rate", "0") as broker:
+        yield broker
+
+
+def test_a_spy_on_every_topic_reads_no_text(keyed: Any, ctx: zmq.Context) -> None:
+    alice = Member(ctx, keyed, "alice")
+    spy = socket(ctx, zmq.SUB, keyed.pub)
+    spy.subscribe(b"")
+    try:
+        alice.join("ops")
+        deadline = time.monotonic() + WAIT
+        while not alice.capture(0.1):  # the SUBs are live once they hear anything
+            alice.send(p.Sync(next(MIDS)))
+            assert time.monotonic() < deadline
+        for i in range(5):
+            alice.say(f"secret plan {i}")
+        captured = []
+        while spy.poll(300):
+            captured.append(spy.recv_multipart())
+        assert captured, "the spy heard nothing at all"
+        for _topic, body in captured:
+            assert b"secret plan" not in body
+            with pytest.raises(p.ProtocolError):
+                p.decode_room(body)  # not MessagePack: sealed
+        opened = [alice.opens(t, b) for t, b in alice.capture()]
+        assert [t for events in opened for t in texts(events)] == [
+            f"secret plan {i}" for i in range(5)
+        ]
+    finally:
+        alice.close()
+        spy.close(0)
+
+
+def test_who_leaves_cannot_open_what_follows_and_who_comes_cannot_open_what_was(
+    keyed: Any, ctx: zmq.Context
+) -> None:
+    alice, mallory, carol = (Member(ctx, keyed, n) for n in ("alice", "mallory", "carol"))
+    try:
+        for member in (alice, mallory):
+            member.join("ops")
+        alice.say("while mallory is in")
+        mallory.capture()
+        assert any("while mallory is in" in texts(mallory.opens(t, b)) for t, b in mallory.frames)
+        before_carol = [(t, b) for t, b in alice.capture() if t == p.topic("ops")]
+        assert ctl(keyed, "out", "mallory").returncode == 0
+        mallory.expect(p.Joined)  # back in public (it keeps its SUB and every key)
+        for i in range(10):
+            alice.say(f"after mallory left {i}")
+        after = [(t, b) for t, b in mallory.capture() if t == p.topic("ops")]
+        assert after, "mallory's SUB heard nothing more of ops"
+        assert all(mallory.opens(t, b) is None for t, b in after)
+        carol.join("ops")
+        alice.say("with carol")
+        carol.capture()
+        assert any("with carol" in texts(carol.opens(t, b)) for t, b in carol.frames)
+        assert before_carol and all(carol.opens(t, b) is None for t, b in before_carol)
+        epochs = {epoch_of(b) for t, b in after}
+        assert epochs.isdisjoint(mallory.keys)  # never given the keys sent after it left
+    finally:
+        for member in (alice, mallory, carol):
+            member.close()
+
+
+def test_keys_are_new_after_a_restart(tmp_path: Path, ctx: zmq.Context) -> None:
+    seen: set[bytes] = set()
+    for _ in range(2):
+        with running_broker(tmp_path / "data", "--room-keys") as broker:
+            alice = Member(ctx, broker, "alice")
+            alice.join("ops")
+            assert alice.keys and seen.isdisjoint(alice.keys.values())
+            seen |= set(alice.keys.values())
+            alice.close()
+
+
+_ = msgspec  # the wire is MessagePack inside the seal
