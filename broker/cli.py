@@ -142,7 +142,7 @@ def main() -> None:
 @options.option(
     "--room-keys",
     is_flag=True,
-    help="Seal room events on the PUB with keys only members get (room-client: not yet).",
+    help="Seal room events on the PUB with keys only their members get (room-client opens them).",
 )
 @options.option(
     "--pub-hwm",

@@ -125,10 +125,10 @@ class Connection:
                         out += self.brokers.moved()
                 return out
             case "room":
-                sock, events = item
+                sock, (topic, body) = item
                 if sock is not self.sockets.sub:
                     return []  # queued by a SUB since replaced: another broker's numbering
-                return s.on_room(events, now)
+                return s.on_room_frame(topic, body, now)
             case "input":
                 return s.on_input(item, now)
             case "eof":

@@ -41,6 +41,7 @@ from broker.protocol import (
     Quit,
     Refused,
     RoomEvent,
+    RoomKey,
     Rooms,
     ServerMsg,
     Synced,
@@ -52,6 +53,7 @@ from broker.protocol import (
 from .commands import Commands
 from .delivery import SYNC_RETRY, Delivery, FetchRequest
 from .effects import Effect, Kind, Line
+from .keyring import Keyring
 from .lines import PROG, notice
 from .link import LOST_LINE, Link
 from .outbox import RESEND_AFTER, Outbox, Pending
@@ -80,6 +82,8 @@ class Session:
         self.outbox = Outbox(self.link, rng)  # first to draw from rng: the first mid
         self.roster = Roster(self.link, track)
         self.delivery = Delivery(self.link, self.roster, rng, room, history)
+        self.keyring = Keyring()
+        """Room keys, for a broker that seals the PUB (``--room-keys``)."""
         self.commands = Commands(self.delivery, self.roster, self.outbox, self._begin_exit)
         self.exit_at: float | None = None
         """When ``/exit`` gives up waiting for acknowledgements; None until the user leaves."""
@@ -177,6 +181,9 @@ class Session:
                 out += self.delivery.joined(msg, now)
             case JoinRequested():
                 out += self.delivery.requested(msg, now)
+            case RoomKey():
+                for events in self.keyring.add(msg, now):
+                    out += self.on_room(events, now)
             case Posted():
                 out += self.delivery.posted(msg, now)
             case Messages():
@@ -209,6 +216,11 @@ class Session:
             case Goodbye():
                 out.append(self.link.goodbye(msg))
         return out
+
+    def on_room_frame(self, topic: bytes, body: bytes, now: float) -> list[Effect]:
+        """A PUB send as it came on the SUB: opened (with a room key, on a sealing broker)."""
+        events = self.keyring.open(topic, body, now)
+        return [] if events is None else self.on_room(events, now)
 
     def on_room(self, events: list[RoomEvent], now: float) -> list[Effect]:
         """A batch of events that arrived on the SUB, handled in order."""
@@ -252,6 +264,7 @@ class Session:
             return []
         if self.exit_at is not None and now >= self.exit_at:
             return self._quit(now)
+        self.keyring.expire(now)
         lost = self.link.check(now)
         if lost is not None:
             return lost
@@ -264,6 +277,7 @@ class Session:
     # ---- what spans parts ---------------------------------------------------------------------
 
     def _welcome(self, msg: Welcome, now: float) -> list[Effect]:
+        self.keyring.sealed = msg.sealed
         resuming = self.link.welcome(msg, now)
         out: list[Effect] = []
         out += self.roster.note_blocked(msg.blocked)

@@ -160,3 +160,54 @@ def test_keys_are_new_after_a_restart(tmp_path: Path, ctx: zmq.Context) -> None:
 
 
 _ = msgspec  # the wire is MessagePack inside the seal
+
+
+def test_the_terminal_client_chats_through_a_sealing_broker(tmp_path: Path) -> None:
+    """room-client holds its room keys: alice and bob chat in a sealed room, bob leaves and
+    comes back, and every line arrives once, in order."""
+    from conftest import client_factory
+
+    with (
+        running_broker(tmp_path / "data", "--room-keys", "--rate", "0") as broker,
+        client_factory(broker) as clients,
+    ):
+        alice = clients.join("alice", "ops")
+        bob = clients.join("bob", "ops")
+        alice.send("hello bob")
+        bob.expect(r"^\[ops\] alice: hello bob$")
+        bob.send("/leave")
+        bob.expect(r"^\* joined public$")
+        alice.send("while bob was out")
+        bob.send("/join ops")
+        bob.expect(r"^\[ops\] alice: while bob was out$")  # history, over the DEALER
+        bob.expect(r"^\* joined ops$")
+        for i in range(20):
+            alice.send(f"line {i}")
+        for i in range(20):
+            bob.expect(rf"^\[ops\] alice: line {i}$")
+        bob.send("back")
+        alice.expect(r"^\[ops\] bob: back$")
+
+
+def test_a_keyring_holds_a_body_until_its_key_comes_and_drops_what_it_cannot_open() -> None:
+    from broker.roomkeys import RoomKeys
+    from client.keyring import HOLD, Keyring
+
+    keys = RoomKeys()
+    topic = p.topic("ops")
+    body = p.encode([p.Posted("ops", 1, 1.0, "alice", "hi")])
+    sealed = keys.seal("ops", topic, frozenset({"bob"}), body)
+    ((_, epoch, key, _),) = keys.new_keys()
+    ring = Keyring()
+    ring.sealed = True
+    assert ring.open(topic, sealed, 0.0) is None  # held: no key yet
+    assert [texts(e) for e in ring.add(p.RoomKey("ops", epoch, key), 0.5)] == [["hi"]]
+    assert texts(ring.open(topic, sealed, 0.6)) == ["hi"]
+    assert ring.open(p.topic("other"), sealed, 0.6) is None  # another room's topic: no
+    later = keys.seal("ops", topic, frozenset({"bob", "carol"}), body)  # a new key
+    assert ring.open(topic, later, 1.0) is None
+    ring.expire(1.0 + HOLD)
+    ((_, epoch2, key2, _),) = keys.new_keys()
+    assert ring.add(p.RoomKey("ops", epoch2, key2), 3.0) == []  # expired: a gap to repair
+    plain = Keyring()
+    assert texts(plain.open(topic, body, 0.0)) == ["hi"]
