@@ -18,6 +18,7 @@ from typing import Any, Final
 import zmq
 
 from broker import protocol as p
+from client.keyring import Keyring
 
 SETTLE: Final = 0.5
 """Seconds a subscriber waits after subscribing, so the subscription reaches the publisher."""
@@ -39,24 +40,39 @@ def _parse(text: str | bytes) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _handshake(dealer: zmq.Socket[bytes], name: str, room: str, timeout: float = 10.0) -> p.Welcome:
+def _handshake(
+    dealer: zmq.Socket[bytes],
+    name: str,
+    room: str,
+    timeout: float = 10.0,
+    ring: Keyring | None = None,
+) -> p.Welcome:
+    """Hello, then Join ``room``; the room keys that come meanwhile go on ``ring``."""
     dealer.send(p.encode(p.Hello(p.VERSION, name)))
-    welcome = _await(dealer, p.Welcome, timeout)
+    welcome = _await(dealer, p.Welcome, timeout, ring)
+    if ring is not None:
+        ring.sealed = welcome.sealed
     dealer.send(p.encode(p.Join(room)))
-    _await(dealer, p.Joined, timeout)
+    _await(dealer, p.Joined, timeout, ring)
     return welcome
 
 
-def _await(dealer: zmq.Socket[bytes], kind: type, timeout: float) -> Any:
+def _await(
+    dealer: zmq.Socket[bytes], kind: type, timeout: float, ring: Keyring | None = None
+) -> Any:
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         if not dealer.poll(left * 1000):
             break
-        for msg in p.decode_server(dealer.recv()):
-            if isinstance(msg, kind):
-                return msg
+        batch = p.decode_server(dealer.recv())
+        for msg in batch:  # the whole batch: a room key may follow what we wait for
+            if ring is not None and isinstance(msg, p.RoomKey):
+                ring.add(msg, time.monotonic())
             if isinstance(msg, p.Error):
                 raise RuntimeError(msg.reason)
+        found = [msg for msg in batch if isinstance(msg, kind)]
+        if found:
+            return found[0]
     raise TimeoutError(f"no {kind.__name__} from the broker")
 
 
@@ -166,6 +182,7 @@ class _Sub:
     contig: int = 0  # every sequence number up to this one has been seen (or is gone)
     asked: int = 0  # highest sequence number a Fetch was sent for
     latencies: list[int] = field(default_factory=list)
+    ring: Keyring = field(default_factory=Keyring)  # room keys, for a sealing broker
 
     def record(
         self, index: int, seq: int, sent_ns: int, now_ns: int, sample: bool, repaired: bool
@@ -225,17 +242,20 @@ def subscribers(
     for k, room_name in enumerate(rooms):
         dealer = None
         endpoint = pub
+        ring = Keyring()
         if room:
             dealer = ctx.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.connect(router)
-            endpoint = _handshake(dealer, f"{name}{k}", room_name).pub
+            endpoint = _handshake(dealer, f"{name}{k}", room_name, ring=ring).pub
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.connect(endpoint)
         sub.setsockopt(zmq.SUBSCRIBE, p.topic(room_name))
-        subs.append(_Sub(room_name, sub, dealer, bytearray(expected), bytearray(expected + 1)))
+        subs.append(
+            _Sub(room_name, sub, dealer, bytearray(expected), bytearray(expected + 1), ring=ring)
+        )
     time.sleep(SETTLE)
     poller = zmq.Poller()
     owner: dict[zmq.Socket[bytes], _Sub] = {}
@@ -249,7 +269,7 @@ def subscribers(
     first = last = 0.0
     last_progress = time.monotonic()
     next_beat = time.monotonic() + HEARTBEAT
-    decode_room, decode_server, now_ns = p.decode_room, p.decode_server, time.monotonic_ns
+    decode_server, now_ns = p.decode_server, time.monotonic_ns
     total = expected * len(subs)
     got = 0
     next_tail = 0.0
@@ -269,17 +289,22 @@ def subscribers(
                     s.record(index, index + 1, sent, t, sample, False)
                     continue
                 replies: Sequence[p.Messages] = ()
+                late: list[p.RoomEvent] = []  # SUB bodies that waited for their room key
                 if sock is s.sub:
-                    batch = decode_room(frames[1])
+                    batch = s.ring.open(frames[0], frames[1], time.monotonic()) or []
                     repaired = False
                 else:
-                    replies = [r for r in decode_server(frames[0]) if type(r) is p.Messages]
+                    answers = decode_server(frames[0])
+                    replies = [r for r in answers if type(r) is p.Messages]
                     batch = [m for r in replies for m in r.messages]
                     repaired = True
-                for m in batch:
+                    for key in (r for r in answers if type(r) is p.RoomKey):
+                        opened = s.ring.add(key, time.monotonic())
+                        late += [e for events in opened for e in events]
+                for m in (*batch, *late):
                     if type(m) is p.Posted:
                         index, sent = _parse(m.text)
-                        s.record(index, m.seq, sent, t, sample, repaired)
+                        s.record(index, m.seq, sent, t, sample, repaired and m not in late)
                         if not repaired and m.seq - 1 > s.contig and m.seq - 1 > s.asked:
                             _fetch(s, m.seq - 1)
                 if repaired:

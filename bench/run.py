@@ -34,6 +34,7 @@ class Scenario:
     rate: float = 0.0  # 0: as fast as possible
     idle: int = 0  # for the idle scenario: connected clients, nothing sent
     hold: float = 0.0
+    keys: bool = False  # the broker seals the PUB (--room-keys); the relay cannot
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -41,6 +42,8 @@ def scenarios(quick: bool) -> list[Scenario]:
     return [
         Scenario("1->1", 1, 1, 200_000 // q),
         Scenario("1->10", 1, 10, 50_000 // q),
+        Scenario("1->1 keys", 1, 1, 200_000 // q, keys=True),
+        Scenario("1->10 keys", 1, 10, 50_000 // q, keys=True),
         Scenario("1->100", 1, 100, 10_000 // q),
         Scenario("10 rooms", 10, 1, 200_000 // q),
         Scenario("latency 1k/s", 1, 1, 5_000 // q, rate=1_000),
@@ -144,7 +147,7 @@ def _get(queue: Any, role: str) -> dict[str, Any]:
 def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
     """One scenario against one target; the figures of that pairing."""
     ctx = mp.get_context("spawn")
-    target = Target(kind, workdir)
+    target = Target(kind, workdir, extra=("--room-keys",) if s.keys and kind == "room" else ())
     try:
         results, ready = ctx.Queue(), ctx.Queue()
         if s.idle:
