@@ -42,8 +42,8 @@ def _bench(tmp_path: Path, *args: str, timeout: float) -> tuple[str, dict[str, A
 def test_quick_bench_completes_and_loses_nothing(tmp_path):
     stdout, report = _bench(tmp_path, "--quick", timeout=280)
     names = [s["name"] for s in report["scenarios"]]
-    assert names == ["1->1", "1->10", "1->100", "10 rooms", "latency 1k/s", "latency 10k/s",
-                     "1000 idle"]  # fmt: skip
+    assert names == ["1->1", "1->10", "1->1 keys", "1->10 keys", "1->100", "10 rooms",
+                     "latency 1k/s", "latency 10k/s", "1000 idle"]  # fmt: skip
     for s in report["scenarios"]:
         room = s["room"]
         if "connected" in room:  # "1000 idle" is 100 clients in a quick run: every one connects
