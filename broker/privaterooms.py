@@ -30,7 +30,7 @@ class PrivateRooms(_Base):
         self.access.requests.setdefault(room, {})[user.name] = request
         self.store.set_request(room, user.name, request)
         self.out.reply(user.peer, p.JoinRequested(room))
-        self.out.log(now, "request", room, user.name, "asked to join (private)")
+        self.out.log(now, "request", room, user.name, f"{user.name} asked to join {room} (private)")
 
     def make_private(self, room: str, now: float) -> set[str]:
         """``room`` (made if needed) lets in only whom the admin allows: those in it now are
