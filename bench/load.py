@@ -301,11 +301,11 @@ def subscribers(
                     for key in (r for r in answers if type(r) is p.RoomKey):
                         opened = s.ring.add(key, time.monotonic())
                         late += [e for events in opened for e in events]
-                for m in (*batch, *late):
+                for m, fetched in (*((m, repaired) for m in batch), *((m, False) for m in late)):
                     if type(m) is p.Posted:
                         index, sent = _parse(m.text)
-                        s.record(index, m.seq, sent, t, sample, repaired and m not in late)
-                        if not repaired and m.seq - 1 > s.contig and m.seq - 1 > s.asked:
+                        s.record(index, m.seq, sent, t, sample, fetched)
+                        if not fetched and m.seq - 1 > s.contig and m.seq - 1 > s.asked:
                             _fetch(s, m.seq - 1)
                 if repaired:
                     for r in replies:

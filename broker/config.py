@@ -71,6 +71,9 @@ class Limits:
         return max(2, self.subscriber_queue // PUB_SEND_BYTES)
 
 
+BATCH: Final = 512
+"""Messages the loop reads from one socket before it flushes; bounds latency under load."""
+
 ANSWER_BYTES: Final = 256 * 1024
 """About the most history (Fetch, Join) one turn of the loop answers one client: a longer
 answer is cut short (the client fetches the rest), and a Fetch past it is refused ``busy``. One

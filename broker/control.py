@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as p
 from .admin import dispatch
+from .config import BATCH
 from .keys import short
 from .security import user_id
 from .store import AuditEntry
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
     _Base = Broker
 else:
     _Base = object
-
-_BATCH: Final = 512
-"""Control requests (or monitor events) read before the loop goes on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +47,7 @@ class ControlChannel(_Base):
         since its connection's handshake is refused) and recorded in the audit log. The replies
         go out at the flush, after the commit; a request other brokers must answer is answered
         when they have (the plugin calls ``answer``)."""
-        for _ in range(_BATCH):
+        for _ in range(BATCH):
             try:
                 frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -107,7 +105,7 @@ class ControlChannel(_Base):
 
     def _drain_monitor(self) -> None:
         """Log refused control handshakes (the guard caps how many per interval)."""
-        for _ in range(_BATCH):
+        for _ in range(BATCH):
             try:
                 event = parse_monitor_message(self.control_monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
@@ -126,7 +124,7 @@ class ControlChannel(_Base):
                 self.control.send_multipart([peer, b"", p.encode(reply)], zmq.NOBLOCK)
 
 
-def _unstored(reply: p.CtlReply) -> p.CtlReply:
+def unstored(reply: p.CtlReply) -> p.CtlReply:
     """The answer to a control request whose batch could not be stored: its audit entry and any
     change to the blocklist are lost (a block or unblock did not happen), so it is not an ok."""
     reason = "the broker could not store this request: try again; see its log"

@@ -14,6 +14,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as p
+from .config import BATCH
 from .security import user_id
 
 if TYPE_CHECKING:
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
     _Base = Broker
 else:
     _Base = object
-
-BATCH: Final = 512
-"""Messages read from one socket before the loop flushes; bounds latency under load."""
 
 # Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
 _NOBLOCK: Final = int(zmq.NOBLOCK)

@@ -61,9 +61,6 @@ class RoomKeys:
         made, self._made = self._made, []
         return made
 
-    def forget(self, room: str) -> None:
-        self._rooms.pop(room, None)
-
     def _rotate(self, room: str, members: frozenset[str]) -> _RoomKey:
         key = os.urandom(KEY_BYTES)
         fresh = _RoomKey(self._next_epoch, key, ChaCha20Poly1305(key), members)

@@ -27,10 +27,10 @@ from typing import Final, Protocol
 import zmq
 
 from . import protocol as p
-from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, PUB_SEND_BYTES, Limits
-from .control import ControlChannel, ControlRequest, _unstored
+from .config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, PUB_SEND_BYTES, Limits
+from .control import ControlChannel, ControlRequest, unstored
 from .datadir import StartError, open_store
-from .intake import BATCH, ClientIntake
+from .intake import ClientIntake
 from .keys import KeyDir, KeyFileError
 from .logfmt import LogWriter, Throttle
 from .roomkeys import RoomKeys
@@ -334,7 +334,7 @@ class Broker(ClientIntake, ControlChannel):
             self.chat.store.commit()  # before anything leaves: an Ack means stored
         except StoreError as exc:  # the batch is lost, not the broker: refuse what it stored
             refused = self.chat.commit_failed(out)
-            ctl_replies = [(peer, _unstored(reply)) for peer, reply in ctl_replies]
+            ctl_replies = [(peer, unstored(reply)) for peer, reply in ctl_replies]
             text = f"{exc}: {refused} messages refused, nothing of the batch published"
             out.log(self.clock(), "error", text=text)
         if self.plugin is not None:

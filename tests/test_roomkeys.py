@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import zmq
 from conftest import running_broker
@@ -157,9 +156,6 @@ def test_keys_are_new_after_a_restart(tmp_path: Path, ctx: zmq.Context) -> None:
             assert alice.keys and seen.isdisjoint(alice.keys.values())
             seen |= set(alice.keys.values())
             alice.close()
-
-
-_ = msgspec  # the wire is MessagePack inside the seal
 
 
 def test_the_terminal_client_chats_through_a_sealing_broker(tmp_path: Path) -> None:
