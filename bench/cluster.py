@@ -72,7 +72,7 @@ class Nats:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"nats://127.0.0.1:{port}"
-        self.log = open(log, "w+")  # noqa: SIM115 - closed in stop()
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
         argv = [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20

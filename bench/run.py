@@ -93,7 +93,10 @@ class Target:
         leaves the wait for its endpoints to ``ready`` (several then start at once)."""
         self.kind = kind
         self.label = label or kind
-        self.log = open(workdir / f"{self.label}.log", "w+")  # noqa: SIM115 - closed in stop()
+        # We read through a handle of our own: seeking the one the child writes through would
+        # move its offset too, and it would overwrite its first line (seen in CI).
+        self.log_path = workdir / f"{self.label}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         if kind == "room":
             any_port = "tcp://127.0.0.1:0"
             data = workdir / (f"data-{label}" if label else "data")
@@ -113,8 +116,7 @@ class Target:
         deadline = time.monotonic() + 20
         text = ""
         while time.monotonic() < deadline:
-            self.log.seek(0)
-            text = self.log.read()
+            text = self.output()
             m = re.search(self.pattern, text)
             if m:
                 self.router, self.pub = m.group(1), m.group(2)
@@ -125,6 +127,10 @@ class Target:
         self.stop()
         last = text.strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"the {self.label} did not start: {last[0]}")
+
+    def output(self) -> str:
+        """What it has printed so far."""
+        return self.log_path.read_text(errors="replace")
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)

@@ -220,8 +220,7 @@ def soak_one(name: str, seconds: float) -> Outcome:
         env: Env | None = None
         try:
             target = run.Target("room", workdir, extra=("--quiet",))
-            target.log.seek(0)
-            control = re.search(r"control (\S+)", target.log.read())
+            control = re.search(r"control (\S+)", target.output())
             if control is None:
                 raise RuntimeError("the broker did not say its control endpoint")
             env = Env(ctx, target, control.group(1), str(workdir / "data"), seconds, workdir)
