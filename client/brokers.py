@@ -141,14 +141,17 @@ class Brokers:
                 return Stop(Exit.REFUSED, f"{PROG}: {why}")
             if dealer not in ready:
                 continue
-            for msg in decode_replies(await dealer.recv_multipart()):
+            batch = decode_replies(await dealer.recv_multipart())
+            for i, msg in enumerate(batch):
                 if isinstance(msg, Error):
                     return Stop(Exit.ERROR, f"{PROG}: {msg.reason}")
                 if isinstance(msg, Welcome):
-                    return self._welcomed(msg, loop.time())
+                    return self._welcomed(msg, batch[i + 1 :], loop.time())
         return _SILENT
 
-    def _welcomed(self, welcome: Welcome, now: float) -> Stop | None:
+    def _welcomed(self, welcome: Welcome, after: list[ServerMsg], now: float) -> Stop | None:
+        """Subscribe where the broker publishes; the session takes the Welcome and what came
+        after it in the same batch (the key of the room it lands in, on a sealing broker)."""
         endpoint = pub_endpoint(welcome.pub, self.server)
         try:
             self.sockets.new_sub(endpoint)
@@ -156,6 +159,8 @@ class Brokers:
             return Stop(Exit.ERROR, f"{PROG}: cannot subscribe at {endpoint}: {exc.strerror}")
         self._welcomed_by = self.server
         self.welcome_effects = self.session.on_server(welcome, now)
+        for msg in after:
+            self.welcome_effects += self.session.on_server(msg, now)
         return None
 
     # ---- later: what the current broker says, and moving on -----------------------------------

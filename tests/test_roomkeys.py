@@ -84,7 +84,8 @@ def texts(events: list[p.RoomEvent] | None) -> list[str]:
 
 @pytest.fixture
 def keyed(tmp_path: Path):
-    with running_broker(tmp_path / "data", "--room-keys", "--rate", "0") as broker:
+    """A broker as started by default: room keys are on."""
+    with running_broker(tmp_path / "data", "--rate", "0") as broker:
         yield broker
 
 
@@ -183,6 +184,10 @@ def test_the_terminal_client_chats_through_a_sealing_broker(tmp_path: Path) -> N
             bob.expect(rf"^\[ops\] alice: line {i}$")
         bob.send("back")
         alice.expect(r"^\[ops\] bob: back$")
+        carol = clients.join("carol")  # the key of the room one lands in comes with Welcome
+        carol.send("hello public")
+        bob.send("/join public")
+        bob.expect(r"^\[public\] carol: hello public$")
 
 
 def test_a_keyring_holds_a_body_until_its_key_comes_and_drops_what_it_cannot_open() -> None:
