@@ -19,6 +19,7 @@ from typing import Any, Final
 import zmq
 
 from broker import protocol as p
+from client.keyring import Keyring
 
 from . import load, run
 
@@ -94,18 +95,21 @@ def _drain(sock: zmq.Socket[bytes]) -> list[p.ServerMsg]:
 
 
 class Canary:
-    """Two users in one room, each with a subscription of its own. ``chat`` has them take turns:
-    one message, acknowledged to its speaker and heard on both subscriptions within
-    ``LOST_AFTER``, or counted lost."""
+    """Two users in one room, each with a subscription of its own, read with the room keys that
+    user gets. ``chat`` has them take turns: one message, acknowledged to its speaker and heard
+    on both subscriptions within ``LOST_AFTER``, or counted lost."""
 
     def __init__(
         self, ctx: zmq.Context[zmq.Socket[bytes]], router: str, room: str = "canary"
     ) -> None:
         self.room = room
         self.users = [_dealer(ctx, router) for _ in range(2)]
+        self.rings = [Keyring() for _ in self.users]
+        self.late: list[list[list[p.RoomEvent]]] = [[] for _ in self.users]
+        """Bodies opened by a key that came after them, for each user."""
         welcome = None
         for i, user in enumerate(self.users):
-            welcome = load._handshake(user, f"canary{i + 1}", room)
+            welcome = load._handshake(user, f"canary{i + 1}", room, ring=self.rings[i])
         assert welcome is not None
         self.subs: list[zmq.Socket[bytes]] = []
         for _ in self.users:
@@ -114,41 +118,57 @@ class Canary:
             sub.connect(welcome.pub)
             sub.setsockopt(zmq.SUBSCRIBE, p.topic(room))
             self.subs.append(sub)
-        for sub in self.subs:
-            self._subscribed(sub)
+        for k in range(len(self.subs)):
+            self._subscribed(k)
         self.said = 0
         self.delays_ns: list[int] = []
         self.lost: list[str] = []
 
-    def _subscribed(self, sub: zmq.Socket[bytes]) -> None:
-        """Sync until a Synced arrives on ``sub``: its subscription has reached the PUB."""
+    def _replies(self, k: int) -> list[p.ServerMsg]:
+        """What the broker has sent user ``k`` so far; its room keys go on its ring."""
+        got = _drain(self.users[k])
+        for msg in got:
+            if type(msg) is p.RoomKey:
+                self.late[k] += self.rings[k].add(msg, time.monotonic())
+        return got
+
+    def _heard(self, k: int) -> list[p.RoomEvent]:
+        """The room events on subscription ``k`` so far, opened with user ``k``'s keys (which
+        ``_replies(k)`` takes)."""
+        events = [e for batch in self.late[k] for e in batch]
+        self.late[k].clear()
+        while True:
+            try:
+                topic, body = self.subs[k].recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return events
+            events += self.rings[k].open(topic, body, time.monotonic()) or []
+
+    def _subscribed(self, k: int) -> None:
+        """Sync until a Synced arrives on subscription ``k``: it has reached the PUB."""
         deadline = time.monotonic() + SETUP_WAIT
         nonce = 0
         while time.monotonic() < deadline:
             nonce += 1
             self.users[0].send(p.encode(p.Sync(nonce)))
-            _drain(self.users[0])
-            if sub.poll(200):
-                while True:
-                    try:
-                        events = p.decode_room(sub.recv_multipart(zmq.NOBLOCK)[1])
-                    except zmq.Again:
-                        break
-                    if any(type(e) is p.Synced and e.nonce == nonce for e in events):
-                        return
+            self.subs[k].poll(200)
+            for j in range(len(self.users)):
+                self._replies(j)
+            if any(type(e) is p.Synced and e.nonce == nonce for e in self._heard(k)):
+                return
         raise TimeoutError(f"the canary's subscription to {self.room} never heard the room")
 
     def chat(self) -> None:
         """One message; its delay (the later of its two arrivals) or its loss is recorded."""
         self.said += 1
-        speaker, other = self.users[self.said % 2], self.users[1 - self.said % 2]
+        turn = self.said % 2
+        speaker, other = self.users[turn], self.users[1 - turn]
         other.send(p.encode(p.Ping()))  # the one not speaking stays alive at the broker
-        _drain(other)
+        self._replies(1 - turn)
         text, mid = f"{self.room} {self.said}", self.said
         poller = zmq.Poller()
-        poller.register(speaker, zmq.POLLIN)
-        for sub in self.subs:
-            poller.register(sub, zmq.POLLIN)
+        for sock in (*self.users, *self.subs):
+            poller.register(sock, zmq.POLLIN)
         acked = False
         heard: dict[int, int] = {}
         said = time.monotonic_ns()
@@ -160,29 +180,23 @@ class Canary:
             if left <= 0:
                 self.lost.append(f"{text!r}: ack {acked}, heard on {len(heard)} of 2")
                 return
-            ready = dict(poller.poll(min(left, 0.5) * 1000))
+            poller.poll(min(left, 0.5) * 1000)
             now = time.monotonic_ns()
-            for k, sub in enumerate(self.subs):
-                if sub not in ready:
-                    continue
-                while True:
-                    try:
-                        body = sub.recv_multipart(zmq.NOBLOCK)[1]
-                    except zmq.Again:
-                        break
-                    if any(type(e) is p.Posted and e.text == text for e in p.decode_room(body)):
-                        heard.setdefault(k, now)
-            for msg in _drain(speaker):
+            self._replies(1 - turn)
+            for msg in self._replies(turn):
                 if type(msg) is p.Ack and msg.mid == mid:
                     acked = True
                 elif type(msg) is p.Refused and msg.mid == mid:
                     self.lost.append(f"{text!r}: refused, {msg.reason}")
                     return
+            for k in range(len(self.subs)):
+                if any(type(e) is p.Posted and e.text == text for e in self._heard(k)):
+                    heard.setdefault(k, now)
             if time.monotonic() >= next_ping:  # a slow broker: neither user may fall silent
                 next_ping = time.monotonic() + 1.0
                 for user in self.users:
                     user.send(p.encode(p.Ping()))
-                _drain(other)
+                self._replies(1 - turn)
         self.delays_ns.append(max(heard.values()) - said)
 
 

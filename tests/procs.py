@@ -23,6 +23,7 @@ from pathlib import Path
 import zmq
 
 from broker import protocol as p
+from client.keyring import Keyring
 
 WAIT = 10.0
 """Seconds any single expectation may take before the test fails."""
@@ -238,19 +239,36 @@ def ctl(
 
 
 class Replies:
-    """The broker's replies on one raw DEALER, one message at a time (a body is a batch)."""
+    """The broker's replies on one raw DEALER, one message at a time (a body is a batch). The
+    room keys among them go on ``ring``, so that a raw SUB beside this DEALER can read a
+    sealing broker's PUB (``Listener``); bodies a key opens late wait in ``opened``."""
 
     def __init__(self, sock: zmq.Socket) -> None:
         self.sock = sock
         self.pending: deque[p.ServerMsg] = deque()
+        self.ring = Keyring()
+        self.opened: deque[list[p.RoomEvent]] = deque()
 
     def next(self, timeout: float = WAIT) -> p.ServerMsg | None:
         """The next message within ``timeout``, or None."""
         if not self.pending:
             if not self.sock.poll(timeout * 1000):
                 return None
-            self.pending.extend(p.decode_server(self.sock.recv()))
+            self._take(self.sock.recv())
         return self.pending.popleft()
+
+    def pump(self) -> None:
+        """Read what has arrived, keeping it for ``next``: the keys among it reach ``ring``."""
+        while self.sock.poll(0):
+            self._take(self.sock.recv())
+
+    def _take(self, body: bytes) -> None:
+        for msg in p.decode_server(body):
+            if isinstance(msg, p.Welcome):
+                self.ring.sealed = msg.sealed
+            elif isinstance(msg, p.RoomKey):
+                self.opened.extend(self.ring.add(msg, time.monotonic()))
+            self.pending.append(msg)
 
     def expect(self, kinds: type | tuple[type, ...], timeout: float = WAIT) -> p.ServerMsg:
         """The next message of ``kinds``, skipping others (heartbeats, notices)."""
@@ -339,6 +357,73 @@ class Raw:
         self.sock.close(0)
 
 
+class Listener:
+    """A raw SUB on ``room`` beside ``user``'s DEALER, live when made: it reads the room's
+    events as a member does, opened with the keys ``user`` gets (a sealing broker sends them on
+    the DEALER), and pings for ``user`` so that it is never dropped as silent. ``user`` must be
+    in ``room``, and stays open as long as this is read."""
+
+    def __init__(self, ctx: zmq.Context, pub: str, user: Raw, room: str) -> None:
+        self.user, self.room = user, room
+        self.sub = socket(ctx, zmq.SUB, pub)
+        self.sub.rcvhwm = 0
+        self.sub.subscribe(p.topic(room))
+        self._pinged = time.monotonic()
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:  # Sync until a Synced arrives: the slow joiner
+            nonce = next(MIDS)
+            user.send(p.Sync(nonce))
+            if self.heard(lambda e, n=nonce: isinstance(e, p.Synced) and e.nonce == n, 0.2):
+                return
+        raise AssertionError(f"no subscription to {room} within {WAIT}s")
+
+    def events(self, timeout: float) -> list[p.RoomEvent] | None:
+        """The events of the next readable body within ``timeout``, or None."""
+        deadline = time.monotonic() + timeout
+        replies = self.user.replies
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.user.sock, zmq.POLLIN)
+        while True:
+            replies.pump()
+            if replies.opened:
+                return replies.opened.popleft()
+            now = time.monotonic()
+            if now - self._pinged > 0.5:
+                self.user.send(p.Ping())
+                self._pinged = now
+            left = deadline - now
+            if left <= 0:
+                return None
+            if self.sub in dict(poller.poll(min(left, 0.5) * 1000)):
+                topic, body = self.sub.recv_multipart()
+                events = replies.ring.open(topic, body, time.monotonic())
+                if events is not None:
+                    return events
+
+    def heard(self, wanted: Callable[[p.RoomEvent], bool], timeout: float) -> bool:
+        """Whether an event ``wanted`` arrives within ``timeout`` (others are passed over)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            events = self.events(left)
+            if events is not None and any(wanted(e) for e in events):
+                return True
+        return False
+
+    def posted(self, count: int, timeout: float = WAIT) -> list[p.Posted]:
+        """The next ``count`` room messages (presence and markers passed over)."""
+        got: list[p.Posted] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            events = self.events(deadline - time.monotonic())
+            assert events is not None, f"{len(got)} of {count} messages arrived"
+            got += [e for e in events if isinstance(e, p.Posted)]
+        return got
+
+    def close(self) -> None:
+        self.sub.close(0)
+
+
 def assert_all_acknowledged_stored_once(
     history: list[p.Posted], acked: dict[int, p.Ack], sent: dict[int, str]
 ) -> list[str]:
@@ -394,33 +479,8 @@ class Canary:
     ) -> None:
         self.room = room
         self.users = [Raw(ctx, broker.router, f"{prefix}{i}", room) for i in (1, 2)]
-        self.subs = [socket(ctx, zmq.SUB, broker.pub) for _ in self.users]
-        for sub in self.subs:
-            sub.subscribe(p.topic(room))
+        self.listeners = [Listener(ctx, broker.pub, user, room) for user in self.users]
         self.said = 0
-        for sub in self.subs:
-            self._subscribed(sub)
-
-    def _subscribed(self, sub: zmq.Socket) -> None:
-        """Wait until ``sub`` receives: Sync until a Synced arrives on it."""
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            nonce = next(MIDS)
-            self.users[0].send(p.Sync(nonce))
-            if self._heard(sub, lambda e, n=nonce: isinstance(e, p.Synced) and e.nonce == n, 0.2):
-                return
-        raise AssertionError(f"no subscription to {self.room} within {WAIT}s")
-
-    @staticmethod
-    def _heard(sub: zmq.Socket, wanted: Callable[[p.RoomEvent], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if not sub.poll(left * 1000):
-                return False
-            _topic, body = sub.recv_multipart()
-            if any(wanted(e) for e in p.decode_room(body)):
-                return True
-        return False
 
     def chat(self) -> p.Ack:
         """One message, acknowledged to its sender and published to both; returns the Ack."""
@@ -429,15 +489,15 @@ class Canary:
         other.send(p.Ping())
         text = f"{self.room} still chatting {self.said}"
         ack = speaker.say(text)
-        for sub in self.subs:
-            heard = self._heard(
-                sub, lambda e: isinstance(e, p.Posted) and (e.seq, e.text) == (ack.seq, text), WAIT
+        for listener in self.listeners:
+            heard = listener.heard(
+                lambda e: isinstance(e, p.Posted) and (e.seq, e.text) == (ack.seq, text), WAIT
             )
             assert heard, f"{text!r} (seq {ack.seq}) was acknowledged but not published"
         return ack
 
     def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
         for user in self.users:
             user.close()
-        for sub in self.subs:
-            sub.close(0)

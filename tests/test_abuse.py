@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from procs import MIDS, WAIT, BrokerProc, Canary, Proc, Raw, Replies, ctl, socket, unconnected
+from procs import MIDS, WAIT, BrokerProc, Canary, Listener, Proc, Raw, Replies, ctl, unconnected
 
 from bench.abuse import STOPPED_SUBSCRIBERS
 from broker import protocol as p
@@ -66,40 +66,16 @@ class TimedCanary(Canary):
         while other.recv(0) is not None:  # the broker's pings to it: keep its queue short
             pass
         text, mid = f"{self.room} timed {self.said}", next(MIDS)
-        poller = zmq.Poller()
-        poller.register(speaker.sock, zmq.POLLIN)
-        for sub in self.subs:
-            poller.register(sub, zmq.POLLIN)
         said = time.monotonic()
         speaker.send(p.Say(text, mid))
-        ack: p.Ack | None = None
-        heard: dict[zmq.Socket, float] = {}
-        deadline = said + WAIT
-        while ack is None or len(heard) < len(self.subs):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(
-                    f"canary message {self.said} lost: ack {ack}, heard on {len(heard)} of "
-                    f"{len(self.subs)} subscriptions within {WAIT}s"
-                )
-            ready = dict(poller.poll(left * 1000))
-            while (msg := speaker.recv(0)) is not None:
-                assert not isinstance(msg, p.Refused | p.Error | p.Goodbye), msg
-                if isinstance(msg, p.Ack) and msg.mid == mid:
-                    ack = msg
-            for sub in self.subs:
-                if sub not in ready:
-                    continue
-                while True:
-                    try:
-                        _topic, body = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    events = p.decode_room(body)
-                    if any(isinstance(e, p.Posted) and e.text == text for e in events):
-                        heard.setdefault(sub, time.monotonic())
+        for listener in self.listeners:  # the last to hear it gives the time
+            wanted = lambda e: isinstance(e, p.Posted) and e.text == text  # noqa: E731
+            assert listener.heard(wanted, WAIT), f"canary message {self.said} was not published"
+        heard = time.monotonic()
+        ack = speaker.expect(p.Ack | p.Refused)
+        assert isinstance(ack, p.Ack) and ack.mid == mid, ack
         assert ack.room == self.room, ack
-        return max(heard.values()) - said
+        return heard - said
 
 
 class Watch:
@@ -377,26 +353,12 @@ def test_stopped_subscribers_in_a_flooded_room_cost_a_bounded_queue_each(
         assert end_rss < RSS_LIMIT
 
         # The room itself still works for a live subscriber: the stuck ones block nobody.
-        live = socket(ctx, zmq.SUB, broker.pub)
-        live.subscribe(p.topic(room))
-        assert _hears_sync(flooder, live), "a new subscriber of the flooded room heard nothing"
+        Listener(ctx, broker.pub, flooder, room).close()  # it hears a Sync, or it fails
     watch.report("stopped subscribers")
     stuck.kill()
     canary.close()
     stop_cleanly(broker)
     shutil.rmtree(broker.data_dir)  # the flood's database: hundreds of MB not worth keeping
-
-
-def _hears_sync(user: Raw, sub: zmq.Socket) -> bool:
-    """Sync again every 0.2 s until ``sub`` hears its Synced."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        nonce = next(MIDS)
-        user.send(p.Sync(nonce))
-        wanted = lambda e, n=nonce: isinstance(e, p.Synced) and e.nonce == n  # noqa: E731
-        if Canary._heard(sub, wanted, 0.2):
-            return True
-    return False
 
 
 # ---- 3. a flood of new rooms ---------------------------------------------------------------------

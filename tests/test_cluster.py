@@ -24,6 +24,7 @@ from procs import (
     BrokerProc,
     ClientFactory,
     ClientProc,
+    Listener,
     Raw,
     Replies,
     assert_all_acknowledged_stored_once,
@@ -130,38 +131,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-def _sub(ctx: zmq.Context, broker: BrokerProc, room: str = p.LOBBY) -> zmq.Socket:
-    """A raw subscription to ``room`` on ``broker``, live when returned: a probe user in the
-    room asks for sync markers until one arrives (a SUB sees nothing until its subscription
-    has reached the PUB: the slow joiner)."""
-    sub = socket(ctx, zmq.SUB, broker.pub)
-    sub.setsockopt(zmq.SUBSCRIBE, p.topic(room))
-    sub.rcvhwm = 0
+def _sub(ctx: zmq.Context, broker: BrokerProc, room: str = p.LOBBY) -> Listener:
+    """A raw subscription to ``room`` on ``broker``, live when returned, read with the keys of
+    a probe user in the room (who stays for as long as the test reads)."""
     probe = Raw(ctx, broker.router, f"probe{next(MIDS)}", room)
-    deadline = time.monotonic() + WAIT
-    nonce = 0
-    while True:
-        nonce += 1
-        probe.send(p.Sync(nonce))
-        while sub.poll(100):
-            _, body = sub.recv_multipart()
-            if any(isinstance(e, p.Synced) for e in p.decode_room(body)):
-                probe.close()
-                return sub
-        assert time.monotonic() < deadline, "the subscription never became live"
-    return sub
-
-
-def _posted(sub: zmq.Socket, count: int, timeout: float = WAIT) -> list[p.Posted]:
-    """The next ``count`` room messages on a raw subscription (presence events skipped)."""
-    got: list[p.Posted] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        left = deadline - time.monotonic()
-        assert left > 0 and sub.poll(left * 1000), f"{len(got)} of {count} messages arrived"
-        _, body = sub.recv_multipart()
-        got += [e for e in p.decode_room(body) if isinstance(e, p.Posted)]
-    return got
+    return Listener(ctx, broker.pub, probe, room)
 
 
 def test_a_message_sent_on_a_reaches_b_and_c_with_the_same_sequence_number(
@@ -171,7 +145,7 @@ def test_a_message_sent_on_a_reaches_b_and_c_with_the_same_sequence_number(
     subs = [_sub(ctx, broker) for broker in (a, b, c)]
     alice = Raw(ctx, a.router, "alice")
     ack = alice.say("hello from a")
-    seen = [_posted(sub, 1)[0] for sub in subs]
+    seen = [sub.posted(1)[0] for sub in subs]
     assert {(m.seq, m.sender, m.text) for m in seen} == {(ack.seq, "alice", "hello from a")}
     bob = cluster.client("b", "bob")
     carol = cluster.client("c", "carol")
@@ -180,7 +154,7 @@ def test_a_message_sent_on_a_reaches_b_and_c_with_the_same_sequence_number(
     carol.expect(r"^\[public\] alice: second$")
     carol.send("from c")
     bob.expect(r"^\[public\] carol: from c$")
-    assert [m.seq for m in _posted(subs[0], 2)] == [ack.seq + 1, ack.seq + 2]
+    assert [m.seq for m in subs[0].posted(2)] == [ack.seq + 1, ack.seq + 2]
 
 
 def test_a_flood_from_two_brokers_is_seen_by_every_client_once_in_the_same_order(
@@ -201,7 +175,7 @@ def test_a_flood_from_two_brokers_is_seen_by_every_client_once_in_the_same_order
         t.start()
     for t in threads:
         t.join(WAIT)
-    orders = [_posted(sub, 1000, timeout=60) for sub in subs]
+    orders = [sub.posted(1000, timeout=60) for sub in subs]
     assert [m.seq for m in orders[0]] == list(range(1, 1001))
     assert orders[0] == orders[1] == orders[2]
     texts = [m.text for m in orders[0]]
@@ -256,7 +230,7 @@ def test_a_name_is_free_again_everywhere_when_its_user_leaves(cluster: Cluster, 
         sock = socket(ctx, zmq.DEALER, cluster.brokers["c"].router)
         sock.send(p.encode(p.Hello(p.VERSION, "alice")))
         assert sock.poll(WAIT * 1000)
-        [reply] = p.decode_server(sock.recv())
+        reply = p.decode_server(sock.recv())[0]  # a Welcome, then the room's key
         sock.close(0)
         if isinstance(reply, p.Welcome):
             break

@@ -616,7 +616,9 @@ def test_valid_messages_in_any_order_get_the_answers_the_protocol_says(
         while len(got) < len(expected):
             reply = replies.next()
             assert reply is not None, f"after {got}, nothing more within {WAIT}s"
-            if not isinstance(reply, p.Ping):  # a heartbeat
+            # Not modelled: heartbeats, and room keys (they follow the room's members at each
+            # send, not a request; test_roomkeys checks them)
+            if not isinstance(reply, p.Ping | p.RoomKey):
                 got.append(sig(reply))
         assert got == expected
         replies.sock.send(p.encode(p.Quit()))

@@ -39,12 +39,13 @@ def fresh_name() -> str:
 
 
 def answer(user: Raw | Replies, timeout: float = WAIT) -> p.ServerMsg:
-    """The broker's next message that is not a heartbeat."""
+    """The broker's next message that is not a heartbeat or a room key (keys follow a room's
+    members, not a request)."""
     replies = user.replies if isinstance(user, Raw) else user
     while True:
         msg = replies.next(timeout)
         assert msg is not None, f"no answer within {timeout}s"
-        if not isinstance(msg, p.Ping):
+        if not isinstance(msg, p.Ping | p.RoomKey):
             return msg
 
 

@@ -127,6 +127,7 @@ class _Running:
             Endpoints(ANY_PORT, ANY_PORT, ANY_PORT),
             store=store,
             rate=0,
+            room_keys=False,  # its subscriber reads the PUB as is; test_roomkeys seals
             log=LogWriter(self.log),
         )
         self.raised: BaseException | None = None
