@@ -150,10 +150,17 @@ def _get(queue: Any, role: str) -> dict[str, Any]:
     return result
 
 
+def _keys_flag(s: Scenario, kind: str) -> tuple[str, ...]:
+    """The broker seals the PUB only in the scenarios about keys; the relay cannot."""
+    if kind != "room":
+        return ()
+    return ("--room-keys",) if s.keys else ("--no-room-keys",)
+
+
 def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
     """One scenario against one target; the figures of that pairing."""
     ctx = mp.get_context("spawn")
-    target = Target(kind, workdir, extra=("--room-keys",) if s.keys and kind == "room" else ())
+    target = Target(kind, workdir, extra=_keys_flag(s, kind))
     try:
         results, ready = ctx.Queue(), ctx.Queue()
         if s.idle:

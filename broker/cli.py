@@ -140,9 +140,9 @@ def main() -> None:
     help="This broker's name on the backbone, unique among the brokers (needed with --backbone).",
 )
 @options.option(
-    "--room-keys",
-    is_flag=True,
-    help="Seal room events on the PUB with keys only their members get (room-client opens them).",
+    "--room-keys/--no-room-keys",
+    default=True,
+    help="Seal room events on the PUB with keys only their members get [default: on].",
 )
 @options.option(
     "--pub-hwm",

@@ -17,10 +17,12 @@ from .config import ENV_PREFIX
 
 
 def envvar(flag: str) -> str:
-    """The variable an option reads: ``--max-rooms`` -> ``ROOM_MAX_ROOMS``."""
+    """The variable an option reads: ``--max-rooms`` -> ``ROOM_MAX_ROOMS``; an on/off pair
+    ``--room-keys/--no-room-keys`` reads ``ROOM_ROOM_KEYS`` (true or false)."""
     if not flag.startswith("--"):
         raise ValueError(f"an option's first name is its long flag, not {flag!r}")
-    return f"{ENV_PREFIX}_{flag.removeprefix('--').replace('-', '_').upper()}"
+    on = flag.split("/", 1)[0]
+    return f"{ENV_PREFIX}_{on.removeprefix('--').replace('-', '_').upper()}"
 
 
 def option(flag: str, *decls: str, **kwargs: Any) -> Callable[[Any], Any]:

@@ -221,7 +221,8 @@ class Welcome(_Msg, tag="welcome"):
     heartbeat: float
     blocked: bool = False
     sealed: bool = False
-    """The broker seals room events on the PUB (``--room-keys``): open them with ``RoomKey``s."""
+    """The broker seals room events on the PUB (unless ``--no-room-keys``): open them with
+    ``RoomKey``s."""
 
 
 class Joined(_Msg, tag="joined"):
@@ -302,7 +303,7 @@ class Rooms(_Msg, tag="roomlist"):
 
 
 class RoomKey(_Msg, tag="roomkey"):
-    """The key of ``room`` from ``epoch`` on (``--room-keys``): PUB sends of the room whose
+    """The key of ``room`` from ``epoch`` on (on a sealing broker): PUB sends of the room whose
     first 8 bytes are ``epoch`` open with it (ChaCha20-Poly1305, see docs/protocol.md). Sent to
     every member whenever the members change, before the room's next send."""
 

@@ -123,7 +123,7 @@ class Broker(ClientIntake, ControlChannel):
         pub_hwm: int | None = None,
         pub_sndbuf: int | None = None,
         plugin: Plugin | None = None,
-        room_keys: bool = False,
+        room_keys: bool = True,
     ) -> None:
         self.curve = curve
         self.ctx = zmq.Context()
