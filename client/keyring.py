@@ -1,4 +1,4 @@
-"""The room keys a client holds (``--room-keys`` brokers), and what it does with a PUB body.
+"""The room keys a client holds (a sealing broker: the default), and what it does with a PUB body.
 
 A sealed body names the epoch of its key in its first bytes; a body whose key has not come yet
 (it comes over the DEALER, which may be a little behind the SUB) is held for a second, then
