@@ -63,12 +63,26 @@ HEADER = (
     help="Run the three-broker family instead: brokers a, b, c on a private nats-server "
     "(needs nats-server), beside one broker and the relay.",
 )
+@options.option(
+    "--keys",
+    is_flag=True,
+    help="Run the room-key family instead: how long a key change takes to reach every member "
+    "of a room of 1,000.",
+)
 def main(
-    quick: bool, json_path: str | None, plot_path: str | None, only: tuple[str, ...], cluster: bool
+    quick: bool,
+    json_path: str | None,
+    plot_path: str | None,
+    only: tuple[str, ...],
+    cluster: bool,
+    keys: bool,
 ) -> None:
     """Measure the broker against a bare pyzmq ROUTER->PUB relay on this machine, in one run."""
     if cluster:
         run_cluster(quick, json_path, plot_path, list(only) or None)
+        return
+    if keys:
+        run_keys(quick, json_path)
         return
     if plot_path:
         try:
@@ -105,6 +119,22 @@ def run_cluster(
         sys.exit(1)
     click.echo(cluster.HEADER)
     report = cluster.run(quick, only, echo=lambda e: click.echo(cluster.rows(e)), nats=nats)
+    m = report["machine"]
+    click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
+    if json_path:
+        Path(json_path).write_bytes(msgspec.json.encode(report))
+
+
+def run_keys(quick: bool, json_path: str | None) -> None:
+    """``--keys``: key changes in a big room, each round a member leaving and coming back."""
+    from . import keys
+
+    report = {"keys": keys.main(quick), "machine": bench.machine()}
+    k = report["keys"]
+    for what in ("leave", "join"):
+        ms = sorted(k[f"{what}_ms"])
+        click.echo(f"key change at {what} to {k['members']} members, ms over {k['rounds']} rounds: "
+                   f"median {ms[len(ms) // 2]:.1f}, worst {ms[-1]:.1f}")  # fmt: skip
     m = report["machine"]
     click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
     if json_path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import load
+from . import keys, load
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WAIT = 120.0
@@ -35,6 +35,7 @@ class Scenario:
     idle: int = 0  # for the idle scenario: connected clients, nothing sent
     hold: float = 0.0
     keys: bool = False  # the broker seals the PUB (--room-keys); the relay cannot
+    churn: bool = False  # a member leaves the room and comes back once a second (keys change)
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -45,6 +46,8 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("1->1 keys", 1, 1, 200_000 // q, keys=True),
         Scenario("1->10 keys", 1, 10, 50_000 // q, keys=True),
         Scenario("1->100", 1, 100, 10_000 // q),
+        Scenario("1->100 keys", 1, 100, 10_000 // q, keys=True),
+        Scenario("1->100 churn", 1, 100, 10_000 // q, keys=True, churn=True),
         Scenario("10 rooms", 10, 1, 200_000 // q),
         Scenario("latency 1k/s", 1, 1, 5_000 // q, rate=1_000),
         Scenario("latency 10k/s", 1, 1, 50_000 // q, rate=10_000),
@@ -186,6 +189,11 @@ def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
         subs = ctx.Process(target=load.subscribers, args=args)
         subs.start()
         ready.get(timeout=WAIT)
+        churn, stop_churn = None, ctx.Event()
+        if s.churn and kind == "room":
+            churn = ctx.Process(target=keys.churner,
+                                args=(target.router, rooms[0], stop_churn, results))  # fmt: skip
+            churn.start()
         cpu0 = target.cpu()
         send = ctx.Process(target=load.sender, args=(
             results, kind, target.router, rooms, per_room * s.senders, s.size, s.rate))  # fmt: skip
@@ -196,6 +204,11 @@ def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
         cpu = target.cpu() - cpu0
         send.join(WAIT)
         subs.join(WAIT)
+        removals = 0
+        if churn is not None:
+            stop_churn.set()
+            removals = _get(results, "churner")["removals"]
+            churn.join(WAIT)
         elapsed = max(got["last"] - sent["start"], 1e-9)
         figures = {
             "delivered": got["delivered"],
@@ -209,6 +222,8 @@ def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
         }
         if kind == "room":
             figures["acked"], figures["refused"] = sent["acked"], sent["refused"]
+        if churn is not None:
+            figures["removals"] = removals
         if sample and got["latencies"]:
             figures["latency_ms"] = percentiles(got["latencies"])
             figures["latencies_us"] = [x // 1000 for x in got["latencies"]]

@@ -42,8 +42,9 @@ def _bench(tmp_path: Path, *args: str, timeout: float) -> tuple[str, dict[str, A
 def test_quick_bench_completes_and_loses_nothing(tmp_path):
     stdout, report = _bench(tmp_path, "--quick", timeout=280)
     names = [s["name"] for s in report["scenarios"]]
-    assert names == ["1->1", "1->10", "1->1 keys", "1->10 keys", "1->100", "10 rooms",
-                     "latency 1k/s", "latency 10k/s", "1000 idle"]  # fmt: skip
+    assert names == ["1->1", "1->10", "1->1 keys", "1->10 keys", "1->100", "1->100 keys",
+                     "1->100 churn", "10 rooms", "latency 1k/s", "latency 10k/s",
+                     "1000 idle"]  # fmt: skip
     for s in report["scenarios"]:
         room = s["room"]
         if "connected" in room:  # "1000 idle" is 100 clients in a quick run: every one connects
@@ -54,6 +55,20 @@ def test_quick_bench_completes_and_loses_nothing(tmp_path):
         assert room["delivered"] == room["expected"], s
         assert s["ratio"] is not None and s["ratio"] > 0, s
     assert "ratio" in stdout.splitlines()[0]
+    churn = next(s for s in report["scenarios"] if s["name"] == "1->100 churn")
+    assert churn["room"]["removals"] >= 1  # and nothing was lost meanwhile (above)
+
+
+@pytest.mark.timeout(120)
+def test_quick_key_bench_gets_every_key_change_to_every_member(tmp_path):
+    """100 members; each round the mover leaves and comes back, and every member gets the new
+    key both times (the bench fails otherwise), later keys than before."""
+    stdout, report = _bench(tmp_path, "--keys", "--quick", timeout=100)
+    keys = report["keys"]
+    assert keys["members"] == 100
+    assert len(keys["leave_ms"]) == len(keys["join_ms"]) == keys["rounds"] == 3
+    assert all(ms > 0 for ms in keys["leave_ms"] + keys["join_ms"])
+    assert "key change at leave to 100 members" in stdout
 
 
 @pytest.mark.timeout(240)
