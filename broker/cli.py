@@ -65,6 +65,18 @@ def main() -> None:
     help="Connected users at once.",
 )
 @options.option(
+    "--max-connections",
+    default=config.DEFAULT_LIMITS.max_connections,
+    type=click.IntRange(min=2),
+    help="Chat connections open at once (ROUTER and PUB; a user holds two); more are refused.",
+)
+@options.option(
+    "--max-per-address",
+    default=config.DEFAULT_LIMITS.max_per_address,
+    type=click.IntRange(min=2),
+    help="Chat connections open at once from one IP address; more are refused.",
+)
+@options.option(
     "--max-rooms",
     default=config.DEFAULT_LIMITS.max_rooms,
     type=click.IntRange(min=1),
@@ -167,6 +179,8 @@ def start(
     burst: int,
     max_message: int,
     max_clients: int,
+    max_connections: int,
+    max_per_address: int,
     max_rooms: int,
     new_rooms: int,
     keep_messages: int,
@@ -189,6 +203,8 @@ def start(
     limits = Limits(
         max_message=max_message,
         max_clients=max_clients,
+        max_connections=max_connections,
+        max_per_address=max_per_address,
         max_rooms=max_rooms,
         max_frame=max_frame,
         new_rooms=new_rooms,

@@ -57,6 +57,8 @@ class Limits:
     max_frame: int = 64 * 1024  # MAXMSGSIZE on the ROUTER and control sockets
     max_subscription: int = 1024  # MAXMSGSIZE on the PUB socket: a subscription is one room
     # topic (at most 34 bytes), but a CURVE handshake's INITIATE (about 300 bytes) counts too
+    max_connections: int = 25_000  # chat connections open at once (ROUTER and PUB)
+    max_per_address: int = 4_096  # chat connections open at once from one IP address
     client_queue: int = 4 * 1024 * 1024  # bytes of replies queued for one client
     subscriber_queue: int = 4 * 1024 * 1024  # bytes of room events queued for one subscriber
 

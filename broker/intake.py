@@ -91,16 +91,20 @@ class ClientIntake(_Base):
         if user is not None:
             self.chat.remove(user, self.clock(), "its connection id was taken by another key")
 
-    def _count_connections(self) -> None:
-        """Count the ROUTER's connections (``stats``: also those that never said hello)."""
-        counters = self.chat.counters
+    def _count_connections(self, monitor: zmq.Socket[bytes], sock: str) -> None:
+        """Count the connections of the ROUTER or the PUB (``sock``), by address for the gate;
+        ``stats`` shows the ROUTER's (also those that never said hello)."""
+        counters, gate = self.chat.counters, self.gate
         for _ in range(BATCH):
             try:
-                event = parse_monitor_message(self.router_monitor.recv_multipart(zmq.NOBLOCK))
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
+            fd = int(event["value"])
             if event["event"] == zmq.EVENT_ACCEPTED:
-                counters.connections += 1
+                gate.accepted(sock, fd)
+                counters.connections += sock == "router"
             else:
-                counters.connections -= 1
+                gate.disconnected(sock, fd)
+                counters.connections -= sock == "router"
                 self._gone += 1

@@ -1,13 +1,14 @@
 """Room keys: the PUB carries each room's events sealed with a key only its members hold.
 
 Anyone who can reach the PUB can subscribe to any topic, so who reads a room cannot be left to
-the subscriptions. So each room has a key (ChaCha20-Poly1305, from the ``cryptography``
-package; unless the broker runs with ``--no-room-keys``), and every PUB send is sealed with it
-once, whatever it carries. The key changes whenever the room's members are not those it was
-given to (someone joined, left, was put out, fired, or dropped), before the next send: the
-newcomers get no key that opens what was sent before they came, and those who left get no key
-that opens what is sent after. Keys go to members over their own DEALER connection (``RoomKey``), and live in memory only: a
-restart starts new ones. A (key, nonce) pair never repeats: a key is random, its nonces count.
+the subscriptions. So each room has a key (ChaCha20-Poly1305, from the ``cryptography`` package;
+unless the broker runs with ``--no-room-keys``), and every PUB send is sealed with it once,
+whatever it carries. The key changes whenever the room's members are not those it was given to
+(someone joined, left, was put out, fired, or dropped), before the next send: the newcomers get
+no key that opens what was sent before they came, and those who left get no key that opens what
+is sent after. Keys go to members over their own DEALER connection (``RoomKey``), and live in
+memory only: a restart starts new ones. A (key, nonce) pair never repeats: a key is random, its
+nonces count.
 
 A sealed body is ``epoch (8 bytes, big-endian) || nonce (12 bytes) || ciphertext and tag``, the
 associated data ``topic || epoch``. Pure code: the loop asks ``seal`` for each room's send.

@@ -3,9 +3,11 @@
 The control socket is always a CURVE server whose ZAP domain accepts only the public keys on the
 admins' allow-list (``keys.AllowList``, re-read at each heartbeat tick when its files changed); a
 ``zmq.auth`` authenticator thread answers the handshakes. A monitor on the control socket reports
-refused handshakes, which the loop hands to ``Guard.refused``. With ``curve``, the ROUTER and PUB
-sockets are CURVE servers too, in a domain that accepts any client key: encryption, not client
-authentication (a user is still known by its connection and its session secret).
+refused handshakes, which the loop hands to ``Guard.refused``. The ROUTER and PUB sockets are in
+the chat domain, whose handler first asks the connection ``Gate`` (too many connections from one
+address, or in all, are refused); with ``curve`` they are CURVE servers too, accepting any client
+key: encryption, not client authentication (a user is still known by its connection and its
+session secret).
 
 ``Guard`` holds this state and answers the loop's questions; it returns log lines rather than
 writing them, and never touches the chat.
@@ -18,13 +20,15 @@ from typing import Final
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from .gate import Gate
 from .keys import AllowList, KeyDir, load_secret, short
 from .logfmt import Throttle
 
 CONTROL_DOMAIN: Final = "room-control"
 """ZAP domain of the control socket: only the admins' public keys pass."""
 CHAT_DOMAIN: Final = "room-chat"
-"""ZAP domain of the ROUTER and PUB sockets with ``curve``: any client key passes."""
+"""ZAP domain of the ROUTER and PUB sockets: connections over the ``Gate``'s caps are refused;
+with ``curve``, any client key passes."""
 REFUSED_EVENTS: Final = int(
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -43,6 +47,23 @@ class _AnyClient:
         return True
 
 
+class _Authenticator(ThreadAuthenticator):
+    """zmq.auth's handler, with the connection gate in front of the chat domain."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], gate: Gate) -> None:
+        super().__init__(ctx)
+        self.gate = gate
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 6 and msg[2] == CHAT_DOMAIN.encode():
+            why = self.gate.admit(msg[3].decode("utf-8", "replace"))
+            if why is not None:
+                self.gate.refused += 1
+                self._send_zap_reply(msg[1], b"400", why.encode())
+                return
+        await super().handle_zap_message(msg)
+
+
 def user_id(frame: zmq.Frame) -> str:
     """The CURVE User-Id (the z85 client public key, set by zmq.auth) of a received frame."""
     try:
@@ -56,28 +77,30 @@ class Guard:
     run to answer the first handshake. ``keys`` is the data dir's key directory; without it the
     broker gets a throwaway key pair and allows no admin key. Raises ``KeyFileError``."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], keys: KeyDir | None, curve: bool):
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], keys: KeyDir | None, curve: bool, gate: Gate
+    ):
         self.admins = AllowList(keys.admins if keys else None)
         _, self._secret = load_secret(keys.broker_secret) if keys else zmq.curve_keypair()
         self.curve = curve
-        self.chat_domain = CHAT_DOMAIN if curve else None
-        """The ZAP domain of the chat sockets, or None for plain ones."""
+        self.gate = gate
         self._peer_keys: dict[bytes, str] = {}
         """With ``curve``: the client key of each ROUTER peer id, so a new connection that
         claims a dead connection's id (with another key) cannot act as its user."""
         self._refused = Throttle(REFUSALS_LOGGED, "refused {} more control connections")
-        self.auth = ThreadAuthenticator(ctx)
+        self.auth = _Authenticator(ctx, gate)
         self.auth.start()
         self.auth.configure_curve_callback(CONTROL_DOMAIN, self.admins)
         if curve:
             self.auth.configure_curve_callback(CHAT_DOMAIN, _AnyClient())
 
-    def serve(self, sock: zmq.Socket[bytes], domain: str | None) -> None:
-        """Make ``sock`` (not yet bound) a CURVE server in ``domain``; None leaves it plain."""
-        if domain is not None:
+    def serve(self, sock: zmq.Socket[bytes], domain: str) -> None:
+        """Put ``sock`` (not yet bound) in ``domain``: a CURVE server, but a plain chat socket
+        without ``curve`` (its connections still pass the gate, with the NULL mechanism)."""
+        if domain == CONTROL_DOMAIN or self.curve:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
-            sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+        sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
 
     def admin(self, key: str) -> str | None:
         """The admin's name for a CURVE key on the allow-list now, else None."""
@@ -117,6 +140,12 @@ class Guard:
         """Once per heartbeat: the count of refusals not logged, a changed allow-list, and the
         keys of peers that are no user's connection forgotten. Returns the log lines."""
         lines = self._refused.tick()
+        refused = self.gate.take_refused()
+        if refused:
+            open_now, top = self.gate.open, self.gate.by_address.most_common(1)
+            busiest = f"; most from {top[0][0]} ({top[0][1]})" if top else ""
+            lines.append(f"refused {refused} chat connections over the caps ({open_now} open"
+                         f"{busiest})")  # fmt: skip
         self.admins.refused.clear()
         lines += self.refresh()
         if self.curve:

@@ -30,11 +30,12 @@ from . import protocol as p
 from .config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, PUB_SEND_BYTES, Limits
 from .control import ControlChannel, ControlRequest, unstored
 from .datadir import StartError, open_store
+from .gate import Gate
 from .intake import ClientIntake
 from .keys import KeyDir, KeyFileError
 from .logfmt import LogWriter, Throttle
 from .roomkeys import RoomKeys
-from .security import CONTROL_DOMAIN, REFUSED_EVENTS, Guard
+from .security import CHAT_DOMAIN, CONTROL_DOMAIN, REFUSED_EVENTS, Guard
 from .state import Chat, Outbox, Settings
 from .store import MemoryStore, Store, StoreError
 
@@ -135,25 +136,25 @@ class Broker(ClientIntake, ControlChannel):
         self._stopping = False
         self._bad_frames = Throttle(BAD_FRAMES_LOGGED, "{} more bad frames not logged")
         try:
-            self.guard = Guard(self.ctx, keys, curve)
+            self.gate = Gate(limits.max_per_address, limits.max_connections)
+            self.guard = Guard(self.ctx, keys, curve, self.gate)
         except KeyFileError as exc:
             self.ctx.destroy(linger=0)
             raise StartError(f"{exc}: the broker needs its key pair") from None
-        chat_domain = self.guard.chat_domain
         try:
             # Per-peer queues bounded in bytes: a send is at most about ANSWER_BYTES (replies)
             # or PUB_SEND_BYTES (room events). A peer that falls that far behind loses what
             # does not fit, and repairs it by retry or sequence number: the broker never waits.
             router_options = {zmq.SNDHWM: limits.router_hwm, zmq.RCVHWM: ROUTER_RCVHWM}
             self.router = self._bind(
-                zmq.ROUTER, endpoints.router, limits.max_frame, chat_domain, router_options
+                zmq.ROUTER, endpoints.router, limits.max_frame, CHAT_DOMAIN, router_options
             )
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             pub_options = {zmq.SNDHWM: limits.pub_hwm if pub_hwm is None else pub_hwm}
             if pub_sndbuf is not None:  # tests: a small kernel buffer makes a slow peer drop
                 pub_options[zmq.SNDBUF] = pub_sndbuf
             self.pub = self._bind(
-                zmq.PUB, endpoints.pub, limits.max_subscription, chat_domain, pub_options
+                zmq.PUB, endpoints.pub, limits.max_subscription, CHAT_DOMAIN, pub_options
             )
             self.control = self._bind(
                 zmq.ROUTER, endpoints.control, limits.max_frame, CONTROL_DOMAIN
@@ -164,6 +165,7 @@ class Broker(ClientIntake, ControlChannel):
             raise
         self.control_monitor = self._monitor(self.control, REFUSED_EVENTS)
         self.router_monitor = self._monitor(self.router, _CONNECTION_EVENTS)
+        self.pub_monitor = self._monitor(self.pub, _CONNECTION_EVENTS)
         self._gone = 0  # connections closed since the last tick
         self.endpoints = Endpoints(
             self._endpoint(self.router), self._endpoint(self.pub), self._endpoint(self.control)
@@ -195,13 +197,12 @@ class Broker(ClientIntake, ControlChannel):
         kind: int,
         endpoint: str,
         max_frame: int,
-        domain: str | None,
+        domain: str,
         options: dict[int, int] | None = None,
     ) -> zmq.Socket[bytes]:
-        """Bind a socket with ``MAXMSGSIZE`` and ``options``; with a ZAP ``domain``, as a CURVE
-        server. Every option is set before the bind: libzmq copies them into the listener then,
-        and an option set later never reaches the connections it accepts (high-water marks,
-        buffer sizes)."""
+        """Bind a socket with ``MAXMSGSIZE`` and ``options``, in a ZAP ``domain``. Every option
+        is set before the bind: libzmq copies them into the listener then, and an option set
+        later never reaches the connections it accepts (high-water marks, buffer sizes)."""
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
@@ -278,8 +279,9 @@ class Broker(ClientIntake, ControlChannel):
     def _close_sockets(self, linger: int) -> None:
         self.control.disable_monitor()
         self.control_monitor.close(linger=0)
-        self.router.disable_monitor()
-        self.router_monitor.close(linger=0)
+        for sock, monitor in ((self.router, self.router_monitor), (self.pub, self.pub_monitor)):
+            sock.disable_monitor()
+            monitor.close(linger=0)
         for sock in (self.router, self.pub, self.control):
             sock.close(linger=linger)
         self.guard.stop()
@@ -293,6 +295,7 @@ class Broker(ClientIntake, ControlChannel):
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.control_monitor, zmq.POLLIN)
         poller.register(self.router_monitor, zmq.POLLIN)
+        poller.register(self.pub_monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         plugin = self.plugin
         if plugin is not None:
@@ -309,7 +312,9 @@ class Broker(ClientIntake, ControlChannel):
             if self.control in ready:
                 self._drain_control()
             if self.router_monitor in ready:
-                self._count_connections()
+                self._count_connections(self.router_monitor, "router")
+            if self.pub_monitor in ready:
+                self._count_connections(self.pub_monitor, "pub")
             if self.control_monitor in ready:
                 self._drain_monitor()
             now = self.clock()

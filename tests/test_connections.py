@@ -10,6 +10,8 @@ import zmq
 from conftest import running_broker
 from procs import WAIT, Canary, ctl
 
+from broker import protocol as p
+
 FLOOD = 2_000
 ROUNDS = 3
 
@@ -66,3 +68,43 @@ def test_a_flood_of_silent_connections_is_counted_and_its_memory_returns(
             canary.chat()
         finally:
             canary.close()
+
+
+def test_connections_over_the_per_address_cap_are_refused_and_the_room_chats_on(
+    tmp_path: Path, ctx: zmq.Context
+):
+    """Everything here comes from 127.0.0.1: with --max-per-address 40, the canary's four
+    connections and some of 100 more get in (24 in one run); the rest are refused in their handshake (the
+    broker logs how many), the canary chats on, and once the flood closes a new user gets in."""
+    from conftest import client_factory
+
+    with running_broker(tmp_path / "data", "--max-per-address", "40", "--rate", "0") as broker:
+        canary = Canary(ctx, broker)
+        flood = []
+        for i in range(100):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(broker.router)
+            sock.send(p.encode(p.Hello(p.VERSION, f"flood{i}")))
+            flood.append(sock)
+        welcomed: set[zmq.Socket] = set()
+        deadline = time.monotonic() + 3  # what gets in answers in well under a second
+        while time.monotonic() < deadline:
+            for sock in flood:
+                if sock in welcomed or not sock.poll(0):
+                    continue
+                if any(isinstance(m, p.Welcome) for m in p.decode_server(sock.recv())):
+                    welcomed.add(sock)
+            canary.chat()
+        # At most 41 in all (the gate may count a connection before its own handshake), the
+        # canary's 4 among them; connections still in their handshake hold places too.
+        assert 0 < len(welcomed) <= 37, f"{len(welcomed)} of the flood got in"
+        broker.expect(r"refused \d+ chat connections over the caps \(\d+ open; most from "
+                      r"127\.0\.0\.1 \(\d+\)\)")  # fmt: skip
+        for sock in flood:
+            sock.close(0)
+        with client_factory(broker) as clients:
+            late = clients.join("late")  # the gate counted the flood out again
+            late.send("made it")
+            canary.chat()
+        canary.close()
