@@ -74,8 +74,9 @@ def test_connections_over_the_per_address_cap_are_refused_and_the_room_chats_on(
     tmp_path: Path, ctx: zmq.Context
 ):
     """Everything here comes from 127.0.0.1: with --max-per-address 40, the canary's four
-    connections and some of 100 more get in (24 in one run); the rest are refused in their handshake (the
-    broker logs how many), the canary chats on, and once the flood closes a new user gets in."""
+    connections and some of 100 more get in (24 in one run); the rest are refused in their
+    handshake (the broker logs how many), the canary chats on, and once the flood closes a new
+    user gets in."""
     from conftest import client_factory
 
     with running_broker(tmp_path / "data", "--max-per-address", "40", "--rate", "0") as broker:
