@@ -143,12 +143,12 @@ def test_a_message_sent_on_a_reaches_b_and_c_with_the_same_sequence_number(
 ):
     a, b, c = (cluster.brokers[n] for n in "abc")
     subs = [_sub(ctx, broker) for broker in (a, b, c)]
+    bob = cluster.client("b", "bob")  # before alice, who would be silent while they start
+    carol = cluster.client("c", "carol")
     alice = Raw(ctx, a.router, "alice")
     ack = alice.say("hello from a")
     seen = [sub.posted(1)[0] for sub in subs]
     assert {(m.seq, m.sender, m.text) for m in seen} == {(ack.seq, "alice", "hello from a")}
-    bob = cluster.client("b", "bob")
-    carol = cluster.client("c", "carol")
     alice.say("second")
     bob.expect(r"^\[public\] alice: second$")
     carol.expect(r"^\[public\] alice: second$")
