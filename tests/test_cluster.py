@@ -142,9 +142,11 @@ def test_a_message_sent_on_a_reaches_b_and_c_with_the_same_sequence_number(
     cluster: Cluster, ctx: zmq.Context
 ):
     a, b, c = (cluster.brokers[n] for n in "abc")
-    subs = [_sub(ctx, broker) for broker in (a, b, c)]
-    bob = cluster.client("b", "bob")  # before alice, who would be silent while they start
+    # The terminal clients first: the raw users are silent while they start, and a loaded
+    # machine can take more than their 5 heartbeats to start two.
+    bob = cluster.client("b", "bob")
     carol = cluster.client("c", "carol")
+    subs = [_sub(ctx, broker) for broker in (a, b, c)]
     alice = Raw(ctx, a.router, "alice")
     ack = alice.say("hello from a")
     seen = [sub.posted(1)[0] for sub in subs]
