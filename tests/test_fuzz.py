@@ -356,7 +356,11 @@ class Live:
     def chat(self) -> None:
         """The canary says something now (it must not be silent for a heartbeat timeout)."""
         assert self.canary is not None
-        self.canary.chat()
+        try:
+            self.canary.chat()
+        except AssertionError as exc:  # what the broker said lately tells why
+            said = [*self.broker.seen, *self.broker.lines.queue][-20:]
+            raise AssertionError(f"{exc}; the broker's last lines: {said}") from exc
         self.chatted = time.monotonic()
 
     def socket(self, kind: int, endpoint: str, **curve: bytes) -> zmq.Socket:
