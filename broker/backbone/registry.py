@@ -24,6 +24,7 @@ from .events import BlockChanged, Claimed, Reset
 from .layout import (
     BLOCKED,
     CALL_TIMEOUT,
+    CLAIM_TIMEOUT,
     EPOCH_KEY,
     EPOCHS,
     LEASE,
@@ -69,7 +70,7 @@ class Registry:
         follow every bucket. Returns the blocklist."""
         kv = self.link.kv
         for bucket, ttl in ((NAMES, None), (BLOCKED, None), (NODES, LEASE), (EPOCHS, None)):
-            kv[bucket] = await self.link.js.create_key_value(bucket=bucket, ttl=ttl)
+            await self.link.bucket(bucket, ttl)
         try:  # a lease nobody else holds: two brokers as one node would free each other's names
             self._endpoints = endpoints.encode()
             await kv[NODES].create(self.node, self._endpoints)
@@ -161,7 +162,7 @@ class Registry:
 
     async def _claim_and_say(self, name: str, session: str, resume: str) -> None:
         try:
-            result = await asyncio.wait_for(self.claim(name, session, resume), CALL_TIMEOUT)
+            result = await asyncio.wait_for(self.claim(name, session, resume), CLAIM_TIMEOUT)
         except Exception as exc:
             reason = f"{UNREACHABLE} ({type(exc).__name__})"
             self.link.emit(Claimed(name, p.Code.UNAVAILABLE, reason))
@@ -177,24 +178,27 @@ class Registry:
         First this broker catches up with the stream: a message its user's last broker stored
         just before it died is then in the mirror, with its id, so a retry here is acknowledged
         with the stored number instead of being stored twice."""
-        await self._catch_up()
+        patient = self.link.patient
+        await patient(self._catch_up)
         kv = self.link.kv[NAMES]
+        mine = f"{self.node} {session}".encode()
         if not resume:
             try:
-                await kv.create(name, f"{self.node} {session}".encode())
+                await patient(lambda: kv.create(name, mine))
             except nats.js.errors.KeyWrongLastSequenceError:
                 return p.Code.NAME_TAKEN
             self.held[name] = session
             return session
         try:
-            entry = await kv.get(name)
+            entry = await patient(lambda: kv.get(name))
         except nats.js.errors.KeyNotFoundError:
             return p.Code.BAD_SESSION
         node, _, held = (entry.value or b"").decode().partition(" ")
         if resume != held:
             return p.Code.NAME_TAKEN
         try:
-            await kv.update(name, f"{self.node} {held}".encode(), last=entry.revision)
+            mine = f"{self.node} {held}".encode()
+            await patient(lambda: kv.update(name, mine, last=entry.revision))
         except nats.js.errors.KeyWrongLastSequenceError:
             return p.Code.NAME_TAKEN
         if node != self.node:
