@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import zmq
@@ -35,6 +37,7 @@ if find_nats() is None:
 FAST = ("--heartbeat", "0.2", "--rate", "0")
 LEASE = 5.0  # broker.backbone.layout.LEASE, not imported: the tests load no nats-py but here
 NODE_IDS = itertools.count(1)
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,11 @@ class Brokers:
         self.procs: list[BrokerProc | ClientProc] = []
         self.test = next(NODE_IDS)
 
+    def node(self, name: str) -> str:
+        return f"t{self.test}{name}"
+
     def start(self, name: str, *extra: str) -> BrokerProc:
-        node = f"t{self.test}{name}"
+        node = self.node(name)
         broker = BrokerProc(
             self.tmp / name, "--backbone", self.nats.urls, "--node-id", node, *FAST, *extra
         )
@@ -97,19 +103,40 @@ def brokers(tmp_path: Path, nats: NatsCluster) -> Iterator[Brokers]:
         nats.start()
 
 
-def stream_leader(nats: NatsCluster) -> str:
-    """The name of the NATS server leading the room stream (the JetStream API says)."""
+def ask_nats(nats: NatsCluster, question: Callable[[Any], Awaitable[T]]) -> T:
+    """``question(js)`` on a connection of the test's own to the cluster's JetStream."""
     import nats as nats_py  # only this helper talks to NATS itself
 
-    async def ask() -> str:
+    async def ask() -> T:
         nc = await nats_py.connect(servers=nats.urls.split(","), connect_timeout=2)
         try:
-            info = await nc.jetstream(timeout=2).stream_info("ROOM")
-            return info.cluster.leader
+            return await question(nc.jetstream(timeout=2))
         finally:
             await nc.close()
 
     return asyncio.run(ask())
+
+
+def stream_leader(nats: NatsCluster) -> str:
+    """The name of the NATS server leading the room stream (the JetStream API says)."""
+
+    async def leader(js: Any) -> str:
+        return (await js.stream_info("ROOM")).cluster.leader
+
+    return ask_nats(nats, leader)
+
+
+def wait_lease_lapsed(nats: NatsCluster, node: str) -> None:
+    """Until a killed broker's lease has lapsed (its key gone from the leases bucket)."""
+
+    async def gone(js: Any) -> None:
+        kv = await js.key_value("room-nodes")
+        deadline = time.monotonic() + LEASE + WAIT
+        while node in await kv.keys():
+            assert time.monotonic() < deadline, f"the lease of {node} never lapsed"
+            await asyncio.sleep(0.1)
+
+    ask_nats(nats, gone)
 
 
 def history(ctx: zmq.Context, broker: BrokerProc, room: str) -> list[p.Posted]:
@@ -133,6 +160,17 @@ def say_until_acked(raw: Raw, text: str, timeout: float = 20.0) -> p.Ack:
         assert reply.code == p.Code.UNAVAILABLE, reply
         assert time.monotonic() < deadline, f"{text!r} still refused after {timeout}s: {reply}"
         time.sleep(0.2)
+
+
+def joined_when_back(ctx: zmq.Context, broker: BrokerProc, name: str, room: str) -> Raw:
+    """A raw user in ``room``, its hello repeated while refused (the backbone coming back)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return Raw(ctx, broker.router, name, room)
+        except AssertionError:
+            assert time.monotonic() < deadline, f"{name} still refused after 30s"
+            time.sleep(0.2)
 
 
 def room_lines(client: ClientProc, room: str, count: int, timeout: float = 60) -> list[str]:
@@ -227,3 +265,127 @@ def test_kill9_of_the_stream_leader_during_a_flood_loses_nothing_and_the_node_re
     assert ack.seq == 2 * per_sender + 1
     for reader in readers:
         assert room_lines(reader, room, 1) == ["after: after the election"]
+
+
+# ---- restarts, leases, resets, and the whole backbone away -------------------------------------
+
+
+def test_a_full_restart_keeps_two_rooms_history_the_blocklist_and_the_room_list(
+    brokers: Brokers, nats: NatsCluster, ctx: zmq.Context
+):
+    a, b = brokers.start("a"), brokers.start("b")
+    said = {"keep1": [f"one {i}" for i in range(30)], "keep2": [f"two {i}" for i in range(20)]}
+    for (room, texts), broker in zip(said.items(), (a, b), strict=True):
+        writer = Raw(ctx, broker.router, f"writer{room}", room)
+        for text in texts:
+            say_until_acked(writer, text)
+        writer.close()
+    assert ctl(b, "block", "mallory").returncode == 0
+    before = {room: history(ctx, a, room) for room in said}
+
+    for name in "ab":  # every broker, then every NATS server
+        brokers.stop(name)
+    nats.stop()
+    nats.start()
+    a, b = brokers.by_name["a"] = a.restart(), b.restart()
+    brokers.by_name["b"] = b
+    brokers.procs += [a, b]
+
+    for broker in (a, b):
+        for room, texts in said.items():
+            kept = history(ctx, broker, room)
+            assert kept == before[room]
+            assert [m.text for m in kept] == texts
+    mallory = Raw(ctx, b.router, "mallory")
+    mallory.send(p.Say("back?", next(MIDS)))
+    assert mallory.expect(p.Refused).code == p.Code.BLOCKED
+    mallory.close()
+    rooms = ctl(a, "--json", "rooms")
+    assert rooms.returncode == 0, rooms.stderr
+    listed = {r["name"]: r["seq"] for r in json.loads(rooms.stdout)["data"]["rooms"]}
+    assert listed["keep1"] == 30 and listed["keep2"] == 20, listed
+
+
+def test_the_names_of_a_killed_broker_are_free_within_its_lease_and_a_second(
+    brokers: Brokers, ctx: zmq.Context
+):
+    a, b = brokers.start("a"), brokers.start("b")
+    alice = Raw(ctx, a.router, "alice")
+    alice.say("here on a")
+    a.kill9()
+    killed = time.monotonic()
+    while True:  # a bare hello, repeated until the name is free
+        raw = ctx.socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(b.router)
+        raw.send(p.encode(p.Hello(p.VERSION, "alice")))
+        assert raw.poll(WAIT * 1000), "b did not answer a hello"
+        [reply] = p.decode_server(raw.recv())
+        raw.close(0)
+        if isinstance(reply, p.Welcome):
+            break
+        assert isinstance(reply, p.Error) and reply.code == p.Code.NAME_TAKEN, reply
+        assert time.monotonic() - killed < LEASE + 1, "alice is still taken past the lease"
+        time.sleep(0.1)
+    print(f"alice free on b {time.monotonic() - killed:.1f}s after a was killed")
+
+
+def test_a_broker_stopped_during_a_reset_follows_it_when_it_comes_back(
+    brokers: Brokers, ctx: zmq.Context
+):
+    a, _, c = (brokers.start(name) for name in "abc")
+    carol = brokers.client("c", "carol", "rs")
+    for i in range(5):
+        carol.send(f"before {i}")
+        carol.expect(rf"^\[rs\] carol: before {i}$")
+    c.kill9()  # not a clean stop: that says goodbye, and carol would leave
+    carol.expect(r"lost the broker")
+    reset = ctl(a, "reset")
+    assert reset.returncode == 0, reset.stderr
+    wait_lease_lapsed(brokers.nats, brokers.node("c"))  # the same --node-id comes back
+    c = brokers.by_name["c"] = c.restart()
+    brokers.procs.append(c)
+    carol.expect(r"^\* the broker lost the history of rs$", timeout=20)
+    assert history(ctx, c, "rs") == []
+    carol.send("after the reset")
+    carol.expect(r"^\[rs\] carol: after the reset$")
+    [posted] = history(ctx, c, "rs")
+    assert (posted.seq, posted.text) == (1, "after the reset")
+    assert history(ctx, a, "rs") == [posted]
+
+
+def test_without_any_nats_server_users_stay_and_everything_is_back_with_nats(
+    brokers: Brokers, nats: NatsCluster, ctx: zmq.Context
+):
+    a, b = brokers.start("a"), brokers.start("b")
+    alice = brokers.client("a", "alice", "away")
+    bob = brokers.client("a", "bob", "away")
+    carol = brokers.client("b", "carol", "away")
+    assert ctl(a, "block", "mallory").returncode == 0
+    nats.stop()
+    raw = ctx.socket(zmq.DEALER)  # a new user is refused at hello, with one line
+    raw.linger = 0
+    raw.connect(a.router)
+    raw.send(p.encode(p.Hello(p.VERSION, "dave")))
+    assert raw.poll(WAIT * 1000)
+    [refusal] = p.decode_server(raw.recv())
+    raw.close(0)
+    assert isinstance(refusal, p.Error) and refusal.code == p.Code.UNAVAILABLE, refusal
+    assert "try again" in refusal.reason and "\n" not in refusal.reason
+    for verb, name in (("block", "eve"), ("unblock", "mallory")):
+        done = ctl(a, "--json", verb, name)
+        assert done.returncode != 0
+        assert json.loads(done.stdout)["code"] == "unavailable", done.stdout
+    alice.send("/msg bob still here?")  # the same broker: no NATS needed
+    bob.expect(r"^\[@bob\] alice: still here\?$")
+    alice.send("to the room")
+    alice.expect(r"not delivered: the chat backbone \(NATS\) is unreachable: try again shortly")
+
+    nats.start()
+    say_until_acked(joined_when_back(ctx, a, "dave", "away"), "dave is in")
+    for client in (alice, bob, carol):
+        client.expect(r"^\[away\] dave: dave is in$", timeout=20)
+    assert ctl(b, "block", "eve").returncode == 0
+    assert ctl(a, "unblock", "mallory").returncode == 0
+    carol.send("/msg alice across brokers again")
+    alice.expect(r"^\[@alice\] carol: across brokers again$")
