@@ -34,7 +34,7 @@ class SharedAccess:
     async def create(self) -> Access:
         """Make the bucket, read it, and follow it (``follow``: the registry's follower)."""
         kv = await self.link.bucket(ACCESS)
-        watcher = await kv.watchall()
+        watcher = await self.link.making(kv.watchall)
         try:
             while (entry := await watcher.updates(timeout=2.0)) is not None:
                 if entry.operation is None:

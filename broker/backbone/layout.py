@@ -38,6 +38,9 @@ DUPLICATE_WINDOW: Final = 120.0
 """Seconds JetStream remembers a message id: a client's retry comes well within this."""
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds a starting broker tries to reach the backbone before it gives up with one line."""
+MAKE_TIMEOUT: Final = 20.0
+"""Seconds a starting broker keeps making its stream and buckets while a NATS cluster that has
+just started elects leaders and places replicas (three brokers at once keep it busy)."""
 CALL_TIMEOUT: Final = 2.0
 """Seconds the backbone's thread gives a claim, a block or a purge."""
 VERDICT_TIMEOUT: Final = 10.0

@@ -22,7 +22,7 @@ import nats.js.errors
 
 from ..store import StoreError
 from .events import Event, LogNote
-from .layout import CALL_TIMEOUT, ORIGIN, UNREACHABLE, shown_urls
+from .layout import CALL_TIMEOUT, MAKE_TIMEOUT, ORIGIN, UNREACHABLE, shown_urls
 
 T = TypeVar("T")
 
@@ -168,9 +168,25 @@ class Link:
             except ELECTING:
                 await asyncio.sleep(0.1)
 
+    @staticmethod
+    async def making(make: Callable[[], Awaitable[T]]) -> T:
+        """``make()`` (creating a stream or bucket: the same again does no harm), made again
+        while the cluster elects leaders or is slow to place replicas, for ``MAKE_TIMEOUT``."""
+        deadline = time.monotonic() + MAKE_TIMEOUT
+        while True:
+            try:
+                return await make()
+            except (*ELECTING, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
+
     async def bucket(self, name: str, ttl: float | None = None) -> Any:
         """Make (or open) a key-value bucket with ``replicas`` copies, kept in ``kv``. A bucket
         made before with another replica count is changed to this one (JetStream moves it)."""
+        return await self.making(lambda: self._bucket(name, ttl))
+
+    async def _bucket(self, name: str, ttl: float | None) -> Any:
         try:
             kv = await self.js.create_key_value(bucket=name, ttl=ttl, replicas=self.replicas)
         except nats.js.errors.BadRequestError:  # exists, made with other settings

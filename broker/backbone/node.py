@@ -13,7 +13,7 @@ from .access import SharedAccess
 from .bus import Bus
 from .events import Record
 from .layout import ACCESS, CONNECT_TIMEOUT, INSUFFICIENT_RESOURCES
-from .link import Link
+from .link import ELECTING, Link
 from .registry import Registry
 from .stream import Stream
 
@@ -54,32 +54,29 @@ class Backbone:
                 f"cannot reach the backbone at {link.url} ({why}): "
                 "start nats-server -js there, or check --backbone and its credentials"
             ) from None
-        deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT
-        while True:  # a cluster that has just started elects its JetStream leader first
-            try:
-                await self.stream.create()
-                break
-            except (TimeoutError, nats.js.errors.ServiceUnavailableError):
-                if asyncio.get_running_loop().time() > deadline:
-                    raise StoreError(
-                        f"the NATS server at {link.url} has no JetStream: start it with -js "
-                        "(a cluster: check that its servers reach each other)"
-                    ) from None
-                await asyncio.sleep(0.25)
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == INSUFFICIENT_RESOURCES:
-                    raise StoreError(
-                        f"the backbone cannot keep {link.replicas} copies of the stream: give "
-                        "--replicas at most the number of NATS servers in the cluster"
-                    ) from None
-                raise
+        try:  # a cluster that has just started elects its JetStream leader first
+            await link.making(self.stream.create)
+        except (TimeoutError, *ELECTING):
+            raise StoreError(
+                f"the NATS server at {link.url} has no JetStream: start it with -js "
+                "(a cluster: check that its servers reach each other)"
+            ) from None
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == INSUFFICIENT_RESOURCES:
+                raise StoreError(
+                    f"the backbone cannot keep {link.replicas} copies of the stream: give "
+                    "--replicas at most the number of NATS servers in the cluster"
+                ) from None
+            raise
         blocked = await self.registry.create(endpoints)
         access = await self.access.create()
-        await self.registry.follow(
-            ACCESS, lambda e: self.access.on_change(e.key, e.value, e.operation is not None)
+        await link.making(
+            lambda: self.registry.follow(
+                ACCESS, lambda e: self.access.on_change(e.key, e.value, e.operation is not None)
+            )
         )
-        history = await self.stream.history()
-        await self.stream.follow()
+        history = await link.making(self.stream.history)
+        await link.making(self.stream.follow)
         await self.bus.listen()
         return history, blocked, access
 

@@ -73,25 +73,26 @@ class Registry:
             await self.link.bucket(bucket, ttl)
         try:  # a lease nobody else holds: two brokers as one node would free each other's names
             self._endpoints = endpoints.encode()
-            await kv[NODES].create(self.node, self._endpoints)
+            await self.link.patient(lambda: kv[NODES].create(self.node, self._endpoints))
         except nats.js.errors.KeyWrongLastSequenceError:
             raise StoreError(
                 f"another broker is node {self.node} on the backbone (or was, less than "
                 f"{LEASE:g}s ago): choose another --node-id, or wait"
             ) from None
         self.nodes = {self.node}
-        blocked = {e.key for e in await self._entries(BLOCKED)}
-        for e in await self._entries(NAMES):
+        making = self.link.making
+        blocked = {e.key for e in await making(lambda: self._entries(BLOCKED))}
+        for e in await making(lambda: self._entries(NAMES)):
             node, _, session = (e.value or b"").decode().partition(" ")
             self.names[e.key] = (node, session, e.revision or 0)
         for name, (node, _, revision) in list(self.names.items()):
             if node == self.node:  # held by this node's previous life: nobody holds them now
                 await self._release(name, revision)
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            self.epoch = int((await kv[EPOCHS].get(EPOCH_KEY)).value or b"0")
-        await self.follow(NAMES, self._on_name)
-        await self.follow(BLOCKED, self._on_block)
-        await self.follow(EPOCHS, self._on_epoch)
+            self.epoch = int((await making(lambda: kv[EPOCHS].get(EPOCH_KEY))).value or b"0")
+        for bucket, apply in ((NAMES, self._on_name), (BLOCKED, self._on_block)):
+            await making(lambda b=bucket, a=apply: self.follow(b, a))
+        await making(lambda: self.follow(EPOCHS, self._on_epoch))
         return blocked
 
     async def leave(self) -> None:
