@@ -24,7 +24,7 @@ from typing import Final
 
 NATS_DIRS: Final = "/usr/sbin:/usr/local/sbin:/usr/local/bin"
 """Where Debian and the upstream tarball put nats-server, in case PATH does not say."""
-START_WAIT: Final = 20.0
+START_WAIT: Final = 45.0
 """Seconds a node (or the cluster's JetStream) may take to come up."""
 CLUSTER: Final = "room"
 
@@ -76,6 +76,7 @@ class NatsNode:
         deadline = time.monotonic() + START_WAIT
         while not _listening(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill9()
                 raise RuntimeError(f"nats-server {self.name} did not start (see {self.log})")
             time.sleep(0.02)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,7 @@ class Stream:
         """The stream sequence of the last message the consumer delivered."""
         self._writers: dict[str, _RoomWriter] = {}
         self._order = Order()
-        self._verdicts: dict[int, bool] = {}  # stream sequence -> admitted, the latest ones
+        self._verdicts: OrderedDict[int, bool] = OrderedDict()  # stream seq -> admitted
         self._moved = asyncio.Event()  # set (and replaced) at each message the consumer reads
 
     # ---- start ----------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class Stream:
                 self.link.emit(Delivered(record))
         self._verdicts[sseq] = admitted
         if len(self._verdicts) > VERDICTS_KEPT:
-            del self._verdicts[next(iter(self._verdicts))]
+            self._verdicts.popitem(last=False)  # O(1), where a dict's first is not
         self.received = sseq
         moved, self._moved = self._moved, asyncio.Event()
         moved.set()
