@@ -136,9 +136,8 @@ class Stream:
             self.link.emit(LogNote(f"backbone: unreadable stream message {sseq} skipped"))
             records = None
         admitted = records is not None and self._order.admit(records)
-        if admitted:
-            for record in records:
-                self.link.emit(Delivered(record))
+        if admitted and records:
+            self.link.emit(Delivered(records))
         self._verdicts[sseq] = admitted
         if len(self._verdicts) > VERDICTS_KEPT:
             self._verdicts.popitem(last=False)  # O(1), where a dict's first is not
