@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 import zmq
-from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, ctl
+from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, broker_argv, ctl
 
 from bench.natscluster import NatsCluster, find_nats
 from broker import protocol as p
@@ -389,3 +390,19 @@ def test_without_any_nats_server_users_stay_and_everything_is_back_with_nats(
     assert ctl(a, "unblock", "mallory").returncode == 0
     carol.send("/msg alice across brokers again")
     alice.expect(r"^\[@alice\] carol: across brokers again$")
+
+
+def test_more_replicas_than_nats_servers_or_replicas_without_a_backbone_is_one_line(
+    nats: NatsCluster, tmp_path: Path
+):
+    for extra, line in (
+        (("--backbone", nats.urls, "--node-id", "r5", "--replicas", "5"),
+         "room-broker: the backbone cannot keep 5 copies of the stream: give --replicas at most "
+         "the number of NATS servers in the cluster"),
+        (("--replicas", "3"),
+         "room-broker: --replicas is for a broker on a backbone: give --backbone too"),
+    ):  # fmt: skip
+        argv = broker_argv(tmp_path / "x", *extra)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT * 3)
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines() == [line]

@@ -52,8 +52,9 @@ leader for the names bucket (one of its servers died), short of the client's own
 GATHER_TIMEOUT: Final = 1.0
 """Seconds an admin command waits for every broker's answer."""
 WRONG_LAST_SEQUENCE: Final = (10071, 10164)
-INSUFFICIENT_RESOURCES: Final = 10023
-"""JetStream's error code for more replicas than the cluster has servers."""
+NO_PLACEMENT: Final = (10005, 10023, 10074)
+"""JetStream's error codes for more replicas than the cluster has servers (no peers for the
+placement, insufficient resources, replicas on a server that is not clustered)."""
 LEASE: Final = 5.0
 """Seconds a broker's lease lasts without renewal; its names are freed when it lapses. Renewed
 every second: a loaded machine may delay a renewal, and a lapse frees the names of live users."""

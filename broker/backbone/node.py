@@ -12,7 +12,7 @@ from ..store import StoreError
 from .access import SharedAccess
 from .bus import Bus
 from .events import Record
-from .layout import ACCESS, CONNECT_TIMEOUT, INSUFFICIENT_RESOURCES
+from .layout import ACCESS, CONNECT_TIMEOUT, NO_PLACEMENT
 from .link import ELECTING, Link
 from .registry import Registry
 from .stream import Stream
@@ -62,7 +62,7 @@ class Backbone:
                 "(a cluster: check that its servers reach each other)"
             ) from None
         except nats.js.errors.APIError as exc:
-            if exc.err_code == INSUFFICIENT_RESOURCES:
+            if exc.err_code in NO_PLACEMENT:
                 raise StoreError(
                     f"the backbone cannot keep {link.replicas} copies of the stream: give "
                     "--replicas at most the number of NATS servers in the cluster"

@@ -36,6 +36,7 @@ from .events import (
 from .layout import (
     CALL_TIMEOUT,
     DUPLICATE_WINDOW,
+    NO_PLACEMENT,
     RESET_SUBJECT,
     STREAM,
     SUBJECT,
@@ -86,8 +87,10 @@ class Stream:
         )
         try:
             await self.link.js.add_stream(config)
-        except nats.js.errors.BadRequestError:  # exists with other limits: ours win
-            await self.link.js.update_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code in NO_PLACEMENT:  # more replicas than servers: the caller says so
+                raise
+            await self.link.js.update_stream(config)  # exists with other limits: ours win
 
     async def history(self) -> list[Record]:
         """Every stored message (the stream keeps ``keep`` per room), in stream order; the
