@@ -273,3 +273,12 @@ def test_order_keeps_a_batch_only_where_the_rooms_numbering_goes_on() -> None:
     assert order.admit(batch("q", 1, 1)) and order.admit(batch("r", 5006, 1))
     assert order.admit([])  # a reset
     assert order.admit(batch("r", 1, 2)) and not order.admit(batch("r", 1, 1))
+
+
+def test_backbone_urls_repeated_or_comma_separated_and_the_replicas_they_get() -> None:
+    from broker.backbone.layout import default_replicas, split_urls
+
+    given = ("nats://a:1, nats://b:2", "nats://c:3,nats://a:1", "")
+    assert split_urls(given) == ["nats://a:1", "nats://b:2", "nats://c:3"]
+    assert split_urls("nats://a:1") == ["nats://a:1"]
+    assert [default_replicas(["u"] * n) for n in (1, 2, 3, 5)] == [1, 1, 3, 3]
