@@ -321,10 +321,11 @@ def test_the_names_of_a_killed_broker_are_free_within_its_lease_and_a_second(
         raw.connect(b.router)
         raw.send(p.encode(p.Hello(p.VERSION, "alice")))
         assert raw.poll(WAIT * 1000), "b did not answer a hello"
-        [reply] = p.decode_server(raw.recv())
+        replies = p.decode_server(raw.recv())  # a Welcome may come with the room's key
         raw.close(0)
-        if isinstance(reply, p.Welcome):
+        if any(isinstance(reply, p.Welcome) for reply in replies):
             break
+        [reply] = replies
         assert isinstance(reply, p.Error) and reply.code == p.Code.NAME_TAKEN, reply
         assert time.monotonic() - killed < LEASE + 1, "alice is still taken past the lease"
         time.sleep(0.1)
