@@ -1,5 +1,6 @@
 """The three-broker family (``room-bench --cluster``): brokers a, b and c sharing rooms over a
-private nats-server (JetStream), beside one broker without a backbone and the bare relay.
+private nats-server (JetStream, R1) and over a three-node NATS cluster (R3: ``natscluster``),
+beside one broker without a backbone and the bare relay.
 
 Each scenario runs once against each of the three deployments, with the same senders and
 subscribers: one subscriber process per place ("a", "b", "c"), one sender process per writer.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import re
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -24,21 +24,17 @@ from queue import Empty
 from typing import Any, Final
 
 from . import load
+from .natscluster import NatsCluster, find_nats
 from .run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
 
 NODES: Final = ("a", "b", "c")
 ROOM: Final = "bench"
 SIZE: Final = 32
-NATS_DIRS: Final = "/usr/sbin:/usr/local/sbin:/usr/local/bin"
-"""Where Debian and the upstream tarball put nats-server, in case PATH does not say."""
-KINDS: Final = ("cluster", "single", "relay")
+KINDS: Final = ("cluster", "r3", "single", "relay")
+"""``cluster``: one nats-server (R1); ``r3``: three, the stream and buckets on each (R3)."""
+BACKBONES: Final = ("cluster", "r3")
 FIGURES: Final = ("delivered", "expected", "lost", "repaired", "gone", "duplicates")
 """What each place's subscriber counts (``gone``: missed and no longer stored: lost for good)."""
-
-
-def find_nats() -> str | None:
-    """The nats-server binary: PATH first, then the usual sbin directories."""
-    return shutil.which("nats-server") or shutil.which("nats-server", path=NATS_DIRS)
 
 
 @dataclass(frozen=True)
@@ -97,13 +93,19 @@ class Deployment:
         self.kind = kind
         self.proto = "relay" if kind == "relay" else "room"
         self.nats: Nats | None = None
+        self.r3: NatsCluster | None = None
         self.targets: dict[str, Target] = {}
         try:
-            if kind == "cluster":
+            if kind in BACKBONES:
                 assert nats is not None
-                self.nats = Nats(nats, workdir / "nats-store", workdir / "nats.log")
+                if kind == "r3":
+                    self.r3 = NatsCluster(workdir / "nats", nats)
+                    urls = self.r3.urls
+                else:
+                    self.nats = Nats(nats, workdir / "nats-store", workdir / "nats.log")
+                    urls = self.nats.url
                 for node in NODES:  # started at once, then waited for
-                    extra = ("--backbone", self.nats.url, "--node-id", node)
+                    extra = ("--backbone", urls, "--node-id", node)
                     self.targets[node] = Target("room", workdir, f"broker-{node}", extra, False)
                 for target in self.targets.values():
                     target.ready()
@@ -120,11 +122,15 @@ class Deployment:
 
     def pids(self) -> dict[str, int]:
         """The processes that do the work, by name (the relay's or broker's, nats-server's)."""
-        if self.kind != "cluster":
+        if self.kind not in BACKBONES:
             return {self.kind: self.targets["a"].proc.pid}
         pids = {node: t.proc.pid for node, t in self.targets.items()}
-        assert self.nats is not None
-        pids["nats"] = self.nats.proc.pid
+        if self.nats is not None:
+            pids["nats"] = self.nats.proc.pid
+        if self.r3 is not None:
+            for server in self.r3.nodes:
+                assert server.proc is not None
+                pids[f"nats-{server.name}"] = server.proc.pid
         return pids
 
     def stop(self) -> None:
@@ -132,6 +138,8 @@ class Deployment:
             target.stop()
         if self.nats is not None:
             self.nats.stop()
+        if self.r3 is not None:
+            self.r3.stop()
 
 
 def measure(s: ClusterScenario, dep: Deployment) -> dict[str, Any]:
@@ -248,17 +256,22 @@ def run(
                     dep.stop()
             entry["ratio_single"] = _ratio(entry["cluster"], entry["single"])
             entry["ratio_relay"] = _ratio(entry["cluster"], entry["relay"])
+            entry["ratio_r3_single"] = _ratio(entry["r3"], entry["single"])
             if s.sampled:
                 entry["added_ms"] = added_latency(s, entry)
+                entry["r3_added_ms"] = added_latency(s, entry, "r3")
             report["cluster"].append(entry)
             echo(entry)
     return report
 
 
-def added_latency(s: ClusterScenario, entry: dict[str, Any]) -> dict[str, float] | None:
-    """What the backbone adds at the farthest place (b: sent on a, read on b), p50 and p99."""
+def added_latency(
+    s: ClusterScenario, entry: dict[str, Any], kind: str = "cluster"
+) -> dict[str, float] | None:
+    """What the backbone (``kind``: R1 or R3) adds at the farthest place (b: sent on a, read on
+    b), p50 and p99."""
     far = s.subs[-1]
-    cluster = entry["cluster"]["places"][far].get("latency_ms")
+    cluster = entry[kind]["places"][far].get("latency_ms")
     single = entry["single"]["places"][far].get("latency_ms")
     if not cluster or not single:
         return None
@@ -298,6 +311,7 @@ def rows(entry: dict[str, Any]) -> str:
     if "added_ms" not in entry:  # a flood: how the cluster's pace compares
         lines.append(
             f"{'':<18} cluster/single {_fmt(entry['ratio_single'], '.3f')}x"
+            f"  r3/single {_fmt(entry.get('ratio_r3_single'), '.3f')}x"
             f"  cluster/relay {_fmt(entry['ratio_relay'], '.3f')}x"
         )
     else:  # paced: the rates are the pace; the latencies are the figures
@@ -309,10 +323,11 @@ def rows(entry: dict[str, Any]) -> str:
                 if "latency_ms" in places[n]
             )
             lines.append(f"{'':<18} {kind:<8} latency ms p50/p99/p99.9 {text}")
-        added = entry["added_ms"]
-        if added:
-            lines.append(
-                f"{'':<18} backbone adds (a->b vs one broker): p50 {added['p50']:+.2f} ms,"
-                f" p99 {added['p99']:+.2f} ms"
-            )
+        for kind, key in (("R1", "added_ms"), ("R3", "r3_added_ms")):
+            added = entry.get(key)
+            if added:
+                lines.append(
+                    f"{'':<18} backbone {kind} adds (a->b vs one broker):"
+                    f" p50 {added['p50']:+.2f} ms, p99 {added['p99']:+.2f} ms"
+                )
     return "\n".join(lines)

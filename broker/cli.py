@@ -10,6 +10,7 @@ import click
 
 from . import config, options
 from . import keys as keyfiles
+from .backbone.layout import MAX_REPLICAS, default_replicas, split_urls
 from .config import Exit, Limits
 from .datadir import StartError, open_store
 from .logfmt import LogWriter
@@ -142,9 +143,17 @@ def main() -> None:
 )
 @options.option(
     "--backbone",
-    default=None,
+    multiple=True,
     metavar="nats://HOST:PORT",
-    help="Share rooms, names and the blocklist with other brokers over NATS JetStream.",
+    help="Share rooms, names and the blocklist with other brokers over NATS JetStream. Repeat it "
+    "or separate URLs with commas to give every server of a NATS cluster.",
+)
+@options.option(
+    "--replicas",
+    default=None,
+    type=click.IntRange(1, MAX_REPLICAS),
+    help="Copies of the backbone's stream and buckets [default: 1 for one --backbone URL, "
+    "3 for three or more].",
 )
 @options.option(
     "--node-id",
@@ -192,7 +201,8 @@ def start(
     log_format: str,
     quiet: bool,
     curve: bool,
-    backbone: str | None,
+    backbone: tuple[str, ...],
+    replicas: int | None,
     node_id: str | None,
     room_keys: bool,
     pub_hwm: int | None,
@@ -214,14 +224,18 @@ def start(
         subscriber_queue=subscriber_queue * 1024,
     )
     plugin = None
-    if backbone is not None:
+    urls = split_urls(backbone)
+    if urls:
         if node_id is None or not valid_name(node_id):
             _fail(f"--backbone needs --node-id, a name unique among the brokers: use {NAME_RULE}")
         # here: a broker without --backbone never loads nats
         from .backbone.node import Backbone
         from .backbone.plugin import BackbonePlugin
 
-        plugin = BackbonePlugin(Backbone(backbone, node_id, limits.history_keep))
+        copies = replicas or default_replicas(urls)
+        plugin = BackbonePlugin(Backbone(urls, node_id, limits.history_keep, copies))
+    elif replicas is not None:
+        _fail("--replicas is for a broker on a backbone: give --backbone too")
     store = None
     home = config.data_dir(data_dir)
     try:

@@ -8,7 +8,7 @@ backbone implement the same methods.
 from __future__ import annotations
 
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -222,7 +222,7 @@ class MemoryStore(LocalAccess, LocalNames):
         self._keep = keep
         self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
         self._blocked: set[str] = set()
-        self._acks: dict[str, dict[int, Ack]] = {}
+        self._acks: dict[str, OrderedDict[int, Ack]] = {}
         """By sender, the ids of stored messages, oldest first (at most MEMORY_ACKS_KEPT)."""
         self._audit: deque[AuditEntry] = deque(maxlen=AUDIT_KEPT)
 
@@ -238,10 +238,13 @@ class MemoryStore(LocalAccess, LocalNames):
     def _remember(self, sender: str, ack: Ack) -> None:
         acks = self._acks.get(sender)
         if acks is None:
-            acks = self._acks[sender] = {}
+            acks = self._acks[sender] = OrderedDict()
         acks[ack.mid] = ack
         if len(acks) > MEMORY_ACKS_KEPT:
-            del acks[next(iter(acks))]
+            # OrderedDict, not dict: ``del d[next(iter(d))]`` on a dict walks past every slot
+            # deleted before, 5 us a message at 10,000 kept (a tenth of a mirroring broker's
+            # time in the cluster bench's profile); popitem(last=False) is O(1).
+            acks.popitem(last=False)
 
     def last_seq(self, room: str) -> int:
         log = self._rooms.get(room)

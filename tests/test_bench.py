@@ -82,7 +82,7 @@ def test_quick_cluster_bench_completes_and_no_broker_loses_anything(tmp_path):
     entries = {e["name"]: e for e in report["cluster"]}
     assert list(entries) == ["cluster 1->3", "cluster 2 writers", "cluster lat 1k/s"]
     for e in entries.values():
-        for kind in ("cluster", "single"):  # after repair, every subscriber has every message
+        for kind in ("cluster", "r3", "single"):  # after repair, every subscriber has every message
             f = e[kind]
             assert f["lost"] == 0 and f["duplicates"] == 0, (e["name"], kind, f)
             assert f["delivered"] == f["expected"] == e["count"] * len(e["subscribers"])
@@ -90,11 +90,12 @@ def test_quick_cluster_bench_completes_and_no_broker_loses_anything(tmp_path):
             assert set(f["places"]) == set(e["subscribers"])
             assert all(place["rate"] > 0 for place in f["places"].values())
         assert e["relay"]["rate"] > 0
-        assert e["ratio_single"] > 0 and e["ratio_relay"] > 0
+        assert e["ratio_single"] > 0 and e["ratio_relay"] > 0 and e["ratio_r3_single"] > 0
     latency = entries["cluster lat 1k/s"]
     assert set(latency["added_ms"]) == {"p50", "p99"}
     assert "latency_ms" in latency["cluster"]["places"]["b"]
-    assert "backbone adds" in stdout
+    assert set(latency["r3_added_ms"]) == {"p50", "p99"}
+    assert "backbone R1 adds" in stdout and "backbone R3 adds" in stdout
 
 
 def test_cluster_bench_without_nats_server_fails_with_one_line(monkeypatch):

@@ -254,3 +254,31 @@ def test_a_hello_waits_for_the_backbone_without_holding_anyone_else() -> None:
     reason = "the chat backbone (NATS) is unreachable"
     assert error == [(b"p3", p.Error(p.Code.UNAVAILABLE, reason, "hello"))]
     assert "bob" not in c.users
+
+
+def test_order_keeps_a_batch_only_where_the_rooms_numbering_goes_on() -> None:
+    """A clustered stream may store both batches of a compare-and-set race: every broker keeps
+    the first and skips the loser, and a reset's marker (an empty batch) starts rooms over."""
+    from broker.backbone.events import Record
+    from broker.backbone.order import Order
+
+    def batch(room: str, first: int, count: int) -> list[Record]:
+        return [Record(room, first + i, 0.0, "w", "x") for i in range(count)]
+
+    order = Order()
+    assert order.admit(batch("r", 5001, 3))  # a room's first batch seen: whatever its number
+    assert order.admit(batch("r", 5004, 2))
+    assert not order.admit(batch("r", 5004, 4))  # the race's loser
+    assert not order.admit(batch("r", 5008, 1))  # its writer's next, numbered after the loser
+    assert order.admit(batch("q", 1, 1)) and order.admit(batch("r", 5006, 1))
+    assert order.admit([])  # a reset
+    assert order.admit(batch("r", 1, 2)) and not order.admit(batch("r", 1, 1))
+
+
+def test_backbone_urls_repeated_or_comma_separated_and_the_replicas_they_get() -> None:
+    from broker.backbone.layout import default_replicas, split_urls
+
+    given = ("nats://a:1, nats://b:2", "nats://c:3,nats://a:1", "")
+    assert split_urls(given) == ["nats://a:1", "nats://b:2", "nats://c:3"]
+    assert split_urls("nats://a:1") == ["nats://a:1"]
+    assert [default_replicas(["u"] * n) for n in (1, 2, 3, 5)] == [1, 1, 3, 3]

@@ -11,6 +11,7 @@ messages in the same order.
 - ``events``: what the backbone tells the loop, and a stored message's ``Record``.
 - ``link``: the connection and its thread; events go back through a deque and a wake-up pipe.
 - ``stream``: room messages: the writer (compare-and-set per room), the consumer, history.
+- ``order``: which stored batches count (a clustered stream may store a race's loser), pure.
 - ``registry``: names, leases, the blocklist and reset epochs, in key-value buckets.
 - ``bus``: admin requests between brokers, direct messages and presence lines.
 - ``node``: ``Backbone``, the four together, as the broker sees them.

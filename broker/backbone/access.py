@@ -33,8 +33,8 @@ class SharedAccess:
 
     async def create(self) -> Access:
         """Make the bucket, read it, and follow it (``follow``: the registry's follower)."""
-        kv = self.link.kv[ACCESS] = await self.link.js.create_key_value(bucket=ACCESS)
-        watcher = await kv.watchall()
+        kv = await self.link.bucket(ACCESS)
+        watcher = await self.link.making(kv.watchall)
         try:
             while (entry := await watcher.updates(timeout=2.0)) is not None:
                 if entry.operation is None:

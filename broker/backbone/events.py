@@ -39,9 +39,10 @@ thousand messages per second."""
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """A message the stream stored (by any broker), in stream order."""
+    """A batch the stream stored (by any broker) and ``Order`` kept, in stream order: one event
+    per batch, not per message: fewer objects and queue operations on the hot path."""
 
-    record: Record
+    records: list[Record]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 STREAM: Final = "ROOM"
 SUBJECT: Final = "room.msg."
+RESET_SUBJECT: Final = SUBJECT + "_reset"
+"""Where a reset's marker goes (an empty batch): no room name starts with '_'."""
 NAMES: Final = "room-names"
 BLOCKED: Final = "room-blocked"
 NODES: Final = "room-nodes"
@@ -36,19 +38,56 @@ DUPLICATE_WINDOW: Final = 120.0
 """Seconds JetStream remembers a message id: a client's retry comes well within this."""
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds a starting broker tries to reach the backbone before it gives up with one line."""
+MAKE_TIMEOUT: Final = 20.0
+"""Seconds a starting broker keeps making its stream and buckets while a NATS cluster that has
+just started elects leaders and places replicas (three brokers at once keep it busy)."""
 CALL_TIMEOUT: Final = 2.0
 """Seconds the backbone's thread gives a claim, a block or a purge."""
+VERDICT_TIMEOUT: Final = 10.0
+"""Seconds a writer waits for its own consumer to read a batch it stored (the consumer may be
+moving to another NATS server); past it, the batch is refused, and its retry found stored."""
+CLAIM_TIMEOUT: Final = 4.0
+"""Seconds a hello waits for its name claim: long enough for a NATS cluster to elect a new
+leader for the names bucket (one of its servers died), short of the client's own patience."""
 GATHER_TIMEOUT: Final = 1.0
 """Seconds an admin command waits for every broker's answer."""
 WRONG_LAST_SEQUENCE: Final = (10071, 10164)
+NO_PLACEMENT: Final = (10005, 10023, 10074)
+"""JetStream's error codes for more replicas than the cluster has servers (no peers for the
+placement, insufficient resources, replicas on a server that is not clustered)."""
 LEASE: Final = 5.0
 """Seconds a broker's lease lasts without renewal; its names are freed when it lapses. Renewed
 every second: a loaded machine may delay a renewal, and a lapse frees the names of live users."""
 UNREACHABLE: Final = "the chat backbone (NATS) is unreachable: try again shortly"
+MAX_REPLICAS: Final = 5
+"""JetStream's own limit on the copies of a stream."""
+
+
+def default_replicas(urls: list[str]) -> int:
+    """Copies of the stream and of each bucket when ``--replicas`` is not given: one on a single
+    server; three (R3: any one server may die) when three or more are given. Two servers get one:
+    R2 stops when either dies, so it buys no availability."""
+    return 3 if len(urls) >= 3 else 1
+
+
+def split_urls(values: tuple[str, ...] | list[str] | str) -> list[str]:
+    """Every URL of ``--backbone`` (repeated, comma-separated, or both), each once, in order."""
+    items = [values] if isinstance(values, str) else list(values)
+    urls: list[str] = []
+    for item in items:
+        for url in (part.strip() for part in item.split(",")):
+            if url and url not in urls:
+                urls.append(url)
+    return urls
 
 
 def node_subject(node: str) -> str:
     return f"room.node.{node}"
+
+
+def shown_urls(urls: list[str]) -> str:
+    """The URLs as logs and errors show them: comma-separated, without credentials."""
+    return ",".join(shown_url(url) for url in urls)
 
 
 def shown_url(url: str) -> str:

@@ -17,21 +17,32 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats
+import nats.errors
+import nats.js.errors
 
 from ..store import StoreError
 from .events import Event, LogNote
-from .layout import CALL_TIMEOUT, ORIGIN, UNREACHABLE, shown_url
+from .layout import CALL_TIMEOUT, MAKE_TIMEOUT, ORIGIN, UNREACHABLE, shown_urls
 
 T = TypeVar("T")
+
+ELECTING = (
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.NoRespondersError,
+)
+"""What nats-py raises while a stream has no leader: nothing was stored, try again."""
 
 
 class Link:
     """The NATS connection, its asyncio thread, and the queue of events for the loop."""
 
-    def __init__(self, url: str, node: str) -> None:
-        self._url = url
-        self.url = shown_url(url)
-        """The URL to show: without the user and password it may carry."""
+    def __init__(self, urls: list[str], node: str, replicas: int) -> None:
+        self._urls = urls
+        self.replicas = replicas
+        """Copies of the stream and of each bucket (R1 on one server, R3 on a cluster)."""
+        self.url = shown_urls(urls)
+        """The URLs to show: without the user and password they may carry."""
         self.node = node
         self.connected = False
         self.linked = 0.0
@@ -123,7 +134,8 @@ class Link:
         async def reconnected() -> None:
             self.connected = True
             self.linked = time.monotonic()
-            self.emit(LogNote(f"backbone: reconnected to {self.url}"))
+            now = shown_urls([self.nc.connected_url.geturl()])
+            self.emit(LogNote(f"backbone: reconnected to {now}"))
 
         async def error(exc: Exception) -> None:
             """nats-py reports every failed (re)connect here: the disconnect line says enough
@@ -132,7 +144,7 @@ class Link:
                 self._last_error = str(exc).strip() or type(exc).__name__
 
         self.nc = await nats.connect(
-            self._url,
+            servers=self._urls,
             name=f"room-broker {self.node}",
             connect_timeout=2,
             reconnect_time_wait=0.25,
@@ -144,6 +156,47 @@ class Link:
         self.connected = True
         self.js = self.nc.jetstream(timeout=CALL_TIMEOUT)
         return self.nc
+
+    @staticmethod
+    async def patient(make: Callable[[], Awaitable[T]]) -> T:
+        """``make()``, made again while a stream or bucket has no leader (a NATS server of the
+        cluster died and the others are electing one, usually within a few seconds): the
+        caller's timeout bounds it. Not after a timeout: that request may have had its effect."""
+        while True:
+            try:
+                return await make()
+            except ELECTING:
+                await asyncio.sleep(0.1)
+
+    @staticmethod
+    async def making(make: Callable[[], Awaitable[T]]) -> T:
+        """``make()`` (creating a stream or bucket: the same again does no harm), made again
+        while the cluster elects leaders or is slow to place replicas, for ``MAKE_TIMEOUT``."""
+        deadline = time.monotonic() + MAKE_TIMEOUT
+        while True:
+            try:
+                return await make()
+            except (*ELECTING, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
+
+    async def bucket(self, name: str, ttl: float | None = None) -> Any:
+        """Make (or open) a key-value bucket with ``replicas`` copies, kept in ``kv``. A bucket
+        made before with another replica count is changed to this one (JetStream moves it)."""
+        return await self.making(lambda: self._bucket(name, ttl))
+
+    async def _bucket(self, name: str, ttl: float | None) -> Any:
+        try:
+            kv = await self.js.create_key_value(bucket=name, ttl=ttl, replicas=self.replicas)
+        except nats.js.errors.BadRequestError:  # exists, made with other settings
+            config = (await self.js.stream_info(f"KV_{name}")).config
+            if config.num_replicas != self.replicas:
+                config.num_replicas = self.replicas
+                await self.js.update_stream(config)
+            kv = await self.js.key_value(name)
+        self.kv[name] = kv
+        return kv
 
     @property
     def last_error(self) -> str:

@@ -12,8 +12,8 @@ from ..store import StoreError
 from .access import SharedAccess
 from .bus import Bus
 from .events import Record
-from .layout import ACCESS, CONNECT_TIMEOUT
-from .link import Link
+from .layout import ACCESS, CONNECT_TIMEOUT, NO_PLACEMENT
+from .link import ELECTING, Link
 from .registry import Registry
 from .stream import Stream
 
@@ -21,8 +21,8 @@ from .stream import Stream
 class Backbone:
     """Connects at ``start``; ``keep`` is how many messages per room the stream keeps."""
 
-    def __init__(self, url: str, node: str, keep: int) -> None:
-        self.link = Link(url, node)
+    def __init__(self, urls: list[str], node: str, keep: int, replicas: int) -> None:
+        self.link = Link(urls, node, replicas)
         self.stream = Stream(self.link, keep)
         self.registry = Registry(self.link, self.stream.catch_up)
         self.bus = Bus(self.link, self.registry.live_nodes)
@@ -54,19 +54,29 @@ class Backbone:
                 f"cannot reach the backbone at {link.url} ({why}): "
                 "start nats-server -js there, or check --backbone and its credentials"
             ) from None
-        try:
-            await self.stream.create()
-            blocked = await self.registry.create(endpoints)
-            access = await self.access.create()
-            await self.registry.follow(
+        try:  # a cluster that has just started elects its JetStream leader first
+            await link.making(self.stream.create)
+        except (TimeoutError, *ELECTING):
+            raise StoreError(
+                f"the NATS server at {link.url} has no JetStream: start it with -js "
+                "(a cluster: check that its servers reach each other)"
+            ) from None
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in NO_PLACEMENT:
+                raise StoreError(
+                    f"the backbone cannot keep {link.replicas} copies of the stream: give "
+                    "--replicas at most the number of NATS servers in the cluster"
+                ) from None
+            raise
+        blocked = await self.registry.create(endpoints)
+        access = await self.access.create()
+        await link.making(
+            lambda: self.registry.follow(
                 ACCESS, lambda e: self.access.on_change(e.key, e.value, e.operation is not None)
             )
-        except nats.js.errors.ServiceUnavailableError:
-            raise StoreError(
-                f"the NATS server at {link.url} has no JetStream: start it with -js"
-            ) from None
-        history = await self.stream.history()
-        await self.stream.follow()
+        )
+        history = await link.making(self.stream.history)
+        await link.making(self.stream.follow)
         await self.bus.listen()
         return history, blocked, access
 

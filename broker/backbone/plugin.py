@@ -75,8 +75,9 @@ class BackbonePlugin:
         chat, clock = broker.chat, broker.clock
         for event in self.backbone.link.take():
             match event:
-                case ev.Delivered(record=record):
-                    chat.delivered(store.mirror_put(record), record.mid)
+                case ev.Delivered(records=records):
+                    for record in records:
+                        chat.delivered(store.mirror_put(record), record.mid)
                 case ev.Stored(sender=sender, mid=mid, room=room, seq=seq):
                     chat.stored(sender, p.Ack(mid, room, seq))
                 case ev.NotStored(sender=sender, mid=mid, reason=reason):

@@ -24,6 +24,7 @@ from .events import BlockChanged, Claimed, Reset
 from .layout import (
     BLOCKED,
     CALL_TIMEOUT,
+    CLAIM_TIMEOUT,
     EPOCH_KEY,
     EPOCHS,
     LEASE,
@@ -69,28 +70,29 @@ class Registry:
         follow every bucket. Returns the blocklist."""
         kv = self.link.kv
         for bucket, ttl in ((NAMES, None), (BLOCKED, None), (NODES, LEASE), (EPOCHS, None)):
-            kv[bucket] = await self.link.js.create_key_value(bucket=bucket, ttl=ttl)
+            await self.link.bucket(bucket, ttl)
         try:  # a lease nobody else holds: two brokers as one node would free each other's names
             self._endpoints = endpoints.encode()
-            await kv[NODES].create(self.node, self._endpoints)
+            await self.link.patient(lambda: kv[NODES].create(self.node, self._endpoints))
         except nats.js.errors.KeyWrongLastSequenceError:
             raise StoreError(
                 f"another broker is node {self.node} on the backbone (or was, less than "
                 f"{LEASE:g}s ago): choose another --node-id, or wait"
             ) from None
         self.nodes = {self.node}
-        blocked = {e.key for e in await self._entries(BLOCKED)}
-        for e in await self._entries(NAMES):
+        making = self.link.making
+        blocked = {e.key for e in await making(lambda: self._entries(BLOCKED))}
+        for e in await making(lambda: self._entries(NAMES)):
             node, _, session = (e.value or b"").decode().partition(" ")
             self.names[e.key] = (node, session, e.revision or 0)
         for name, (node, _, revision) in list(self.names.items()):
             if node == self.node:  # held by this node's previous life: nobody holds them now
                 await self._release(name, revision)
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            self.epoch = int((await kv[EPOCHS].get(EPOCH_KEY)).value or b"0")
-        await self.follow(NAMES, self._on_name)
-        await self.follow(BLOCKED, self._on_block)
-        await self.follow(EPOCHS, self._on_epoch)
+            self.epoch = int((await making(lambda: kv[EPOCHS].get(EPOCH_KEY))).value or b"0")
+        for bucket, apply in ((NAMES, self._on_name), (BLOCKED, self._on_block)):
+            await making(lambda b=bucket, a=apply: self.follow(b, a))
+        await making(lambda: self.follow(EPOCHS, self._on_epoch))
         return blocked
 
     async def leave(self) -> None:
@@ -161,7 +163,7 @@ class Registry:
 
     async def _claim_and_say(self, name: str, session: str, resume: str) -> None:
         try:
-            result = await asyncio.wait_for(self.claim(name, session, resume), CALL_TIMEOUT)
+            result = await asyncio.wait_for(self.claim(name, session, resume), CLAIM_TIMEOUT)
         except Exception as exc:
             reason = f"{UNREACHABLE} ({type(exc).__name__})"
             self.link.emit(Claimed(name, p.Code.UNAVAILABLE, reason))
@@ -177,24 +179,27 @@ class Registry:
         First this broker catches up with the stream: a message its user's last broker stored
         just before it died is then in the mirror, with its id, so a retry here is acknowledged
         with the stored number instead of being stored twice."""
-        await self._catch_up()
+        patient = self.link.patient
+        await patient(self._catch_up)
         kv = self.link.kv[NAMES]
+        mine = f"{self.node} {session}".encode()
         if not resume:
             try:
-                await kv.create(name, f"{self.node} {session}".encode())
+                await patient(lambda: kv.create(name, mine))
             except nats.js.errors.KeyWrongLastSequenceError:
                 return p.Code.NAME_TAKEN
             self.held[name] = session
             return session
         try:
-            entry = await kv.get(name)
+            entry = await patient(lambda: kv.get(name))
         except nats.js.errors.KeyNotFoundError:
             return p.Code.BAD_SESSION
         node, _, held = (entry.value or b"").decode().partition(" ")
         if resume != held:
             return p.Code.NAME_TAKEN
         try:
-            await kv.update(name, f"{self.node} {held}".encode(), last=entry.revision)
+            mine = f"{self.node} {held}".encode()
+            await patient(lambda: kv.update(name, mine, last=entry.revision))
         except nats.js.errors.KeyWrongLastSequenceError:
             return p.Code.NAME_TAKEN
         if node != self.node:

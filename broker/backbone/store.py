@@ -7,6 +7,7 @@ from .. import protocol as p
 from ..access import Access, Request
 from ..store import AuditEntry, MemoryStore, Store, StoreError
 from .events import Record
+from .layout import UNREACHABLE
 from .node import Backbone
 
 
@@ -74,6 +75,7 @@ class BackboneStore:
     def block(self, name: str) -> bool:
         if name in self._blocked:
             return False
+        self._reachable()
         self.backbone.link.call(self.backbone.registry.block(name, True))
         self._blocked.add(name)
         return True
@@ -81,9 +83,16 @@ class BackboneStore:
     def unblock(self, name: str) -> bool:
         if name not in self._blocked:
             return False
+        self._reachable()
         self.backbone.link.call(self.backbone.registry.block(name, False))
         self._blocked.discard(name)
         return True
+
+    def _reachable(self) -> None:
+        """Fail at once while the backbone is known to be away: the loop would otherwise wait
+        out ``CALL_TIMEOUT`` for it, and every user of this broker with it."""
+        if not self.backbone.link.connected:
+            raise StoreError(UNREACHABLE)
 
     def block_changed(self, name: str, blocked: bool) -> bool:
         """Apply a blocklist change seen on the bucket; True if it is news here."""

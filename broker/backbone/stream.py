@@ -4,7 +4,9 @@ Each room's queue is written a batch per JetStream message, on the condition tha
 subject ends where this broker thinks it does (``Nats-Expected-Last-Subject-Sequence``): the
 per-room numbers stay dense however many brokers write, and one that loses the race reads the
 newcomer and tries again. Every broker (the writer too) learns of a stored message from one
-ordered consumer of the whole stream, in stream order.
+ordered consumer of the whole stream, in stream order, and keeps only the batches ``Order``
+admits (a clustered stream may store a race's loser too). A batch is acknowledged to its senders
+when this broker's consumer has admitted it; a skipped one is written again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +36,19 @@ from .events import (
 from .layout import (
     CALL_TIMEOUT,
     DUPLICATE_WINDOW,
+    NO_PLACEMENT,
+    RESET_SUBJECT,
     STREAM,
     SUBJECT,
     UNREACHABLE,
+    VERDICT_TIMEOUT,
     WRONG_LAST_SEQUENCE,
 )
 from .link import Link
+from .order import Order
+
+VERDICTS_KEPT = 8192
+"""Recent stream sequences whose verdict (admitted or skipped) a writer may still ask for."""
 
 
 @dataclass(slots=True)
@@ -60,6 +69,9 @@ class Stream:
         self.received = 0
         """The stream sequence of the last message the consumer delivered."""
         self._writers: dict[str, _RoomWriter] = {}
+        self._order = Order()
+        self._verdicts: OrderedDict[int, bool] = OrderedDict()  # stream seq -> admitted
+        self._moved = asyncio.Event()  # set (and replaced) at each message the consumer reads
 
     # ---- start ----------------------------------------------------------------------------------
 
@@ -71,11 +83,14 @@ class Stream:
             max_msgs_per_subject=self.keep,
             duplicate_window=DUPLICATE_WINDOW,
             allow_direct=True,
+            num_replicas=self.link.replicas,
         )
         try:
             await self.link.js.add_stream(config)
-        except nats.js.errors.BadRequestError:  # exists with other limits: ours win
-            await self.link.js.update_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code in NO_PLACEMENT:  # more replicas than servers: the caller says so
+                raise
+            await self.link.js.update_stream(config)  # exists with other limits: ours win
 
     async def history(self) -> list[Record]:
         """Every stored message (the stream keeps ``keep`` per room), in stream order; the
@@ -93,12 +108,14 @@ class Stream:
                     msg = await sub.next_msg(timeout=CALL_TIMEOUT * 5)
                     sseq = msg.metadata.sequence.stream
                     with contextlib.suppress(msgspec.DecodeError):  # not ours: skipped
-                        history += ((sseq, record) for record in decode_batch(msg.data))
+                        records = decode_batch(msg.data)
+                        if self._order.admit(records):
+                            history += ((sseq, record) for record in records)
                     if sseq >= last:
+                        self.received = sseq
                         break
             finally:
                 await sub.unsubscribe()
-        self.received = history[-1][0] if history else 0
         return [record for _, record in history]
 
     async def follow(self) -> None:
@@ -114,14 +131,33 @@ class Stream:
 
     async def _on_message(self, msg: Any) -> None:
         sseq = msg.metadata.sequence.stream
+        if sseq <= self.received:  # nats-py's consumer, reset before its first message (a NATS
+            return  # server lost), starts over from the stream's first: seen here already
         try:
             records = decode_batch(msg.data)
         except msgspec.DecodeError:
             self.link.emit(LogNote(f"backbone: unreadable stream message {sseq} skipped"))
-            return
-        for record in records:
-            self.link.emit(Delivered(record))
+            records = None
+        admitted = records is not None and self._order.admit(records)
+        if admitted and records:
+            self.link.emit(Delivered(records))
+        self._verdicts[sseq] = admitted
+        if len(self._verdicts) > VERDICTS_KEPT:
+            self._verdicts.popitem(last=False)  # O(1), where a dict's first is not
         self.received = sseq
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+    async def _verdict(self, sseq: int) -> bool:
+        """Whether this broker's consumer admitted the batch stored at ``sseq`` (waiting for it
+        to get there). One it passed over was purged by a reset: nothing to write again."""
+        deadline = time.monotonic() + VERDICT_TIMEOUT
+        while (admitted := self._verdicts.get(sseq)) is None:
+            if self.received >= sseq:
+                return True
+            moved = self._moved
+            await asyncio.wait_for(moved.wait(), max(0.0, deadline - time.monotonic()))
+        return admitted
 
     async def catch_up(self) -> None:
         """Wait (a little) until the consumer has delivered what the stream holds now."""
@@ -133,9 +169,12 @@ class Stream:
             await asyncio.sleep(0.002)
 
     async def purge(self) -> None:
+        """Empty the stream, then mark the reset in it: every broker's ``Order`` starts over
+        there, in stream order, also one that reads the stream later."""
         await self.link.js.purge_stream(STREAM)
         for writer in self._writers.values():
             writer.last = None
+        await self.link.js.publish(RESET_SUBJECT, encode_batch([]))
 
     # ---- the writer ------------------------------------------------------------------------------
 
@@ -155,10 +194,12 @@ class Stream:
         next room sequence numbers on the condition that the subject's last message is the one
         we think it is. Another broker that got there first makes us read it and try again."""
         try:
+            skipped = False
             while writer.queue:
                 batch = self._next_batch(writer.queue)
                 try:
-                    stored = await self._store(writer, batch)
+                    sseq, stored = await self._store(writer, batch, msg_id=not skipped)
+                    skipped = not await self._verdict(sseq)
                 except nats.js.errors.APIError as exc:
                     if exc.err_code in WRONG_LAST_SEQUENCE:
                         writer.last = None  # someone else stored one: read it, try again
@@ -167,6 +208,9 @@ class Stream:
                     continue
                 except Exception:
                     self._refuse(writer, batch, UNREACHABLE)
+                    continue
+                if skipped:  # another broker's batch took these numbers: write it again
+                    writer.last = None
                     continue
                 for _ in batch:
                     writer.queue.popleft()
@@ -186,19 +230,22 @@ class Stream:
             batch.append(record)
         return batch
 
-    async def _store(self, writer: _RoomWriter, batch: list[Record]) -> list[Record]:
-        """One compare-and-set publish; the records as stored (numbered). A lone message
-        carries its sender's message id, so a retry JetStream has seen is not stored again;
-        a batch's retries are caught by the brokers' mirrors (see ``Registry.claim``)."""
+    async def _store(
+        self, writer: _RoomWriter, batch: list[Record], msg_id: bool
+    ) -> tuple[int, list[Record]]:
+        """One compare-and-set publish; its stream sequence and the records as stored
+        (numbered). A lone message carries its sender's message id (``msg_id``: unless its
+        first copy was skipped), so a retry JetStream has seen is not stored again; a batch's
+        retries are caught by the brokers' mirrors (see ``Registry.claim``)."""
         if not self.link.nc.is_connected:  # refuse now: a publish nats-py buffers while it
             raise ConnectionError  # is disconnected would be stored later, after its refusal
         first = batch[0]
         subject = SUBJECT + first.room
         if writer.last is None:
-            writer.last = await self._last(subject)
+            writer.last = await self._last(first.room)
         sseq, seq = writer.last
         headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(sseq)}
-        if len(batch) == 1 and first.mid:
+        if len(batch) == 1 and first.mid and msg_id:
             headers[api.Header.MSG_ID] = f"{first.sender}.{first.mid}"
         numbered = [
             Record(r.room, seq + i, r.ts, r.sender, r.text, r.mid)
@@ -206,9 +253,9 @@ class Stream:
         ]
         ack = await self.link.js.publish(subject, encode_batch(numbered), headers=headers)
         if ack.duplicate:  # a retry of a stored message: its first copy's number
-            return await self._read(ack.seq)
+            return ack.seq, await self._read(ack.seq)
         writer.last = (ack.seq, numbered[-1].seq)
-        return numbered
+        return ack.seq, numbered
 
     def _refuse(self, writer: _RoomWriter, batch: list[Record], reason: str) -> None:
         writer.last = None
@@ -216,13 +263,17 @@ class Stream:
             writer.queue.popleft()
             self.link.emit(NotStored(record.sender, record.mid, reason))
 
-    async def _last(self, subject: str) -> tuple[int, int]:
-        """The subject's last stream sequence and room sequence ((0, 0): nothing stored)."""
+    async def _last(self, room: str) -> tuple[int, int]:
+        """The room subject's last stream sequence, and the room's last number as ``Order``
+        has it once the consumer has read that far ((0, 0): nothing stored). Not the last
+        message's own numbers: it may be a skipped batch. Asked of the stream's leader: a
+        replica's direct answer may be behind."""
         try:
-            msg = await self.link.js.get_last_msg(STREAM, subject, direct=True)
+            msg = await self.link.js.get_last_msg(STREAM, SUBJECT + room)
         except nats.js.errors.NotFoundError:
             return 0, 0
-        return msg.seq, decode_batch(msg.data)[-1].seq
+        await self._verdict(msg.seq)
+        return msg.seq, self._order.last.get(room, 0)
 
     async def _read(self, sseq: int) -> list[Record]:
         msg = await self.link.js.get_msg(STREAM, seq=sseq, direct=True)
