@@ -194,6 +194,10 @@ class Session:
                 self.outbox.answered(mid)
                 self.delivery.acked(room, seq)
                 out += self._maybe_quit(now)
+            case Refused(mid=mid, code=Code.UNAVAILABLE, reason=reason) if (
+                mid in self.outbox.pending
+            ):
+                out += self.outbox.not_stored(mid, reason, now)
             case Refused(mid=mid, code=code, reason=reason):
                 self.outbox.answered(mid)
                 if code is Code.BLOCKED:

@@ -1,9 +1,10 @@
 """What this user sends and waits to hear about: room messages (``Say``) and direct ones (``Tell``).
 
 Each carries a message id (mid) and stays here until the broker answers it with ``Ack`` or
-``Refused``. A ``Say`` is sent again under the same mid until then, which the broker uses to drop
-duplicates; a ``Tell`` is never sent again, because the broker does not store it and a retry could
-deliver it twice.
+``Refused``. A ``Say`` is sent again under the same mid until then, which the broker uses to
+drop duplicates, and also after a ``Refused`` that says it could not be stored (``unavailable``:
+a backbone electing a leader, or away); a ``Tell`` is never sent again, because the broker does
+not store it and a retry could deliver it twice.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .link import Link
 
 RESEND_AFTER: Final = 3.0
 """Seconds before an unacknowledged ``Say`` is sent again with the same mid."""
+RETRY_NOT_STORED: Final = 1.0
+"""Seconds before a ``Say`` the broker could not store is sent again with the same mid."""
 
 
 @dataclass(slots=True)
@@ -28,6 +31,7 @@ class Pending:
 
     text: str
     sent_at: float
+    not_stored: bool = False  # refused ``unavailable`` at least once (said to the user)
 
 
 class Outbox:
@@ -65,6 +69,16 @@ class Outbox:
         """The broker acknowledged or refused message ``mid``."""
         self.pending.pop(mid, None)
         self.telling.pop(mid, None)
+
+    def not_stored(self, mid: int, reason: str, now: float) -> list[Effect]:
+        """The broker could not store ``mid`` (``unavailable``): it stays, and goes again in a
+        second under the same mid; the user hears of it once."""
+        pending = self.pending.get(mid)
+        if pending is None:
+            return []
+        said, pending.not_stored = pending.not_stored, True
+        pending.sent_at = now - RESEND_AFTER + RETRY_NOT_STORED
+        return [] if said else [notice(f"not stored yet: {reason}; sending it again")]
 
     def resend(self, now: float, *, all_of_them: bool = False) -> list[Effect]:
         """Every unacknowledged ``Say`` whose answer is overdue (or all of them, on a resume)."""

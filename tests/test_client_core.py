@@ -231,6 +231,22 @@ def test_refused_is_shown_and_blocked_only_once() -> None:
     assert s.pending == {}
 
 
+def test_a_message_the_broker_could_not_store_goes_again_under_its_mid_until_acked() -> None:
+    from client.outbox import RETRY_NOT_STORED
+
+    s = joined()
+    say = one_sent(s.on_input("during the election", T0), p.Say)
+    out = s.on_server(p.Refused(say.mid, p.Code.UNAVAILABLE, "no leader: try again"), T0)
+    assert lines(out) == ["* not stored yet: no leader: try again; sending it again"]
+    assert not [m for m in sent(s.tick(T0 + RETRY_NOT_STORED / 2)) if isinstance(m, p.Say)]
+    again = [m for m in sent(s.tick(T0 + RETRY_NOT_STORED)) if isinstance(m, p.Say)]
+    assert again == [p.Say("during the election", say.mid)]
+    out = s.on_server(p.Refused(say.mid, p.Code.UNAVAILABLE, "no leader: try again"), T0 + 1)
+    assert lines(out) == []  # said once
+    s.on_server(p.Ack(say.mid, p.LOBBY, 7), T0 + 2)
+    assert s.pending == {}
+
+
 def test_double_slash_sends_the_text_literally_and_empty_lines_are_ignored() -> None:
     s = joined()
     assert one_sent(s.on_input("//join is a command", T0), p.Say).text == "/join is a command"
