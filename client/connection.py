@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import zmq
+import zmq.asyncio
 
 from broker.protocol import Welcome
 
@@ -43,14 +44,16 @@ class Connection:
         *,
         sub_hwm: int | None = None,
         curve: CurveKeys | None = None,
+        ctx: zmq.asyncio.Context | None = None,
     ) -> None:
+        """``ctx``: a ZeroMQ context shared by many connections (``room-web``); else its own."""
         self.session = session
         self.show = show
         self.events: asyncio.Queue[Queued] = asyncio.Queue()
         """What the sockets, the user and the clock produced, in the order it came."""
         self.settled = asyncio.Event()
         """Set while nothing is in flight (``Session.settled``)."""
-        self.sockets = Sockets(self.events, sub_hwm=sub_hwm, curve=curve)
+        self.sockets = Sockets(self.events, sub_hwm=sub_hwm, curve=curve, ctx=ctx)
         self.brokers = Brokers(servers, self.sockets, session, show)
 
     # ---- the front end's side -----------------------------------------------------------------
