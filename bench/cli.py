@@ -63,10 +63,24 @@ HEADER = (
     help="Run the three-broker family instead: brokers a, b, c on a private nats-server "
     "(needs nats-server), beside one broker and the relay.",
 )
+@options.option(
+    "--web",
+    is_flag=True,
+    help="Measure room-web instead: WebSocket clients in one room, fed by a terminal-protocol "
+    "sender through the gateway (docs/performance.md#room-web).",
+)
 def main(
-    quick: bool, json_path: str | None, plot_path: str | None, only: tuple[str, ...], cluster: bool
+    quick: bool,
+    json_path: str | None,
+    plot_path: str | None,
+    only: tuple[str, ...],
+    cluster: bool,
+    web: bool,
 ) -> None:
     """Measure the broker against a bare pyzmq ROUTER->PUB relay on this machine, in one run."""
+    if web:
+        run_web(quick, json_path)
+        return
     if cluster:
         run_cluster(quick, json_path, plot_path, list(only) or None)
         return
@@ -105,6 +119,18 @@ def run_cluster(
         sys.exit(1)
     click.echo(cluster.HEADER)
     report = cluster.run(quick, only, echo=lambda e: click.echo(cluster.rows(e)), nats=nats)
+    m = report["machine"]
+    click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
+    if json_path:
+        Path(json_path).write_bytes(msgspec.json.encode(report))
+
+
+def run_web(quick: bool, json_path: str | None) -> None:
+    """``--web``: imported only here, so the other runs start nothing more."""
+    from . import web
+
+    click.echo(web.HEADER)
+    report = web.run(quick, echo=lambda e: click.echo(web.row(e)))
     m = report["machine"]
     click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
     if json_path:

@@ -2,9 +2,9 @@
 
 Each WebSocket speaks the small JSON protocol of docs/web.md. Its first message opens a ``Tab``
 (``hello``) or comes back to one (``resume``, with the tab's token); later ones are what the user
-typed. What the tab shows goes out through a ``Socket``, whose bounded queue keeps a slow browser
-from holding up anyone else: a socket that cannot keep up, or that floods the gateway, is closed,
-and its page comes back with ``resume`` and gets what it missed from the tab's buffer.
+typed. What the tab shows goes out through a ``Socket``, which reads the tab's buffer at the pace
+of its browser, so a slow browser holds up nobody else; a socket that floods the gateway is
+closed, and its page comes back with ``resume`` and gets what it missed from the tab's buffer.
 
 Checks a browser cannot get around: the WebSocket's ``Origin`` must be this gateway's own host
 or one of ``--allow-origin``; a frame may carry at most the broker's message limit (plus the
@@ -19,6 +19,7 @@ import json
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -31,8 +32,9 @@ from broker.protocol import LOBBY, MAX_ID, NAME_RULE, SESSION_MAX, valid_name
 
 from .tab import Tab, Upstream, encode
 
-SEND_QUEUE: Final = 400
-"""Messages queued for one WebSocket; a browser further behind is closed (it resumes)."""
+SEND_QUEUE: Final = 100
+"""Messages other than lines queued for one WebSocket (the state changes at most 4 times a
+second); a browser that lets more pile up is closed (its page resumes)."""
 FRAMES_PER_SECOND: Final = 20.0
 FRAMES_BURST: Final = 60
 """Frames a browser may send at once, then per second; more closes its socket."""
@@ -79,35 +81,43 @@ class Settings:
 
 
 class Socket:
-    """One WebSocket's sending side: a bounded queue and the task that writes it out."""
+    """One WebSocket's sending side: the task that writes out its tab's lines, at the pace the
+    browser reads them, and a few other messages (welcome, state, error) before them."""
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(SEND_QUEUE)
+        self.queue: deque[str] = deque()
+        """Messages other than lines, sent before the next line."""
+        self.tab: Tab | None = None
+        self.cursor = 0
+        """The number of the last line of ``tab`` sent."""
         self.closing = False
+        self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write())
 
     def send(self, text: str) -> None:
-        """Queue ``text``; a socket too far behind is closed instead."""
+        """Queue ``text``; a socket that lets too many pile up is closed instead."""
         if self.closing:
             return
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
+        if len(self.queue) >= SEND_QUEUE:
             self.close(CLOSE_SLOW, "too far behind")
+            return
+        self.queue.append(text)
+        self._wake.set()
 
-    def finish(self) -> None:
-        """Close once everything queued is sent (the session ended)."""
-        if not self.closing:
-            self.closing = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(None)
+    def follow(self, tab: Tab, after: int) -> None:
+        """Send ``tab``'s lines numbered above ``after``, then each new one, then its end."""
+        self.tab, self.cursor = tab, after
+        self._wake.set()
+
+    def notify(self) -> None:
+        self._wake.set()
 
     def replaced(self) -> None:
         self.close(CLOSE_REPLACED, "continued in another tab")
 
     def close(self, code: int, reason: str) -> None:
-        """Close now, whatever is queued."""
+        """Close now, whatever is unsent."""
         self.closing = True
         self._writer.cancel()
         asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()))
@@ -117,11 +127,29 @@ class Socket:
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
 
+    def _next(self) -> tuple[str | None, bool]:
+        """What to send next, if anything, and whether it is the tab's end."""
+        if self.queue:
+            return self.queue.popleft(), False
+        tab = self.tab
+        if tab is None:
+            return None, False
+        if self.cursor < tab.shown:
+            self.cursor, text = tab.line_after(self.cursor)
+            return text, False
+        return tab.ended, tab.ended is not None
+
     async def _write(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            while (text := await self.queue.get()) is not None:
-                await self.ws.send_str(text)
-            await self.ws.close()
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while (item := self._next())[0] is not None:
+                    await self.ws.send_str(item[0])
+                    if item[1]:
+                        self.closing = True
+                        await self.ws.close()
+                        return
 
 
 class Bucket:

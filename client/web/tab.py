@@ -5,9 +5,11 @@ process, so a tab gets the same sans-IO ``Session``: unique names, history on jo
 retries, resume after a lost broker. Where the piped front end prints each ``Line``, a ``Tab``
 numbers it, keeps the last ``REPLAY`` as JSON and hands it to the WebSocket attached now, if any.
 
-A tab whose WebSocket dropped keeps its session for ``GRACE`` seconds: a page that comes back in
-time with the tab's token gets the lines it missed from the buffer. After that the session leaves
-as ``/exit`` does, which frees the name.
+The WebSocket reads the lines from that buffer at its own pace (``line_after``), so a slow
+browser falls behind rather than holding anyone up, and catches up from the buffer; one more than
+``REPLAY`` lines behind is told how many it missed. A tab whose WebSocket dropped keeps its session
+for ``GRACE`` seconds: a page that comes back in time with the tab's token gets what it missed from
+the buffer. After that the session leaves as ``/exit`` does, which frees the name.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from ..control import CurveKeys
 from ..core import PROG, Session
 from ..effects import Kind, Line, Stop
 
-REPLAY: Final = 500
-"""Lines a tab keeps to replay to a page that reconnects (a reload shows them again)."""
+REPLAY: Final = 1000
+"""Lines a tab keeps for its WebSocket to read, and to replay to a page that reconnects."""
 GRACE: Final = HEARTBEAT * (LIVENESS - 1)
 """Seconds a tab without a WebSocket keeps its session: a reload or a short network loss comes
 back within it, and a closed tab frees its name before the broker's own heartbeat timeout."""
@@ -43,11 +45,14 @@ TOKEN_BYTES: Final = 24
 
 
 class Peer(Protocol):
-    """The WebSocket a tab writes to: ``send`` never blocks, ``finish`` closes after the queue."""
+    """The WebSocket of a tab: it reads the tab's lines after ``follow``, and is told of new ones
+    (and of the end) by ``notify``; ``send`` queues anything else. None of them blocks."""
 
     def send(self, text: str) -> None: ...
 
-    def finish(self) -> None: ...
+    def follow(self, tab: Tab, after: int) -> None: ...
+
+    def notify(self) -> None: ...
 
     def replaced(self) -> None: ...
 
@@ -169,14 +174,19 @@ class Tab:
             "secret": self.session.link.session_secret,
         }
         peer.send(encode(welcome))
-        for n, text in self.lines:
-            if n > after:
-                peer.send(text)
         self.state = encode(state_message(self.session))
         peer.send(self.state)
-        if self.ended is not None:
-            peer.send(self.ended)
-            peer.finish()
+        peer.follow(self, min(after, self.shown))
+
+    def line_after(self, n: int) -> tuple[int, str]:
+        """The line after number ``n`` (``n`` < ``shown``), as JSON; when it is no longer kept, a
+        notice of how many were missed, numbered as the last of them."""
+        oldest = self.lines[0][0] if self.lines else self.shown + 1
+        if n + 1 >= oldest:
+            return self.lines[n + 1 - oldest]
+        missed = oldest - 1 - n
+        text = f"{missed} lines were missed here: this page fell behind; /history shows more"
+        return oldest - 1, encode({"t": "line", "n": oldest - 1, "kind": "error", "text": text})
 
     def detach(self, peer: Peer) -> None:
         """``peer`` closed: keep the session for ``GRACE`` seconds, in case the page comes back."""
@@ -207,7 +217,7 @@ class Tab:
         text = encode(line_message(line, self.shown))
         self.lines.append((self.shown, text))
         if self.peer is not None:
-            self.peer.send(text)
+            self.peer.notify()
 
     def _send_state(self) -> None:
         state = encode(state_message(self.session))
@@ -239,8 +249,7 @@ class Tab:
         self._send_state()
         self.ended = encode(end_message(stop))
         if self.peer is not None:
-            self.peer.send(self.ended)
-            self.peer.finish()
+            self.peer.notify()  # the end goes out after every line
         # Kept a while, so that a page that missed the end (its socket dropped) still hears it.
         asyncio.get_running_loop().call_later(GRACE, self.on_gone, self)
 
