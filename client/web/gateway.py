@@ -27,17 +27,21 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from broker.config import FRAME_OVERHEAD, HEARTBEAT, LIVENESS, Exit
+from broker.config import FRAME_OVERHEAD, Exit
 from broker.protocol import LOBBY, MAX_ID, NAME_RULE, SESSION_MAX, valid_name
 
 from .tab import Tab, Upstream, encode
 
 SEND_QUEUE: Final = 100
-"""Messages other than lines queued for one WebSocket (the state changes at most 4 times a
-second); a browser that lets more pile up is closed (its page resumes)."""
+"""Messages other than lines and state (a welcome, errors) queued for one WebSocket; a browser
+that lets more pile up is closed (its page resumes)."""
 FRAMES_PER_SECOND: Final = 20.0
 FRAMES_BURST: Final = 60
 """Frames a browser may send at once, then per second; more closes its socket."""
+WS_HEARTBEAT: Final = 20.0
+"""Seconds between the gateway's WebSocket pings; a browser that does not answer within half of
+it is gone (a closed tab says so at once; this finds a lost network). Long, so that a gateway
+busy for a moment does not take its browsers for gone."""
 OPEN_WAIT: Final = 10.0
 """Seconds a new WebSocket has to say ``hello`` or ``resume``."""
 WEB: Final = "room-web"
@@ -87,7 +91,9 @@ class Socket:
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
         self.queue: deque[str] = deque()
-        """Messages other than lines, sent before the next line."""
+        """Messages other than lines and state, sent before the next line."""
+        self.state: str | None = None
+        """The newest state not yet sent: an older one is replaced, never queued."""
         self.tab: Tab | None = None
         self.cursor = 0
         """The number of the last line of ``tab`` sent."""
@@ -103,6 +109,10 @@ class Socket:
             self.close(CLOSE_SLOW, "too far behind")
             return
         self.queue.append(text)
+        self._wake.set()
+
+    def show_state(self, text: str) -> None:
+        self.state = text
         self._wake.set()
 
     def follow(self, tab: Tab, after: int) -> None:
@@ -131,6 +141,9 @@ class Socket:
         """What to send next, if anything, and whether it is the tab's end."""
         if self.queue:
             return self.queue.popleft(), False
+        if self.state is not None:
+            state, self.state = self.state, None
+            return state, False
         tab = self.tab
         if tab is None:
             return None, False
@@ -212,9 +225,7 @@ class Gateway:
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         if not origin_allowed(request, self.settings.allow_origins):
             raise web.HTTPForbidden(text="room-web: WebSocket from another site refused\n")
-        ws = web.WebSocketResponse(
-            max_msg_size=self.settings.max_frame, heartbeat=HEARTBEAT * LIVENESS
-        )
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame, heartbeat=WS_HEARTBEAT)
         await ws.prepare(request)
         sock = Socket(ws)
         self.sockets.add(sock)

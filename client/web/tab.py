@@ -33,22 +33,28 @@ from ..control import CurveKeys
 from ..core import PROG, Session
 from ..effects import Kind, Line, Stop
 
-REPLAY: Final = 1000
+REPLAY: Final = 2000
 """Lines a tab keeps for its WebSocket to read, and to replay to a page that reconnects."""
 GRACE: Final = HEARTBEAT * (LIVENESS - 1)
 """Seconds a tab without a WebSocket keeps its session: a reload or a short network loss comes
 back within it, and a closed tab frees its name before the broker's own heartbeat timeout."""
 STATE_EVERY: Final = 0.25
 """Seconds between checks of the status, rooms and members shown on the page."""
+TAB_TICK: Final = 0.2
+"""Seconds between a tab's ``Session.tick`` calls: four times fewer than a terminal client's,
+as a gateway runs hundreds of sessions (the session's shortest timer, ``SYNC_RETRY``, is this)."""
 TOKEN_BYTES: Final = 24
 """Random bytes in a tab's token (192 bits): no page can guess another tab's."""
 
 
 class Peer(Protocol):
     """The WebSocket of a tab: it reads the tab's lines after ``follow``, and is told of new ones
-    (and of the end) by ``notify``; ``send`` queues anything else. None of them blocks."""
+    (and of the end) by ``notify``; ``show_state`` replaces the state still unsent, ``send``
+    queues anything else. None of them blocks."""
 
     def send(self, text: str) -> None: ...
+
+    def show_state(self, text: str) -> None: ...
 
     def follow(self, tab: Tab, after: int) -> None: ...
 
@@ -131,7 +137,12 @@ class Tab:
         self.session = Session(name, room, 0 if last else upstream.history, track=True)
         self.session.carry_on(secret, last)
         self.conn = Connection(
-            upstream.servers, self.session, self._show, curve=upstream.curve, ctx=upstream.ctx
+            upstream.servers,
+            self.session,
+            self._show,
+            curve=upstream.curve,
+            ctx=upstream.ctx,
+            tick=TAB_TICK,
         )
         self.lines: deque[tuple[int, str]] = deque(maxlen=REPLAY)
         """The last lines shown, numbered, as JSON."""
@@ -175,7 +186,7 @@ class Tab:
         }
         peer.send(encode(welcome))
         self.state = encode(state_message(self.session))
-        peer.send(self.state)
+        peer.show_state(self.state)
         peer.follow(self, min(after, self.shown))
 
     def line_after(self, n: int) -> tuple[int, str]:
@@ -224,7 +235,7 @@ class Tab:
         if state != self.state:
             self.state = state
             if self.peer is not None:
-                self.peer.send(state)
+                self.peer.show_state(state)
 
     async def _run(self) -> None:
         run = asyncio.ensure_future(self.conn.run())
