@@ -25,9 +25,11 @@ from typing import Any, Final
 from . import load
 from .run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
 
+CLIENT_PROCESSES: Final = 2
+"""Processes the WebSocket clients are spread over: one alone falls behind before the gateway."""
 CONNECT_BATCH: Final = 50
 """WebSockets opened at once while the clients connect."""
-IDLE_END: Final = 20.0
+IDLE_END: Final = 60.0
 """A client stops this long after its last message: a gateway that fell behind has time to
 catch up, and what has not come by then counts as lost."""
 
@@ -99,22 +101,29 @@ class Client:
         self.last_at = 0.0
         self.joined = asyncio.Event()
         self.notices: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
 
     async def run(self, http: Any, url: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            async with http.ws_connect(url, max_msg_size=0) as ws:
-                if self.token:
-                    self.reconnects += 1
-                    await ws.send_str(json.dumps({"t": "resume", "token": self.token,
-                                                  "after": self.after}))  # fmt: skip
-                else:
-                    await ws.send_str(json.dumps({"t": "hello", "name": self.name}))
-                reader = asyncio.ensure_future(self._read(ws))
-                await asyncio.wait(
-                    {reader, asyncio.ensure_future(stop.wait())},
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                reader.cancel()
+            try:
+                await self._session(http, url, stop)
+            except Exception as exc:  # a connection refused or cut under load: come back
+                self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
+                await asyncio.sleep(0.1)
+
+    async def _session(self, http: Any, url: str, stop: asyncio.Event) -> None:
+        async with http.ws_connect(url, max_msg_size=0) as ws:
+            if self.token:
+                self.reconnects += 1
+                resume = {"t": "resume", "token": self.token, "after": self.after}
+                await ws.send_str(json.dumps(resume))
+            else:
+                await ws.send_str(json.dumps({"t": "hello", "name": self.name}))
+            reader = asyncio.ensure_future(self._read(ws))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            reader.cancel()
+            stopped.cancel()
 
     async def _read(self, ws: Any) -> None:
         async for msg in ws:
@@ -126,6 +135,9 @@ class Client:
             elif m["t"] == "line":
                 self.after = m["n"]
                 self._line(m)
+            elif m["t"] in ("end", "error"):  # a session the gateway could not keep
+                text = f"{m['t']}: {m['text']}"
+                self.notices[text] = self.notices.get(text, 0) + 1
 
     def _line(self, m: dict[str, Any]) -> None:
         if m["kind"] == "notice" and m["text"] == "joined public":
@@ -148,17 +160,20 @@ class Client:
         self.last_at = time.monotonic()
 
 
-def ws_clients(results: Any, ready: Any, go: Any, url: str, count: int, messages: int) -> None:
-    asyncio.run(_ws_clients(results, ready, go, url, count, messages))
+def ws_clients(
+    results: Any, ready: Any, go: Any, url: str, names: list[str], messages: int
+) -> None:
+    asyncio.run(_ws_clients(results, ready, go, url, names, messages))
 
 
 async def _ws_clients(
-    results: Any, ready: Any, go: Any, url: str, count: int, messages: int
+    results: Any, ready: Any, go: Any, url: str, names: list[str], messages: int
 ) -> None:
     import aiohttp
 
     ws_url = url.replace("http://", "ws://") + "ws"
-    clients = [Client(f"w{k}", messages) for k in range(count)]
+    clients = [Client(name, messages) for name in names]
+    count = len(clients)
     stop = asyncio.Event()
     # No connection limit: each WebSocket holds one for its whole life (the default is 100).
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -187,9 +202,22 @@ async def _ws_clients(
         "disorder": sum(c.disorder for c in clients),
         "reconnects": sum(c.reconnects for c in clients),
         "last": max(c.last_at for c in clients),
-        "latency_ms": percentiles(latencies) if latencies else {},
+        "latencies": latencies,
         "notices": _merged(c.notices for c in clients),
+        "errors": _merged(c.errors for c in clients),
     })  # fmt: skip
+
+
+def _summed(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reports of the client processes as one."""
+    counted = ("delivered", "expected", "duplicates", "disorder", "reconnects")
+    got: dict[str, Any] = {key: sum(part[key] for part in parts) for key in counted}
+    got["last"] = max(part["last"] for part in parts)
+    latencies = [x for part in parts for x in part["latencies"]]
+    got["latency_ms"] = percentiles(latencies) if latencies else {}
+    got["notices"] = _merged(part["notices"] for part in parts)
+    got["errors"] = _merged(part["errors"] for part in parts)
+    return got
 
 
 def _merged(counts: Any) -> dict[str, int]:
@@ -213,22 +241,30 @@ def run_one(s: Scenario, workdir: Path) -> dict[str, Any]:
         pid = gateway.proc.pid
         base_mb = rss_mb(pid)
         results, ready, go = ctx.Queue(), ctx.Queue(), ctx.Queue()
-        args = (results, ready, go, gateway.url, s.clients, s.count)
-        clients = ctx.Process(target=ws_clients, args=args)
-        clients.start()
-        ready.get(timeout=WAIT * 2)
+        names = [f"w{k}" for k in range(s.clients)]
+        procs = [
+            ctx.Process(target=ws_clients,
+                        args=(results, ready, go, gateway.url, names[k::CLIENT_PROCESSES], s.count))
+            for k in range(CLIENT_PROCESSES)
+        ]  # fmt: skip
+        for proc in procs:
+            proc.start()
+        for _ in procs:
+            ready.get(timeout=WAIT * 2)
         joined_mb = rss_mb(pid)
         cpu0 = cpu_seconds(pid)
         send = ctx.Process(target=load.sender, args=(results, "room", broker.router, ["public"]),
                            kwargs={"count": s.count, "size": 64, "rate": s.rate})  # fmt: skip
         send.start()
-        go.put("go")
-        first, second = results.get(timeout=WAIT * 5), results.get(timeout=WAIT * 5)
-        sent = first if first["role"] == "sender" else second
-        got = second if first["role"] == "sender" else first
+        for _ in procs:
+            go.put("go")
+        reports = [results.get(timeout=WAIT * 10) for _ in range(len(procs) + 1)]
         cpu = cpu_seconds(pid) - cpu0
+        [sent] = [r for r in reports if r["role"] == "sender"]
+        got = _summed([r for r in reports if r["role"] == "ws"])
         send.join(WAIT)
-        clients.join(WAIT)
+        for proc in procs:
+            proc.join(WAIT)
         elapsed = max(got["last"] - sent["start"], 1e-9)
         return {
             "name": s.name,
@@ -242,6 +278,7 @@ def run_one(s: Scenario, workdir: Path) -> dict[str, Any]:
             "disorder": got["disorder"],
             "reconnects": got["reconnects"],
             "notices": got["notices"],
+            "errors": got["errors"],
             "rate": got["delivered"] / elapsed,
             "latency_ms": got["latency_ms"],
             "cpu_us_per_delivery": 1e6 * cpu / max(1, got["delivered"]),
