@@ -47,6 +47,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         return [Scenario("20 ws, 20/s", 20, 100, 20.0)]
     return [
         Scenario("200 ws, 10/s", 200, 300, 10.0),
+        Scenario("200 ws, 25/s", 200, 500, 25.0),
         Scenario("200 ws, 50/s", 200, 1000, 50.0),
     ]
 

@@ -179,6 +179,11 @@ def test_browser_and_terminal_talk_both_ways(
     page.wait(lambda: "bob" in page.driver.find_element(By.ID, "members").text, "bob in members")
     rooms = page.driver.find_element(By.ID, "rooms").text
     assert "public" in rooms and "3" in rooms, rooms
+    page.say("/msg bob just between us")
+    bob.expect(r"^\[@bob\] alice: just between us$")
+    bob.send("/msg alice and back")
+    direct = page.wait_line(lambda x: x["text"] == "and back", "bob's direct message")
+    assert (direct["kind"], direct["sender"]) == ("direct", "bob")
     page.say("/who")
     page.wait_line(lambda x: x["text"].startswith("carol") and "public" in x["text"], "/who")
     SCREENSHOT.write_bytes(page.driver.get_screenshot_as_png())  # shown in the README
