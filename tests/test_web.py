@@ -12,6 +12,8 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -383,3 +385,16 @@ async def _safety(url: str) -> None:
             while (msg := await ws.receive(timeout=WAIT)).type is aiohttp.WSMsgType.TEXT:
                 pass
             assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4002  # flooding
+
+
+def test_room_bench_web_quick_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """``room-bench --web --quick`` (WebSocket clients through the gateway): its figures are for
+    docs/performance.md; here only that every message came once, in order."""
+    out = tmp_path / "web.json"
+    argv = [sys.executable, "-c", "from bench.cli import main; main()", "--web", "--quick",
+            "--json", str(out)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [entry] = json.loads(out.read_text())["scenarios"]
+    assert entry["delivered"] == entry["expected"] > 0
+    assert (entry["lost"], entry["duplicates"], entry["disorder"]) == (0, 0, 0)
