@@ -100,6 +100,8 @@ class Socket:
         self.closing = False
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write())
+        self._closer: asyncio.Task[bool] | None = None
+        """The task closing the socket, once one is (held, so that it runs to its end)."""
 
     def send(self, text: str) -> None:
         """Queue ``text``; a socket that lets too many pile up is closed instead."""
@@ -128,9 +130,13 @@ class Socket:
 
     def close(self, code: int, reason: str) -> None:
         """Close now, whatever is unsent."""
+        if self._closer is not None:
+            return
         self.closing = True
         self._writer.cancel()
-        asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()))
+        self._closer = asyncio.get_running_loop().create_task(
+            self.ws.close(code=code, message=reason.encode())
+        )
 
     async def stop(self) -> None:
         self._writer.cancel()
