@@ -69,6 +69,12 @@ HEADER = (
     help="Run the room-key family instead: how long a key change takes to reach every member "
     "of a room of 1,000.",
 )
+@options.option(
+    "--web",
+    is_flag=True,
+    help="Measure room-web instead: WebSocket clients in one room, fed by a terminal-protocol "
+    "sender through the gateway (docs/performance.md#room-web).",
+)
 def main(
     quick: bool,
     json_path: str | None,
@@ -76,8 +82,12 @@ def main(
     only: tuple[str, ...],
     cluster: bool,
     keys: bool,
+    web: bool,
 ) -> None:
     """Measure the broker against a bare pyzmq ROUTER->PUB relay on this machine, in one run."""
+    if web:
+        run_web(quick, json_path)
+        return
     if cluster:
         run_cluster(quick, json_path, plot_path, list(only) or None)
         return
@@ -92,10 +102,7 @@ def main(
             sys.exit(1)
     click.echo(HEADER)
     report = bench.run(quick, list(only) or None, echo=lambda e: click.echo(row(e)))
-    m = report["machine"]
-    click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
-    if json_path:
-        Path(json_path).write_bytes(msgspec.json.encode(report))
+    _close(report, json_path)
     if plot_path:
         from .plot import draw
 
@@ -119,10 +126,7 @@ def run_cluster(
         sys.exit(1)
     click.echo(cluster.HEADER)
     report = cluster.run(quick, only, echo=lambda e: click.echo(cluster.rows(e)), nats=nats)
-    m = report["machine"]
-    click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
-    if json_path:
-        Path(json_path).write_bytes(msgspec.json.encode(report))
+    _close(report, json_path)
 
 
 def run_keys(quick: bool, json_path: str | None) -> None:
@@ -135,6 +139,20 @@ def run_keys(quick: bool, json_path: str | None) -> None:
         ms = sorted(k[f"{what}_ms"])
         click.echo(f"key change at {what} to {k['members']} members, ms over {k['rounds']} rounds: "
                    f"median {ms[len(ms) // 2]:.1f}, worst {ms[-1]:.1f}")  # fmt: skip
+    _close(report, json_path)
+
+
+def run_web(quick: bool, json_path: str | None) -> None:
+    """``--web``: imported only here, so the other runs start nothing more."""
+    from . import web
+
+    click.echo(web.HEADER)
+    report = web.run(quick, echo=lambda e: click.echo(web.row(e)))
+    _close(report, json_path)
+
+
+def _close(report: dict[str, Any], json_path: str | None) -> None:
+    """The machine's line, and the whole report as JSON if asked."""
     m = report["machine"]
     click.echo(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
     if json_path:

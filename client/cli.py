@@ -11,7 +11,7 @@ import click
 from broker import options
 from broker.config import HISTORY, ROUTER, Exit
 from broker.keys import KeyFileError
-from broker.protocol import LOBBY, NAME_RULE, valid_name
+from broker.protocol import HISTORY_MAX, LOBBY, NAME_RULE, valid_name
 from client import app
 from client.control import client_keys
 
@@ -26,7 +26,7 @@ _ENDPOINT: Final = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 _TCP_ENDPOINT: Final = re.compile(r"^tcp://\S+:(\d+|\*)$")
 
 
-def _split_servers(
+def split_servers(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[str, ...]:
     """Every ``--server`` (and ``ROOM_SERVER``, which click splits on whitespace) may list several
@@ -54,6 +54,35 @@ def _prompted_name(value: str) -> str:
     return value
 
 
+server_option = options.option(
+    "--server",
+    multiple=True,
+    default=[ROUTER],
+    show_default=True,
+    callback=split_servers,
+    help="The broker's client endpoint (its ROUTER). Repeat it or separate endpoints with commas "
+    "to give several brokers: the first that answers is used, and the next ones in turn when "
+    "it is lost. One --server-key applies to all of them.",
+)
+"""``--server``, shared by the commands that chat (``room-client join``, ``room-web``)."""
+server_key_option = options.option(
+    "--server-key",
+    default=None,
+    help="The broker's public key, or its file; needed only for a broker started with --curve "
+    "[default: found in the data dir when such a broker runs on this host]. With several "
+    "--server brokers it is used for all of them, so they must share one key pair.",
+)
+"""``--server-key``, shared as ``--server`` is."""
+history_option = options.option(
+    "--history",
+    default=HISTORY,
+    type=click.IntRange(0, HISTORY_MAX),
+    show_default=True,
+    help="How many recent messages to show on joining a room.",
+)
+"""``--history``, shared as ``--server`` is."""
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The room chat client."""
@@ -72,30 +101,9 @@ def main() -> None:
     callback=_check_name,
     help="Your name in the chat; asked for on a terminal, required when piped.",
 )
-@options.option(
-    "--server",
-    multiple=True,
-    default=[ROUTER],
-    show_default=True,
-    callback=_split_servers,
-    help="The broker's client endpoint (its ROUTER). Repeat it or separate endpoints with commas "
-    "to give several brokers: the first that answers is used, and the next ones in turn when "
-    "it is lost. One --server-key applies to all of them.",
-)
-@options.option(
-    "--history",
-    default=HISTORY,
-    type=click.IntRange(0, 1000),
-    show_default=True,
-    help="How many recent messages to show on joining a room.",
-)
-@options.option(
-    "--server-key",
-    default=None,
-    help="The broker's public key, or its file; needed only for a broker started with --curve "
-    "[default: found in the data dir when such a broker runs on this host]. With several "
-    "--server brokers it is used for all of them, so they must share one key pair.",
-)
+@server_option
+@history_option
+@server_key_option
 @options.data_dir
 @options.option(
     "--sub-hwm",

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import zmq
+import zmq.asyncio
 
 from broker.protocol import Welcome
 
@@ -30,6 +31,9 @@ __all__ = ["TICK", "Connection", "handshake_timeout", "pub_endpoint"]
 
 TICK: Final = 0.05
 """Seconds between ``Session.tick`` calls (the session's timers are multiples of this)."""
+FAIR_SHARE: Final = 32
+"""Events handled in a row before the loop lets other tasks run: a connection with a long queue
+must not starve the others that share its event loop (``room-web`` runs one per browser tab)."""
 
 
 class Connection:
@@ -43,14 +47,20 @@ class Connection:
         *,
         sub_hwm: int | None = None,
         curve: CurveKeys | None = None,
+        ctx: zmq.asyncio.Context | None = None,
+        tick: float = TICK,
     ) -> None:
+        """``ctx``: a ZeroMQ context shared by many connections (``room-web``), else its own;
+        ``tick``: seconds between ``Session.tick`` calls (a gateway of many sessions ticks less
+        often: the session's timers are 0.2 s and more)."""
         self.session = session
+        self.tick = tick
         self.show = show
         self.events: asyncio.Queue[Queued] = asyncio.Queue()
         """What the sockets, the user and the clock produced, in the order it came."""
         self.settled = asyncio.Event()
         """Set while nothing is in flight (``Session.settled``)."""
-        self.sockets = Sockets(self.events, sub_hwm=sub_hwm, curve=curve)
+        self.sockets = Sockets(self.events, sub_hwm=sub_hwm, curve=curve, ctx=ctx)
         self.brokers = Brokers(servers, self.sockets, session, show)
 
     # ---- the front end's side -----------------------------------------------------------------
@@ -82,9 +92,13 @@ class Connection:
         self.sockets.receive_dealer()
         self.sockets.receive_sub()
         stop = await self._apply(self.brokers.welcome_effects)
-        next_tick = loop.time() + TICK
+        next_tick = loop.time() + self.tick
+        unbroken = 0
         while stop is None:
             if not self.events.empty():
+                unbroken += 1
+                if unbroken % FAIR_SHARE == 0:
+                    await asyncio.sleep(0)  # let the loop's other tasks run (room-web's tabs)
                 kind, item = self.events.get_nowait()
             else:
                 try:
@@ -97,7 +111,7 @@ class Connection:
             effects = await self._handle(kind, item, now)
             if now >= next_tick:
                 effects += self.session.tick(now)
-                next_tick = now + TICK
+                next_tick = now + self.tick
             stop = await self._apply(effects)
             if self.session.settled:
                 self.settled.set()

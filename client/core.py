@@ -145,6 +145,18 @@ class Session:
     def hello(self) -> Hello:
         return self.link.hello()
 
+    def carry_on(self, secret: str, last: int) -> None:
+        """Continue a session that another process ran (``room-web`` after a restart), before
+        the handshake: say ``Hello`` with its ``secret``, so that the broker resumes it while it
+        still holds it, and take the starting room as delivered up to ``last`` (0: nothing), so
+        that what came meanwhile is fetched as a gap, once and in order, not shown as history."""
+        self.link.session_secret = secret
+        if last > 0:
+            room = self.delivery.want_room
+            self.delivery.room = room
+            self.delivery.last[room] = last
+            self.delivery.check_numbering = True  # a broker that started over: Joined tells
+
     @property
     def settled(self) -> bool:
         """Nothing in flight: joined, every sent message acknowledged and seen, no fetch owed.

@@ -49,6 +49,8 @@ class Line:
     own: bool = False
     to: str = ""
     """The recipient of a direct message."""
+    seq: int = 0
+    """A room message's sequence number in its room (0 for anything else)."""
 
     def render(self) -> str:
         """The plain line of the piped-mode contract: ``[ROOM] SENDER: TEXT``, a direct message

@@ -29,4 +29,5 @@ def table(rows: list[tuple[str, str]]) -> list[Line]:
 
 def message(msg: Posted, kind: Kind, me: str) -> Line:
     """A room message; ``me`` is this user's name, to mark its own messages."""
-    return Line(kind, msg.text, room=msg.room, sender=msg.sender, ts=msg.ts, own=msg.sender == me)
+    own = msg.sender == me
+    return Line(kind, msg.text, room=msg.room, sender=msg.sender, ts=msg.ts, own=own, seq=msg.seq)

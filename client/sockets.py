@@ -44,6 +44,7 @@ class Sockets:
         *,
         sub_hwm: int | None = None,
         curve: CurveKeys | None = None,
+        ctx: zmq.asyncio.Context | None = None,
     ) -> None:
         self.events = events
         """Where the receivers put what the sockets read: ``("server", (dealer, messages))``
@@ -51,7 +52,9 @@ class Sockets:
         self.curve = curve
         """With keys, both sockets are CURVE clients of a ``--curve`` broker."""
         self.sub_hwm = sub_hwm or RCVHWM
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = ctx or zmq.asyncio.Context()
+        """Our own, or one shared by many sessions (``room-web``), which its owner ends."""
+        self._own_ctx = ctx is None
         self.dealer: zmq.asyncio.Socket | None = None
         self.sub: zmq.asyncio.Socket | None = None
         self.sub_endpoint: str | None = None
@@ -125,7 +128,8 @@ class Sockets:
             self.sub.close(linger=0)
         if self.dealer is not None:
             self.dealer.close(linger=QUIT_LINGER_MS if clean else 0)
-        await asyncio.to_thread(self.ctx.term)
+        if self._own_ctx:
+            await asyncio.to_thread(self.ctx.term)
 
     # ---- receiving ----------------------------------------------------------------------------
 

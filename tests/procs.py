@@ -501,3 +501,29 @@ class Canary:
             listener.close()
         for user in self.users:
             user.close()
+
+
+# ---- room-web ------------------------------------------------------------------------------------
+
+
+class WebProc(Proc):
+    """``room-web`` for one broker, on a free loopback port unless ``listen`` names one;
+    ``url`` is the page's address from its first line."""
+
+    def __init__(self, broker: BrokerProc, *extra: str, listen: str = "127.0.0.1:0"):
+        self.broker, self.extra = broker, extra
+        env = {"ROOM_DATA_DIR": str(broker.data_dir)}  # a --curve broker's key is found there
+        argv = _cmd("client.web.cli", "--listen", listen, "--server", broker.router, *extra)
+        super().__init__(argv, env=env)
+        self.url = self.expect(r"open (http://\S+/) in a browser").group(1)
+        self.listen = self.url.removeprefix("http://").rstrip("/")
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager stops it."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        return self.wait()
+
+    def restart(self) -> WebProc:
+        """A new ``room-web`` on the same port (after ``stop``)."""
+        return WebProc(self.broker, *self.extra, listen=self.listen)

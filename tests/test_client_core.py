@@ -88,6 +88,24 @@ def test_synced_ahead_fetches_the_gap_and_announces_after_it_is_filled() -> None
     assert lines(out) == ["[public] bob: m4", "[public] bob: m5", "* joined public"]
 
 
+def test_carry_on_resumes_by_secret_and_fetches_what_came_since_as_live_messages() -> None:
+    """room-web after a restart: the page knows its secret and the newest message it showed."""
+    s = Session("alice", "ops", 0, rng=random.Random(7))
+    s.carry_on("old-secret", 3)
+    assert s.hello() == p.Hello(p.VERSION, "alice", "old-secret")
+    out = s.on_server(welcome(), T0)
+    assert sent(out) == [p.Join("ops", 0)]  # a first Welcome: joins, no history
+    out = s.on_room([post("ops", 6)], T0)  # on the SUB before Joined: held, not shown
+    assert lines(out) == []
+    out = s.on_server(p.Joined("ops", 6), T0)
+    assert lines(out) == []
+    out = s.on_room([p.Synced("ops", s.sync_nonce, 6)], T0)
+    assert one_sent(out, p.Fetch) == p.Fetch("ops", after=3, upto=5)
+    out = s.on_server(p.Messages("ops", [post("ops", 4), post("ops", 5)]), T0)
+    assert lines(out) == ["[ops] bob: m4", "[ops] bob: m5", "[ops] bob: m6", "* joined ops"]
+    assert [e.seq for e in out if isinstance(e, Line) and e.kind is Kind.MESSAGE] == [4, 5, 6]
+
+
 def test_sync_is_resent_until_synced_arrives() -> None:
     s = started()
     out = s.on_server(p.Joined("public", 0), T0)

@@ -1,6 +1,7 @@
-"""One environment variable per option, one way: every option of room-broker, room-client, room-ctl
-and room-bench reads ``ROOM_<OPTION>`` (``broker.options``) and --help shows it. The four commands
-through click's CliRunner, with the library calls they make replaced: no socket is opened."""
+"""One environment variable per option, one way: every option of room-broker, room-client, room-ctl,
+room-web and room-bench reads ``ROOM_<OPTION>`` (``broker.options``) and --help shows it. The five
+commands through click's CliRunner, with the library calls they make replaced: no socket is
+opened."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import bench.cli
 import broker.cli
 import client.cli
 import client.ctl
+import client.web.cli
 from broker import options
 from broker import protocol as p
 from client import app
@@ -25,6 +27,7 @@ PROGRAMS: dict[str, click.Command] = {
     "room-client": client.cli.main,
     "room-ctl": client.ctl.main,
     "room-bench": bench.cli.main,
+    "room-web": client.web.cli.main,
 }
 
 PENDING: set[tuple[str, str]] = set()
@@ -173,3 +176,27 @@ def test_room_broker_reads_its_variables() -> None:
     done = CliRunner().invoke(broker.cli.main, ["start"], env={"ROOM_MAX_ROOMS": "0"})
     assert done.exit_code == 2
     assert "--max-rooms" in done.output and "0 is not in the range x>=1" in done.output
+
+
+def test_room_web_reads_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[tuple[str, int, Any, Any]] = []
+
+    def serve(host: str, port: int, upstream: Any, settings: Any) -> int:
+        served.append((host, port, upstream, settings))
+        return 0
+
+    monkeypatch.setattr(client.web.cli, "serve", serve)
+    env = {
+        "ROOM_LISTEN": "0.0.0.0:9000",
+        "ROOM_SERVER": "tcp://a:1,tcp://b:2",
+        "ROOM_ALLOW_ORIGIN": "https://chat.example.org",
+        "ROOM_DATA_DIR": "/nonexistent-room-dir",
+    }
+    done = CliRunner().invoke(client.web.cli.main, [], env=env)
+    assert done.exit_code == 0, done.output
+    [(host, port, upstream, settings)] = served
+    assert (host, port, tuple(upstream.servers)) == ("0.0.0.0", 9000, ("tcp://a:1", "tcp://b:2"))
+    assert settings.allow_origins == {"https://chat.example.org"}
+    upstream.ctx.term()
+    bad = CliRunner().invoke(client.web.cli.main, [], env={"ROOM_LISTEN": "nowhere"})
+    assert bad.exit_code == 2 and "is not HOST:PORT" in bad.output

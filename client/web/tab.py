@@ -1,0 +1,270 @@
+"""One browser tab's chat: the client's own session and connection, outliving its WebSocket.
+
+``room-web`` runs one ``client.connection.Connection`` per tab, as ``room-client`` runs one per
+process, so a tab gets the same sans-IO ``Session``: unique names, history on join, gap repair,
+retries, resume after a lost broker. Where the piped front end prints each ``Line``, a ``Tab``
+numbers it, keeps the last ``REPLAY`` as JSON and hands it to the WebSocket attached now, if any.
+
+The WebSocket reads the lines from that buffer at its own pace (``line_after``), so a slow
+browser falls behind rather than holding anyone up, and catches up from the buffer; one more than
+``REPLAY`` lines behind is told how many it missed. A tab whose WebSocket dropped keeps its session
+for ``GRACE`` seconds: a page that comes back in time with the tab's token gets what it missed from
+the buffer. After that the session leaves as ``/exit`` does, which frees the name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import zmq.asyncio
+
+from broker.config import HEARTBEAT, LIVENESS, Exit
+from broker.protocol import LOBBY
+
+from ..connection import Connection
+from ..control import CurveKeys
+from ..core import PROG, Session
+from ..effects import Kind, Line, Stop
+
+REPLAY: Final = 2000
+"""Lines a tab keeps for its WebSocket to read, and to replay to a page that reconnects."""
+GRACE: Final = HEARTBEAT * (LIVENESS - 1)
+"""Seconds a tab without a WebSocket keeps its session: a reload or a short network loss comes
+back within it, and a closed tab frees its name before the broker's own heartbeat timeout."""
+STATE_EVERY: Final = 0.25
+"""Seconds between checks of the status, rooms and members shown on the page."""
+TAB_TICK: Final = 0.2
+"""Seconds between a tab's ``Session.tick`` calls: four times fewer than a terminal client's,
+as a gateway runs hundreds of sessions (the session's shortest timer, ``SYNC_RETRY``, is this)."""
+TOKEN_BYTES: Final = 24
+"""Random bytes in a tab's token (192 bits): no page can guess another tab's."""
+
+
+class Peer(Protocol):
+    """The WebSocket of a tab: it reads the tab's lines after ``follow``, and is told of new ones
+    (and of the end) by ``notify``; ``show_state`` replaces the state still unsent, ``send``
+    queues anything else. None of them blocks."""
+
+    def send(self, text: str) -> None: ...
+
+    def show_state(self, text: str) -> None: ...
+
+    def follow(self, tab: Tab, after: int) -> None: ...
+
+    def notify(self) -> None: ...
+
+    def replaced(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """How every tab reaches the broker: the ``--server`` list, CURVE keys, one ZeroMQ context."""
+
+    servers: Sequence[str]
+    curve: CurveKeys | None
+    ctx: zmq.asyncio.Context
+    history: int
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def line_message(line: Line, n: int) -> dict[str, Any]:
+    """A ``Line`` for the page, numbered ``n`` within its tab (docs/web.md)."""
+    message: dict[str, Any] = {"t": "line", "n": n, "kind": line.kind.value, "text": line.text}
+    if line.kind in (Kind.MESSAGE, Kind.HISTORY, Kind.DIRECT):
+        message |= {"sender": line.sender, "ts": line.ts, "own": line.own}
+    if line.kind in (Kind.MESSAGE, Kind.HISTORY):
+        message |= {"room": line.room, "seq": line.seq}
+    if line.kind is Kind.DIRECT:
+        message["to"] = line.to
+    return message
+
+
+def end_message(stop: Stop) -> dict[str, Any]:
+    """Why the session ended, in the page's words (``room-client``'s, minus its command line)."""
+    text = stop.error.removeprefix(f"{PROG}: ") or "you left the chat"
+    text = text.replace("run room-client join again", "join again")
+    text = text.replace("another room-client", "another tab or client")
+    return {"t": "end", "code": int(stop.code), "text": text}
+
+
+def state_message(session: Session) -> dict[str, Any]:
+    """What the page shows beside the messages: status, room, rooms and members."""
+    status = session.state
+    if status == "connected" and session.is_blocked:
+        status = "blocked"
+    members = session.members()
+    rooms = dict(session.roster.rooms)
+    rooms.setdefault(LOBBY, 0)
+    if session.room is not None:
+        rooms[session.room] = max(len(members), rooms.get(session.room, 0))
+    listed = sorted(rooms.items(), key=lambda item: (item[0] != LOBBY, item[0]))
+    return {
+        "t": "state",
+        "status": status,
+        "name": session.name,
+        "room": session.room or session.want_room,
+        "rooms": [list(item) for item in listed],
+        "members": members,
+    }
+
+
+class Tab:
+    """A chat session for one browser tab; ``start`` it, then ``attach`` WebSockets to it."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        name: str,
+        room: str,
+        *,
+        secret: str = "",
+        last: int = 0,
+        on_gone: Callable[[Tab], None],
+    ) -> None:
+        """``secret`` and ``last`` continue a session another gateway ran (``Session.carry_on``);
+        ``on_gone`` is told when the tab can be forgotten."""
+        self.token = secrets.token_urlsafe(TOKEN_BYTES)
+        self.session = Session(name, room, 0 if last else upstream.history, track=True)
+        self.session.carry_on(secret, last)
+        self.conn = Connection(
+            upstream.servers,
+            self.session,
+            self._show,
+            curve=upstream.curve,
+            ctx=upstream.ctx,
+            tick=TAB_TICK,
+        )
+        self.lines: deque[tuple[int, str]] = deque(maxlen=REPLAY)
+        """The last lines shown, numbered, as JSON."""
+        self.shown = 0
+        """How many lines the tab has shown (the number of the last one)."""
+        self.peer: Peer | None = None
+        self.state = ""
+        """The last state sent, as JSON."""
+        self.ended: str | None = None
+        """Why the session ended, as JSON, once it has."""
+        self.on_gone = on_gone
+        self._task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    async def start(self) -> Stop | None:
+        """The handshake; a ``Stop`` says why there is no session (its sockets are closed)."""
+        stop = await self.conn.handshake()
+        if stop is not None:
+            await self.conn.close(clean=False)
+            return stop
+        self._task = asyncio.create_task(self._run(), name=f"tab-{self.session.name}")
+        return None
+
+    # ---- the page's side ----------------------------------------------------------------------
+
+    def attach(self, peer: Peer, after: int) -> None:
+        """``peer`` is this tab's WebSocket from now on: it gets the welcome, every buffered line
+        numbered above ``after``, and the state. A WebSocket attached before is told it was
+        replaced (a duplicated tab) and closed."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.peer is not None and self.peer is not peer:
+            self.peer.replaced()
+        self.peer = peer
+        welcome = {
+            "t": "welcome",
+            "token": self.token,
+            "name": self.session.name,
+            "secret": self.session.link.session_secret,
+        }
+        peer.send(encode(welcome))
+        self.state = encode(state_message(self.session))
+        peer.show_state(self.state)
+        peer.follow(self, min(after, self.shown))
+
+    def line_after(self, n: int) -> tuple[int, str]:
+        """The line after number ``n`` (``n`` < ``shown``), as JSON; when it is no longer kept, a
+        notice of how many were missed, numbered as the last of them."""
+        oldest = self.lines[0][0] if self.lines else self.shown + 1
+        if n + 1 >= oldest:
+            return self.lines[n + 1 - oldest]
+        missed = oldest - 1 - n
+        text = f"{missed} lines were missed here: this page fell behind; /history shows more"
+        return oldest - 1, encode({"t": "line", "n": oldest - 1, "kind": "error", "text": text})
+
+    def detach(self, peer: Peer) -> None:
+        """``peer`` closed: keep the session for ``GRACE`` seconds, in case the page comes back."""
+        if self.peer is not peer:
+            return
+        self.peer = None
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(GRACE, self._expire)
+
+    def feed(self, text: str) -> None:
+        """What the user typed: each line as the terminal client takes it (slash commands too)."""
+        if self.ended is None:
+            for line in text.splitlines():
+                self.conn.feed(line)
+
+    async def close(self) -> None:
+        """The gateway stops: drop the connection without ``Quit``, so that a gateway started
+        again can resume the session (the broker drops it after its heartbeat timeout)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # ---- the session's side -------------------------------------------------------------------
+
+    def _show(self, line: Line) -> None:
+        self.shown += 1
+        text = encode(line_message(line, self.shown))
+        self.lines.append((self.shown, text))
+        if self.peer is not None:
+            self.peer.notify()
+
+    def _send_state(self) -> None:
+        state = encode(state_message(self.session))
+        if state != self.state:
+            self.state = state
+            if self.peer is not None:
+                self.peer.show_state(state)
+
+    async def _run(self) -> None:
+        run = asyncio.ensure_future(self.conn.run())
+        stop = Stop(Exit.ERROR, f"{PROG}: the gateway stopped")
+        try:
+            while not run.done():
+                await asyncio.wait({run}, timeout=STATE_EVERY)
+                self._send_state()
+            stop = run.result()
+        except asyncio.CancelledError:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run
+            await self.conn.close(clean=False)
+            raise
+        except Exception as exc:  # a bug: the tab says so in one line, the gateway goes on
+            stop = Stop(Exit.ERROR, f"{PROG}: internal error: {type(exc).__name__}: {exc}")
+        await self.conn.close(clean=stop.code == Exit.OK)
+        self._end(stop)
+
+    def _end(self, stop: Stop) -> None:
+        self._send_state()
+        self.ended = encode(end_message(stop))
+        if self.peer is not None:
+            self.peer.notify()  # the end goes out after every line
+        # Kept a while, so that a page that missed the end (its socket dropped) still hears it.
+        asyncio.get_running_loop().call_later(GRACE, self.on_gone, self)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self.peer is None and self.ended is None:
+            self.conn.end_input()  # leaves as /exit does; _end follows
