@@ -140,8 +140,8 @@ def main() -> None:
     help="This broker's name on the backbone, unique among the brokers (needed with --backbone).",
 )
 @options.option(
-    "--room-keys",
-    is_flag=True,
+    "--room-keys/--no-room-keys",
+    default=False,
     help="Seal room events on the PUB with keys only their members get (room-client opens them).",
 )
 @options.option(

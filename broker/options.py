@@ -17,9 +17,11 @@ from .config import ENV_PREFIX
 
 
 def envvar(flag: str) -> str:
-    """The variable an option reads: ``--max-rooms`` -> ``ROOM_MAX_ROOMS``."""
+    """The variable an option reads: ``--max-rooms`` -> ``ROOM_MAX_ROOMS``; a flag pair
+    ``--room-keys/--no-room-keys`` reads ``ROOM_ROOM_KEYS`` (true or false)."""
     if not flag.startswith("--"):
         raise ValueError(f"an option's first name is its long flag, not {flag!r}")
+    flag = flag.split("/", 1)[0]
     return f"{ENV_PREFIX}_{flag.removeprefix('--').replace('-', '_').upper()}"
 
 
