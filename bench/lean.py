@@ -22,6 +22,7 @@ message beside each target's cost.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Final
 
@@ -65,10 +66,17 @@ def redis_address(where: str) -> tuple[str, int]:
 
 
 def pack(*args: bytes) -> bytes:
-    """One Redis command, packed by redis-py (imported here: only Redis runs need it)."""
+    """One Redis command, packed by redis-py."""
+    return b"".join(_redis_packer().pack_command(*args))
+
+
+@functools.cache
+def _redis_packer() -> Any:
+    """One redis-py connection object (never connected), for its packer; imported here: only
+    Redis runs need redis-py."""
     from redis.connection import Connection
 
-    return b"".join(Connection().pack_command(*args))
+    return Connection()
 
 
 def handshake(dealer: zmq.Socket[bytes], name: str, room: str, ring: Keyring) -> str:
