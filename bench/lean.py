@@ -40,6 +40,13 @@ REPAIR_WAIT: Final = 10.0
 FIRST_WAIT: Final = 60.0
 """How long subscribers wait at most for the sender to finish."""
 HEARTBEAT: Final = 1.0
+NAP: Final = 0.0005
+SMALL: Final = 16
+"""In a flood, a subscriber that read fewer than ``SMALL`` messages on a wake-up sleeps ``NAP``
+seconds before the next: a per-message stream then costs a wake-up per few dozen messages, not
+per message (every target's subscribers do the same; latency runs never nap)."""
+CHECK_EVERY: Final = 0.01
+"""Seconds between a subscriber's checks of the time, the sender's end, heartbeats."""
 WINDOW: Final = 1024
 """Messages a sender keeps unacknowledged at most (the broker drains 512 per turn)."""
 SUB_RCVHWM: Final = 100_000
