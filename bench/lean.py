@@ -53,6 +53,9 @@ SUB_RCVHWM: Final = 100_000
 """The subscribers' own queue (receives, not bytes): the same for every target."""
 COUNTER: Final = 4
 """Bytes of counter at the start of a relay's or Redis's body."""
+WARM: Final = 2 ** (8 * COUNTER) - 1
+"""The counter of a warm-up message (never a real one): through a relay, it tells a subscriber
+that its subscription is live."""
 
 NOBLOCK: Final = int(zmq.NOBLOCK)  # a plain int: enum flags cost an operation per call
 

@@ -14,10 +14,12 @@ from pathlib import Path
 from queue import Empty
 from typing import TYPE_CHECKING, Any, Final
 
+import zmq
+
 from broker.config import DEFAULT_LIMITS
 from broker.protocol import topic
 
-from . import load, sender, subscriber
+from . import lean, load, sender, subscriber
 
 if TYPE_CHECKING:
     from .run import Scenario
@@ -66,6 +68,31 @@ def _collect(queue: Any, procs: list[Any], want: int, on_sender: Any) -> list[di
     return got
 
 
+def _warm_up(router: str, rooms: list[str], size: int, ready: Any, processes: int) -> None:
+    """Warm-up messages through a relay, every 20 ms, until every subscriber process has read
+    one on each of its subscriptions (a relay's slow joiner would otherwise lose the start)."""
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(router)
+    frames = [[topic(room), lean.body(lean.WARM, size)] for room in rooms]
+    waiting = processes
+    deadline = time.monotonic() + WAIT
+    try:
+        while waiting:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay's subscribers never said they were ready")
+            for f in frames:
+                dealer.send_multipart(f)
+            try:
+                ready.get(timeout=0.02)
+                waiting -= 1
+            except Empty:
+                pass
+    finally:
+        ctx.destroy(linger=0)
+
+
 def idle(s: Scenario, target: Any) -> dict[str, Any]:
     """Connected clients that only heartbeat: what holding them costs the broker."""
     ctx = mp.get_context("spawn")
@@ -101,8 +128,11 @@ def flow(s: Scenario, kind: str, target: Any) -> dict[str, Any]:
                     s.size, sample, f"sub{j}-")  # fmt: skip
             procs.append(ctx.Process(target=subscriber.subscribers, args=args))
             procs[-1].start()
-        for _ in groups:
-            ready.get(timeout=WAIT)
+        if kind in ("relay", "batch"):
+            _warm_up(target.router, rooms, s.size, ready, len(groups))
+        else:
+            for _ in groups:
+                ready.get(timeout=WAIT)
         cpu0 = target.cpu()
         args = (results, kind, target.router, rooms, per_room * s.senders, s.size, s.rate, sample)
         procs.append(ctx.Process(target=sender.sender, args=args))

@@ -24,6 +24,9 @@ from .lean import (
     text,
 )
 
+FLUSH_MS = 60_000
+"""How long a relay's sender waits, at most, for its queued messages to leave."""
+
 # ---- the sender ---------------------------------------------------------------------------------
 
 
@@ -83,7 +86,9 @@ def sender(
     for s in socks:
         if kind == "redis":
             s.close()
-    ctx.destroy(linger=0)
+    # A relay acknowledges nothing: what the DEALERs still queue must leave before they close
+    # (linger 0 would drop it, and the subscribers would count it lost).
+    ctx.destroy(linger=FLUSH_MS if kind in ("relay", "batch") else 0)
 
 
 class _Acks:

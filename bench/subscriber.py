@@ -26,6 +26,7 @@ from .lean import (
     SETTLE,
     SMALL,
     SUB_RCVHWM,
+    WARM,
     handshake,
     pack,
     redis_address,
@@ -149,7 +150,10 @@ def subscribers(
         poller.register(sub.sock, zmq.POLLIN)
         owner[sub.sock.fileno() if kind == "redis" else sub.sock] = sub  # a raw socket: its fd
         subs.append(sub)
-    time.sleep(SETTLE)
+    if kind in ("relay", "batch"):
+        _warmed(subs, size)  # a relay cannot repair: every subscription is live before the clock
+    else:
+        time.sleep(SETTLE)  # Redis confirmed each SUBSCRIBE; the broker repairs what is missed
     ready.put("ready")
     cpu0 = time.process_time()
     total = expected * len(subs)
@@ -226,6 +230,29 @@ def subscribers(
         if kind == "redis":
             s.sock.close()
     ctx.destroy(linger=0)
+
+
+def _warmed(subs: list[_Sub], size: int, wait: float = 60.0) -> None:
+    """Until every subscription has read a warm-up message (counter ``WARM``: the parent sends
+    them through the relay until every subscriber process is ready); what else came is dropped."""
+    live: set[int] = set()
+    deadline = time.monotonic() + wait
+    while len(live) < len(subs):
+        if time.monotonic() > deadline:
+            raise TimeoutError("no warm-up message came through the relay")
+        for k, s in enumerate(subs):
+            if k in live or not s.sock.poll(10):
+                continue
+            while True:
+                try:
+                    s.sock.recv(NOBLOCK)
+                except zmq.Again:
+                    break
+                data = s.sock.recv()
+                counters = {int.from_bytes(data[i : i + COUNTER], "big")
+                            for i in range(0, len(data), size)}  # fmt: skip
+                if WARM in counters:
+                    live.add(k)
 
 
 def _room_sub(s: _Sub, size: int) -> None:
