@@ -33,12 +33,14 @@ def target_args(s: Scenario, kind: str) -> tuple[str, ...]:
     """What each target is started with: the broker durable (``--sync normal``) and with room
     keys on or off as the scenario says, whatever the defaults are; the bare relay's PUB queue
     the broker's per subscriber, in bytes (``--subscriber-queue``), as its sends are one
-    message each."""
+    message each; the batching relay's the broker's in sends, as its sends are batches too."""
     if kind == "room":
         return ("--sync", "normal", "--room-keys" if s.keys else "--no-room-keys")
     if kind == "relay":
         one = s.size + len(topic("r0"))
         return ("--pub-hwm", str(DEFAULT_LIMITS.subscriber_queue // one))
+    if kind == "batch":
+        return ("--pub-hwm", str(DEFAULT_LIMITS.pub_hwm))
     return ()
 
 

@@ -11,7 +11,8 @@ acknowledgement. Two kinds:
 High-water marks are the broker's where they mean the same: the ROUTER's receive queue
 (``ROUTER_RCVHWM`` messages per sender) and the PUB's queue per subscriber in bytes
 (``--subscriber-queue``'s default): in sends for the batching relay, as on the broker; for the bare
-relay, whose sends are one message each, that many bytes of messages (``--pub-hwm``).
+relay, whose sends are one message each, that many bytes of messages. room-bench passes both
+(``--pub-hwm``); without it, libzmq's default (the cluster bench's relay).
 """
 
 from __future__ import annotations
@@ -22,20 +23,21 @@ import sys
 
 import zmq
 
-from broker.config import BATCH, DEFAULT_LIMITS, PUB_SEND_BYTES
+from broker.config import BATCH, PUB_SEND_BYTES
 from broker.server import ROUTER_RCVHWM
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="relay")
     parser.add_argument("--batch", action="store_true", help="coalesce what is waiting")
-    parser.add_argument("--pub-hwm", type=int, default=DEFAULT_LIMITS.pub_hwm)
+    parser.add_argument("--pub-hwm", type=int, default=None, help="[default: libzmq's]")
     args = parser.parse_args()
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     pub = ctx.socket(zmq.PUB)
     router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
-    pub.setsockopt(zmq.SNDHWM, args.pub_hwm)
+    if args.pub_hwm is not None:
+        pub.setsockopt(zmq.SNDHWM, args.pub_hwm)
     for sock in (router, pub):
         sock.setsockopt(zmq.LINGER, 0)
     router_port = router.bind_to_random_port("tcp://127.0.0.1")
