@@ -246,9 +246,14 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(runs, key=lambda f: f["rate"])
     chosen = dict(ordered[len(ordered) // 2])
     chosen["rates"] = [f["rate"] for f in runs]
+    chosen["rounds"] = [{key: f[key] for key in ROUND_KEYS if key in f} for f in runs]
     for key in ("lost", "duplicates"):
         chosen[key] = max(f[key] for f in runs)
     return chosen
+
+
+ROUND_KEYS = ("rate", "lost", "duplicates", "repaired", "cpu_us_per_msg", "latency_ms")
+"""What the report keeps of every round, beside the median round's figures."""
 
 
 def _median_ratio(room: list[dict[str, Any]], ref: list[dict[str, Any]]) -> float | None:
