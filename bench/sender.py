@@ -212,15 +212,15 @@ def _send_redis(
     sent_ns: array | None,
     start: float,
 ) -> None:
-    """Pipelined: a chunk of packed commands per send, as large as the window lets it be."""
+    """Pipelined: each connection's next messages in one send, as many as its window lets go.
+    Paced: one at a time."""
     n = len(socks)
     per_sock = acks.per_sock
     sent = [0] * n
     now_ns = time.monotonic_ns
-    if rate or n > 1:  # one at a time, in turn
+    if rate:
         for i, msg in enumerate(msgs):
-            if rate:
-                _pace(start, i, rate)
+            _pace(start, i, rate)
             k = i % n
             while sent[k] - per_sock[k] >= window:
                 acks.drain_redis(k, socks[k], None)
@@ -233,16 +233,15 @@ def _send_redis(
                 for j, other in enumerate(socks):
                     acks.drain_redis(j, other, 0)
         return
-    s = socks[0]
-    i = 0
-    while i < len(msgs):
-        room = window - (sent[0] - per_sock[0])
-        if room <= 0:
-            acks.drain_redis(0, s, None)
-            continue
-        chunk = msgs[i : i + room]
-        s.settimeout(None)
-        s.sendall(b"".join(chunk))
-        sent[0] += len(chunk)
-        i += len(chunk)
-        acks.drain_redis(0, s, 0)
+    step = max(1, window // 2)
+    for at in range(0, len(msgs), n * step):
+        block = msgs[at : at + n * step]  # message i goes to connection i % n: n divides at
+        for k, s in enumerate(socks):
+            mine = block[k::n]
+            while mine and sent[k] + len(mine) - per_sock[k] > window:
+                acks.drain_redis(k, s, None)
+            s.settimeout(None)
+            s.sendall(b"".join(mine))
+            sent[k] += len(mine)
+        for k, s in enumerate(socks):
+            acks.drain_redis(k, s, 0)
