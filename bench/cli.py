@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ def main(
         except ImportError:
             click.echo("room-bench: --plot needs matplotlib: pip install 'room[plot]'", err=True)
             sys.exit(1)
+    # SIGTERM unwinds like Ctrl-C: every target and load process started is stopped on the way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     click.echo(HEADER)
     report = bench.run(quick, list(only) or None, echo=lambda e: click.echo(row(e)), rounds=rounds)
     for note in report.get("notes", ()):

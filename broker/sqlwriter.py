@@ -70,15 +70,18 @@ class RowWriter(threading.Thread):
                 rows = self._chunks.popleft()
                 self._busy = True
                 failed = self._error is not None
-            if not failed:  # after an error the batch is lost: the loop rolls it back
-                try:
+            try:
+                if not failed:  # after an error the batch is lost: the loop rolls it back
                     self._db.execute(insert_sql(len(rows)), list(chain.from_iterable(rows)))
-                except sqlite3.Error as exc:
-                    self._error = exc
-            with cond:
-                self._busy = False
-                if not self._chunks:
-                    cond.notify_all()
+            except sqlite3.Error as exc:
+                self._error = exc
+            except Exception as exc:  # a bug must fail the batch, never leave the loop waiting
+                self._error = sqlite3.DatabaseError(f"row writer: {type(exc).__name__}: {exc}")
+            finally:
+                with cond:
+                    self._busy = False
+                    if not self._chunks:
+                        cond.notify_all()
 
     def stop(self) -> None:
         with self._cond:
