@@ -70,7 +70,7 @@ def sender(
         else:
             msgs = [body(i // n, size) for i in range(count)]
     sent_ns = array("q", bytes(8 * count)) if sample else None
-    counter = _Acks(kind, socks)
+    counter = _Acks(len(socks))
     cpu0, start = time.process_time(), time.monotonic()
     if kind == "redis":
         _send_redis(socks, msgs, counter, rate, window, sent_ns, start)
@@ -94,9 +94,9 @@ def sender(
 class _Acks:
     """Acknowledgements counted a received batch at a time."""
 
-    def __init__(self, kind: str, socks: list[Any]) -> None:
+    def __init__(self, connections: int) -> None:
         self.acked = self.refused = 0
-        self.per_sock = [0] * len(socks)
+        self.per_sock = [0] * connections
 
     def drain_zmq(self, k: int, dealer: zmq.Socket[bytes]) -> None:
         ack, refused = p.Ack, p.Refused
