@@ -1,7 +1,8 @@
-"""``room-bench``: the broker against a bare pyzmq relay in one run: a table, JSON, a plot."""
+"""``room-bench``: the broker against its references in one run: a table, JSON, a plot."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,32 +19,43 @@ def _fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+NAMES = {"room": "broker", "relay": "bare relay", "batch": "batching", "redis": "redis"}
+
+
 def row(entry: dict[str, Any]) -> str:
-    """One scenario: each broker figure beside the relay's."""
-    room, relay, name = entry["room"], entry["relay"], entry["name"]
+    """One scenario: a line per target, its ratio the broker's rate over the target's."""
+    name = entry["name"]
+    room = entry["room"]
     if "connected" in room:
         return (f"{name:<14} {room['connected']} clients connected: broker CPU "
-                f"{room['cpu_percent']:.1f}% of a core, peak {room['peak_mb']:.0f} MB "
-                "(the relay has no clients to hold)")  # fmt: skip
-    ratio = _fmt(entry["ratio"], ".2f")
-    text = (
-        f"{name:<14} {_fmt(room['rate']):>9} {_fmt(relay['rate']):>9} {ratio:>6}x"
-        f" {room['lost']:>6} {relay['lost']:>6} {room['repaired']:>7}"
-        f" {room['cpu_us_per_msg']:>7.1f} {relay['cpu_us_per_msg']:>7.1f}"
-        f" {room['peak_mb']:>6.0f} {relay['peak_mb']:>6.0f}"
-    )
-    if "latency_ms" in room:
-        a, b = room["latency_ms"], relay.get("latency_ms", {})
-        text += "  latency ms p50/p99/p99.9: broker " + "/".join(f"{v:.2f}" for v in a.values())
-        text += "  relay " + "/".join(f"{v:.2f}" for v in b.values())
-    return text
+                f"{room['cpu_percent']:.1f}% of a core, peak {room['peak_mb']:.0f} MB")  # fmt: skip
+    lines = []
+    for kind in ("room", "relay", "batch", "redis"):
+        f = entry.get(kind)
+        if f is None:
+            continue
+        if kind == "room":
+            ratio = "" if "relay" in entry else _fmt(entry.get("ratio"), ".2f") + "x"
+        else:
+            ratio = _fmt(entry["ratios"].get(kind), ".2f") + "x"
+        text = (
+            f"{name if kind == 'room' else '':<14} {NAMES[kind]:<10} {_fmt(f['rate']):>10}"
+            f" {ratio:>7} {f['lost']:>6} {f['duplicates']:>5} {f['repaired']:>6}"
+            f" {f['cpu_us_per_msg']:>7.1f} {f['peak_mb']:>5.0f}"
+            f"  {f['load_us']['sender']:>4.1f}/{f['load_us']['subscribers']:.1f}"
+        )
+        if "latency_ms" in f:
+            text += "  " + "/".join(f"{v:.2f}" for v in f["latency_ms"].values())
+        lines.append(text)
+    return "\n".join(lines)
 
 
 HEADER = (
-    f"{'scenario':<14} {'broker/s':>9} {'relay/s':>9} {'ratio':>7} {'lost':>6} {'lost':>6}"
-    f" {'repair':>7} {'cpu us':>7} {'cpu us':>7} {'MB':>6} {'MB':>6}\n"
-    f"{'':<14} {'':>9} {'':>9} {'':>7} {'broker':>6} {'relay':>6}"
-    f" {'broker':>7} {'broker':>7} {'relay':>7} {'broker':>6} {'relay':>6}"
+    f"{'scenario':<14} {'target':<10} {'deliv/s':>10} {'ratio':>7} {'lost':>6} {'dup':>5}"
+    f" {'repair':>6} {'cpu us':>7} {'MB':>5}  load us  latency ms\n"
+    "(ratio: the broker's delivered/s over this target's; keys: over the same scenario without"
+    " keys. cpu us: the target's CPU per message sent; load us: the load generator's, sender per"
+    " message sent / subscribers per message delivered; latency p50/p99/p99.9)"
 )
 
 
@@ -57,6 +69,12 @@ HEADER = (
     help="Draw throughput and latency to a PNG (needs the 'plot' extra).",
 )
 @options.option("--only", multiple=True, help="Run only this scenario (repeatable).")
+@options.option(
+    "--rounds",
+    default=1,
+    type=click.IntRange(min=1),
+    help="Run every scenario this many times, targets interleaved; medians are shown.",
+)
 @options.option(
     "--cluster",
     is_flag=True,
@@ -80,11 +98,13 @@ def main(
     json_path: str | None,
     plot_path: str | None,
     only: tuple[str, ...],
+    rounds: int,
     cluster: bool,
     keys: bool,
     web: bool,
 ) -> None:
-    """Measure the broker against a bare pyzmq ROUTER->PUB relay on this machine, in one run."""
+    """Measure the broker against a bare relay, a batching relay and Redis pub/sub (when
+    redis-server is installed) on this machine, in one run."""
     if web:
         run_web(quick, json_path)
         return
@@ -100,8 +120,12 @@ def main(
         except ImportError:
             click.echo("room-bench: --plot needs matplotlib: pip install 'room[plot]'", err=True)
             sys.exit(1)
+    # SIGTERM unwinds like Ctrl-C: every target and load process started is stopped on the way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     click.echo(HEADER)
-    report = bench.run(quick, list(only) or None, echo=lambda e: click.echo(row(e)))
+    report = bench.run(quick, list(only) or None, echo=lambda e: click.echo(row(e)), rounds=rounds)
+    for note in report.get("notes", ()):
+        click.echo(f"note: {note}")
     _close(report, json_path)
     if plot_path:
         from .plot import draw

@@ -99,6 +99,13 @@ def churner(router: str, room: str, stop: Any, results: Queue) -> None:
     ctx.destroy(linger=0)
 
 
+def _get(queue: Any, role: str) -> dict[str, Any]:
+    result = queue.get(timeout=WAIT)
+    if result.get("role") != role:
+        raise RuntimeError(f"expected a {role} result, got {result}")
+    return result
+
+
 def _key_of(mover: zmq.Socket[bytes], timeout: float) -> int:
     """The epoch of the next RoomKey of ``ROOM`` that reaches ``mover``."""
     deadline = time.monotonic() + timeout
@@ -124,7 +131,7 @@ def rotation(members: int, rounds: int, workdir: Path) -> dict[str, Any]:
             proc.start()
             procs.append(proc)
         for _ in procs:
-            run._get(results, "members")
+            _get(results, "members")
         mover = zctx.socket(zmq.DEALER)
         mover.setsockopt(zmq.LINGER, 0)
         mover.connect(target.router)
@@ -138,7 +145,7 @@ def rotation(members: int, rounds: int, workdir: Path) -> dict[str, Any]:
                 mover.send(p.encode(request))
                 for q in orders:
                     q.put(floor)
-                answers = [run._get(results, "members") for _ in procs]
+                answers = [_get(results, "members") for _ in procs]
                 epochs = {a["epoch"] for a in answers}
                 assert len(epochs) == 1, f"the members got different keys: {epochs}"
                 floor = epochs.pop()

@@ -1,4 +1,6 @@
-"""The load generator: the same senders and subscribers for the broker and for the bare relay.
+"""The cluster bench's load generator (``room-bench --cluster``: several senders in one room,
+counted by the counter in each text), and idle clients for every bench. The single-broker
+scenarios use the lean generator (``lean``, ``sender``, ``subscriber``).
 
 Each role runs in its own process (``multiprocessing`` with spawn) and reports a dict on a queue.
 A message's text carries its counter and its send time (``time.monotonic_ns``, one clock for every

@@ -1,9 +1,12 @@
-"""Throughput bars and latency distributions, broker beside relay (matplotlib is optional)."""
+"""Throughput bars and latency distributions, every target side by side (matplotlib is optional)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+LABELS = {"room": "room broker", "relay": "bare relay", "batch": "batching relay",
+          "redis": "Redis pub/sub"}  # fmt: skip
 
 
 def draw(report: dict[str, Any], path: Path) -> None:
@@ -14,26 +17,32 @@ def draw(report: dict[str, Any], path: Path) -> None:
 
     flows = [s for s in report["scenarios"] if "rate" in s["room"]]
     timed = [s for s in flows if "latencies_us" in s["room"]]
-    fig, (bars, lat) = plt.subplots(1, 2, figsize=(13, 5))
+    kinds = [k for k in LABELS if any(k in s for s in flows)]
+    fig, (bars, lat) = plt.subplots(1, 2, figsize=(14, 5))
     names = [s["name"] for s in flows]
-    xs = range(len(names))
-    bars.bar([x - 0.2 for x in xs], [s["room"]["rate"] for s in flows], 0.4, label="room broker")
-    bars.bar([x + 0.2 for x in xs], [s["relay"]["rate"] for s in flows], 0.4, label="bare relay")
-    bars.set_xticks(list(xs), names, rotation=20)
-    bars.set_ylabel("delivered messages / s")
+    width = 0.8 / len(kinds)
+    for j, kind in enumerate(kinds):
+        xs = [x + (j - (len(kinds) - 1) / 2) * width for x in range(len(names))]
+        rates = [s[kind]["rate"] if kind in s else 0 for s in flows]
+        bars.bar(xs, rates, width, label=LABELS[kind])
+    bars.set_xticks(list(range(len(names))), names, rotation=20)
+    bars.set_yscale("log")
+    bars.set_ylabel("delivered messages / s (log)")
     bars.set_title("Throughput")
-    bars.legend()
+    bars.legend(fontsize=8)
+    styles = {"room": "-", "relay": "--", "batch": ":", "redis": "-."}
     for s in timed:
-        for side, style in (("room", "-"), ("relay", "--")):
-            samples = sorted(s[side].get("latencies_us", []))
+        for kind in kinds:
+            samples = sorted(s.get(kind, {}).get("latencies_us", []))
             if samples:
                 ys = [i / len(samples) for i in range(len(samples))]
-                lat.plot([v / 1000 for v in samples], ys, style, label=f"{s['name']} {side}")
+                lat.plot([v / 1000 for v in samples], ys, styles[kind],
+                         label=f"{s['name']} {LABELS[kind]}")  # fmt: skip
     lat.set_xscale("log")
     lat.set_xlabel("send to delivery, ms (log)")
     lat.set_ylabel("fraction of messages")
     lat.set_title("Latency (CDF)")
-    lat.legend(fontsize=8)
+    lat.legend(fontsize=7)
     m = report["machine"]
     fig.suptitle(f"room-bench on {m['cpu']}, {m['cores']} cores, Python {m['python']}")
     fig.tight_layout()

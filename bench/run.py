@@ -1,15 +1,19 @@
-"""Scenarios: each runs once against the real broker and once against the bare relay, in one run.
+"""Scenarios, each against the real broker and the references in one run: the bare relay, the
+batching relay, and Redis pub/sub when redis-server is on the machine.
 
 Every target is a fresh process on random loopback ports (the broker with a fresh data dir and
-durability on), so its CPU time and peak memory are read from /proc for that scenario alone.
+durability on), so its CPU time and peak memory are read from /proc for that scenario alone. The
+load is the same for every target (``lean``; ``measure`` runs one pairing).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import importlib.util
 import os
 import platform
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import keys, load
+from . import measure
+from .measure import WAIT, percentiles
+
+__all__ = ["WAIT", "Scenario", "Target", "machine", "percentiles", "run"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-WAIT = 120.0
 
 
 @dataclass(frozen=True)
@@ -30,12 +36,13 @@ class Scenario:
     senders: int  # rooms written to, one sending user each
     subs_per_room: int
     count: int  # messages in all
-    size: int = 32
+    size: int = 62
     rate: float = 0.0  # 0: as fast as possible
     idle: int = 0  # for the idle scenario: connected clients, nothing sent
     hold: float = 0.0
-    keys: bool = False  # the broker seals the PUB (--room-keys); the relay cannot
+    keys: bool = False  # the broker seals the PUB (--room-keys); only the broker runs
     churn: bool = False  # a member leaves the room and comes back once a second (keys change)
+    against: str = ""  # only the broker runs: its ratio is to this scenario's rate, run before
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -43,11 +50,11 @@ def scenarios(quick: bool) -> list[Scenario]:
     return [
         Scenario("1->1", 1, 1, 200_000 // q),
         Scenario("1->10", 1, 10, 50_000 // q),
-        Scenario("1->1 keys", 1, 1, 200_000 // q, keys=True),
-        Scenario("1->10 keys", 1, 10, 50_000 // q, keys=True),
+        Scenario("1->1 keys", 1, 1, 200_000 // q, keys=True, against="1->1"),
+        Scenario("1->10 keys", 1, 10, 50_000 // q, keys=True, against="1->10"),
         Scenario("1->100", 1, 100, 10_000 // q),
-        Scenario("1->100 keys", 1, 100, 10_000 // q, keys=True),
-        Scenario("1->100 churn", 1, 100, 10_000 // q, keys=True, churn=True),
+        Scenario("1->100 keys", 1, 100, 10_000 // q, keys=True, against="1->100"),
+        Scenario("1->100 churn", 1, 100, 10_000 // q, keys=True, churn=True, against="1->100 keys"),
         Scenario("10 rooms", 10, 1, 200_000 // q),
         Scenario("latency 1k/s", 1, 1, 5_000 // q, rate=1_000),
         Scenario("latency 10k/s", 1, 1, 50_000 // q, rate=10_000),
@@ -80,8 +87,20 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
             proc.wait()
 
 
+def redis_binary() -> str | None:
+    """redis-server, if this machine has it (Debian's ``redis-server`` package)."""
+    return shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin")
+
+
+def _free_port() -> int:
+    """A free loopback port for redis-server, which cannot be told to pick one and say which."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Target:
-    """A broker or a relay process, and what it cost."""
+    """A broker, a relay or redis-server process, and what it cost."""
 
     def __init__(
         self,
@@ -92,14 +111,16 @@ class Target:
         wait: bool = True,
     ) -> None:
         """Start it; ``label`` names its log and data dir when several share a workdir (the
-        cluster's brokers), ``extra`` goes on the broker's command line, and ``wait`` False
-        leaves the wait for its endpoints to ``ready`` (several then start at once)."""
+        cluster's brokers), ``extra`` goes on its command line, and ``wait`` False leaves the
+        wait for its endpoints to ``ready`` (several then start at once). ``kind``: room, relay
+        (bare), batch (the batching relay) or redis."""
         self.kind = kind
         self.label = label or kind
         # We read through a handle of our own: seeking the one the child writes through would
         # move its offset too, and it would overwrite its first line (seen in CI).
         self.log_path = workdir / f"{self.label}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.address = ""
         if kind == "room":
             any_port = "tcp://127.0.0.1:0"
             data = workdir / (f"data-{label}" if label else "data")
@@ -107,8 +128,16 @@ class Target:
                     "--router", any_port, "--pub", any_port, "--control", any_port,
                     "--data-dir", str(data), "--rate", "0", *extra]  # fmt: skip
             self.pattern = r"listening: router (\S+) pub (\S+)"
+        elif kind == "redis":
+            port = _free_port()
+            self.address = f"127.0.0.1:{port}"
+            argv = [redis_binary() or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", *extra]  # fmt: skip
+            self.pattern = r"Ready to accept connections"
         else:
-            argv = [sys.executable, "-c", "from bench.relay import main; main()"]
+            argv = [sys.executable, "-c", "from bench.relay import main; main()", *extra]
+            if kind == "batch":
+                argv.append("--batch")
             self.pattern = r"relay (\S+) (\S+)"
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         if wait:
@@ -122,7 +151,10 @@ class Target:
             text = self.output()
             m = re.search(self.pattern, text)
             if m:
-                self.router, self.pub = m.group(1), m.group(2)
+                if self.address:
+                    self.router = self.pub = self.address
+                else:
+                    self.router, self.pub = m.group(1), m.group(2)
                 return
             if self.proc.poll() is not None:
                 break
@@ -146,105 +178,6 @@ class Target:
         self.log.close()
 
 
-def _get(queue: Any, role: str) -> dict[str, Any]:
-    result = queue.get(timeout=WAIT)
-    if result.get("role") != role:
-        raise RuntimeError(f"expected a {role} result, got {result}")
-    return result
-
-
-def _keys_flag(s: Scenario, kind: str) -> tuple[str, ...]:
-    """The broker seals the PUB only in the scenarios about keys; the relay cannot."""
-    if kind != "room":
-        return ()
-    return ("--room-keys",) if s.keys else ("--no-room-keys",)
-
-
-def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
-    """One scenario against one target; the figures of that pairing."""
-    ctx = mp.get_context("spawn")
-    target = Target(kind, workdir, extra=_keys_flag(s, kind))
-    try:
-        results, ready = ctx.Queue(), ctx.Queue()
-        if s.idle:
-            if kind != "room":
-                return {}
-            cpu0 = target.cpu()
-            proc = ctx.Process(target=load.idle_clients,
-                               args=(results, ready, target.router, s.idle, s.hold))  # fmt: skip
-            proc.start()
-            ready.get(timeout=WAIT)
-            cpu0, t0 = target.cpu(), time.monotonic()
-            idle = _get(results, "idle")
-            busy = target.cpu() - cpu0
-            proc.join(WAIT)
-            percent = 100 * busy / (time.monotonic() - t0)
-            return {"connected": idle["connected"], "cpu_percent": percent,
-                    "peak_mb": target.peak_mb()}  # fmt: skip
-        rooms = [f"r{k}" for k in range(s.senders)]
-        sub_rooms = [room for room in rooms for _ in range(s.subs_per_room)]
-        per_room = s.count // s.senders
-        sample = s.rate > 0
-        args = (results, ready, kind, target.router, target.pub, sub_rooms, per_room, sample)
-        subs = ctx.Process(target=load.subscribers, args=args)
-        subs.start()
-        ready.get(timeout=WAIT)
-        churn, stop_churn = None, ctx.Event()
-        if s.churn and kind == "room":
-            churn = ctx.Process(target=keys.churner,
-                                args=(target.router, rooms[0], stop_churn, results))  # fmt: skip
-            churn.start()
-        cpu0 = target.cpu()
-        send = ctx.Process(target=load.sender, args=(
-            results, kind, target.router, rooms, per_room * s.senders, s.size, s.rate))  # fmt: skip
-        send.start()
-        first, second = _get_any(results), _get_any(results)
-        sent = first if first["role"] == "sender" else second
-        got = second if first["role"] == "sender" else first
-        cpu = target.cpu() - cpu0
-        send.join(WAIT)
-        subs.join(WAIT)
-        removals = 0
-        if churn is not None:
-            stop_churn.set()
-            removals = _get(results, "churner")["removals"]
-            churn.join(WAIT)
-        elapsed = max(got["last"] - sent["start"], 1e-9)
-        figures = {
-            "delivered": got["delivered"],
-            "expected": got["expected"],
-            "rate": got["delivered"] / elapsed,
-            "lost": got["lost"],
-            "repaired": got["repaired"],
-            "duplicates": got["duplicates"],
-            "cpu_us_per_msg": 1e6 * cpu / max(1, sent["sent"]),
-            "peak_mb": target.peak_mb(),
-        }
-        if kind == "room":
-            figures["acked"], figures["refused"] = sent["acked"], sent["refused"]
-        if churn is not None:
-            figures["removals"] = removals
-        if sample and got["latencies"]:
-            figures["latency_ms"] = percentiles(got["latencies"])
-            figures["latencies_us"] = [x // 1000 for x in got["latencies"]]
-        return figures
-    finally:
-        target.stop()
-
-
-def _get_any(queue: Any) -> dict[str, Any]:
-    return queue.get(timeout=WAIT)
-
-
-def percentiles(samples_ns: list[int]) -> dict[str, float]:
-    ordered = sorted(samples_ns)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
-
-    return {"p50": at(0.50), "p99": at(0.99), "p99.9": at(0.999)}
-
-
 def machine() -> dict[str, Any]:
     cpu = ""
     with open("/proc/cpuinfo") as f:
@@ -256,20 +189,77 @@ def machine() -> dict[str, Any]:
             "system": platform.platform()}  # fmt: skip
 
 
-def run(quick: bool, only: list[str] | None = None, echo: Any = print) -> dict[str, Any]:
-    """Every scenario against both targets; returns the whole report."""
-    report: dict[str, Any] = {"machine": machine(), "quick": quick, "scenarios": []}
+def run(
+    quick: bool, only: list[str] | None = None, echo: Any = print, rounds: int = 1
+) -> dict[str, Any]:
+    """Every scenario against every target, ``rounds`` times, interleaved (broker, relays,
+    Redis, then again): each figure is the median round's, each ratio the median of the
+    rounds' ratios, and lost and duplicated the most any round saw."""
+    redis = redis_binary() is not None and _have_redis_client()
+    refs = ["relay", "batch"] + (["redis"] if redis else [])
+    report: dict[str, Any] = {"machine": machine(), "quick": quick, "rounds": rounds,
+                              "targets": ["room", *refs], "notes": [], "scenarios": []}  # fmt: skip
+    if not redis:
+        report["notes"].append(NO_REDIS if redis_binary() is None else NO_REDIS_CLIENT)
+    rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="room-bench-") as tmp:
         for s in scenarios(quick):
             if only and s.name not in only:
                 continue
-            workdir = Path(tmp) / re.sub(r"\W+", "_", s.name)
-            workdir.mkdir()
-            room = run_one(s, "room", workdir)
-            relay = run_one(s, "relay", workdir)
-            ratio = room["rate"] / relay["rate"] if relay.get("rate") else None
-            entry = {"name": s.name, "ratio": ratio, "room": room, "relay": relay,
-                     "count": s.count, "rate": s.rate}  # fmt: skip
+            base = Path(tmp) / re.sub(r"\W+", "_", s.name)
+            kinds = ["room"] if s.keys or s.idle else ["room", *refs]
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+            for r in range(rounds):
+                for kind in kinds:
+                    runs[kind].append(run_one(s, kind, measure.workdir_for(base, kind, r)))
+            entry: dict[str, Any] = {"name": s.name, "count": s.count, "rate": s.rate}
+            for kind in kinds:
+                entry[kind] = _median(runs[kind])
+            if not s.idle:
+                entry["ratios"] = {k: _median_ratio(runs["room"], runs[k]) for k in kinds[1:]}
+                rates[s.name] = entry["room"]["rate"]
+                plain = rates.get(s.against)
+                entry["ratio"] = entry["ratios"].get("relay") or (
+                    entry["room"]["rate"] / plain if plain else None
+                )
             report["scenarios"].append(entry)
             echo(entry)
     return report
+
+
+NO_REDIS = "redis-server is not on this machine: no Redis column (apt install redis-server)"
+NO_REDIS_CLIENT = "redis-py and hiredis are not installed: no Redis column (pip install '.[bench]')"
+
+
+def _have_redis_client() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("redis", "hiredis"))
+
+
+def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
+    """One scenario against one target, started fresh for it."""
+    target = Target(kind, workdir, extra=measure.target_args(s, kind))
+    try:
+        return measure.idle(s, target) if s.idle else measure.flow(s, kind, target)
+    finally:
+        target.stop()
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    if "rate" not in runs[0]:
+        return runs[len(runs) // 2]
+    ordered = sorted(runs, key=lambda f: f["rate"])
+    chosen = dict(ordered[len(ordered) // 2])
+    chosen["rates"] = [f["rate"] for f in runs]
+    chosen["rounds"] = [{key: f[key] for key in ROUND_KEYS if key in f} for f in runs]
+    for key in ("lost", "duplicates"):
+        chosen[key] = max(f[key] for f in runs)
+    return chosen
+
+
+ROUND_KEYS = ("rate", "lost", "duplicates", "repaired", "cpu_us_per_msg", "latency_ms")
+"""What the report keeps of every round, beside the median round's figures."""
+
+
+def _median_ratio(room: list[dict[str, Any]], ref: list[dict[str, Any]]) -> float | None:
+    ratios = sorted(a["rate"] / b["rate"] for a, b in zip(room, ref, strict=True) if b["rate"])
+    return ratios[len(ratios) // 2] if ratios else None

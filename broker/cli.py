@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -262,6 +263,11 @@ def start(
             store.close()
         _fail(str(exc))
     broker.install_signal_handlers()
+    # What exists now (modules, the store, the sockets) lives as long as the process: out of
+    # the collector's sight, a full collection costs microseconds instead of about 5 ms, a
+    # pause that every message waiting at that moment would wait through (the latency tail).
+    gc.collect()
+    gc.freeze()
     broker.run()
     sys.exit(Exit.OK)
 

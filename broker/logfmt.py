@@ -26,6 +26,7 @@ _CHECKED_KINDS = frozenset({"msg", "direct"})
 """Log kinds whose fields the chat has checked: printed as they are (the hot path)."""
 
 _second: list = [None, ""]  # the last whole second formatted, and its text
+_milli: list = [None, ""]  # the last millisecond stamped, and its stamp
 
 
 class Throttle:
@@ -49,13 +50,19 @@ class Throttle:
 
 
 def stamp(ts: float) -> str:
-    """UTC time with milliseconds, ISO 8601. The text of the second is reused while it lasts:
-    every chat message is logged, so this is on the broker's hot path."""
-    whole = int(ts)
+    """UTC time with milliseconds, ISO 8601. The text of the second, and the whole stamp of the
+    millisecond, are reused while they last: every chat message is logged, so this is on the
+    broker's hot path, and a flood logs dozens of messages a millisecond."""
+    milli = int(ts * 1000)
+    if _milli[0] == milli:
+        return _milli[1]
+    whole = milli // 1000  # from the millisecond: never a ".1000"
     if _second[0] != whole:
         _second[0] = whole
         _second[1] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_second[1]}.{int((ts - whole) * 1000):03d}Z"
+    _milli[0] = milli
+    _milli[1] = text = f"{_second[1]}.{milli - whole * 1000:03d}Z"
+    return text
 
 
 def _escaped(match: re.Match[str]) -> str:

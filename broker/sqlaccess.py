@@ -27,8 +27,10 @@ class AccessTables:
     _db: sqlite3.Connection
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None: ...
+    def _write_rows(self) -> None: ...
 
     def access(self) -> Access:
+        self._write_rows()  # the store's writer thread is idle after this
         access = Access()
         for (room,) in self._db.execute("SELECT room FROM private_rooms"):
             access.private[room] = set()

@@ -3,7 +3,9 @@ mode).
 
 Writes go into one open transaction; the broker calls ``commit`` once per batch, before it
 publishes or acknowledges anything from that batch (a group commit). An Ack therefore always means
-the message is on disk, and a burst of messages costs one fsync, not one each.
+the message is on disk, and a burst of messages costs one fsync, not one each. Message rows are
+inserted into that transaction by a writer thread while the loop handles the rest of the batch
+(``sqlwriter``); the loop waits for it before it reads, writes anything else, or commits.
 
 A write that fails (disk full, I/O error) fails the whole batch: ``commit`` rolls the transaction
 back, puts the sequence counters and the blocklist back where the last commit left them (numbering
@@ -17,7 +19,7 @@ import bisect
 import contextlib
 import os
 import sqlite3
-import threading
+from itertools import chain
 from pathlib import Path
 from typing import IO, Final
 
@@ -26,6 +28,7 @@ import msgspec
 from .protocol import LOBBY, Ack, Posted
 from .sqlaccess import SCHEMA as ACCESS_SCHEMA
 from .sqlaccess import AccessTables
+from .sqlwriter import CHUNK, Checkpointer, Row, RowWriter, insert_sql
 from .store import AuditEntry, LocalNames, StoreError
 
 SCHEMA: Final = """
@@ -67,30 +70,6 @@ per commit (per batch): survives power loss, and costs about a millisecond of la
 DEFAULT_SYNC: Final = SYNC_MODES[0]
 
 
-CHECKPOINT_EVERY: Final = 1.0
-"""Seconds between WAL checkpoints, run by a thread of their own so that their fsyncs never
-stall the broker's loop (SQLite's automatic checkpoint would run inside a commit)."""
-
-
-class _Checkpointer(threading.Thread):
-    """Moves the WAL into the database in the background (PASSIVE: never blocks a writer)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="wal-checkpoint", daemon=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._halt = threading.Event()  # not _stop: that is Thread's own method
-
-    def run(self) -> None:
-        while not self._halt.wait(CHECKPOINT_EVERY):
-            with contextlib.suppress(sqlite3.Error):  # busy now: the next round catches up
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(5)
-        self._db.close()
-
-
 class SQLiteStore(AccessTables, LocalNames):
     """One SQLite file in the data dir; the broker's only thread uses it."""
 
@@ -116,7 +95,8 @@ class SQLiteStore(AccessTables, LocalNames):
             self._blocked = {n for (n,) in self._db.execute("SELECT name FROM blocked")}
             sessions = dict(self._db.execute("SELECT name, secret FROM sessions"))
             self._db.execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = _Checkpointer(path)
+            self._checkpointer = Checkpointer(path)
+            self._writer = RowWriter(self._db)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"the database {path} cannot be used ({exc}): move it aside or restore a backup; "
@@ -127,9 +107,12 @@ class SQLiteStore(AccessTables, LocalNames):
         self._prune_next = ""
         """The room the next ``prune`` starts at."""
         self._checkpointer.start()
+        self._writer.start()
+        self._handed = False
+        """Chunks were handed to the writer since it was last waited for."""
         self._dirty = False
-        self._rows: list[tuple[str, int, float, str, str, int]] = []
-        """Messages appended since the last write to the database; one executemany each batch."""
+        self._rows: list[Row] = []
+        """Messages appended and not yet handed to the writer (``CHUNK`` at a time)."""
         self._failed: sqlite3.Error | None = None
         """The first write error of the open batch: later writes are skipped, ``commit`` fails."""
         self._undo: dict[str, int | None] = {}
@@ -141,6 +124,7 @@ class SQLiteStore(AccessTables, LocalNames):
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         """One statement in the batch's transaction. An error is kept for ``commit`` to raise,
         never raised here: the chat's decisions stand until the commit says the batch failed."""
+        self._write_rows()  # the writer is idle after this: the connection is ours
         if self._failed is not None:
             return
         try:
@@ -158,23 +142,50 @@ class SQLiteStore(AccessTables, LocalNames):
         if old is None:
             self._write("INSERT OR IGNORE INTO rooms VALUES (?)", (room,))
         seq = self._seq[room] = (old or 0) + 1
-        self._rows.append((room, seq, ts, sender, text, mid))
+        rows = self._rows
+        rows.append((room, seq, ts, sender, text, mid))
+        if len(rows) >= CHUNK:
+            self._hand_off()
         return Posted(room, seq, ts, sender, text)
 
+    def _hand_off(self) -> None:
+        """A full chunk to the writer thread, which inserts it while the loop goes on."""
+        if self._begin():
+            self._writer.submit(self._rows)
+            self._handed = True
+        self._rows = []
+
+    def _begin(self) -> bool:
+        """The batch's transaction is open (or the batch has failed: False). Before the first
+        chunk is handed over the writer is idle, so the connection is the loop's."""
+        if self._failed is not None:
+            return False
+        if not self._dirty:
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                self._failed = exc
+                return False
+            self._dirty = True
+        return True
+
     def _write_rows(self) -> None:
-        """Put the buffered messages into the open transaction (before any read, and at commit)."""
-        if self._rows:
-            if self._failed is None:
+        """Every buffered message into the open transaction, and the writer idle: before any
+        read, any other write, and the commit. What is left of a chunk is inserted here, on the
+        loop's thread: a lone message at a low rate costs no hand-over between threads."""
+        if self._handed:
+            self._handed = False
+            error = self._writer.wait()
+            if error is not None and self._failed is None:
+                self._failed = error
+        rows = self._rows
+        if rows:
+            if self._begin():
                 try:
-                    if not self._dirty:
-                        self._db.execute("BEGIN")
-                        self._dirty = True
-                    self._db.executemany(
-                        "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", self._rows
-                    )
+                    self._db.execute(insert_sql(len(rows)), list(chain.from_iterable(rows)))
                 except sqlite3.Error as exc:
                     self._failed = exc
-            self._rows.clear()
+            self._rows = []
 
     def last_seq(self, room: str) -> int:
         return self._seq.get(room, 0)
@@ -257,7 +268,7 @@ class SQLiteStore(AccessTables, LocalNames):
         return pruned
 
     def reset(self) -> None:
-        self._rows.clear()
+        self._rows = []
         for room, seq in self._seq.items():
             self._undo.setdefault(room, seq)
         self._write("DELETE FROM messages", ())
@@ -307,6 +318,7 @@ class SQLiteStore(AccessTables, LocalNames):
     def audit_log(self, limit: int) -> list[AuditEntry]:
         if limit <= 0:
             return []
+        self._write_rows()
         rows = self._db.execute(
             "SELECT ts, admin, key, command, args, ok, message FROM audit ORDER BY id DESC LIMIT ?",
             (limit,),
@@ -333,10 +345,12 @@ class SQLiteStore(AccessTables, LocalNames):
 
     def _rollback(self) -> None:
         """Forget the failed batch, in the database and in the counters kept here."""
+        self._writer.wait()
+        self._handed = False
         if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, IOERR)
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-        self._rows.clear()
+        self._rows = []
         self._dirty = False
         self._failed = None
         for room, seq in self._undo.items():
@@ -355,6 +369,7 @@ class SQLiteStore(AccessTables, LocalNames):
     def close(self) -> None:
         with contextlib.suppress(StoreError):  # nothing uncommitted was acknowledged
             self.commit()
+        self._writer.stop()
         self._checkpointer.stop()
         self._db.close()
         if self.lock is not None:

@@ -34,14 +34,20 @@ class Keyring:
 
     def open(self, topic: bytes, body: bytes, now: float) -> list[RoomEvent] | None:
         """The events of a PUB body; None if it is not readable (now: it may be held)."""
+        plain = self.plain(topic, body, now)
+        return None if plain is None else _decoded(plain)
+
+    def plain(self, topic: bytes, body: bytes, now: float) -> bytes | None:
+        """A PUB body opened, not yet decoded (as it is, from a broker that does not seal);
+        None if it is not readable (now: it may be held)."""
         if not self.sealed:
-            return _decoded(body)
+            return body
         key = self._keys.get(epoch_of(body))
         if key is None:
             self._held.append((now + HOLD, topic, body))
             return None
         try:
-            return _decoded(open_sealed(key, topic, body))
+            return open_sealed(key, topic, body)
         except InvalidTag:  # not sealed with this room's key: not for us
             return None
 

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from bench import cli
 from bench import cluster as bench_cluster
+from bench import run as bench_run
 
 
 def _bench(tmp_path: Path, *args: str, timeout: float) -> tuple[str, dict[str, Any]]:
@@ -45,6 +46,12 @@ def test_quick_bench_completes_and_loses_nothing(tmp_path):
     assert names == ["1->1", "1->10", "1->1 keys", "1->10 keys", "1->100", "1->100 keys",
                      "1->100 churn", "10 rooms", "latency 1k/s", "latency 10k/s",
                      "1000 idle"]  # fmt: skip
+    redis = bench_run.redis_binary() is not None  # the Redis column, or a note that says why not
+    redis = redis and bench_run._have_redis_client()
+    refs = ["relay", "batch", *(["redis"] if redis else [])]
+    assert report["targets"] == ["room", *refs]
+    assert bool(report["notes"]) is not redis
+    assert all(f"note: {note}" in stdout for note in report["notes"])
     for s in report["scenarios"]:
         room = s["room"]
         if "connected" in room:  # "1000 idle" is 100 clients in a quick run: every one connects
@@ -53,8 +60,18 @@ def test_quick_bench_completes_and_loses_nothing(tmp_path):
         assert room["lost"] == 0, s
         assert room["duplicates"] == 0, s
         assert room["delivered"] == room["expected"], s
+        assert room["acked"] == s["count"] and room["refused"] == 0, s
         assert s["ratio"] is not None and s["ratio"] > 0, s
-    assert "ratio" in stdout.splitlines()[0]
+        assert room["load_us"]["sender"] > 0 and room["load_us"]["subscribers"] > 0, s
+        if "keys" in s["name"] or "churn" in s["name"]:  # only the broker: against itself
+            assert not any(kind in s for kind in refs), s
+            continue
+        for kind in refs:  # every reference measured, with its ratio
+            assert s[kind]["rate"] > 0 and s[kind]["cpu_us_per_msg"] >= 0, (kind, s)
+            assert s["ratios"][kind] > 0, (kind, s)
+        if s["rate"]:
+            assert set(room["latency_ms"]) == {"p50", "p99", "p99.9"}, s
+    assert "ratio" in stdout.splitlines()[0] and "bare relay" in stdout and "batching" in stdout
     churn = next(s for s in report["scenarios"] if s["name"] == "1->100 churn")
     assert churn["room"]["removals"] >= 1  # and nothing was lost meanwhile (above)
 

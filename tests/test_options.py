@@ -161,7 +161,7 @@ def test_room_ctl_reads_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_room_bench_reads_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[tuple[bool, list[str] | None]] = []
 
-    def run(quick: bool, only: list[str] | None, echo: Any) -> dict[str, Any]:
+    def run(quick: bool, only: list[str] | None, echo: Any, **_: Any) -> dict[str, Any]:
         ran.append((quick, only))
         return {"machine": {"cpu": "cpu", "cores": 1, "python": "3"}}
 
