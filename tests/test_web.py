@@ -9,6 +9,7 @@ installs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -380,11 +381,14 @@ async def _safety(url: str) -> None:
             await ws.send_str(json.dumps({"t": "resume", "token": "guessed"}))
             msg = await ws.receive(timeout=WAIT)
             assert json.loads(msg.data)["t"] == "error"  # no such tab, and no name to start one
-            for _ in range(200):
-                await ws.send_str("{}")
+            # The gateway may close the socket while the flood is still being written.
+            with contextlib.suppress(aiohttp.ClientConnectionResetError):
+                for _ in range(200):
+                    await ws.send_str("{}")
             while (msg := await ws.receive(timeout=WAIT)).type is aiohttp.WSMsgType.TEXT:
                 pass
-            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4002  # flooding
+            said = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else ws.close_code
+            assert said == 4002, (msg, ws.close_code)  # flooding
 
 
 def test_room_bench_web_quick_loses_and_repeats_nothing(tmp_path: Path) -> None:
