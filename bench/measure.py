@@ -135,8 +135,9 @@ def flow(s: Scenario, kind: str, target: Any) -> dict[str, Any]:
         else:
             for _ in groups:
                 ready.get(timeout=WAIT)
+        churning = s.churn and kind == "room"  # only the broker has room keys to change
         churned, stop_churn = ctx.Queue(), ctx.Event()
-        if s.churn and kind == "room":
+        if churning:
             args = (target.router, rooms[0], stop_churn, churned)
             procs.append(ctx.Process(target=keys.churner, args=args))
             procs[-1].start()
@@ -147,7 +148,7 @@ def flow(s: Scenario, kind: str, target: Any) -> dict[str, Any]:
         reports = _collect(results, procs, len(groups) + 1, done.set)
         cpu = target.cpu() - cpu0
         stop_churn.set()
-        removals = churned.get(timeout=WAIT)["removals"] if s.churn and kind == "room" else 0
+        removals = churned.get(timeout=WAIT)["removals"] if churning else 0
     finally:
         for proc in procs:
             proc.join(10)

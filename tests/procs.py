@@ -238,6 +238,11 @@ def ctl(
     )
 
 
+UNASKED = (p.Ping, p.RoomKey)
+"""What the broker sends a client that answers no request: heartbeats, and room keys (they
+follow a room's members at each send)."""
+
+
 class Replies:
     """The broker's replies on one raw DEALER, one message at a time (a body is a batch). The
     room keys among them go on ``ring``, so that a raw SUB beside this DEALER can read a

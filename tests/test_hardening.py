@@ -19,6 +19,7 @@ import pytest
 import zmq
 from procs import (
     MIDS,
+    UNASKED,
     WAIT,
     BrokerProc,
     Canary,
@@ -39,13 +40,12 @@ def fresh_name() -> str:
 
 
 def answer(user: Raw | Replies, timeout: float = WAIT) -> p.ServerMsg:
-    """The broker's next message that is not a heartbeat or a room key (keys follow a room's
-    members, not a request)."""
+    """The broker's next message that answers something (not ``UNASKED``)."""
     replies = user.replies if isinstance(user, Raw) else user
     while True:
         msg = replies.next(timeout)
         assert msg is not None, f"no answer within {timeout}s"
-        if not isinstance(msg, p.Ping | p.RoomKey):
+        if not isinstance(msg, UNASKED):
             return msg
 
 
