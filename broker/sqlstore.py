@@ -19,7 +19,6 @@ import bisect
 import contextlib
 import os
 import sqlite3
-from itertools import chain
 from pathlib import Path
 from typing import IO, Final
 
@@ -28,8 +27,9 @@ import msgspec
 from .protocol import LOBBY, Ack, Posted
 from .sqlaccess import SCHEMA as ACCESS_SCHEMA
 from .sqlaccess import AccessTables
-from .sqlwriter import CHUNK, Checkpointer, Row, RowWriter, insert_sql
+from .sqlwriter import CHUNK, SQLiteBatch
 from .store import AuditEntry, LocalNames, StoreError
+from .window import Window
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 ACKED: Final = "SELECT mid, room, seq FROM messages WHERE sender = ? AND mid = ? LIMIT 1"
+FIRST_LAST: Final = "SELECT room, min(seq), max(seq) FROM messages GROUP BY room"
 HIGHEST_MID: Final = "SELECT max(mid) FROM messages WHERE sender = ?"
 """Both answered by ``messages_by_sender`` in one index look-up, however many messages the
 sender has: a retry is found however old it is."""
@@ -70,7 +71,14 @@ per commit (per batch): survives power loss, and costs about a millisecond of la
 DEFAULT_SYNC: Final = SYNC_MODES[0]
 
 
-class SQLiteStore(AccessTables, LocalNames):
+WINDOW_KEPT: Final = 64
+WINDOW_CHARS: Final = 16_384
+"""Each room's newest messages kept in memory (at most this many, and this much text): a join's
+history and a repair just after it are read from there, never waiting for the row writer in a
+flood. 1,000 rooms of 4 KB messages hold about 20 MB."""
+
+
+class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
     """One SQLite file in the data dir; the broker's only thread uses it."""
 
     def __init__(self, path: Path, sync: str = DEFAULT_SYNC) -> None:
@@ -79,61 +87,42 @@ class SQLiteStore(AccessTables, LocalNames):
             # Owner-only from the first byte (SQLite gives its -wal and -shm files the same
             # mode): chat history is nobody else's business, whatever the data dir's mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             # Small pages: a lone message's commit writes a few KiB of WAL, not a few 4 KiB pages,
             # which halves the checkpoints' work and the latency tail (room-bench). Only a new
             # database takes it; an existing one keeps its page size.
-            self._db.execute("PRAGMA page_size=1024")
-            self._db.execute(f"PRAGMA synchronous={sync.upper()}")
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            db.execute("PRAGMA page_size=1024")
+            db.execute(f"PRAGMA synchronous={sync.upper()}")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise sqlite3.DatabaseError(f"journal mode is {mode}, not wal")
-            self._db.executescript(SCHEMA + ACCESS_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO rooms VALUES (?)", (LOBBY,))
-            rooms = [r for (r,) in self._db.execute("SELECT name FROM rooms")]
-            seqs = dict(self._db.execute("SELECT room, max(seq) FROM messages GROUP BY room"))
-            self._blocked = {n for (n,) in self._db.execute("SELECT name FROM blocked")}
-            sessions = dict(self._db.execute("SELECT name, secret FROM sessions"))
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = Checkpointer(path)
-            self._writer = RowWriter(self._db)
+            db.executescript(SCHEMA + ACCESS_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO rooms VALUES (?)", (LOBBY,))
+            rooms = [r for (r,) in db.execute("SELECT name FROM rooms")]
+            kept = {room: (first, last) for room, first, last in db.execute(FIRST_LAST)}
+            self._blocked = {n for (n,) in db.execute("SELECT name FROM blocked")}
+            sessions = dict(db.execute("SELECT name, secret FROM sessions"))
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            SQLiteBatch.__init__(self, db, path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"the database {path} cannot be used ({exc}): move it aside or restore a backup; "
                 "it was not changed"
             ) from None
-        super().__init__(sessions)
-        self._seq: dict[str, int] = {room: seqs.get(room, 0) for room in rooms}
+        LocalNames.__init__(self, sessions)
+        self._seq: dict[str, int] = {room: kept.get(room, (0, 0))[1] for room in rooms}
+        self._first: dict[str, int] = {room: kept.get(room, (1, 0))[0] for room in rooms}
+        """Each room's oldest stored seq (its newest + 1 when it has none)."""
+        self._windows: dict[str, Window] = {}
+        """Each room's newest messages since the start (see ``WINDOW_KEPT``)."""
         self._prune_next = ""
         """The room the next ``prune`` starts at."""
-        self._checkpointer.start()
-        self._writer.start()
-        self._handed = False
-        """Chunks were handed to the writer since it was last waited for."""
-        self._dirty = False
-        self._rows: list[Row] = []
-        """Messages appended and not yet handed to the writer (``CHUNK`` at a time)."""
-        self._failed: sqlite3.Error | None = None
-        """The first write error of the open batch: later writes are skipped, ``commit`` fails."""
         self._undo: dict[str, int | None] = {}
         """Each room's sequence counter before the open batch changed it (None: a new room)."""
         self._blocked_before: set[str] | None = None
         """The blocklist before the open batch changed it."""
         self.lock: IO[str] | None = None  # the data dir's lock file, released on close
-
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
-        """One statement in the batch's transaction. An error is kept for ``commit`` to raise,
-        never raised here: the chat's decisions stand until the commit says the batch failed."""
-        self._write_rows()  # the writer is idle after this: the connection is ours
-        if self._failed is not None:
-            return
-        try:
-            if not self._dirty:
-                self._db.execute("BEGIN")
-                self._dirty = True
-            self._db.execute(sql, args)
-        except sqlite3.Error as exc:
-            self._failed = exc
+        self._start()
 
     def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted:
         old = self._seq.get(room)
@@ -141,58 +130,30 @@ class SQLiteStore(AccessTables, LocalNames):
             self._undo[room] = old
         if old is None:
             self._write("INSERT OR IGNORE INTO rooms VALUES (?)", (room,))
+            self._first[room] = 1
         seq = self._seq[room] = (old or 0) + 1
         rows = self._rows
         rows.append((room, seq, ts, sender, text, mid))
         if len(rows) >= CHUNK:
             self._hand_off()
-        return Posted(room, seq, ts, sender, text)
-
-    def _hand_off(self) -> None:
-        """A full chunk to the writer thread, which inserts it while the loop goes on."""
-        if self._begin():
-            self._writer.submit(self._rows)
-            self._handed = True
-        self._rows = []
-
-    def _begin(self) -> bool:
-        """The batch's transaction is open (or the batch has failed: False). Before the first
-        chunk is handed over the writer is idle, so the connection is the loop's."""
-        if self._failed is not None:
-            return False
-        if not self._dirty:
-            try:
-                self._db.execute("BEGIN")
-            except sqlite3.Error as exc:
-                self._failed = exc
-                return False
-            self._dirty = True
-        return True
-
-    def _write_rows(self) -> None:
-        """Every buffered message into the open transaction, and the writer idle: before any
-        read, any other write, and the commit. What is left of a chunk is inserted here, on the
-        loop's thread: a lone message at a low rate costs no hand-over between threads."""
-        if self._handed:
-            self._handed = False
-            error = self._writer.wait()
-            if error is not None and self._failed is None:
-                self._failed = error
-        rows = self._rows
-        if rows:
-            if self._begin():
-                try:
-                    self._db.execute(insert_sql(len(rows)), list(chain.from_iterable(rows)))
-                except sqlite3.Error as exc:
-                    self._failed = exc
-            self._rows = []
+        posted = Posted(room, seq, ts, sender, text)
+        window = self._windows.get(room)
+        if window is None:
+            window = self._windows[room] = Window(WINDOW_KEPT, WINDOW_CHARS)
+        window.add(posted)
+        return posted
 
     def last_seq(self, room: str) -> int:
         return self._seq.get(room, 0)
 
     def recent(self, room: str, count: int) -> list[Posted]:
-        if count <= 0:
+        if count <= 0 or self._first.get(room, 1) > self._seq.get(room, 0):
             return []
+        window = self._windows.get(room)
+        if window is not None:
+            held = window.newest(count, self._first[room])
+            if held is not None:
+                return held
         self._write_rows()
         rows = self._db.execute(
             "SELECT room, seq, ts, sender, text FROM messages WHERE room = ? "
@@ -202,17 +163,23 @@ class SQLiteStore(AccessTables, LocalNames):
         return [Posted(*row) for row in reversed(rows)]
 
     def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[Posted], int]:
-        upto = self._seq.get(room, 0) if upto <= 0 else upto
+        newest = self._seq.get(room, 0)
+        first = self._first.get(room, newest + 1)
+        start = max(after + 1, first)
+        stop = min(newest if upto <= 0 else min(upto, newest), start + limit - 1)
+        if stop < start:
+            return [], first
+        window = self._windows.get(room)
+        held = window.slice(start, stop) if window is not None else None
+        if held is not None:
+            return held, first
         self._write_rows()
         rows = self._db.execute(
-            "SELECT room, seq, ts, sender, text FROM messages WHERE room = ? AND seq > ? "
-            "AND seq <= ? ORDER BY seq LIMIT ?",
-            (room, after, upto, limit),
+            "SELECT room, seq, ts, sender, text FROM messages WHERE room = ? AND seq >= ? "
+            "AND seq <= ? ORDER BY seq",
+            (room, start, stop),
         ).fetchall()
-        first = self._db.execute(
-            "SELECT min(seq) FROM messages WHERE room = ?", (room,)
-        ).fetchone()[0]
-        return [Posted(*row) for row in rows], first or self._seq.get(room, 0) + 1
+        return [Posted(*row) for row in rows], first
 
     def acked(self, sender: str, mid: int) -> Ack | None:
         self._write_rows()
@@ -230,6 +197,7 @@ class SQLiteStore(AccessTables, LocalNames):
         if room not in self._seq:
             self._undo.setdefault(room, None)
             self._seq[room] = 0
+            self._first[room] = 1
             self._write("INSERT OR IGNORE INTO rooms VALUES (?)", (room,))
 
     def remove_room(self, room: str) -> None:
@@ -239,6 +207,8 @@ class SQLiteStore(AccessTables, LocalNames):
             self._write("DELETE FROM messages WHERE room = ?", (room,))
             self._write("DELETE FROM rooms WHERE name = ?", (room,))
             del self._seq[room]
+            self._first.pop(room, None)
+            self._windows.pop(room, None)
 
     def prune(self, keep: int, before: float, limit: int) -> int:
         """Rooms are visited in turn (``_prune_next``), and each looks at its oldest ``limit``
@@ -264,6 +234,9 @@ class SQLiteStore(AccessTables, LocalNames):
             if upto:
                 self._write("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, upto))
                 pruned += sum(1 for seq, _ in oldest if seq <= upto)
+                self._first[room] = upto + 1
+                if room in self._windows:
+                    self._windows[room].drop_upto(upto)
         self._prune_next = ""
         return pruned
 
@@ -276,6 +249,8 @@ class SQLiteStore(AccessTables, LocalNames):
         self._write("DELETE FROM sessions", ())
         self._reset_access()
         self._seq = {LOBBY: 0}
+        self._first = {LOBBY: 1}
+        self._windows.clear()
         self._sessions_reset()
 
     def blocked(self) -> set[str]:
@@ -328,37 +303,23 @@ class SQLiteStore(AccessTables, LocalNames):
             for ts, admin, key, command, args, ok, message in reversed(rows)
         ]
 
-    def commit(self) -> None:
-        """Make the batch durable, or roll it back and raise ``StoreError`` (see the module)."""
-        self._write_rows()
-        try:
-            if self._failed is not None:
-                raise self._failed
-            if self._dirty:
-                self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise StoreError(f"the database {self.path} could not store a batch ({exc})") from None
-        self._dirty = False
+    def _kept(self) -> None:
         self._undo.clear()
         self._blocked_before = None
 
-    def _rollback(self) -> None:
-        """Forget the failed batch, in the database and in the counters kept here."""
-        self._writer.wait()
-        self._handed = False
-        if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, IOERR)
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-        self._rows = []
-        self._dirty = False
-        self._failed = None
+    def _forget(self) -> None:
         for room, seq in self._undo.items():
             if seq is None:
                 self._seq.pop(room, None)
+                self._windows.pop(room, None)
             else:
                 self._seq[room] = seq
+                if room in self._windows:
+                    self._windows[room].drop_after(seq)
         self._undo.clear()
+        with contextlib.suppress(sqlite3.Error):  # the database is where the last commit left it
+            found = {room: first for room, first, _ in self._db.execute(FIRST_LAST)}
+            self._first = {room: found.get(room, seq + 1) for room, seq in self._seq.items()}
         if self._blocked_before is not None:
             self._blocked, self._blocked_before = self._blocked_before, None
 
@@ -367,11 +328,7 @@ class SQLiteStore(AccessTables, LocalNames):
         return sum(f.stat().st_size for f in files if f.exists())
 
     def close(self) -> None:
-        with contextlib.suppress(StoreError):  # nothing uncommitted was acknowledged
-            self.commit()
-        self._writer.stop()
-        self._checkpointer.stop()
-        self._db.close()
+        super().close()
         if self.lock is not None:
             self.lock.close()
 

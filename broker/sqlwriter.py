@@ -1,5 +1,5 @@
-"""The store's threads: message rows go into SQLite on a thread of their own while the loop goes
-on with its batch, and WAL checkpoints run on another.
+"""The store's batch: one open transaction per turn of the loop, message rows inserted into it on a
+thread of their own while the loop goes on, and WAL checkpoints on another.
 
 The loop hands over rows ``CHUNK`` at a time; the writer inserts each chunk in one multi-row
 ``INSERT`` into the open transaction. sqlite3 releases the GIL while SQLite works, so on two cores
@@ -20,6 +20,8 @@ from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Final
+
+from .store import StoreError
 
 CHUNK: Final = 128
 """Rows per INSERT (768 parameters, far below SQLite's limit)."""
@@ -111,4 +113,121 @@ class Checkpointer(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(5)
+        self._db.close()
+
+
+class SQLiteBatch:
+    """The open batch of a SQLite store: every write goes into one transaction, message rows
+    ``CHUNK`` at a time through the ``RowWriter``; ``commit`` makes it durable or forgets it.
+
+    A write that fails is kept, never raised, so the chat's decisions stand until ``commit`` says
+    the batch failed; the store puts its own counters back in ``_forget``."""
+
+    path: Path
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self._checkpointer = Checkpointer(path)
+        self._writer = RowWriter(db)
+        self._handed = False
+        """Chunks were handed to the writer since it was last waited for."""
+        self._dirty = False
+        self._rows: list[Row] = []
+        """Messages appended and not yet handed to the writer (``CHUNK`` at a time)."""
+        self._failed: sqlite3.Error | None = None
+        """The first write error of the open batch: later writes are skipped, ``commit`` fails."""
+
+    def _start(self) -> None:
+        self._checkpointer.start()
+        self._writer.start()
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        """One statement in the batch's transaction; an error is kept for ``commit``."""
+        self._write_rows()  # the writer is idle after this: the connection is ours
+        if self._failed is not None:
+            return
+        try:
+            if not self._dirty:
+                self._db.execute("BEGIN")
+                self._dirty = True
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            self._failed = exc
+
+    def _hand_off(self) -> None:
+        """A full chunk to the writer thread, which inserts it while the loop goes on."""
+        if self._begin():
+            self._writer.submit(self._rows)
+            self._handed = True
+        self._rows = []
+
+    def _begin(self) -> bool:
+        """The batch's transaction is open (or the batch has failed: False). Before the first
+        chunk is handed over the writer is idle, so the connection is the loop's."""
+        if self._failed is not None:
+            return False
+        if not self._dirty:
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                self._failed = exc
+                return False
+            self._dirty = True
+        return True
+
+    def _write_rows(self) -> None:
+        """Every buffered message into the open transaction, and the writer idle: before any
+        read, any other write, and the commit. What is left of a chunk is inserted here, on the
+        loop's thread: a lone message at a low rate costs no hand-over between threads."""
+        if self._handed:
+            self._handed = False
+            error = self._writer.wait()
+            if error is not None and self._failed is None:
+                self._failed = error
+        rows = self._rows
+        if rows:
+            if self._begin():
+                try:
+                    self._db.execute(insert_sql(len(rows)), list(chain.from_iterable(rows)))
+                except sqlite3.Error as exc:
+                    self._failed = exc
+            self._rows = []
+
+    def commit(self) -> None:
+        """Make the batch durable, or roll it back and raise ``StoreError`` (see the module)."""
+        self._write_rows()
+        try:
+            if self._failed is not None:
+                raise self._failed
+            if self._dirty:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"the database {self.path} could not store a batch ({exc})") from None
+        self._dirty = False
+        self._kept()
+
+    def _rollback(self) -> None:
+        """Forget the failed batch, in the database and in what the store keeps in memory."""
+        self._writer.wait()
+        self._handed = False
+        if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, IOERR)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        self._rows = []
+        self._dirty = False
+        self._failed = None
+        self._forget()
+
+    def _kept(self) -> None:
+        """The batch is durable: the store's undo records can go."""
+
+    def _forget(self) -> None:
+        """The batch failed: the store puts what it keeps in memory back."""
+
+    def close(self) -> None:
+        with contextlib.suppress(StoreError):  # nothing uncommitted was acknowledged
+            self.commit()
+        self._writer.stop()
+        self._checkpointer.stop()
         self._db.close()

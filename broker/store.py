@@ -14,6 +14,7 @@ from typing import Final, Protocol
 
 from .access import Access, Request
 from .protocol import LOBBY, Ack, Code, Posted
+from .window import Window
 
 MEMORY_ACKS_KEPT: Final = 10_000
 """Message ids a MemoryStore remembers per sender (SQLite remembers every one)."""
@@ -132,11 +133,11 @@ class Store(Protocol):
 class _RoomLog:
     """One room's recent messages (a bounded window) and its sequence counter."""
 
-    __slots__ = ("messages", "seq")
+    __slots__ = ("seq", "window")
 
     def __init__(self, keep: int) -> None:
         self.seq = 0
-        self.messages: deque[Posted] = deque(maxlen=keep)
+        self.window = Window(keep)
 
 
 class LocalNames:
@@ -230,7 +231,7 @@ class MemoryStore(LocalAccess, LocalNames):
         log = self._rooms.get(room) or self._new_room(room)
         log.seq += 1
         posted = Posted(room, log.seq, ts, sender, text)
-        log.messages.append(posted)
+        log.window.add(posted)
         if mid:
             self._remember(sender, Ack(mid, room, log.seq))
         return posted
@@ -252,22 +253,21 @@ class MemoryStore(LocalAccess, LocalNames):
 
     def recent(self, room: str, count: int) -> list[Posted]:
         log = self._rooms.get(room)
-        if not log or count <= 0:
+        if not log:
             return []
-        return list(log.messages)[-count:]
+        return log.window.newest(count, log.window.first()) or []
 
     def range(self, room: str, after: int, upto: int, limit: int) -> tuple[list[Posted], int]:
         log = self._rooms.get(room)
-        if not log or not log.messages:
+        if not log or not log.window.messages:
             return [], (log.seq + 1 if log else 1)
-        first = log.messages[0].seq
+        first = log.window.first()
         upto = log.seq if upto <= 0 else min(upto, log.seq)
         start = max(after + 1, first)
         stop = min(upto, start + limit - 1)
         if stop < start:
             return [], first
-        offset = start - first
-        return [log.messages[i] for i in range(offset, offset + stop - start + 1)], first
+        return log.window.slice(start, stop) or [], first
 
     def acked(self, sender: str, mid: int) -> Ack | None:
         return self._acks.get(sender, {}).get(mid)
@@ -289,8 +289,9 @@ class MemoryStore(LocalAccess, LocalNames):
         """The window already keeps at most ``keep`` (the smaller of both); old ones go here."""
         pruned = 0
         for log in self._rooms.values():
-            while log.messages and pruned < limit and log.messages[0].ts < before:
-                log.messages.popleft()
+            messages = log.window.messages
+            while messages and pruned < limit and messages[0].ts < before:
+                log.window.drop_oldest()
                 pruned += 1
         return pruned
 
@@ -319,9 +320,9 @@ class MemoryStore(LocalAccess, LocalNames):
         last means the room started over (a reset on the backbone): its window is dropped."""
         log = self._rooms.get(posted.room) or self._new_room(posted.room)
         if posted.seq <= log.seq:
-            log.messages.clear()
+            log.window.clear()
         log.seq = posted.seq
-        log.messages.append(posted)
+        log.window.add(posted)
         if mid:
             self._remember(posted.sender, Ack(mid, posted.room, posted.seq))
         return posted

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.protocol import LOBBY, Ack, Code, Posted
-from broker.sqlstore import ACKED, HIGHEST_MID, SQLiteStore
+from broker.sqlstore import ACKED, HIGHEST_MID, WINDOW_KEPT, SQLiteStore
+from broker.sqlwriter import CHUNK
 from broker.store import AuditEntry, MemoryStore, StoreError
 
 T0 = 1_000.0
@@ -330,7 +331,7 @@ def test_a_failed_commit_stores_nothing_and_rolls_the_counters_back(tmp_path: Pa
         store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from now on
         for i in range(300):
             store.append(LOBBY, "alice", "x" * 200, T0 + i, 100 + i)
-        store.recent(LOBBY, 5)  # a read writes the batch first: the error waits for the commit
+        store.highest_mid("alice")  # a read writes the batch first: the error waits for the commit
         store.append("new", "bob", "in a new room", T0, 7)
         store.add_room("empty")
         store.block("eve")
@@ -403,3 +404,62 @@ def test_sessions_are_bounded_the_oldest_ending_first(monkeypatch: pytest.Monkey
     assert store.claim("u0", "new", "s0") is Code.BAD_SESSION
     assert store.claim("u1", "new", "s1") is Code.BAD_SESSION
     assert store.claim("u4", "new", "s4") == "s4"
+
+
+def _text(i: int) -> str:
+    return ("long " * 900 if i % 37 == 0 else "m") + str(i)  # some fill the window's text bound
+
+
+def test_the_sqlite_window_answers_as_the_database_does(tmp_path: Path) -> None:
+    """Joins and repairs are read from the newest messages in memory; the answers are the
+    database's exactly, at the window's edges, after a prune, and after a failed batch."""
+    path = tmp_path / "room.db"
+    store = SQLiteStore(path)
+    try:
+        for i in range(1, 201):
+            store.append("x", "alice", _text(i), T0 + i, i)
+        store.append("y", "bob", "only", T0, 1)
+        store.commit()
+        assert store.prune(150, 0.0, 1000) == 50
+        store.commit()
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")  # a batch that cannot be stored
+        for i in range(300):
+            store.append("x", "alice", "x" * 200, T0 + i, 1000 + i)
+        with pytest.raises(StoreError):
+            store.commit()
+        store._db.execute("PRAGMA max_page_count = 1073741823")
+        for i in range(201, 241):
+            store.append("x", "alice", _text(i), T0 + i, i)
+        store.commit()
+        assert 150 < store._windows["x"].first() <= 240 - 20  # the window holds the newest
+        fresh = SQLiteStore(path)  # an empty window: everything from the database
+        try:
+            for room in ("x", "y", "absent"):
+                for count in (0, 1, 20, WINDOW_KEPT - 1, WINDOW_KEPT, WINDOW_KEPT + 1, 190, 191):
+                    assert store.recent(room, count) == fresh.recent(room, count), (room, count)
+                for after in (0, 49, 50, 51, 120, 180, 199, 200, 220, 239, 240, 250):
+                    for upto in (0, 60, 181, 221, 240, 300):
+                        for limit in (1, 5, 1000):
+                            want = fresh.range(room, after, upto, limit)
+                            assert store.range(room, after, upto, limit) == want
+        finally:
+            fresh.close()
+    finally:
+        store.close()
+
+
+def test_a_join_in_a_flood_reads_history_without_waiting_for_the_writer(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "room.db")
+    try:
+        for i in range(1, 2 * CHUNK + 1):
+            store.append("x", "alice", f"m{i}", T0 + i, i)
+        assert store._handed  # chunks are with the writer thread
+        assert seqs(store.recent("x", 20)) == list(range(2 * CHUNK - 19, 2 * CHUNK + 1))
+        assert seqs(store.range("x", 2 * CHUNK - 10, 0, 1000)[0]) == list(
+            range(2 * CHUNK - 9, 2 * CHUNK + 1)
+        )
+        assert store._handed  # still: nothing waited for them
+        store.commit()
+    finally:
+        store.close()
