@@ -12,9 +12,10 @@ from collections import deque
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from broker.protocol import ProtocolError, RoomEvent, RoomKey, decode_room
-from broker.roomkeys import epoch_of, open_sealed
+from broker.roomkeys import cipher_of, epoch_of, open_sealed
 
 HOLD: Final = 1.0
 """Seconds a body waits for its key."""
@@ -29,7 +30,8 @@ class Keyring:
     def __init__(self) -> None:
         self.sealed = False
         """Whether the broker seals (``Welcome.sealed``); a plain broker's bodies are read as is."""
-        self._keys: dict[int, bytes] = {}
+        self._keys: dict[int, ChaCha20Poly1305] = {}
+        """By epoch, each key's cipher (made once, not per body)."""
         self._held: deque[tuple[float, bytes, bytes]] = deque(maxlen=HELD_MAX)
 
     def open(self, topic: bytes, body: bytes, now: float) -> list[RoomEvent] | None:
@@ -53,7 +55,7 @@ class Keyring:
 
     def add(self, msg: RoomKey, now: float) -> list[list[RoomEvent]]:
         """Keep a key; the held bodies it opens, oldest first."""
-        self._keys[msg.epoch] = msg.key
+        self._keys[msg.epoch] = cipher_of(msg.key)
         while len(self._keys) > KEYS_KEPT:
             del self._keys[next(iter(self._keys))]
         held, self._held = self._held, deque(maxlen=HELD_MAX)
