@@ -54,7 +54,9 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("1->10 keys", 1, 10, 50_000 // q, keys=True, against="1->10"),
         Scenario("1->100", 1, 100, 120_000 // q),
         Scenario("1->100 keys", 1, 100, 120_000 // q, keys=True, against="1->100"),
-        Scenario("1->100 churn", 1, 100, 120_000 // q, keys=True, churn=True, against="1->100 keys"),
+        Scenario(
+            "1->100 churn", 1, 100, 120_000 // q, keys=True, churn=True, against="1->100 keys"
+        ),
         Scenario("10 rooms", 10, 1, 200_000 // q),
         Scenario("latency 1k/s", 1, 1, 5_000 // q, rate=1_000),
         Scenario("latency 10k/s", 1, 1, 50_000 // q, rate=10_000),
