@@ -26,6 +26,7 @@ from typing import Final, Protocol
 
 import zmq
 
+from . import ctlprotocol as cp
 from . import protocol as p
 from .config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, PUB_SEND_BYTES, Limits
 from .control import ControlChannel, ControlRequest, unstored
@@ -82,7 +83,7 @@ class Plugin(Protocol):
         """Just before a batch goes out."""
         ...
 
-    def control(self, asked: ControlRequest, now: float) -> p.CtlReply | None:
+    def control(self, asked: ControlRequest, now: float) -> cp.CtlReply | None:
         """The reply, or None: answered later (``Broker.answer``)."""
         ...
 
@@ -177,7 +178,7 @@ class Broker(ClientIntake, ControlChannel):
         """With room keys, every PUB send is sealed (``roomkeys``)."""
         store = store or MemoryStore(limits.history_keep)
         self.plugin = plugin
-        self._ctl_out: list[tuple[bytes, p.CtlReply]] = []
+        self._ctl_out: list[tuple[bytes, cp.CtlReply]] = []
         if plugin is not None:
             e = self.endpoints
             try:
