@@ -8,14 +8,14 @@ full, I/O error) costs that batch only: its messages are refused, nothing of it 
 line is logged, and the loop goes on.
 
 Who may connect (CURVE, the admins' allow-list, refused handshakes) is ``security.Guard``'s
-business; the loop asks it and logs what it says.
+business; the loop asks it and logs what it says. ``Broker``'s parts, each a mixin in its own
+module: ``intake`` (the ROUTER), ``control`` (admin requests), ``sockets`` (bind, monitor, close).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import signal
 import socket
 import time
@@ -37,6 +37,7 @@ from .keys import KeyDir, KeyFileError
 from .logfmt import LogWriter, Throttle
 from .roomkeys import RoomKeys
 from .security import CHAT_DOMAIN, CONTROL_DOMAIN, REFUSED_EVENTS, Guard
+from .sockets import BrokerSockets
 from .state import Chat, Outbox, Settings
 from .store import MemoryStore, Store, StoreError
 
@@ -90,16 +91,7 @@ class Plugin(Protocol):
     def tick(self, now: float) -> None: ...
 
 
-def _bindable(endpoint: str) -> str:
-    """Accept port 0 as 'any free port', the way people write it."""
-    return (
-        endpoint[:-2] + ":*"
-        if endpoint.startswith("tcp://") and endpoint.endswith(":0")
-        else endpoint
-    )
-
-
-class Broker(ClientIntake, ControlChannel):
+class Broker(ClientIntake, ControlChannel, BrokerSockets):
     """Binds the sockets on construction; ``run`` serves until closed or stopped.
 
     ``keys`` is the data dir's key directory (the broker's pair and the admin allow-list); without
@@ -193,50 +185,6 @@ class Broker(ClientIntake, ControlChannel):
         self.chat.counters.started = self.clock()
         self._security_log(self.guard.refresh(), self.clock())
 
-    def _bind(
-        self,
-        kind: int,
-        endpoint: str,
-        max_frame: int,
-        domain: str,
-        options: dict[int, int] | None = None,
-    ) -> zmq.Socket[bytes]:
-        """Bind a socket with ``MAXMSGSIZE`` and ``options``, in a ZAP ``domain``. Every option
-        is set before the bind: libzmq copies them into the listener then, and an option set
-        later never reaches the connections it accepts (high-water marks, buffer sizes)."""
-        sock: zmq.Socket[bytes] = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
-        for option, value in (options or {}).items():
-            sock.setsockopt(option, value)
-        self.guard.serve(sock, domain)
-        try:
-            sock.bind(_bindable(endpoint))
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            hint = (
-                "is another broker running? choose another endpoint"
-                if exc.errno == errno.EADDRINUSE
-                else "check the endpoint"
-            )
-            raise StartError(f"cannot bind {endpoint}: {exc.strerror}: {hint}") from None
-        return sock
-
-    def _monitor(self, sock: zmq.Socket[bytes], events: int) -> zmq.Socket[bytes]:
-        """A monitor of ``sock`` that loses no event: pyzmq's ``get_monitor_socket`` leaves the
-        pipe at 1,000 events, and a flood of connections that come and go fills it while the
-        loop is busy (the connection count would then drift for good)."""
-        addr = f"inproc://monitor-{id(sock)}"
-        sock.monitor(addr, events)
-        monitor: zmq.Socket[bytes] = self.ctx.socket(zmq.PAIR)
-        monitor.setsockopt(zmq.RCVHWM, 0)  # before connecting: the pipe takes no limit then
-        monitor.connect(addr)
-        return monitor
-
-    @staticmethod
-    def _endpoint(sock: zmq.Socket[bytes]) -> str:
-        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -276,17 +224,6 @@ class Broker(ClientIntake, ControlChannel):
         self.chat.store.close()
         self._wake_r.close()
         self._wake_w.close()
-
-    def _close_sockets(self, linger: int) -> None:
-        self.control.disable_monitor()
-        self.control_monitor.close(linger=0)
-        for sock, monitor in ((self.router, self.router_monitor), (self.pub, self.pub_monitor)):
-            sock.disable_monitor()
-            monitor.close(linger=0)
-        for sock in (self.router, self.pub, self.control):
-            sock.close(linger=linger)
-        self.guard.stop()
-        self.ctx.term()
 
     # ---- the loop -----------------------------------------------------------------------------
 
