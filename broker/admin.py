@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import ctlprotocol as cp
 from . import protocol as p
 from .state import Chat, User
 from .store import StoreError
@@ -28,7 +29,7 @@ class AdminError(Exception):
 @dataclass(frozen=True, slots=True)
 class Result:
     message: str
-    data: p.CtlData | None = None
+    data: cp.CtlData | None = None
 
 
 Handler = Callable[[Chat, list[str], float], Result]
@@ -136,9 +137,9 @@ def deny(chat: Chat, args: list[str], now: float) -> Result:
 
 
 def requests(chat: Chat, args: list[str], now: float) -> Result:
-    rows = [p.JoinRequest(room, user, r.ts) for room, user, r in chat.access.waiting()]
+    rows = [cp.JoinRequest(room, user, r.ts) for room, user, r in chat.access.waiting()]
     noun = "request" if len(rows) == 1 else "requests"
-    return Result(f"{len(rows)} join {noun} waiting", p.RequestList(rows))
+    return Result(f"{len(rows)} join {noun} waiting", cp.RequestList(rows))
 
 
 def remove(chat: Chat, args: list[str], now: float) -> Result:
@@ -169,19 +170,19 @@ def close(chat: Chat, args: list[str], now: float) -> Result:
 
 def who(chat: Chat, args: list[str], now: float) -> Result:
     users = chat.user_list()
-    data = p.UserList(users, sorted(chat.store.blocked()))
+    data = cp.UserList(users, sorted(chat.store.blocked()))
     return Result(f"{len(users)} users connected", data)
 
 
 def rooms(chat: Chat, args: list[str], now: float) -> Result:
     listing = chat.room_list(allowed=True)
-    return Result(f"{len(listing)} rooms", p.RoomList(listing))
+    return Result(f"{len(listing)} rooms", cp.RoomList(listing))
 
 
 def stats(chat: Chat, args: list[str], now: float) -> Result:
     c = chat.counters
     uptime = now - c.started if c.started else 0.0
-    counters = p.Counters(
+    counters = cp.Counters(
         clients=len(chat.users),
         connections=c.connections,
         unnamed_connections=max(0, c.connections - len(chat.users)),
@@ -199,7 +200,7 @@ def stats(chat: Chat, args: list[str], now: float) -> Result:
         database_bytes=chat.store.size(),
     )
     text = f"up {uptime:.0f}s, {len(chat.users)} clients, {c.accepted} messages"
-    return Result(text, p.Stats(counters))
+    return Result(text, cp.Stats(counters))
 
 
 def audit(chat: Chat, args: list[str], now: float) -> Result:
@@ -207,11 +208,11 @@ def audit(chat: Chat, args: list[str], now: float) -> Result:
     if not text.isdigit() or not 1 <= int(text) <= AUDIT_MAX:
         raise AdminError(p.Code.BAD_ARGS, f"LIMIT must be a number from 1 to {AUDIT_MAX}")
     rows = [
-        p.AuditRow(e.ts, e.admin, e.key, e.command, list(e.args), e.ok, e.message)
+        cp.AuditRow(e.ts, e.admin, e.key, e.command, list(e.args), e.ok, e.message)
         for e in chat.store.audit_log(int(text))
     ]
     noun = "entry" if len(rows) == 1 else "entries"
-    return Result(f"{len(rows)} audit {noun}, oldest first", p.AuditLog(rows))
+    return Result(f"{len(rows)} audit {noun}, oldest first", cp.AuditLog(rows))
 
 
 COMMANDS: dict[str, Handler] = {
@@ -238,7 +239,7 @@ if _unpaired := set(COMMANDS) ^ set(VERBS):
     raise AssertionError(f"broker.verbs and broker.admin.COMMANDS differ on {sorted(_unpaired)}")
 
 
-def dispatch(chat: Chat, request: p.CtlRequest, now: float) -> p.CtlReply:
+def dispatch(chat: Chat, request: cp.CtlRequest, now: float) -> cp.CtlReply:
     """Run one control request; any refusal becomes an error reply, never an exception."""
     verb = VERBS.get(request.command)
     try:
@@ -251,7 +252,7 @@ def dispatch(chat: Chat, request: p.CtlRequest, now: float) -> p.CtlReply:
             raise AdminError(p.Code.BAD_ARGS, f"usage: {verb.usage(request.command)}")
         result = COMMANDS[request.command](chat, request.args, now)
     except AdminError as exc:
-        return p.CtlReply(request.id, False, exc.message, exc.code.value)
+        return cp.CtlReply(request.id, False, exc.message, exc.code.value)
     except StoreError as exc:  # the backbone did not answer: nothing changed
-        return p.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
-    return p.CtlReply(request.id, True, result.message, "", result.data)
+        return cp.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
+    return cp.CtlReply(request.id, True, result.message, "", result.data)

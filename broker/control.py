@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from . import ctlprotocol as cp
 from . import protocol as p
 from .admin import dispatch
 from .config import BATCH
@@ -34,7 +35,7 @@ class ControlRequest:
     """An admin request as the audit log records it: from which room-ctl, with which key."""
 
     peer: bytes
-    request: p.CtlRequest
+    request: cp.CtlRequest
     admin: str
     key: str
 
@@ -61,10 +62,10 @@ class ControlChannel(_Base):
                 continue  # not a REQ peer: nothing we could address a reply to
             peer = frames[0].bytes
             try:
-                request = p.decode_ctl_request(frames[2].bytes)
+                request = cp.decode_ctl_request(frames[2].bytes)
             except p.ProtocolError as exc:
-                request = p.CtlRequest(0, "", [])
-                reply: p.CtlReply | None = p.CtlReply(0, False, exc.reason, exc.code.value)
+                request = cp.CtlRequest(0, "", [])
+                reply: cp.CtlReply | None = cp.CtlReply(0, False, exc.reason, exc.code.value)
             else:
                 reply = None
             asked = ControlRequest(peer, request, admin or "", key)
@@ -73,7 +74,7 @@ class ControlChannel(_Base):
             if reply is not None:
                 self.answer(asked, reply, now)
 
-    def answer(self, asked: ControlRequest, reply: p.CtlReply, now: float) -> None:
+    def answer(self, asked: ControlRequest, reply: cp.CtlReply, now: float) -> None:
         """Log and audit a control request, and queue its reply for the flush."""
         request, admin, key = asked.request, asked.admin, asked.key
         command = " ".join((request.command, *request.args)) or "(unreadable request)"
@@ -85,23 +86,23 @@ class ControlChannel(_Base):
         self.chat.store.audit(entry)
         self._ctl_out.append((asked.peer, reply))
 
-    def _admin_request(self, asked: ControlRequest, now: float) -> p.CtlReply | None:
+    def _admin_request(self, asked: ControlRequest, now: float) -> cp.CtlReply | None:
         """The reply, or None when other brokers must answer first (the plugin's business)."""
         request = asked.request
         if not asked.admin:
             reason = "this key is not (or no longer) on the admin allow-list: see room-broker keys"
-            return p.CtlReply(request.id, False, reason, p.Code.REFUSED.value)
+            return cp.CtlReply(request.id, False, reason, p.Code.REFUSED.value)
         if self.plugin is not None:
             return self.plugin.control(asked, now)
         return self.dispatch(request, now)
 
-    def dispatch(self, request: p.CtlRequest, now: float) -> p.CtlReply:
+    def dispatch(self, request: cp.CtlRequest, now: float) -> cp.CtlReply:
         """Run an admin request here (the verbs' table); a bug costs that request only."""
         try:
             return dispatch(self.chat, request, now)
         except Exception as exc:  # a bug must cost one request, never the broker
             self._internal_error(None, request, exc)
-            return p.CtlReply(request.id, False, "the broker failed; see its log", "internal")
+            return cp.CtlReply(request.id, False, "the broker failed; see its log", "internal")
 
     def _drain_monitor(self) -> None:
         """Log refused control handshakes (the guard caps how many per interval)."""
@@ -118,14 +119,14 @@ class ControlChannel(_Base):
         for line in lines:
             self.chat.out.log(now, "security", text=line)
 
-    def _send_control_replies(self, replies: list[tuple[bytes, p.CtlReply]]) -> None:
+    def _send_control_replies(self, replies: list[tuple[bytes, cp.CtlReply]]) -> None:
         for peer, reply in replies:
             with contextlib.suppress(zmq.ZMQError):  # room-ctl gave up waiting
                 self.control.send_multipart([peer, b"", p.encode(reply)], zmq.NOBLOCK)
 
 
-def unstored(reply: p.CtlReply) -> p.CtlReply:
+def unstored(reply: cp.CtlReply) -> cp.CtlReply:
     """The answer to a control request whose batch could not be stored: its audit entry and any
     change to the blocklist are lost (a block or unblock did not happen), so it is not an ok."""
     reason = "the broker could not store this request: try again; see its log"
-    return p.CtlReply(reply.id, False, reason, p.Code.UNAVAILABLE.value)
+    return cp.CtlReply(reply.id, False, reason, p.Code.UNAVAILABLE.value)

@@ -2,14 +2,15 @@
 
 Each message is a msgspec struct, encoded in MessagePack as an array whose first item is its tag,
 so decoding checks shape and types in one pass. The full specification (frames, encoding, every
-message and code, the rules of the conversation, annotated bytes) is ``docs/protocol.md``.
+message and code, the rules of the conversation, annotated bytes) is ``docs/protocol.md``; the
+control channel's messages (room-ctl's) are in ``broker.ctlprotocol``, on the same base.
 
 Sockets and frames::
 
     client DEALER  -> broker ROUTER    [body: ClientMsg]            (ROUTER adds the peer id)
     broker ROUTER  -> client DEALER    [body: list[ServerMsg]]
     broker PUB     -> client SUB       [topic: room + b"\\0", body: list[RoomEvent]]
-    room-ctl REQ   -> broker ROUTER    [b"", body: CtlRequest]      (REQ adds the empty delimiter)
+    room-ctl REQ   -> broker ROUTER    [b"", body: CtlRequest]      (broker.ctlprotocol)
     broker ROUTER  -> room-ctl REQ     [b"", body: CtlReply]
 """
 
@@ -377,112 +378,6 @@ class Synced(_Msg, tag="synced"):
 RoomEvent = Posted | Presence | Synced
 
 
-# ---- control (REQ -> ROUTER) -------------------------------------------------------------------
-
-
-class CtlRequest(_Msg, tag="ctl"):
-    """An admin command: ``command`` is a verb of the broker's table, ``args`` its arguments."""
-
-    id: Id
-    command: str
-    args: list[str] = []
-
-
-class UserList(_Msg, tag="ctlusers"):
-    """``who``: the connected users in name order, and every blocked name, connected or not."""
-
-    users: list[UserInfo]
-    blocked: list[str]
-
-
-class RoomList(_Msg, tag="ctlrooms"):
-    """``rooms``: every room in name order, with its members and its newest sequence number."""
-
-    rooms: list[RoomInfo]
-
-
-class Counters(_Msg, tag="counters"):
-    """The broker's counters since it started; sizes in bytes, times in seconds."""
-
-    clients: int
-    connections: int
-    unnamed_connections: int
-    rooms: int
-    blocked: int
-    messages_in: int
-    messages_out: int
-    fetched: int
-    direct: int
-    refused: int
-    messages_per_second: float
-    drops: int
-    bad_frames: int
-    uptime_seconds: float
-    database_bytes: int
-
-
-class Stats(_Msg, tag="ctlstats"):
-    """``stats``: the counters."""
-
-    stats: Counters
-
-
-class AuditRow(_Msg, tag="auditrow"):
-    """One admin request: when, by whom (``admin`` "": a refused key), what, and its result."""
-
-    ts: float
-    admin: str
-    key: str
-    command: str
-    args: list[str]
-    ok: bool
-    message: str
-
-
-class AuditLog(_Msg, tag="ctlaudit"):
-    """``audit``: the newest entries of the audit log, oldest first."""
-
-    audit: list[AuditRow]
-
-
-class JoinRequest(_Msg, tag="joinrequest"):
-    """A user who asked to join a private room, and when (seconds since the epoch, UTC)."""
-
-    room: str
-    user: str
-    ts: float
-
-
-class RequestList(_Msg, tag="ctlrequests"):
-    """``requests``: the join requests waiting for the admin, oldest first."""
-
-    requests: list[JoinRequest]
-
-
-CtlData = UserList | RoomList | Stats | AuditLog | RequestList
-"""The listings a ``CtlReply`` carries, told apart by their tag."""
-
-
-class CtlReply(_Msg, tag="ctlreply"):
-    """``ok`` with a one-line ``message``, or an error ``code``; ``data`` for listings."""
-
-    id: Id
-    ok: bool
-    message: str
-    code: str = ""
-    data: CtlData | None = None
-
-
-def plain(value: Any) -> Any:
-    """``CtlReply.data`` (or any part of it) as plain values, the way ``room-ctl --json`` prints
-    it: a struct is a map of its fields, without its tag; a list stays a list."""
-    if isinstance(value, msgspec.Struct):
-        return {name: plain(getattr(value, name)) for name in value.__struct_fields__}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    return value
-
-
 # ---- encoding ----------------------------------------------------------------------------------
 
 
@@ -501,8 +396,6 @@ encode = _encoder.encode
 _client_decoder = msgspec.msgpack.Decoder(ClientMsg)
 _server_decoder = msgspec.msgpack.Decoder(list[ServerMsg])
 _room_decoder = msgspec.msgpack.Decoder(list[RoomEvent])
-_ctl_request_decoder = msgspec.msgpack.Decoder(CtlRequest)
-_ctl_reply_decoder = msgspec.msgpack.Decoder(CtlReply)
 
 
 def _decoder(decode: Any, what: str) -> Any:
@@ -520,8 +413,6 @@ def _decoder(decode: Any, what: str) -> Any:
 decode_client = _decoder(_client_decoder.decode, "client message")
 decode_server = _decoder(_server_decoder.decode, "server message batch")
 decode_room = _decoder(_room_decoder.decode, "room event batch")
-decode_ctl_request = _decoder(_ctl_request_decoder.decode, "control request")
-decode_ctl_reply = _decoder(_ctl_reply_decoder.decode, "control reply")
 
 
 def room_of_topic(frame: bytes) -> str:

@@ -8,14 +8,15 @@ full, I/O error) costs that batch only: its messages are refused, nothing of it 
 line is logged, and the loop goes on.
 
 Who may connect (CURVE, the admins' allow-list, refused handshakes) is ``security.Guard``'s
-business; the loop asks it and logs what it says.
+business; the loop asks it and logs what it says. ``Broker``'s parts, each a mixin in its own
+module: ``intake`` (the ROUTER), ``control`` (admin requests), ``sockets`` (bind, monitor, close),
+``flush`` (what a batch sends).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import signal
 import socket
 import time
@@ -26,16 +27,19 @@ from typing import Final, Protocol
 
 import zmq
 
+from . import ctlprotocol as cp
 from . import protocol as p
-from .config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, PUB_SEND_BYTES, Limits
-from .control import ControlChannel, ControlRequest, unstored
+from .config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from .control import ControlChannel, ControlRequest
 from .datadir import StartError, open_store
+from .flush import BatchFlush
 from .gate import Gate
 from .intake import ClientIntake
 from .keys import KeyDir, KeyFileError
 from .logfmt import LogWriter, Throttle
 from .roomkeys import RoomKeys
 from .security import CHAT_DOMAIN, CONTROL_DOMAIN, REFUSED_EVENTS, Guard
+from .sockets import BrokerSockets
 from .state import Chat, Outbox, Settings
 from .store import MemoryStore, Store, StoreError
 
@@ -49,12 +53,6 @@ BAD_FRAMES_LOGGED: Final = 20
 
 CLOSE_LINGER_MS: Final = 500
 """How long goodbyes may take to leave at shutdown before the sockets are dropped."""
-
-# Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
-_NOBLOCK: Final = int(zmq.NOBLOCK)
-_SNDMORE: Final = int(zmq.SNDMORE)
-_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
-
 
 DB_FILE: Final = "room.db"
 LOCK_FILE: Final = "broker.lock"
@@ -82,23 +80,14 @@ class Plugin(Protocol):
         """Just before a batch goes out."""
         ...
 
-    def control(self, asked: ControlRequest, now: float) -> p.CtlReply | None:
+    def control(self, asked: ControlRequest, now: float) -> cp.CtlReply | None:
         """The reply, or None: answered later (``Broker.answer``)."""
         ...
 
     def tick(self, now: float) -> None: ...
 
 
-def _bindable(endpoint: str) -> str:
-    """Accept port 0 as 'any free port', the way people write it."""
-    return (
-        endpoint[:-2] + ":*"
-        if endpoint.startswith("tcp://") and endpoint.endswith(":0")
-        else endpoint
-    )
-
-
-class Broker(ClientIntake, ControlChannel):
+class Broker(ClientIntake, ControlChannel, BrokerSockets, BatchFlush):
     """Binds the sockets on construction; ``run`` serves until closed or stopped.
 
     ``keys`` is the data dir's key directory (the broker's pair and the admin allow-list); without
@@ -177,7 +166,7 @@ class Broker(ClientIntake, ControlChannel):
         """With room keys, every PUB send is sealed (``roomkeys``)."""
         store = store or MemoryStore(limits.history_keep)
         self.plugin = plugin
-        self._ctl_out: list[tuple[bytes, p.CtlReply]] = []
+        self._ctl_out: list[tuple[bytes, cp.CtlReply]] = []
         if plugin is not None:
             e = self.endpoints
             try:
@@ -191,50 +180,6 @@ class Broker(ClientIntake, ControlChannel):
         self.chat = Chat(store, settings)
         self.chat.counters.started = self.clock()
         self._security_log(self.guard.refresh(), self.clock())
-
-    def _bind(
-        self,
-        kind: int,
-        endpoint: str,
-        max_frame: int,
-        domain: str,
-        options: dict[int, int] | None = None,
-    ) -> zmq.Socket[bytes]:
-        """Bind a socket with ``MAXMSGSIZE`` and ``options``, in a ZAP ``domain``. Every option
-        is set before the bind: libzmq copies them into the listener then, and an option set
-        later never reaches the connections it accepts (high-water marks, buffer sizes)."""
-        sock: zmq.Socket[bytes] = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
-        for option, value in (options or {}).items():
-            sock.setsockopt(option, value)
-        self.guard.serve(sock, domain)
-        try:
-            sock.bind(_bindable(endpoint))
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            hint = (
-                "is another broker running? choose another endpoint"
-                if exc.errno == errno.EADDRINUSE
-                else "check the endpoint"
-            )
-            raise StartError(f"cannot bind {endpoint}: {exc.strerror}: {hint}") from None
-        return sock
-
-    def _monitor(self, sock: zmq.Socket[bytes], events: int) -> zmq.Socket[bytes]:
-        """A monitor of ``sock`` that loses no event: pyzmq's ``get_monitor_socket`` leaves the
-        pipe at 1,000 events, and a flood of connections that come and go fills it while the
-        loop is busy (the connection count would then drift for good)."""
-        addr = f"inproc://monitor-{id(sock)}"
-        sock.monitor(addr, events)
-        monitor: zmq.Socket[bytes] = self.ctx.socket(zmq.PAIR)
-        monitor.setsockopt(zmq.RCVHWM, 0)  # before connecting: the pipe takes no limit then
-        monitor.connect(addr)
-        return monitor
-
-    @staticmethod
-    def _endpoint(sock: zmq.Socket[bytes]) -> str:
-        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -275,17 +220,6 @@ class Broker(ClientIntake, ControlChannel):
         self.chat.store.close()
         self._wake_r.close()
         self._wake_w.close()
-
-    def _close_sockets(self, linger: int) -> None:
-        self.control.disable_monitor()
-        self.control_monitor.close(linger=0)
-        for sock, monitor in ((self.router, self.router_monitor), (self.pub, self.pub_monitor)):
-            sock.disable_monitor()
-            monitor.close(linger=0)
-        for sock in (self.router, self.pub, self.control):
-            sock.close(linger=linger)
-        self.guard.stop()
-        self.ctx.term()
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -330,82 +264,6 @@ class Broker(ClientIntake, ControlChannel):
                     plugin.tick(now)
                 next_tick = now + interval
             self._flush()
-
-    def _flush(self) -> None:
-        out = self.chat.out.take()
-        ctl_replies, self._ctl_out = self._ctl_out, []
-        counters = self.chat.counters
-        try:
-            self.chat.store.commit()  # before anything leaves: an Ack means stored
-        except StoreError as exc:  # the batch is lost, not the broker: refuse what it stored
-            refused = self.chat.commit_failed(out)
-            ctl_replies = [(peer, unstored(reply)) for peer, reply in ctl_replies]
-            text = f"{exc}: {refused} messages refused, nothing of the batch published"
-            out.log(self.clock(), "error", text=text)
-        if self.plugin is not None:
-            self.plugin.share(out)
-        encode, topic = p.encode, p.topic
-        pub_send, send = self.pub.send, self.router.send
-        keys = self.keys
-        for room, events in out.rooms.items():
-            body = encode(events)
-            if len(body) > PUB_SEND_BYTES:
-                counters.published += self._publish_in_parts(room, events, len(body))
-                continue
-            head = topic(room)
-            pub_send(head, _SNDMORE)
-            pub_send(body if keys is None else self._seal(room, head, body))
-            counters.published += 1
-        if keys is not None:
-            self._hand_out_keys(keys, out)
-        batches: dict[bytes, list[p.ServerMsg]] = {}
-        for peer, msg in out.replies:  # one send per peer, however many replies it has
-            batch = batches.get(peer)
-            if batch is None:
-                batches[peer] = [msg]
-            else:
-                batch.append(msg)
-        stalled = self.chat.stalled
-        for peer, batch in batches.items():
-            try:
-                send(peer, _SNDMORE_NOBLOCK)  # an unknown or full peer fails here, whole
-            except zmq.ZMQError:  # peer gone or its queue full: it repairs by retry or gap fill
-                counters.dropped_replies += len(batch)
-                if peer in self.chat.by_peer:
-                    stalled.add(peer)  # no more history for it until it reads
-                continue
-            send(encode(batch), _NOBLOCK)
-            if stalled:
-                stalled.discard(peer)
-        self._send_control_replies(ctl_replies)
-        if out.logs:
-            self.log.events(out.logs)
-
-    def _publish_in_parts(self, room: str, events: list[p.RoomEvent], size: int) -> int:
-        """A batch of events larger than PUB_SEND_BYTES goes out in several sends of about
-        that size, so that a subscriber's queue (in sends) is bounded in bytes. Returns how
-        many sends."""
-        parts = -(-size // PUB_SEND_BYTES)
-        step = -(-len(events) // parts)
-        head = p.topic(room)
-        for start in range(0, len(events), step):
-            body = p.encode(events[start : start + step])
-            self.pub.send(head, _SNDMORE)
-            self.pub.send(body if self.keys is None else self._seal(room, head, body))
-        return -(-len(events) // step)
-
-    def _seal(self, room: str, head: bytes, body: bytes) -> bytes:
-        assert self.keys is not None
-        return self.keys.seal(room, head, frozenset(self.chat.members.get(room, ())), body)
-
-    def _hand_out_keys(self, keys: RoomKeys, out: Outbox) -> None:
-        """Each new room key, to every member it was made for (their replies of this batch)."""
-        users = self.chat.users
-        for room, epoch, key, holders in keys.new_keys():
-            for name in holders:
-                user = users.get(name)
-                if user is not None:
-                    out.replies.append((user.peer, p.RoomKey(room, epoch, key)))
 
 
 _CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)

@@ -21,6 +21,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker import config
+from broker import ctlprotocol as cp
 from broker import protocol as p
 from broker.keys import KeyDir, key_or_file, load_public
 
@@ -103,7 +104,7 @@ _ids = itertools.count(int.from_bytes(os.urandom(3), "big"))
 
 def request(
     endpoint: str, command: str, args: list[str], timeout: float, keys: CurveKeys
-) -> p.CtlReply:
+) -> cp.CtlReply:
     """Send one admin command and wait at most ``timeout`` seconds for its reply."""
     ctx = zmq.Context.instance()
     sock: zmq.Socket[bytes] = ctx.socket(zmq.REQ)
@@ -116,7 +117,7 @@ def request(
         # Never block: a handshake this side found failing leaves no peer to queue for, and the
         # monitor then says why.
         with contextlib.suppress(zmq.Again):
-            sock.send(p.encode(p.CtlRequest(rid, command, args)), zmq.NOBLOCK)
+            sock.send(p.encode(cp.CtlRequest(rid, command, args)), zmq.NOBLOCK)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
@@ -127,7 +128,7 @@ def request(
                 event = parse_monitor_message(monitor.recv_multipart())
                 raise Refused(handshake_failure(event, endpoint, keys))
             if sock in ready:
-                reply = p.decode_ctl_reply(sock.recv())
+                reply = cp.decode_ctl_reply(sock.recv())
                 if reply.id in (rid, 0):  # 0: the broker could not read our id
                     return reply
         raise Unreachable(f"no answer from the broker at {endpoint} within {timeout:g}s")

@@ -16,6 +16,7 @@ import click
 import msgspec
 
 from broker import config, options
+from broker import ctlprotocol as cp
 from broker import keys as keyfiles
 from broker import protocol as p
 from broker.config import Exit
@@ -110,7 +111,7 @@ def _run(ctx: click.Context, command: str, args: list[str]) -> None:
             "ok": reply.ok,
             "message": reply.message,
             "code": reply.code,
-            "data": p.plain(reply.data),
+            "data": cp.plain(reply.data),
         }
         click.echo(msgspec.json.encode(document).decode())
         sys.exit(Exit.OK if reply.ok else failed)
@@ -122,17 +123,17 @@ def _run(ctx: click.Context, command: str, args: list[str]) -> None:
     sys.exit(Exit.OK)
 
 
-def render(data: p.CtlData | None) -> list[str]:
+def render(data: cp.CtlData | None) -> list[str]:
     """Aligned tables for listings (`who`, `rooms`, `stats`, `audit`); nothing for other replies."""
     match data:
-        case p.UserList(users=users, blocked=blocked):
+        case cp.UserList(users=users, blocked=blocked):
             rows = [(u.name, u.room, "blocked" if u.blocked else "") for u in users]
             lines = _table(("USER", "ROOM", "STATUS"), rows)
             connected = {u.name for u in users}
             if offline := [name for name in blocked if name not in connected]:
                 lines.append("blocked, not connected: " + ", ".join(offline))
             return lines
-        case p.RoomList(rooms=rooms):
+        case cp.RoomList(rooms=rooms):
             rows = [(r.name, str(r.members), str(r.seq)) for r in rooms]
             if not any(r.private for r in rooms):
                 return _table(("ROOM", "MEMBERS", "MESSAGES"), rows)
@@ -142,16 +143,16 @@ def render(data: p.CtlData | None) -> list[str]:
             ]
             rows = [(*row, shown) for row, shown in zip(rows, access, strict=True)]
             return _table(("ROOM", "MEMBERS", "MESSAGES", "ACCESS"), rows)
-        case p.RequestList(requests=waiting):
+        case cp.RequestList(requests=waiting):
             rows = [(stamp(r.ts), r.room, r.user) for r in waiting]
             return _table(("ASKED", "ROOM", "USER"), rows)
-        case p.Stats(stats=counters):
+        case cp.Stats(stats=counters):
             rows = [
                 (_STAT_NAMES.get(k, k.replace("_", " ")), _stat(k, getattr(counters, k)))
                 for k in counters.__struct_fields__
             ]
             return _table(("COUNTER", "VALUE"), rows, right={1})
-        case p.AuditLog(audit=entries):
+        case cp.AuditLog(audit=entries):
             rows = [
                 (
                     stamp(e.ts),

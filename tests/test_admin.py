@@ -8,6 +8,7 @@ import msgspec
 import pytest
 from chat_helpers import T0, chat, hello, send
 
+from broker import ctlprotocol as cp
 from broker import protocol as p
 from broker.admin import dispatch
 from broker.state import Chat, User
@@ -24,24 +25,24 @@ def in_room(c: Chat, user: User, room: str, messages: int = 0) -> None:
         send(c, user, p.Say(f"m{i}"))
 
 
-def ctl(c: Chat, command: str, *args: str, rid: int = 7) -> p.CtlReply:
-    """The reply to one request, its ``data`` as ``room-ctl --json`` shows it (``p.plain``:
+def ctl(c: Chat, command: str, *args: str, rid: int = 7) -> cp.CtlReply:
+    """The reply to one request, its ``data`` as ``room-ctl --json`` shows it (``cp.plain``:
     maps and lists); the typed listings themselves are checked in test_ctl.py."""
-    reply = dispatch(c, p.CtlRequest(rid, command, list(args)), T0 + 1)
+    reply = dispatch(c, cp.CtlRequest(rid, command, list(args)), T0 + 1)
     assert reply.id == rid
     # Every reply, data included, must survive the wire.
-    assert p.decode_ctl_reply(p.encode(reply)) == reply
-    return msgspec.structs.replace(reply, data=p.plain(reply.data))
+    assert cp.decode_ctl_reply(p.encode(reply)) == reply
+    return msgspec.structs.replace(reply, data=cp.plain(reply.data))
 
 
-def ok(reply: p.CtlReply) -> str:
+def ok(reply: cp.CtlReply) -> str:
     assert reply.ok, reply
     assert reply.code == ""
     assert reply.message
     return reply.message
 
 
-def refused(reply: p.CtlReply) -> str:
+def refused(reply: cp.CtlReply) -> str:
     assert not reply.ok, reply
     assert reply.message
     return reply.code
@@ -385,7 +386,7 @@ def test_stats_counts_clients_rooms_and_messages() -> None:
     assert stats["database_bytes"] == 0
 
 
-def ok_data(reply: p.CtlReply) -> Any:
+def ok_data(reply: cp.CtlReply) -> Any:
     ok(reply)
     return reply.data
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from chat_helpers import T0, chat, hello, send
 
+from broker import ctlprotocol as cp
 from broker import protocol as p
 from broker.backbone import routing
 from broker.store import MemoryStore, StoreError
@@ -162,8 +163,8 @@ def test_the_mirror_starts_a_room_over_when_numbering_goes_back() -> None:
 # ---- where admin commands run, and their merged answers ----------------------------------------
 
 
-def _req(command: str, *args: str) -> p.CtlRequest:
-    return p.CtlRequest(1, command, list(args))
+def _req(command: str, *args: str) -> cp.CtlRequest:
+    return cp.CtlRequest(1, command, list(args))
 
 
 @pytest.mark.parametrize(
@@ -182,45 +183,45 @@ def _req(command: str, *args: str) -> p.CtlRequest:
         (_req("stats"), routing.HERE),
     ],
 )
-def test_plan(request_: p.CtlRequest, expected: routing.Plan) -> None:
+def test_plan(request_: cp.CtlRequest, expected: routing.Plan) -> None:
     holders = {"bob": "b", "alice": "a"}
     assert routing.plan(request_, {"alice"}, lambda name: holders.get(name, "")) == expected
 
 
-def _users(*names: str, blocked: tuple[str, ...] = ()) -> p.UserList:
-    return p.UserList([p.UserInfo(name, p.LOBBY, False) for name in names], list(blocked))
+def _users(*names: str, blocked: tuple[str, ...] = ()) -> cp.UserList:
+    return cp.UserList([p.UserInfo(name, p.LOBBY, False) for name in names], list(blocked))
 
 
 def test_merge_who_lists_every_brokers_users_in_name_order() -> None:
-    here = p.CtlReply(5, True, "1 users", "", _users("zed", blocked=("x",)))
-    there = p.CtlReply(9, True, "2 users", "", _users("amy", "bo", blocked=("x",)))
+    here = cp.CtlReply(5, True, "1 users", "", _users("zed", blocked=("x",)))
+    there = cp.CtlReply(9, True, "2 users", "", _users("amy", "bo", blocked=("x",)))
     merged = routing.merge(_req("who"), here, [there])
     assert merged.id == 5 and merged.ok
-    assert isinstance(merged.data, p.UserList)
+    assert isinstance(merged.data, cp.UserList)
     assert [u.name for u in merged.data.users] == ["amy", "bo", "zed"]
     assert merged.data.blocked == ["x"]
     assert merged.message == "3 users connected on 2 brokers"
-    assert p.decode_ctl_reply(p.encode(merged)) == merged
+    assert cp.decode_ctl_reply(p.encode(merged)) == merged
 
 
 def test_merge_rooms_adds_members_and_keeps_the_highest_number() -> None:
-    here = p.CtlReply(5, True, "", "", p.RoomList([p.RoomInfo("g", 1, 4), p.RoomInfo("a", 0, 1)]))
-    there = p.CtlReply(9, True, "", "", p.RoomList([p.RoomInfo("g", 2, 6)]))
+    here = cp.CtlReply(5, True, "", "", cp.RoomList([p.RoomInfo("g", 1, 4), p.RoomInfo("a", 0, 1)]))
+    there = cp.CtlReply(9, True, "", "", cp.RoomList([p.RoomInfo("g", 2, 6)]))
     merged = routing.merge(_req("rooms"), here, [there])
-    assert merged.data == p.RoomList([p.RoomInfo("a", 0, 1), p.RoomInfo("g", 3, 6)])
+    assert merged.data == cp.RoomList([p.RoomInfo("a", 0, 1), p.RoomInfo("g", 3, 6)])
     assert merged.message == "2 rooms on 2 brokers"
 
 
 def test_merge_of_another_command_says_how_many_brokers_answered() -> None:
-    here = p.CtlReply(5, True, "broker closing", "", None)
-    there = p.CtlReply(9, True, "broker closing", "", None)
+    here = cp.CtlReply(5, True, "broker closing", "", None)
+    there = cp.CtlReply(9, True, "broker closing", "", None)
     merged = routing.merge(_req("close", "all"), here, [there, there])
-    assert merged == p.CtlReply(5, True, "broker closing (on 3 brokers)", "", None)
+    assert merged == cp.CtlReply(5, True, "broker closing (on 3 brokers)", "", None)
 
 
 def test_merge_reports_the_first_failure() -> None:
-    here = p.CtlReply(5, True, "ok", "", None)
-    bad = p.CtlReply(9, False, "it broke", "internal", None)
+    here = cp.CtlReply(5, True, "ok", "", None)
+    bad = cp.CtlReply(9, False, "it broke", "internal", None)
     merged = routing.merge(_req("reset"), here, [bad])
     assert (merged.id, merged.ok, merged.message, merged.code) == (5, False, "it broke", "internal")
 

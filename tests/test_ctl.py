@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from chat_helpers import T0, chat, hello, send
 
+from broker import ctlprotocol as cp
 from broker import protocol as p
 from broker.admin import COMMANDS, dispatch
 from broker.logfmt import stamp as log_stamp
@@ -55,11 +56,11 @@ def test_room_ctl_has_one_command_per_verb_with_its_args_and_options() -> None:
 # ---- the typed listings ------------------------------------------------------------------------
 
 
-def _reply(c, command: str, *args: str) -> p.CtlReply:
+def _reply(c, command: str, *args: str) -> cp.CtlReply:
     """The reply as room-ctl receives it: through the wire and its decoder."""
-    reply = dispatch(c, p.CtlRequest(3, command, list(args)), T0 + 1)
+    reply = dispatch(c, cp.CtlRequest(3, command, list(args)), T0 + 1)
     assert reply.ok, reply
-    return p.decode_ctl_reply(p.encode(reply))
+    return cp.decode_ctl_reply(p.encode(reply))
 
 
 def test_who_decodes_into_a_user_list() -> None:
@@ -69,7 +70,7 @@ def test_who_decodes_into_a_user_list() -> None:
     send(c, alice, p.Join("x"))
     c.store.block("zed")
     data = _reply(c, "who").data
-    assert data == p.UserList(
+    assert data == cp.UserList(
         [p.UserInfo("alice", "x", False), p.UserInfo("bob", p.LOBBY, False)], ["zed"]
     )
 
@@ -80,15 +81,15 @@ def test_rooms_decodes_into_a_room_list() -> None:
     send(c, alice, p.Join("x"))
     send(c, alice, p.Say("hi"))
     data = _reply(c, "rooms").data
-    assert data == p.RoomList([p.RoomInfo(p.LOBBY, 0, 0), p.RoomInfo("x", 1, 1)])
+    assert data == cp.RoomList([p.RoomInfo(p.LOBBY, 0, 0), p.RoomInfo("x", 1, 1)])
 
 
 def test_stats_decodes_into_typed_counters() -> None:
     c = chat()
     hello(c, "alice")
     data = _reply(c, "stats").data
-    assert isinstance(data, p.Stats)
-    assert isinstance(data.stats, p.Counters)
+    assert isinstance(data, cp.Stats)
+    assert isinstance(data.stats, cp.Counters)
     assert data.stats.clients == 1
     assert isinstance(data.stats.messages_per_second, float)
     assert isinstance(data.stats.uptime_seconds, float)
@@ -98,8 +99,8 @@ def test_audit_decodes_into_rows() -> None:
     store = MemoryStore()
     store.audit(AuditEntry(T0, "admin", "K" * 40, "block", ("bob",), True, "blocked bob"))
     data = _reply(chat(store), "audit").data
-    assert data == p.AuditLog(
-        [p.AuditRow(T0, "admin", "K" * 40, "block", ["bob"], True, "blocked bob")]
+    assert data == cp.AuditLog(
+        [cp.AuditRow(T0, "admin", "K" * 40, "block", ["bob"], True, "blocked bob")]
     )
 
 
@@ -112,22 +113,22 @@ def test_other_verbs_carry_no_data(verb: str) -> None:
 def test_a_listing_with_an_unknown_tag_is_a_bad_frame() -> None:
     body = msgspec.msgpack.encode(["ctlreply", 1, True, "m", "", ["ctlnews", []]])
     with pytest.raises(p.ProtocolError) as caught:
-        p.decode_ctl_reply(body)
+        cp.decode_ctl_reply(body)
     assert caught.value.code is p.Code.BAD_FRAME
 
 
 def test_plain_is_the_json_shape_of_room_ctl() -> None:
     """``--json`` prints each listing as a map of its fields, without tags, as before the types."""
-    users = p.UserList([p.UserInfo("alice", "x", True)], ["alice"])
-    assert p.plain(users) == {
+    users = cp.UserList([p.UserInfo("alice", "x", True)], ["alice"])
+    assert cp.plain(users) == {
         "users": [{"name": "alice", "room": "x", "blocked": True}],
         "blocked": ["alice"],
     }
-    assert p.plain(p.RoomList([p.RoomInfo("x", 2, 9)])) == {
+    assert cp.plain(cp.RoomList([p.RoomInfo("x", 2, 9)])) == {
         "rooms": [{"name": "x", "members": 2, "seq": 9, "private": False, "allowed": []}]
     }
-    row = p.AuditRow(1.5, "", "K", "", [], False, "refused")
-    assert p.plain(p.AuditLog([row])) == {
+    row = cp.AuditRow(1.5, "", "K", "", [], False, "refused")
+    assert cp.plain(cp.AuditLog([row])) == {
         "audit": [
             {
                 "ts": 1.5,
@@ -140,14 +141,14 @@ def test_plain_is_the_json_shape_of_room_ctl() -> None:
             }
         ]
     }
-    counters = p.plain(p.Stats(COUNTERS))["stats"]
-    assert list(counters) == list(p.Counters.__struct_fields__)
-    assert p.plain(None) is None
+    counters = cp.plain(cp.Stats(COUNTERS))["stats"]
+    assert list(counters) == list(cp.Counters.__struct_fields__)
+    assert cp.plain(None) is None
 
 
 # ---- how room-ctl shows them -------------------------------------------------------------------
 
-COUNTERS = p.Counters(
+COUNTERS = cp.Counters(
     clients=2,
     connections=3,
     unnamed_connections=1,
@@ -168,7 +169,7 @@ COUNTERS = p.Counters(
 
 def test_render_who_names_the_blocked_who_are_not_connected() -> None:
     users = [p.UserInfo("alice", "games", False), p.UserInfo("bob", p.LOBBY, True)]
-    assert ctl.render(p.UserList(users, ["bob", "zed"])) == [
+    assert ctl.render(cp.UserList(users, ["bob", "zed"])) == [
         "USER   ROOM    STATUS",
         "alice  games",
         "bob    public  blocked",
@@ -178,7 +179,7 @@ def test_render_who_names_the_blocked_who_are_not_connected() -> None:
 
 def test_render_rooms() -> None:
     rooms = [p.RoomInfo(p.LOBBY, 1, 0), p.RoomInfo("games", 12, 345)]
-    assert ctl.render(p.RoomList(rooms)) == [
+    assert ctl.render(cp.RoomList(rooms)) == [
         "ROOM    MEMBERS  MESSAGES",
         "public  1        0",
         "games   12       345",
@@ -186,7 +187,7 @@ def test_render_rooms() -> None:
 
 
 def test_render_stats_in_field_order_for_people() -> None:
-    lines = ctl.render(p.Stats(COUNTERS))
+    lines = ctl.render(cp.Stats(COUNTERS))
     assert lines[0].split() == ["COUNTER", "VALUE"]
     rows = {line[:21].strip(): line[21:].strip() for line in lines[1:]}
     assert list(rows) == [
@@ -214,10 +215,10 @@ def test_render_stats_in_field_order_for_people() -> None:
 
 def test_render_audit() -> None:
     rows = [
-        p.AuditRow(0.25, "admin", "ABCDEFGHIJ", "block", ["bob"], True, "blocked bob"),
-        p.AuditRow(61.0, "", "ZYXWVUTSRQ", "", [], False, "not an admin"),
+        cp.AuditRow(0.25, "admin", "ABCDEFGHIJ", "block", ["bob"], True, "blocked bob"),
+        cp.AuditRow(61.0, "", "ZYXWVUTSRQ", "", [], False, "not an admin"),
     ]
-    assert ctl.render(p.AuditLog(rows)) == [
+    assert ctl.render(cp.AuditLog(rows)) == [
         "TIME                      ADMIN      KEY       COMMAND               RESULT",
         "1970-01-01T00:00:00.250Z  admin      ABCDEFGH  block bob             ok: blocked bob",
         "1970-01-01T00:01:01.000Z  (refused)  ZYXWVUTS  (unreadable request)  failed: not an admin",

@@ -9,6 +9,7 @@ import sys
 import zmq
 from procs import WAIT, BrokerProc, ClientFactory, ctl
 
+from broker import ctlprotocol as cp
 from broker import protocol as p
 from broker.config import Exit
 from broker.keys import KeyDir, load_public, load_secret
@@ -251,12 +252,12 @@ def test_malformed_frames_never_stop_the_broker(broker: BrokerProc, clients: Cli
 
         admin = as_admin(ctx.socket(zmq.REQ))
         admin.send(b"not msgpack at all")
-        reply = p.decode_ctl_reply(_recv(admin)[0])
+        reply = cp.decode_ctl_reply(_recv(admin)[0])
         assert not reply.ok and reply.code == p.Code.BAD_FRAME
         raw = as_admin(ctx.socket(zmq.DEALER))  # no empty delimiter: unanswerable, ignored
         raw.send(b"junk")
-        admin.send(p.encode(p.CtlRequest(9, "launch", [])))
-        reply = p.decode_ctl_reply(_recv(admin)[0])
+        admin.send(p.encode(cp.CtlRequest(9, "launch", [])))
+        reply = cp.decode_ctl_reply(_recv(admin)[0])
         assert reply.id == 9 and reply.code == p.Code.UNKNOWN_COMMAND
         for sock in (rogue, admin, raw):
             sock.close(0)

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from procs import MIDS, UNASKED, WAIT, BrokerProc, Canary, ClientFactory, Replies, ctl, socket
 
+from broker import ctlprotocol as cp
 from broker import keys
 from broker import protocol as p
 from broker.admin import COMMANDS
@@ -190,18 +191,18 @@ TEMPLATES: dict[type, p._Msg] = {
         p.Goodbye(p.Bye.CLOSED, "bye"),
         p.Presence(p.LOBBY, "fz", "entered"),
         p.Synced(p.LOBBY, 1, 1),
-        p.CtlRequest(1, "who", []),
-        p.CtlReply(1, True, "ok", "", None),
-        p.UserList([p.UserInfo("fz", p.LOBBY, False)], ["fz"]),
-        p.RoomList([p.RoomInfo(p.LOBBY, 1, 1)]),
-        p.Counters(1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1.5, 0),
-        p.Stats(p.Counters(1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1.5, 0)),
-        p.AuditRow(1.5, "fz", "K", "who", [], True, "ok"),
-        p.AuditLog([]),
+        cp.CtlRequest(1, "who", []),
+        cp.CtlReply(1, True, "ok", "", None),
+        cp.UserList([p.UserInfo("fz", p.LOBBY, False)], ["fz"]),
+        cp.RoomList([p.RoomInfo(p.LOBBY, 1, 1)]),
+        cp.Counters(1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1.5, 0),
+        cp.Stats(cp.Counters(1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1.5, 0)),
+        cp.AuditRow(1.5, "fz", "K", "who", [], True, "ok"),
+        cp.AuditLog([]),
         p.JoinRequested("fz"),
         p.RoomKey("fz", 1, bytes(32)),
-        p.JoinRequest("fz", "fz", 1.5),
-        p.RequestList([]),
+        cp.JoinRequest("fz", "fz", 1.5),
+        cp.RequestList([]),
     )
 }
 """A valid example of every message of the protocol."""
@@ -642,18 +643,18 @@ def _harmless(parts: list[bytes]) -> list[bytes]:
     out = []
     for part in parts:
         try:
-            request = p.decode_ctl_request(part)
+            request = cp.decode_ctl_request(part)
         except p.ProtocolError:
             out.append(part)
             continue
         command = f"not-{request.command}" if request.command in HARMFUL else request.command
         args = ["nobody" if a.startswith("canary") else a for a in request.args]
-        out.append(p.encode(p.CtlRequest(request.id, command, args)))
+        out.append(p.encode(cp.CtlRequest(request.id, command, args)))
     return out
 
 
 ctl_requests = st.builds(
-    p.CtlRequest,
+    cp.CtlRequest,
     ints,
     st.one_of(st.sampled_from(sorted(COMMANDS)), st.text(max_size=20)),
     st.one_of(
@@ -665,7 +666,7 @@ ctl_bodies = st.one_of(
     ctl_requests,
     bodies,
     st.builds(
-        lambda index, value: _replaced(p.CtlRequest, index, value),
+        lambda index, value: _replaced(cp.CtlRequest, index, value),
         st.integers(0, 4),
         st.one_of(*KINDS.values()),
     ),
@@ -677,7 +678,7 @@ def drain_control(sock: zmq.Socket) -> None:
     while sock.poll(0):
         parts = sock.recv_multipart()
         assert len(parts) == 2 and parts[0] == b"", parts
-        reply = p.decode_ctl_reply(parts[1])
+        reply = cp.decode_ctl_reply(parts[1])
         assert reply.code != p.Code.INTERNAL, reply
 
 

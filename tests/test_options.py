@@ -18,6 +18,7 @@ import broker.cli
 import client.cli
 import client.ctl
 import client.web.cli
+from broker import ctlprotocol as cp
 from broker import options
 from broker import protocol as p
 from client import app
@@ -137,7 +138,7 @@ def test_room_ctl_reads_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def request(endpoint: str, command: str, args: list[str], timeout: float, keys: Any):
         asked.append((endpoint, command, args, timeout))
-        return p.CtlReply(1, True, "0 audit entries, oldest first", "", p.AuditLog([]))
+        return cp.CtlReply(1, True, "0 audit entries, oldest first", "", cp.AuditLog([]))
 
     monkeypatch.setattr(client.ctl, "request", request)
     monkeypatch.setattr(client.ctl, "_keys", lambda opts: None)

@@ -7,14 +7,15 @@ from typing import Any
 
 from chat_helpers import T0, chat, hello, send
 
+from broker import ctlprotocol as cp
 from broker import protocol as p
 from broker.admin import dispatch
 from broker.sqlstore import SQLiteStore
 from broker.state import Chat, Settings
 
 
-def ctl(c: Chat, command: str, *args: str) -> p.CtlReply:
-    return dispatch(c, p.CtlRequest(1, command, list(args)), T0)
+def ctl(c: Chat, command: str, *args: str) -> cp.CtlReply:
+    return dispatch(c, cp.CtlRequest(1, command, list(args)), T0)
 
 
 def replies(c: Chat, peer: bytes) -> list[Any]:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from broker import ctlprotocol as cp
 from broker import protocol as p
 
 # ---- samples of every message type -------------------------------------------------------------
@@ -65,28 +66,32 @@ ROOM_BATCHES: list[Any] = [
 ]
 
 CTL_REQUESTS: list[Any] = [
-    p.CtlRequest(1, "who"),
-    p.CtlRequest(2, "block", ["alice"]),
+    cp.CtlRequest(1, "who"),
+    cp.CtlRequest(2, "block", ["alice"]),
 ]
 
 CTL_REPLIES: list[Any] = [
-    p.CtlReply(1, True, "blocked alice"),
-    p.CtlReply(2, False, "alice is not connected", p.Code.NO_SUCH_USER.value),
-    p.CtlReply(3, True, "1 users", "", p.UserList([p.UserInfo("a", p.LOBBY, False)], ["n"])),
-    p.CtlReply(4, True, "1 rooms", "", p.RoomList([p.RoomInfo(p.LOBBY, 1, 2)])),
-    p.CtlReply(
-        5, True, "up 2s", "", p.Stats(p.Counters(1, 1, 0, 1, 0, 2, 3, 0, 0, 0, 0.5, 0, 0, 2.0, 0))
+    cp.CtlReply(1, True, "blocked alice"),
+    cp.CtlReply(2, False, "alice is not connected", p.Code.NO_SUCH_USER.value),
+    cp.CtlReply(3, True, "1 users", "", cp.UserList([p.UserInfo("a", p.LOBBY, False)], ["n"])),
+    cp.CtlReply(4, True, "1 rooms", "", cp.RoomList([p.RoomInfo(p.LOBBY, 1, 2)])),
+    cp.CtlReply(
+        5, True, "up 2s", "", cp.Stats(cp.Counters(1, 1, 0, 1, 0, 2, 3, 0, 0, 0, 0.5, 0, 0, 2.0, 0))
     ),
-    p.CtlReply(
-        6, True, "1 audit entry", "", p.AuditLog([p.AuditRow(1.5, "a", "K", "who", [], True, "ok")])
+    cp.CtlReply(
+        6,
+        True,
+        "1 audit entry",
+        "",
+        cp.AuditLog([cp.AuditRow(1.5, "a", "K", "who", [], True, "ok")]),
     ),
-    p.CtlReply(7, True, "1 request", "", p.RequestList([p.JoinRequest("secret", "bob", 1.5)])),
-    p.CtlReply(8, True, "1 rooms", "", p.RoomList([p.RoomInfo("s", 1, 2, True, ["bob"])])),
+    cp.CtlReply(7, True, "1 request", "", cp.RequestList([cp.JoinRequest("secret", "bob", 1.5)])),
+    cp.CtlReply(8, True, "1 rooms", "", cp.RoomList([p.RoomInfo("s", 1, 2, True, ["bob"])])),
 ]
 
 # Nested-only structs: they travel inside Users and Rooms, and the listings inside CtlReply.
-NESTED = {p.UserInfo, p.RoomInfo, p.UserList, p.RoomList, p.Stats, p.Counters, p.AuditLog}
-NESTED |= {p.AuditRow, p.RequestList, p.JoinRequest}
+NESTED = {p.UserInfo, p.RoomInfo, cp.UserList, cp.RoomList, cp.Stats, cp.Counters, cp.AuditLog}
+NESTED |= {cp.AuditRow, cp.RequestList, cp.JoinRequest}
 
 
 def _ids(msgs: list[Any]) -> list[str]:
@@ -133,13 +138,13 @@ def test_room_batch_round_trip(batch: list[Any]) -> None:
 
 
 @pytest.mark.parametrize("msg", CTL_REQUESTS)
-def test_ctl_request_round_trip(msg: p.CtlRequest) -> None:
-    assert p.decode_ctl_request(p.encode(msg)) == msg
+def test_ctl_request_round_trip(msg: cp.CtlRequest) -> None:
+    assert cp.decode_ctl_request(p.encode(msg)) == msg
 
 
 @pytest.mark.parametrize("msg", CTL_REPLIES)
-def test_ctl_reply_round_trip(msg: p.CtlReply) -> None:
-    assert p.decode_ctl_reply(p.encode(msg)) == msg
+def test_ctl_reply_round_trip(msg: cp.CtlReply) -> None:
+    assert cp.decode_ctl_reply(p.encode(msg)) == msg
 
 
 def test_enum_fields_decode_as_enums() -> None:
@@ -166,8 +171,8 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
     "client": p.decode_client,
     "server": p.decode_server,
     "room": p.decode_room,
-    "ctl_request": p.decode_ctl_request,
-    "ctl_reply": p.decode_ctl_reply,
+    "ctl_request": cp.decode_ctl_request,
+    "ctl_reply": cp.decode_ctl_reply,
 }
 
 
@@ -303,7 +308,7 @@ def test_bad_room_batches_are_bad_frame(body: bytes) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        p.encode(p.CtlReply(1, True, "x")),
+        p.encode(cp.CtlReply(1, True, "x")),
         p.encode(p.Hello(1, "alice")),
         _pack("ctl", "1", "who", []),
         _pack("ctl", 1, "block", ["alice", 3]),
@@ -311,7 +316,7 @@ def test_bad_room_batches_are_bad_frame(body: bytes) -> None:
     ],
 )
 def test_bad_ctl_requests_are_bad_frame(body: bytes) -> None:
-    assert_bad_frame(p.decode_ctl_request, body)
+    assert_bad_frame(cp.decode_ctl_request, body)
 
 
 @pytest.mark.parametrize(
@@ -397,7 +402,7 @@ def _decode_checked(decode: Callable[[bytes], Any], kinds: tuple[type, ...], bod
 @given(body=structured_bodies)
 def test_decode_of_well_formed_msgpack_raises_only_protocol_error(body: bytes) -> None:
     _decode_checked(p.decode_client, CLIENT_TYPES, body)
-    _decode_checked(p.decode_ctl_request, (p.CtlRequest,), body)
+    _decode_checked(cp.decode_ctl_request, (cp.CtlRequest,), body)
 
 
 @settings(deadline=None)
@@ -405,7 +410,7 @@ def test_decode_of_well_formed_msgpack_raises_only_protocol_error(body: bytes) -
 @given(body=st.binary(max_size=64) | structured_bodies)
 def test_decode_of_arbitrary_bytes_raises_only_protocol_error(body: bytes) -> None:
     _decode_checked(p.decode_client, CLIENT_TYPES, body)
-    _decode_checked(p.decode_ctl_request, (p.CtlRequest,), body)
+    _decode_checked(cp.decode_ctl_request, (cp.CtlRequest,), body)
 
 
 # ---- topics ------------------------------------------------------------------------------------
@@ -555,7 +560,7 @@ def test_counts_and_versions_out_of_range_are_bad_frame(
 
 def test_control_request_id_out_of_range_is_bad_frame() -> None:
     for value in OUT_OF_RANGE:
-        assert_bad_frame(p.decode_ctl_request, _with(p.CtlRequest(1, "who"), "id", value))
+        assert_bad_frame(cp.decode_ctl_request, _with(cp.CtlRequest(1, "who"), "id", value))
 
 
 def test_error_names_the_request_it_answers() -> None:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 
+from broker import ctlprotocol as cp
 from broker import protocol as p
 from broker.admin import COMMANDS
 from broker.config import DEFAULT_LIMITS, FRAME_OVERHEAD, HEARTBEAT, LIVENESS
@@ -42,7 +43,7 @@ def _tag(cls: type[Any]) -> str:
 def test_every_wire_struct_is_found():
     """The walk from ``_Msg`` finds every struct the decoders can produce, nested ones included."""
     unions = (p.ClientMsg, p.ServerMsg, p.RoomEvent)
-    wire = {t for u in unions for t in u.__args__} | {p.CtlRequest, p.CtlReply}
+    wire = {t for u in unions for t in u.__args__} | {cp.CtlRequest, cp.CtlReply}
     wire |= {p.UserInfo, p.RoomInfo}
     assert wire <= set(STRUCTS)
     assert len({_tag(c) for c in STRUCTS}) == len(STRUCTS), "two structs share a tag"
@@ -151,11 +152,11 @@ _DECODERS = {
     "client": p.decode_client,
     "server": p.decode_server,
     "room": p.decode_room,
-    "ctl_request": p.decode_ctl_request,
-    "ctl_reply": p.decode_ctl_reply,
+    "ctl_request": cp.decode_ctl_request,
+    "ctl_reply": cp.decode_ctl_reply,
     "topic": lambda data: data,
 }
-_NAMES = {name: getattr(p, name) for name in dir(p) if not name.startswith("_")}
+_NAMES = {name: getattr(m, name) for m in (p, cp) for name in dir(m) if not name.startswith("_")}
 
 
 def _examples() -> list[tuple[str, bool, str, bytes]]:

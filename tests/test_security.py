@@ -27,6 +27,7 @@ from procs import (
 )
 from zmq.utils.monitor import recv_monitor_message
 
+from broker import ctlprotocol as cp
 from broker import keys
 from broker import protocol as p
 from broker.config import Exit
@@ -187,7 +188,7 @@ def test_a_key_given_by_a_secret_file_others_can_read_is_refused(
 
 def test_a_plain_socket_gets_no_answer_and_is_logged(broker: BrokerProc, ctx: zmq.Context):
     req, monitor = monitored(ctx, zmq.REQ, broker.control)
-    send_now(req, [p.encode(p.CtlRequest(1, "close", []))])
+    send_now(req, [p.encode(cp.CtlRequest(1, "close", []))])
     first_failure(monitor)
     assert not req.poll(500), "a plain control request was answered"
     # Which side notices first is a race: the broker sees the mismatch, or the peer hanging up.
@@ -201,7 +202,7 @@ def test_a_curve_socket_with_an_unknown_key_is_refused(broker: BrokerProc, ctx: 
     req, monitor = monitored(
         ctx, zmq.REQ, broker.control, public=public, secret=secret, server=broker_key(broker)
     )
-    send_now(req, [p.encode(p.CtlRequest(1, "reset", []))])
+    send_now(req, [p.encode(cp.CtlRequest(1, "reset", []))])
     event = first_failure(monitor)
     assert event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and event["value"] == 400
     assert not req.poll(300)
@@ -219,7 +220,7 @@ def test_a_flood_of_bad_handshakes_is_logged_briefly_and_changes_nothing(
     for _ in range(60):  # kept open until the broker has seen them all
         public, secret = zmq.curve_keypair()
         sock = socket(ctx, zmq.DEALER, broker.control, public=public, secret=secret, server=server)
-        send_now(sock, [b"", p.encode(p.CtlRequest(1, "close", []))])
+        send_now(sock, [b"", p.encode(cp.CtlRequest(1, "close", []))])
         flood.append(sock)
     broker.expect(r"! security: refused \d+ more control connections$")
     for sock in flood:
@@ -294,12 +295,12 @@ def test_a_removed_key_is_refused_even_on_an_open_connection(
     req = socket(
         ctx, zmq.REQ, broker.control, public=public, secret=secret, server=broker_key(broker)
     )
-    req.send(p.encode(p.CtlRequest(1, "who", [])))
-    assert p.decode_ctl_reply(recv(req)[0]).ok
+    req.send(p.encode(cp.CtlRequest(1, "who", [])))
+    assert cp.decode_ctl_reply(recv(req)[0]).ok
     assert keys_cli(broker.data_dir, "remove", "erin").returncode == 0
     broker.expect(r"admin keys allowed: admin \(")
-    req.send(p.encode(p.CtlRequest(2, "close", [])))
-    reply = p.decode_ctl_reply(recv(req)[0])
+    req.send(p.encode(cp.CtlRequest(2, "close", [])))
+    reply = cp.decode_ctl_reply(recv(req)[0])
     assert not reply.ok and reply.code == p.Code.REFUSED
     assert ctl(broker, "who").returncode == Exit.OK  # not closed
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from chat_helpers import PUB, T0, chat, hello, send
 
+from broker import ctlprotocol as cp
 from broker import protocol as p
 from broker.config import Limits
 from broker.outbox import LogEvent, Outbox
@@ -768,7 +769,7 @@ def test_fire_and_reset_end_the_session() -> None:
         send(c, b"p1", p.Hello(p.VERSION, "alice"))
         secret = c.users["alice"].session
         args = ["alice"] if command == "fire" else []
-        assert dispatch(c, p.CtlRequest(1, command, args), T0).ok
+        assert dispatch(c, cp.CtlRequest(1, command, args), T0).ok
         c.out.take()
         error = only_reply(send(c, b"p2", p.Hello(p.VERSION, "alice", secret)), b"p2")
         assert error.code is p.Code.BAD_SESSION, command
@@ -873,14 +874,14 @@ def test_remove_moves_the_members_out_and_deletes_the_history() -> None:
     alice, bob = hello(c, "alice"), hello(c, "bob")
     _room_with(c, alice, "x", 3)
     joined(c, bob, "x")
-    reply = dispatch(c, p.CtlRequest(1, "remove", ["x"]), T0)
+    reply = dispatch(c, cp.CtlRequest(1, "remove", ["x"]), T0)
     assert reply.ok, reply
     out = c.out.take()
     assert (alice.peer, p.Joined(p.LOBBY, 0, [], True)) in out.replies
     assert alice.room == bob.room == p.LOBBY
     assert "x" not in c.members and "x" not in c.store.rooms() and c.store.last_seq("x") == 0
-    assert not dispatch(c, p.CtlRequest(2, "remove", [p.LOBBY]), T0).ok
-    assert not dispatch(c, p.CtlRequest(3, "remove", ["nowhere"]), T0).ok
+    assert not dispatch(c, cp.CtlRequest(2, "remove", [p.LOBBY]), T0).ok
+    assert not dispatch(c, cp.CtlRequest(3, "remove", ["nowhere"]), T0).ok
 
 
 def test_retention_prunes_past_the_newest_kept_and_first_stays_truthful(tmp_path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from .. import ctlprotocol as cp
 from .. import protocol as p
 from .events import Forwarded, Replaced, TheirAnswers, TheirPresence, TheirRequest
 from .layout import BUS_ALL, GATHER_TIMEOUT, ORIGIN, PRESENCE, node_subject
@@ -34,12 +35,12 @@ class Bus:
 
     # ---- from the broker's thread -------------------------------------------------------------
 
-    def ask(self, token: int, subject: str, request: p.CtlRequest, every: bool) -> None:
+    def ask(self, token: int, subject: str, request: cp.CtlRequest, every: bool) -> None:
         """Send an admin request to one broker, or to ``every`` live one, and report the answers
         as ``TheirAnswers(token)``."""
         self.link.background(self._ask(token, subject, request, every))
 
-    def respond(self, reply_to: str, reply: p.CtlReply) -> None:
+    def respond(self, reply_to: str, reply: cp.CtlReply) -> None:
         self.link.background(self._respond(reply_to, reply))
 
     def forward(self, node: str, told: list[p.ServerMsg]) -> None:
@@ -53,16 +54,16 @@ class Bus:
 
     # ---- on the backbone's thread -------------------------------------------------------------
 
-    async def _ask(self, token: int, subject: str, request: p.CtlRequest, every: bool) -> None:
+    async def _ask(self, token: int, subject: str, request: cp.CtlRequest, every: bool) -> None:
         me = self.link.node
         expected = len(await self._live_nodes() - {me}) if every else 1
-        replies: list[p.CtlReply] = []
+        replies: list[cp.CtlReply] = []
         done = asyncio.Event()
         nc = self.link.nc
 
         async def collect(msg: Any) -> None:
             with contextlib.suppress(msgspec.DecodeError):
-                replies.append(msgspec.msgpack.decode(msg.data, type=p.CtlReply))
+                replies.append(msgspec.msgpack.decode(msg.data, type=cp.CtlReply))
             if len(replies) >= expected:
                 done.set()
 
@@ -80,7 +81,7 @@ class Bus:
             pass
         self.link.emit(TheirAnswers(token, replies))
 
-    async def _respond(self, reply_to: str, reply: p.CtlReply) -> None:
+    async def _respond(self, reply_to: str, reply: cp.CtlReply) -> None:
         with contextlib.suppress(Exception):
             await self.link.nc.publish(reply_to, p.encode(reply))
 
@@ -88,7 +89,7 @@ class Bus:
         if msg.subject == BUS_ALL and (msg.headers or {}).get(ORIGIN) == self.link.node:
             return  # our own broadcast: the broker runs it here itself
         try:
-            request = p.decode_ctl_request(msg.data)
+            request = cp.decode_ctl_request(msg.data)
         except p.ProtocolError:
             return
         if msg.reply:

@@ -7,6 +7,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .. import ctlprotocol as cp
 from .. import protocol as p
 
 
@@ -98,7 +99,7 @@ class Replaced:
 class TheirRequest:
     """An admin request from another broker (or this one, broadcast) to run here."""
 
-    request: p.CtlRequest
+    request: cp.CtlRequest
     reply_to: str
 
 
@@ -107,7 +108,7 @@ class TheirAnswers:
     """The answers to a routed or broadcast admin request (``token`` says which)."""
 
     token: int
-    replies: list[p.CtlReply]
+    replies: list[cp.CtlReply]
 
 
 @dataclass(frozen=True, slots=True)

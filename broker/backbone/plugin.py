@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import ctlprotocol as cp
 from .. import protocol as p
 from ..state import Outbox
 from ..store import Store, StoreError
@@ -127,7 +128,7 @@ class BackbonePlugin:
             out.rooms.setdefault(room, []).extend(events)
         self._relayed = {}
 
-    def control(self, asked: ControlRequest, now: float) -> p.CtlReply | None:
+    def control(self, asked: ControlRequest, now: float) -> cp.CtlReply | None:
         """The reply to an admin request from this broker's room-ctl, or None: it went over
         the bus, and ``drain`` answers it when the others have. None of it for a request that
         runs here alone: the loop dispatches that itself (``Broker.dispatch``)."""
@@ -137,17 +138,17 @@ class BackbonePlugin:
             try:
                 epoch = self.backbone.link.call(self._reset())
             except StoreError as exc:
-                return p.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
+                return cp.CtlReply(request.id, False, str(exc), p.Code.UNAVAILABLE.value)
             r = broker.dispatch(request, now)
             message = f"{r.message}; every other broker follows (epoch {epoch})"
-            return p.CtlReply(r.id, r.ok, message, r.code, r.data)
+            return cp.CtlReply(r.id, r.ok, message, r.code, r.data)
         plan = routing.plan(request, broker.chat.users, self.backbone.registry.holder)
         if not (plan.node or plan.every):
             return broker.dispatch(request, now)
         token = secrets.randbits(53)
         self._waiting[token] = _Waiting(asked, plan)
         subject = node_subject(plan.node) if plan.node else BUS_ALL
-        bus_request = p.CtlRequest(token, request.command, request.args)
+        bus_request = cp.CtlRequest(token, request.command, request.args)
         self.backbone.bus.ask(token, subject, bus_request, plan.every)
         return None
 
@@ -161,15 +162,15 @@ class BackbonePlugin:
         await self.backbone.stream.purge()
         return epoch
 
-    def _combine(self, waiting: _Waiting, replies: list[p.CtlReply]) -> p.CtlReply:
+    def _combine(self, waiting: _Waiting, replies: list[cp.CtlReply]) -> cp.CtlReply:
         """The reply to an admin request that other brokers answered (and maybe this one)."""
         broker, _ = self._parts
         request = waiting.asked.request
         if waiting.plan.node:
             if not replies:
                 reason = f"the broker holding {request.args[0]} did not answer: try again"
-                return p.CtlReply(request.id, False, reason, p.Code.UNAVAILABLE.value)
+                return cp.CtlReply(request.id, False, reason, p.Code.UNAVAILABLE.value)
             r = replies[0]
-            return p.CtlReply(request.id, r.ok, r.message, r.code, r.data)
+            return cp.CtlReply(request.id, r.ok, r.message, r.code, r.data)
         here = broker.dispatch(request, broker.clock())
         return routing.merge(request, here, replies)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 
+from .. import ctlprotocol as cp
 from .. import protocol as p
 
 EVERYWHERE = frozenset({"who", "rooms"})
@@ -32,7 +33,7 @@ class Plan:
 HERE = Plan()
 
 
-def plan(request: p.CtlRequest, local: Container[str], holder: Callable[[str], str]) -> Plan:
+def plan(request: cp.CtlRequest, local: Container[str], holder: Callable[[str], str]) -> Plan:
     """``local``: the users this broker holds; ``holder``: the node that holds a name, or ''."""
     command, args = request.command, request.args
     if command in EVERYWHERE or (command == "close" and ALL_FLAG in args):
@@ -44,39 +45,39 @@ def plan(request: p.CtlRequest, local: Container[str], holder: Callable[[str], s
     return HERE
 
 
-def merge(request: p.CtlRequest, here: p.CtlReply, others: list[p.CtlReply]) -> p.CtlReply:
+def merge(request: cp.CtlRequest, here: cp.CtlReply, others: list[cp.CtlReply]) -> cp.CtlReply:
     """One reply from this broker's and the others' answers to the same request."""
     replies = [here, *others]
     if not all(r.ok for r in replies):
         failed = next(r for r in replies if not r.ok)
-        return p.CtlReply(here.id, False, failed.message, failed.code, failed.data)
+        return cp.CtlReply(here.id, False, failed.message, failed.code, failed.data)
     brokers = f"{len(replies)} broker{'s' if len(replies) != 1 else ''}"
     match request.command:
         case "who":
             users = _users(replies)
             text = f"{len(users.users)} users connected on {brokers}"
-            return p.CtlReply(here.id, True, text, "", users)
+            return cp.CtlReply(here.id, True, text, "", users)
         case "rooms":
             rooms = _rooms(replies)
-            return p.CtlReply(here.id, True, f"{len(rooms.rooms)} rooms on {brokers}", "", rooms)
+            return cp.CtlReply(here.id, True, f"{len(rooms.rooms)} rooms on {brokers}", "", rooms)
         case _:
-            return p.CtlReply(here.id, True, f"{here.message} (on {brokers})", "", here.data)
+            return cp.CtlReply(here.id, True, f"{here.message} (on {brokers})", "", here.data)
 
 
-def _users(replies: list[p.CtlReply]) -> p.UserList:
+def _users(replies: list[cp.CtlReply]) -> cp.UserList:
     """Every broker's users in name order; the blocklist is shared, so this broker's is all."""
-    lists = [r.data for r in replies if isinstance(r.data, p.UserList)]
+    lists = [r.data for r in replies if isinstance(r.data, cp.UserList)]
     users = sorted((u for listing in lists for u in listing.users), key=lambda u: u.name)
     here = replies[0].data
-    return p.UserList(users, here.blocked if isinstance(here, p.UserList) else [])
+    return cp.UserList(users, here.blocked if isinstance(here, cp.UserList) else [])
 
 
-def _rooms(replies: list[p.CtlReply]) -> p.RoomList:
+def _rooms(replies: list[cp.CtlReply]) -> cp.RoomList:
     """Each room once: the members of every broker added up, the highest sequence number seen."""
     rooms: dict[str, p.RoomInfo] = {}
     for r in replies:
-        for room in r.data.rooms if isinstance(r.data, p.RoomList) else []:
+        for room in r.data.rooms if isinstance(r.data, cp.RoomList) else []:
             seen = rooms.get(room.name, p.RoomInfo(room.name, 0, 0))
             members, seq = seen.members + room.members, max(seen.seq, room.seq)
             rooms[room.name] = p.RoomInfo(room.name, members, seq)
-    return p.RoomList([rooms[name] for name in sorted(rooms)])
+    return cp.RoomList([rooms[name] for name in sorted(rooms)])

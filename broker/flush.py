@@ -1,0 +1,114 @@
+"""What each turn of the loop sends, once, after the drain: commit the store (before anything
+leaves: an Ack means stored), then each room's events in one PUB send (sealed with the room's key,
+split when large), new room keys to their members, one send of replies per peer, the control
+replies, the log lines. A commit that fails refuses the batch's messages (``Chat.commit_failed``)
+and publishes nothing of it; the loop goes on.
+
+Part of ``server.Broker`` (a mixin: it uses the broker's sockets, chat, plugin, room keys and
+log), apart because it is one story. It is the hot path: each flush caches what it calls in locals.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import zmq
+
+from . import protocol as p
+from .config import PUB_SEND_BYTES
+from .control import unstored
+from .roomkeys import RoomKeys
+from .state import Outbox
+from .store import StoreError
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+    _Base = Broker
+else:
+    _Base = object
+
+# Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_SNDMORE: Final = int(zmq.SNDMORE)
+_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+
+class BatchFlush(_Base):
+    """The sends of ``Broker``, once per turn of its loop."""
+
+    def _flush(self) -> None:
+        out = self.chat.out.take()
+        ctl_replies, self._ctl_out = self._ctl_out, []
+        counters = self.chat.counters
+        try:
+            self.chat.store.commit()  # before anything leaves: an Ack means stored
+        except StoreError as exc:  # the batch is lost, not the broker: refuse what it stored
+            refused = self.chat.commit_failed(out)
+            ctl_replies = [(peer, unstored(reply)) for peer, reply in ctl_replies]
+            text = f"{exc}: {refused} messages refused, nothing of the batch published"
+            out.log(self.clock(), "error", text=text)
+        if self.plugin is not None:
+            self.plugin.share(out)
+        encode, topic = p.encode, p.topic
+        pub_send, send = self.pub.send, self.router.send
+        keys = self.keys
+        for room, events in out.rooms.items():
+            body = encode(events)
+            if len(body) > PUB_SEND_BYTES:
+                counters.published += self._publish_in_parts(room, events, len(body))
+                continue
+            head = topic(room)
+            pub_send(head, _SNDMORE)
+            pub_send(body if keys is None else self._seal(room, head, body))
+            counters.published += 1
+        if keys is not None:
+            self._hand_out_keys(keys, out)
+        batches: dict[bytes, list[p.ServerMsg]] = {}
+        for peer, msg in out.replies:  # one send per peer, however many replies it has
+            batch = batches.get(peer)
+            if batch is None:
+                batches[peer] = [msg]
+            else:
+                batch.append(msg)
+        stalled = self.chat.stalled
+        for peer, batch in batches.items():
+            try:
+                send(peer, _SNDMORE_NOBLOCK)  # an unknown or full peer fails here, whole
+            except zmq.ZMQError:  # peer gone or its queue full: it repairs by retry or gap fill
+                counters.dropped_replies += len(batch)
+                if peer in self.chat.by_peer:
+                    stalled.add(peer)  # no more history for it until it reads
+                continue
+            send(encode(batch), _NOBLOCK)
+            if stalled:
+                stalled.discard(peer)
+        self._send_control_replies(ctl_replies)
+        if out.logs:
+            self.log.events(out.logs)
+
+    def _publish_in_parts(self, room: str, events: list[p.RoomEvent], size: int) -> int:
+        """A batch of events larger than PUB_SEND_BYTES goes out in several sends of about
+        that size, so that a subscriber's queue (in sends) is bounded in bytes. Returns how
+        many sends."""
+        parts = -(-size // PUB_SEND_BYTES)
+        step = -(-len(events) // parts)
+        head = p.topic(room)
+        for start in range(0, len(events), step):
+            body = p.encode(events[start : start + step])
+            self.pub.send(head, _SNDMORE)
+            self.pub.send(body if self.keys is None else self._seal(room, head, body))
+        return -(-len(events) // step)
+
+    def _seal(self, room: str, head: bytes, body: bytes) -> bytes:
+        assert self.keys is not None
+        return self.keys.seal(room, head, frozenset(self.chat.members.get(room, ())), body)
+
+    def _hand_out_keys(self, keys: RoomKeys, out: Outbox) -> None:
+        """Each new room key, to every member it was made for (their replies of this batch)."""
+        users = self.chat.users
+        for room, epoch, key, holders in keys.new_keys():
+            for name in holders:
+                user = users.get(name)
+                if user is not None:
+                    out.replies.append((user.peer, p.RoomKey(room, epoch, key)))
