@@ -260,6 +260,7 @@ def test_markup_shows_as_text_and_runs_nothing(
     ]
     for text in attacks:
         bob.send(text)
+    page.wait(lambda: len(page.chat()) == 3, "bob's three lines")  # before the page's own
     page.say('<iframe src="javascript:window.pwned=4"></iframe>')
     page.wait(lambda: len(page.chat()) == 4, "four lines")
     assert [text for _, _, text in page.chat()] == [
