@@ -8,12 +8,13 @@ monotonic clock, and carries out the effects returned: show a ``Line``, ``Send``
 code.
 
 ``Session`` is the one object front ends use. It hands each input to the part whose story it is,
-and does only what spans parts (a ``Welcome``, an ``Error``, the commands, leaving):
+and does only what spans parts (a ``Welcome``, an ``Error``, the commands):
 
 - ``link.Link``: Hello and Welcome, resuming after the broker is lost, heartbeats, Goodbye;
 - ``delivery.Delivery``: the current room's messages in order, gaps fetched, and its
   ``Subscription`` proved live by ``Sync``;
-- ``outbox.Outbox``: ``Say`` and ``Tell`` until acknowledged, ``Say`` retried;
+- ``outbox.Outbox``: ``Say`` and ``Tell`` until acknowledged or refused, ``Say`` retried, and
+  leaving (``/exit``) once all are answered;
 - ``roster.Roster``: who is where and who is blocked, for listings, status bar and completion;
 - ``commands.Commands``: what a typed ``/command`` asks of these parts.
 """
@@ -21,13 +22,11 @@ and does only what spans parts (a ``Welcome``, an ``Error``, the commands, leavi
 from __future__ import annotations
 
 import random
-from typing import Final
 
-from broker.config import HISTORY, Exit
+from broker.config import HISTORY
 from broker.protocol import (
     LOBBY,
     Ack,
-    Code,
     Error,
     Goodbye,
     Hello,
@@ -38,7 +37,6 @@ from broker.protocol import (
     Ping,
     Posted,
     Presence,
-    Quit,
     Refused,
     RoomEvent,
     RoomKey,
@@ -61,9 +59,6 @@ from .roster import BLOCKED_LINE, Roster
 
 __all__ = ["BLOCKED_LINE", "LOST_LINE", "PROG", "RESEND_AFTER", "SYNC_RETRY", "Session"]
 
-EXIT_WAIT: Final = 2.0
-"""Seconds ``/exit`` and end of input wait for pending messages to be acknowledged."""
-
 
 class Session:
     """One user's chat session, as a state machine without I/O: the façade over its parts."""
@@ -79,14 +74,12 @@ class Session:
     ) -> None:
         rng = rng or random.Random()
         self.link = Link(name)
-        self.outbox = Outbox(self.link, rng)  # first to draw from rng: the first mid
         self.roster = Roster(self.link, track)
+        self.outbox = Outbox(self.link, self.roster, rng)  # first to draw from rng: the first mid
         self.delivery = Delivery(self.link, self.roster, rng, room, history)
         self.keyring = Keyring()
         """Room keys, for a broker that seals the PUB (``--room-keys``)."""
-        self.commands = Commands(self.delivery, self.roster, self.outbox, self._begin_exit)
-        self.exit_at: float | None = None
-        """When ``/exit`` gives up waiting for acknowledgements; None until the user leaves."""
+        self.commands = Commands(self.delivery, self.roster, self.outbox, self.outbox.leave)
 
     # ---- what front ends and tests read, each held by one part --------------------------------
 
@@ -203,20 +196,10 @@ class Session:
             case Ping(room=room, seq=seq):
                 out += self.delivery.ping(room, seq, now)
             case Ack(mid=mid, room=room, seq=seq):
-                self.outbox.answered(mid)
                 self.delivery.acked(room, seq)
-                out += self._maybe_quit(now)
-            case Refused(mid=mid, code=Code.UNAVAILABLE, reason=reason) if (
-                mid in self.outbox.pending
-            ):
-                out += self.outbox.not_stored(mid, reason, now)
-            case Refused(mid=mid, code=code, reason=reason):
-                self.outbox.answered(mid)
-                if code is Code.BLOCKED:
-                    out += self.roster.note_blocked(True)
-                else:
-                    out.append(notice(f"not delivered: {reason}"))
-                out += self._maybe_quit(now)
+                out += self.outbox.acked(mid, now)
+            case Refused():
+                out += self.outbox.refused(msg, now)
             case Error():
                 out += self._error(msg, now)
             case Notice(text=text):
@@ -260,7 +243,7 @@ class Session:
     def on_input(self, line: str, now: float) -> list[Effect]:
         """One line the user typed (without or with its line break)."""
         line = line.rstrip("\r\n")
-        if self.link.done or self.exit_at is not None or not line.strip():
+        if self.link.done or self.outbox.exit_at is not None or not line.strip():
             return []
         if line.startswith("//"):
             return self.outbox.say(line[1:], now)
@@ -270,16 +253,16 @@ class Session:
 
     def end_of_input(self, now: float) -> list[Effect]:
         """Input is over (end of file, Ctrl-D, a signal): leave as ``/exit`` does."""
-        if self.link.done or self.exit_at is not None:
+        if self.link.done or self.outbox.exit_at is not None:
             return []
-        return self._begin_exit(now)
+        return self.outbox.leave(now)
 
     def tick(self, now: float) -> list[Effect]:
         """Called often (every ~50 ms): retries, heartbeats and liveness, all by ``now``."""
         if self.link.done or not self.link.started:
             return []
-        if self.exit_at is not None and now >= self.exit_at:
-            return self._quit(now)
+        if self.outbox.exit_at is not None and now >= self.outbox.exit_at:
+            return self.outbox.quit(now)
         self.keyring.expire(now)
         lost = self.link.check(now)
         if lost is not None:
@@ -320,17 +303,3 @@ class Session:
         if out is not None:
             return out
         return [Line(Kind.ERROR, f"error: {msg.reason}"), *self.delivery.join_failed(msg.code, now)]
-
-    # ---- leaving ------------------------------------------------------------------------------
-
-    def _begin_exit(self, now: float) -> list[Effect]:
-        self.exit_at = now + EXIT_WAIT
-        return self._maybe_quit(now)
-
-    def _maybe_quit(self, now: float) -> list[Effect]:
-        if self.exit_at is None or self.outbox.waiting:
-            return []
-        return self._quit(now)
-
-    def _quit(self, now: float) -> list[Effect]:
-        return [self.link.send(Quit(), now), self.link.stop(Exit.OK)]
