@@ -16,6 +16,8 @@ and does only what spans parts (a ``Welcome``, an ``Error``, the commands):
 - ``outbox.Outbox``: ``Say`` and ``Tell`` until acknowledged or refused, ``Say`` retried, and
   leaving (``/exit``) once all are answered;
 - ``roster.Roster``: who is where and who is blocked, for listings, status bar and completion;
+- ``feed.Feed``: what comes on the SUB, opened with the room keys (``keyring.Keyring``) and
+  handed on in order;
 - ``commands.Commands``: what a typed ``/command`` asks of these parts.
 """
 
@@ -36,13 +38,11 @@ from broker.protocol import (
     Notice,
     Ping,
     Posted,
-    Presence,
     Refused,
     RoomEvent,
     RoomKey,
     Rooms,
     ServerMsg,
-    Synced,
     Told,
     Users,
     Welcome,
@@ -51,7 +51,7 @@ from broker.protocol import (
 from .commands import Commands
 from .delivery import SYNC_RETRY, Delivery, FetchRequest
 from .effects import Effect, Kind, Line
-from .keyring import Keyring
+from .feed import Feed
 from .lines import PROG, notice
 from .link import LOST_LINE, Link
 from .outbox import RESEND_AFTER, Outbox, Pending
@@ -77,8 +77,7 @@ class Session:
         self.roster = Roster(self.link, track)
         self.outbox = Outbox(self.link, self.roster, rng)  # first to draw from rng: the first mid
         self.delivery = Delivery(self.link, self.roster, rng, room, history)
-        self.keyring = Keyring()
-        """Room keys, for a broker that seals the PUB (``--room-keys``)."""
+        self.feed = Feed(self.link, self.delivery, self.roster)
         self.commands = Commands(self.delivery, self.roster, self.outbox, self.outbox.leave)
 
     # ---- what front ends and tests read, each held by one part --------------------------------
@@ -187,8 +186,7 @@ class Session:
             case JoinRequested():
                 out += self.delivery.requested(msg, now)
             case RoomKey():
-                for events in self.keyring.add(msg, now):
-                    out += self.on_room(events, now)
+                out += self.feed.key(msg, now)
             case Posted():
                 out += self.delivery.posted(msg, now)
             case Messages():
@@ -218,27 +216,11 @@ class Session:
 
     def on_room_frame(self, topic: bytes, body: bytes, now: float) -> list[Effect]:
         """A PUB send as it came on the SUB: opened (with a room key, on a sealing broker)."""
-        events = self.keyring.open(topic, body, now)
-        return [] if events is None else self.on_room(events, now)
+        return self.feed.frame(topic, body, now)
 
     def on_room(self, events: list[RoomEvent], now: float) -> list[Effect]:
         """A batch of events that arrived on the SUB, handled in order."""
-        if self.link.done:
-            return []
-        self.link.last_recv = now
-        out: list[Effect] = []
-        for event in events:
-            match event:
-                case Posted():
-                    out += self.delivery.posted(event, now)
-                case Synced():
-                    if self.delivery.subscription.proves(event, self.delivery.room):
-                        out += self.delivery.synced(event, now)
-                        out += self.roster.refresh(now)
-                case Presence(room=room):
-                    if room == self.delivery.room:
-                        out += self.roster.presence(event)
-        return out
+        return self.feed.events(events, now)
 
     def on_input(self, line: str, now: float) -> list[Effect]:
         """One line the user typed (without or with its line break)."""
@@ -263,7 +245,7 @@ class Session:
             return []
         if self.outbox.exit_at is not None and now >= self.outbox.exit_at:
             return self.outbox.quit(now)
-        self.keyring.expire(now)
+        self.feed.keyring.expire(now)
         lost = self.link.check(now)
         if lost is not None:
             return lost
@@ -276,7 +258,7 @@ class Session:
     # ---- what spans parts ---------------------------------------------------------------------
 
     def _welcome(self, msg: Welcome, now: float) -> list[Effect]:
-        self.keyring.sealed = msg.sealed
+        self.feed.keyring.sealed = msg.sealed
         resuming = self.link.welcome(msg, now)
         out: list[Effect] = []
         out += self.roster.note_blocked(msg.blocked)
