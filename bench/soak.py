@@ -41,24 +41,17 @@ from broker import protocol as p
 
 from . import load, run
 from .abuse import (
-    COOLDOWN,
     FLOOD,
-    RSS_LIMIT_MB,
-    SETUP_WAIT,
     STOPPED_SUBSCRIBERS,
     STUCK,
-    Canary,
-    Watch,
     _connector,
-    _dealer,
-    _drain,
     _entry,
     _fetcher,
     _flooder,
     _roomer,
-    ctl_stats,
     stop_stopped,
 )
+from .canary import COOLDOWN, RSS_LIMIT_MB, SETUP_WAIT, Canary, Watch, _dealer, _drain, ctl_stats
 
 
 @dataclass

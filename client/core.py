@@ -8,26 +8,27 @@ monotonic clock, and carries out the effects returned: show a ``Line``, ``Send``
 code.
 
 ``Session`` is the one object front ends use. It hands each input to the part whose story it is,
-and does only what spans parts (a ``Welcome``, an ``Error``, the commands, leaving):
+and does only what spans parts (a ``Welcome``, an ``Error``, the commands):
 
 - ``link.Link``: Hello and Welcome, resuming after the broker is lost, heartbeats, Goodbye;
 - ``delivery.Delivery``: the current room's messages in order, gaps fetched, and its
   ``Subscription`` proved live by ``Sync``;
-- ``outbox.Outbox``: ``Say`` and ``Tell`` until acknowledged, ``Say`` retried;
+- ``outbox.Outbox``: ``Say`` and ``Tell`` until acknowledged or refused, ``Say`` retried, and
+  leaving (``/exit``) once all are answered;
 - ``roster.Roster``: who is where and who is blocked, for listings, status bar and completion;
+- ``feed.Feed``: what comes on the SUB, opened with the room keys (``keyring.Keyring``) and
+  handed on in order;
 - ``commands.Commands``: what a typed ``/command`` asks of these parts.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Final
 
-from broker.config import HISTORY, Exit
+from broker.config import HISTORY
 from broker.protocol import (
     LOBBY,
     Ack,
-    Code,
     Error,
     Goodbye,
     Hello,
@@ -37,14 +38,11 @@ from broker.protocol import (
     Notice,
     Ping,
     Posted,
-    Presence,
-    Quit,
     Refused,
     RoomEvent,
     RoomKey,
     Rooms,
     ServerMsg,
-    Synced,
     Told,
     Users,
     Welcome,
@@ -53,16 +51,13 @@ from broker.protocol import (
 from .commands import Commands
 from .delivery import SYNC_RETRY, Delivery, FetchRequest
 from .effects import Effect, Kind, Line
-from .keyring import Keyring
+from .feed import Feed
 from .lines import PROG, notice
 from .link import LOST_LINE, Link
 from .outbox import RESEND_AFTER, Outbox, Pending
 from .roster import BLOCKED_LINE, Roster
 
 __all__ = ["BLOCKED_LINE", "LOST_LINE", "PROG", "RESEND_AFTER", "SYNC_RETRY", "Session"]
-
-EXIT_WAIT: Final = 2.0
-"""Seconds ``/exit`` and end of input wait for pending messages to be acknowledged."""
 
 
 class Session:
@@ -79,14 +74,11 @@ class Session:
     ) -> None:
         rng = rng or random.Random()
         self.link = Link(name)
-        self.outbox = Outbox(self.link, rng)  # first to draw from rng: the first mid
         self.roster = Roster(self.link, track)
+        self.outbox = Outbox(self.link, self.roster, rng)  # first to draw from rng: the first mid
         self.delivery = Delivery(self.link, self.roster, rng, room, history)
-        self.keyring = Keyring()
-        """Room keys, for a broker that seals the PUB (``--room-keys``)."""
-        self.commands = Commands(self.delivery, self.roster, self.outbox, self._begin_exit)
-        self.exit_at: float | None = None
-        """When ``/exit`` gives up waiting for acknowledgements; None until the user leaves."""
+        self.feed = Feed(self.link, self.delivery, self.roster)
+        self.commands = Commands(self.delivery, self.roster, self.outbox, self.outbox.leave)
 
     # ---- what front ends and tests read, each held by one part --------------------------------
 
@@ -194,8 +186,7 @@ class Session:
             case JoinRequested():
                 out += self.delivery.requested(msg, now)
             case RoomKey():
-                for events in self.keyring.add(msg, now):
-                    out += self.on_room(events, now)
+                out += self.feed.key(msg, now)
             case Posted():
                 out += self.delivery.posted(msg, now)
             case Messages():
@@ -203,20 +194,10 @@ class Session:
             case Ping(room=room, seq=seq):
                 out += self.delivery.ping(room, seq, now)
             case Ack(mid=mid, room=room, seq=seq):
-                self.outbox.answered(mid)
                 self.delivery.acked(room, seq)
-                out += self._maybe_quit(now)
-            case Refused(mid=mid, code=Code.UNAVAILABLE, reason=reason) if (
-                mid in self.outbox.pending
-            ):
-                out += self.outbox.not_stored(mid, reason, now)
-            case Refused(mid=mid, code=code, reason=reason):
-                self.outbox.answered(mid)
-                if code is Code.BLOCKED:
-                    out += self.roster.note_blocked(True)
-                else:
-                    out.append(notice(f"not delivered: {reason}"))
-                out += self._maybe_quit(now)
+                out += self.outbox.acked(mid, now)
+            case Refused():
+                out += self.outbox.refused(msg, now)
             case Error():
                 out += self._error(msg, now)
             case Notice(text=text):
@@ -235,32 +216,16 @@ class Session:
 
     def on_room_frame(self, topic: bytes, body: bytes, now: float) -> list[Effect]:
         """A PUB send as it came on the SUB: opened (with a room key, on a sealing broker)."""
-        events = self.keyring.open(topic, body, now)
-        return [] if events is None else self.on_room(events, now)
+        return self.feed.frame(topic, body, now)
 
     def on_room(self, events: list[RoomEvent], now: float) -> list[Effect]:
         """A batch of events that arrived on the SUB, handled in order."""
-        if self.link.done:
-            return []
-        self.link.last_recv = now
-        out: list[Effect] = []
-        for event in events:
-            match event:
-                case Posted():
-                    out += self.delivery.posted(event, now)
-                case Synced():
-                    if self.delivery.subscription.proves(event, self.delivery.room):
-                        out += self.delivery.synced(event, now)
-                        out += self.roster.refresh(now)
-                case Presence(room=room):
-                    if room == self.delivery.room:
-                        out += self.roster.presence(event)
-        return out
+        return self.feed.events(events, now)
 
     def on_input(self, line: str, now: float) -> list[Effect]:
         """One line the user typed (without or with its line break)."""
         line = line.rstrip("\r\n")
-        if self.link.done or self.exit_at is not None or not line.strip():
+        if self.link.done or self.outbox.exit_at is not None or not line.strip():
             return []
         if line.startswith("//"):
             return self.outbox.say(line[1:], now)
@@ -270,17 +235,17 @@ class Session:
 
     def end_of_input(self, now: float) -> list[Effect]:
         """Input is over (end of file, Ctrl-D, a signal): leave as ``/exit`` does."""
-        if self.link.done or self.exit_at is not None:
+        if self.link.done or self.outbox.exit_at is not None:
             return []
-        return self._begin_exit(now)
+        return self.outbox.leave(now)
 
     def tick(self, now: float) -> list[Effect]:
         """Called often (every ~50 ms): retries, heartbeats and liveness, all by ``now``."""
         if self.link.done or not self.link.started:
             return []
-        if self.exit_at is not None and now >= self.exit_at:
-            return self._quit(now)
-        self.keyring.expire(now)
+        if self.outbox.exit_at is not None and now >= self.outbox.exit_at:
+            return self.outbox.quit(now)
+        self.feed.keyring.expire(now)
         lost = self.link.check(now)
         if lost is not None:
             return lost
@@ -293,7 +258,7 @@ class Session:
     # ---- what spans parts ---------------------------------------------------------------------
 
     def _welcome(self, msg: Welcome, now: float) -> list[Effect]:
-        self.keyring.sealed = msg.sealed
+        self.feed.keyring.sealed = msg.sealed
         resuming = self.link.welcome(msg, now)
         out: list[Effect] = []
         out += self.roster.note_blocked(msg.blocked)
@@ -320,17 +285,3 @@ class Session:
         if out is not None:
             return out
         return [Line(Kind.ERROR, f"error: {msg.reason}"), *self.delivery.join_failed(msg.code, now)]
-
-    # ---- leaving ------------------------------------------------------------------------------
-
-    def _begin_exit(self, now: float) -> list[Effect]:
-        self.exit_at = now + EXIT_WAIT
-        return self._maybe_quit(now)
-
-    def _maybe_quit(self, now: float) -> list[Effect]:
-        if self.exit_at is None or self.outbox.waiting:
-            return []
-        return self._quit(now)
-
-    def _quit(self, now: float) -> list[Effect]:
-        return [self.link.send(Quit(), now), self.link.stop(Exit.OK)]

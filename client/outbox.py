@@ -5,6 +5,9 @@ Each carries a message id (mid) and stays here until the broker answers it with 
 drop duplicates, and also after a ``Refused`` that says it could not be stored (``unavailable``:
 a backbone electing a leader, or away); a ``Tell`` is never sent again, because the broker does
 not store it and a retry could deliver it twice.
+
+Leaving (``/exit``, end of input) waits up to ``EXIT_WAIT`` for every message here to be
+answered, then says ``Quit`` and stops the session.
 """
 
 from __future__ import annotations
@@ -13,16 +16,20 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
-from broker.protocol import Say, Tell
+from broker.config import Exit
+from broker.protocol import Code, Quit, Refused, Say, Tell
 
 from .effects import Effect
 from .lines import notice
 from .link import Link
+from .roster import Roster
 
 RESEND_AFTER: Final = 3.0
 """Seconds before an unacknowledged ``Say`` is sent again with the same mid."""
 RETRY_NOT_STORED: Final = 1.0
 """Seconds before a ``Say`` the broker could not store is sent again with the same mid."""
+EXIT_WAIT: Final = 2.0
+"""Seconds ``/exit`` and end of input wait for pending messages to be acknowledged."""
 
 
 @dataclass(slots=True)
@@ -35,16 +42,19 @@ class Pending:
 
 
 class Outbox:
-    """Sent messages by mid until the broker answers them."""
+    """Sent messages by mid until the broker answers them, and leaving once all are answered."""
 
-    def __init__(self, link: Link, rng: random.Random) -> None:
+    def __init__(self, link: Link, roster: Roster, rng: random.Random) -> None:
         self.link = link
+        self.roster = roster
         self.next_mid = rng.getrandbits(40) + 1  # room to grow below MAX_ID
         """Random start: a restarted client must not reuse the ids of its previous run."""
         self.pending: dict[int, Pending] = {}
         """Sent ``Say`` messages by mid, until ``Ack`` or ``Refused``."""
         self.telling: dict[int, str] = {}
         """Sent ``Tell`` messages by mid (their recipient), until ``Ack`` or ``Refused``."""
+        self.exit_at: float | None = None
+        """When ``/exit`` gives up waiting for acknowledgements; None until the user leaves."""
 
     @property
     def waiting(self) -> bool:
@@ -69,6 +79,24 @@ class Outbox:
         """The broker acknowledged or refused message ``mid``."""
         self.pending.pop(mid, None)
         self.telling.pop(mid, None)
+
+    def acked(self, mid: int, now: float) -> list[Effect]:
+        """The broker acknowledged message ``mid``: leave if that was the last one waited for."""
+        self.answered(mid)
+        return self.maybe_quit(now)
+
+    def refused(self, msg: Refused, now: float) -> list[Effect]:
+        """The broker refused message ``msg.mid``: a ``Say`` it could not store goes again, any
+        other refusal is told (a block is noted by the roster) and answers the message."""
+        if msg.code is Code.UNAVAILABLE and msg.mid in self.pending:
+            return self.not_stored(msg.mid, msg.reason, now)
+        self.answered(msg.mid)
+        out: list[Effect] = []
+        if msg.code is Code.BLOCKED:
+            out += self.roster.note_blocked(True)
+        else:
+            out.append(notice(f"not delivered: {msg.reason}"))
+        return out + self.maybe_quit(now)
 
     def not_stored(self, mid: int, reason: str, now: float) -> list[Effect]:
         """The broker could not store ``mid`` (``unavailable``): it stays, and goes again in a
@@ -97,6 +125,21 @@ class Outbox:
         ]
         self.telling.clear()
         return out
+
+    # ---- leaving ------------------------------------------------------------------------------
+
+    def leave(self, now: float) -> list[Effect]:
+        """``/exit`` or end of input: quit once every message is answered, or at ``exit_at``."""
+        self.exit_at = now + EXIT_WAIT
+        return self.maybe_quit(now)
+
+    def maybe_quit(self, now: float) -> list[Effect]:
+        if self.exit_at is None or self.waiting:
+            return []
+        return self.quit(now)
+
+    def quit(self, now: float) -> list[Effect]:
+        return [self.link.send(Quit(), now), self.link.stop(Exit.OK)]
 
     def _mid(self) -> int:
         mid = self.next_mid
