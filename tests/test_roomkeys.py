@@ -42,7 +42,7 @@ class Member:
             for msg in batch:  # the whole batch first: a key may follow what we wait for
                 if isinstance(msg, p.RoomKey):
                     self.keys[msg.epoch] = msg.key
-                assert not isinstance(msg, p.Error | p.Goodbye), msg
+                assert isinstance(msg, kind) or not isinstance(msg, p.Error | p.Goodbye), msg
             found = [msg for msg in batch if isinstance(msg, kind)]
             if found:
                 return found[0]
@@ -118,19 +118,32 @@ def test_a_spy_on_every_topic_reads_no_text(keyed: Any, ctx: zmq.Context) -> Non
         spy.close(0)
 
 
+REMOVALS = {
+    "out": (("out", "mallory"), p.Joined),  # back in public
+    "deny": (("deny", "mallory", "ops"), p.Joined),  # off the private room's list, and out
+    "fire": (("fire", "mallory"), p.Goodbye),  # disconnected
+}
+
+
+@pytest.mark.parametrize("removal", REMOVALS)
 def test_who_leaves_cannot_open_what_follows_and_who_comes_cannot_open_what_was(
-    keyed: Any, ctx: zmq.Context
+    keyed: Any, ctx: zmq.Context, removal: str
 ) -> None:
+    """Mallory, a modified client, keeps its SUB on every topic and every key it was given."""
     alice, mallory, carol = (Member(ctx, keyed, n) for n in ("alice", "mallory", "carol"))
+    command, answer = REMOVALS[removal]
     try:
         for member in (alice, mallory):
             member.join("ops")
+        if removal == "deny":
+            assert ctl(keyed, "private", "ops").returncode == 0  # alice and mallory are in it
+            assert ctl(keyed, "allow", "carol", "ops").returncode == 0
         alice.say("while mallory is in")
         mallory.capture()
         assert any("while mallory is in" in texts(mallory.opens(t, b)) for t, b in mallory.frames)
         before_carol = [(t, b) for t, b in alice.capture() if t == p.topic("ops")]
-        assert ctl(keyed, "out", "mallory").returncode == 0
-        mallory.expect(p.Joined)  # back in public (it keeps its SUB and every key)
+        assert ctl(keyed, *command).returncode == 0
+        mallory.expect(answer)
         for i in range(10):
             alice.say(f"after mallory left {i}")
         after = [(t, b) for t, b in mallory.capture() if t == p.topic("ops")]
