@@ -10,7 +10,7 @@ log), apart because it is one story. It is the hot path: each flush caches what 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -18,6 +18,7 @@ from . import protocol as p
 from .config import PUB_SEND_BYTES
 from .control import unstored
 from .roomkeys import RoomKeys
+from .sockets import NOBLOCK, SNDMORE, SNDMORE_NOBLOCK
 from .state import Outbox
 from .store import StoreError
 
@@ -27,11 +28,6 @@ if TYPE_CHECKING:
     _Base = Broker
 else:
     _Base = object
-
-# Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
-_NOBLOCK: Final = int(zmq.NOBLOCK)
-_SNDMORE: Final = int(zmq.SNDMORE)
-_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 class BatchFlush(_Base):
@@ -59,7 +55,7 @@ class BatchFlush(_Base):
                 counters.published += self._publish_in_parts(room, events, len(body))
                 continue
             head = topic(room)
-            pub_send(head, _SNDMORE)
+            pub_send(head, SNDMORE)
             pub_send(body if keys is None else self._seal(room, head, body))
             counters.published += 1
         if keys is not None:
@@ -74,13 +70,13 @@ class BatchFlush(_Base):
         stalled = self.chat.stalled
         for peer, batch in batches.items():
             try:
-                send(peer, _SNDMORE_NOBLOCK)  # an unknown or full peer fails here, whole
+                send(peer, SNDMORE_NOBLOCK)  # an unknown or full peer fails here, whole
             except zmq.ZMQError:  # peer gone or its queue full: it repairs by retry or gap fill
                 counters.dropped_replies += len(batch)
                 if peer in self.chat.by_peer:
                     stalled.add(peer)  # no more history for it until it reads
                 continue
-            send(encode(batch), _NOBLOCK)
+            send(encode(batch), NOBLOCK)
             if stalled:
                 stalled.discard(peer)
         self._send_control_replies(ctl_replies)
@@ -96,7 +92,7 @@ class BatchFlush(_Base):
         head = p.topic(room)
         for start in range(0, len(events), step):
             body = p.encode(events[start : start + step])
-            self.pub.send(head, _SNDMORE)
+            self.pub.send(head, SNDMORE)
             self.pub.send(body if self.keys is None else self._seal(room, head, body))
         return -(-len(events) // step)
 

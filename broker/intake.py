@@ -8,7 +8,7 @@ because it is one story.
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -16,6 +16,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import protocol as p
 from .config import BATCH
 from .security import user_id
+from .sockets import NOBLOCK, RCVMORE
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -23,10 +24,6 @@ if TYPE_CHECKING:
     _Base = Broker
 else:
     _Base = object
-
-# Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
-_NOBLOCK: Final = int(zmq.NOBLOCK)
-_RCVMORE: Final = int(zmq.RCVMORE)
 
 
 class ClientIntake(_Base):
@@ -38,21 +35,21 @@ class ClientIntake(_Base):
         curve = self.curve
         for _ in range(BATCH):
             try:
-                peer = recv(_NOBLOCK)
+                peer = recv(NOBLOCK)
             except zmq.Again:
                 return
             if curve:  # the body's metadata says which CURVE key sent it
-                frame = recv(_NOBLOCK, copy=False)
+                frame = recv(NOBLOCK, copy=False)
                 body = frame.bytes
                 if self.guard.key_taken(peer, user_id(frame)):
                     self._drop_taken(peer)
             else:
-                body = recv(_NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
-            if more(_RCVMORE):
+                body = recv(NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
+            if more(RCVMORE):
                 frames = 2  # the body and the one that is still to come
-                recv(_NOBLOCK)
-                while more(_RCVMORE):
-                    recv(_NOBLOCK)
+                recv(NOBLOCK)
+                while more(RCVMORE):
+                    recv(NOBLOCK)
                     frames += 1
                 self._bad_frame(peer, f"expected 1 frame (the body), got {frames}")
                 continue

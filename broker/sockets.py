@@ -9,11 +9,17 @@ because it is one story.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import zmq
 
 from .datadir import StartError
+
+# Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
+NOBLOCK: Final = int(zmq.NOBLOCK)
+SNDMORE: Final = int(zmq.SNDMORE)
+SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+RCVMORE: Final = int(zmq.RCVMORE)
 
 if TYPE_CHECKING:
     from .server import Broker
