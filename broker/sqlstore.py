@@ -72,10 +72,11 @@ DEFAULT_SYNC: Final = SYNC_MODES[0]
 
 
 WINDOW_KEPT: Final = 64
-WINDOW_CHARS: Final = 16_384
+WINDOW_CHARS: Final = 8_192
 """Each room's newest messages kept in memory (at most this many, and this much text): a join's
 history and a repair just after it are read from there, never waiting for the row writer in a
-flood. 1,000 rooms of 4 KB messages hold about 20 MB."""
+flood. At ``--max-rooms`` 1,000 that is at most about 10 MB of ASCII text (Python keeps up to 4
+bytes a character for other scripts: 35 MB at worst); the rest is read from the database."""
 
 
 class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
