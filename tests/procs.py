@@ -501,6 +501,11 @@ class Canary:
             assert heard, f"{text!r} (seq {ack.seq}) was acknowledged but not published"
         return ack
 
+    def ping(self) -> None:
+        """Both users show they are alive (a test busy elsewhere for seconds calls this)."""
+        for user in self.users:
+            user.send(p.Ping())
+
     def close(self) -> None:
         for listener in self.listeners:
             listener.close()
