@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from broker.protocol import ProtocolError, RoomEvent, RoomKey, decode_room
-from broker.roomkeys import cipher_of, epoch_of, open_sealed
+from broker.roomkeys import EPOCH_BYTES, cipher_of, epoch_head, open_sealed
 
 HOLD: Final = 1.0
 """Seconds a body waits for its key."""
@@ -30,8 +30,8 @@ class Keyring:
     def __init__(self) -> None:
         self.sealed = False
         """Whether the broker seals (``Welcome.sealed``); a plain broker's bodies are read as is."""
-        self._keys: dict[int, ChaCha20Poly1305] = {}
-        """By epoch, each key's cipher (made once, not per body)."""
+        self._keys: dict[bytes, ChaCha20Poly1305] = {}
+        """By epoch (as the first bytes of a body sealed with it), each key's cipher, made once."""
         self._held: deque[tuple[float, bytes, bytes]] = deque(maxlen=HELD_MAX)
 
     def open(self, topic: bytes, body: bytes, now: float) -> list[RoomEvent] | None:
@@ -44,7 +44,7 @@ class Keyring:
         None if it is not readable (now: it may be held)."""
         if not self.sealed:
             return body
-        key = self._keys.get(epoch_of(body))
+        key = self._keys.get(body[:EPOCH_BYTES])
         if key is None:
             self._held.append((now + HOLD, topic, body))
             return None
@@ -55,13 +55,14 @@ class Keyring:
 
     def add(self, msg: RoomKey, now: float) -> list[list[RoomEvent]]:
         """Keep a key; the held bodies it opens, oldest first."""
-        self._keys[msg.epoch] = cipher_of(msg.key)
+        head = epoch_head(msg.epoch)
+        self._keys[head] = cipher_of(msg.key)
         while len(self._keys) > KEYS_KEPT:
             del self._keys[next(iter(self._keys))]
         held, self._held = self._held, deque(maxlen=HELD_MAX)
         opened = []
         for deadline, topic, body in held:
-            if epoch_of(body) == msg.epoch:
+            if body[:EPOCH_BYTES] == head:
                 events = self.open(topic, body, now)
                 if events is not None:
                     opened.append(events)
