@@ -3,6 +3,10 @@ elsewhere, where admin commands run and how their answers merge. No sockets, no 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from types import SimpleNamespace
+
 import pytest
 from chat_helpers import T0, chat, hello, send
 
@@ -283,3 +287,93 @@ def test_backbone_urls_repeated_or_comma_separated_and_the_replicas_they_get() -
     assert split_urls(given) == ["nats://a:1", "nats://b:2", "nats://c:3"]
     assert split_urls("nats://a:1") == ["nats://a:1"]
     assert [default_replicas(["u"] * n) for n in (1, 2, 3, 5)] == [1, 1, 3, 3]
+
+
+class _Link:
+    """What ``Stream`` uses of ``Link``, on the test's own loop: a publish that never returns
+    unless ``stored`` is set (then the stream says it stored it there)."""
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.tasks: list[asyncio.Task[object]] = []
+        self.published: list[bytes] = []
+        self.stored: int | None = None
+        self.last = 0  # the stream sequence of the room's last message (0: none)
+        self.nc = SimpleNamespace(is_connected=True)
+        self.js = SimpleNamespace(publish=self._publish, get_last_msg=self._get_last_msg)
+
+    def spawn(self, coro: Coroutine[object, object, object]) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    def emit(self, event: object) -> None:
+        self.events.append(event)
+
+    async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> object:
+        self.published.append(body)
+        if self.stored is None:
+            await asyncio.Event().wait()  # the stream's leader died with the request
+        return SimpleNamespace(seq=self.stored, duplicate=False)
+
+    async def _get_last_msg(self, stream: str, subject: str) -> object:
+        import nats.js.errors
+
+        if not self.last:
+            raise nats.js.errors.NotFoundError
+        return SimpleNamespace(seq=self.last)
+
+
+def _stream_msg(sseq: int, records: list[object]) -> object:
+    from types import SimpleNamespace
+
+    from broker.backbone.events import encode_batch
+
+    meta = SimpleNamespace(sequence=SimpleNamespace(stream=sseq))
+    return SimpleNamespace(metadata=meta, data=encode_batch(records))
+
+
+def test_a_write_that_ends_with_messages_queued_answers_each_of_them() -> None:
+    """A writer's task cancelled in the middle of a publish (the broker stops) leaves no message
+    of the room's queue without an answer: each is refused, so its client retries."""
+    from broker.backbone import events as ev
+    from broker.backbone.stream import Stream
+
+    async def run() -> list[object]:
+        link = _Link()
+        stream = Stream(link, keep=100)  # type: ignore[arg-type]
+        stream.submit([ev.Record("r", 0, 0.0, "ann", f"m{i}", i) for i in range(1, 6)])
+        await asyncio.sleep(0.01)
+        stream.submit([ev.Record("r", 0, 0.0, "ann", "late", 6)])  # queued behind the batch
+        link.tasks[0].cancel()
+        await asyncio.gather(*link.tasks, return_exceptions=True)
+        return link.events
+
+    events = asyncio.run(run())
+    assert sorted(e.mid for e in events if isinstance(e, ev.NotStored)) == [1, 2, 3, 4, 5, 6]
+    assert not [e for e in events if isinstance(e, ev.Stored)]
+
+
+def test_a_retry_of_a_message_stored_meanwhile_is_acknowledged_not_stored_again() -> None:
+    """A batch refused (its publish timed out) may be stored after all; a client's retry of one
+    of its messages, queued when the consumer has admitted the first copy, is acknowledged
+    with the first copy's number and not published again."""
+    from broker.backbone import events as ev
+    from broker.backbone.stream import Stream
+
+    async def run() -> tuple[list[object], list[bytes]]:
+        link = _Link()
+        stream = Stream(link, keep=100)  # type: ignore[arg-type]
+        first = [ev.Record("r", n, 0.0, "ann", f"m{n}", n) for n in (1, 2, 3)]
+        await stream._on_message(_stream_msg(1, first))  # the late first copy, admitted
+        link.stored, link.last = 2, 1
+        stream.submit(
+            [ev.Record("r", 0, 0.0, "ann", "m2", 2), ev.Record("r", 0, 0.0, "ann", "x", 4)]
+        )
+        await asyncio.sleep(0.01)
+        await stream._on_message(_stream_msg(2, [ev.Record("r", 4, 0.0, "ann", "x", 4)]))
+        await asyncio.gather(*link.tasks)
+        return link.events, link.published
+
+    events, published = asyncio.run(run())
+    stored = {e.mid: e.seq for e in events if isinstance(e, ev.Stored)}
+    assert stored == {2: 2, 4: 4}
+    assert len(published) == 1  # the new message alone

@@ -49,6 +49,9 @@ from .order import Order
 
 VERDICTS_KEPT = 8192
 """Recent stream sequences whose verdict (admitted or skipped) a writer may still ask for."""
+ADMITTED_KEPT = 65536
+"""Recent (sender, message id)s the consumer admitted: a retry queued meanwhile is not
+stored again."""
 
 
 @dataclass(slots=True)
@@ -71,6 +74,8 @@ class Stream:
         self._writers: dict[str, _RoomWriter] = {}
         self._order = Order()
         self._verdicts: OrderedDict[int, bool] = OrderedDict()  # stream seq -> admitted
+        self._admitted: OrderedDict[tuple[str, int], tuple[str, int]] = OrderedDict()
+        """(sender, message id) -> (room, number) of what the consumer admitted lately."""
         self._moved = asyncio.Event()  # set (and replaced) at each message the consumer reads
 
     # ---- start ----------------------------------------------------------------------------------
@@ -111,6 +116,7 @@ class Stream:
                         records = decode_batch(msg.data)
                         if self._order.admit(records):
                             history += ((sseq, record) for record in records)
+                            self._remember(records)
                     if sseq >= last:
                         self.received = sseq
                         break
@@ -140,6 +146,7 @@ class Stream:
             records = None
         admitted = records is not None and self._order.admit(records)
         if admitted and records:
+            self._remember(records)
             self.link.emit(Delivered(records))
         self._verdicts[sseq] = admitted
         if len(self._verdicts) > VERDICTS_KEPT:
@@ -147,6 +154,14 @@ class Stream:
         self.received = sseq
         moved, self._moved = self._moved, asyncio.Event()
         moved.set()
+
+    def _remember(self, records: list[Record]) -> None:
+        admitted = self._admitted
+        for record in records:
+            if record.mid:
+                admitted[record.sender, record.mid] = (record.room, record.seq)
+        while len(admitted) > ADMITTED_KEPT:
+            admitted.popitem(last=False)
 
     async def _verdict(self, sseq: int) -> bool:
         """Whether this broker's consumer admitted the batch stored at ``sseq`` (waiting for it
@@ -196,6 +211,8 @@ class Stream:
         try:
             skipped = False
             while writer.queue:
+                if self._known(writer):
+                    continue
                 batch = self._next_batch(writer.queue)
                 try:
                     sseq, stored = await self._store(writer, batch, msg_id=not skipped)
@@ -218,12 +235,29 @@ class Stream:
                     self.link.emit(Stored(record.sender, record.mid, record.room, record.seq))
         finally:
             writer.busy = False
+            if writer.queue:  # cancelled (the broker stops) or a bug: answered all the same
+                self._refuse(writer, list(writer.queue), UNREACHABLE)
 
-    @staticmethod
-    def _next_batch(queue: deque[Record]) -> list[Record]:
+    def _known(self, writer: _RoomWriter) -> bool:
+        """Acknowledge the queue's first message if the consumer has admitted it already: a
+        client's retry of a message whose first copy was stored after its refusal (a publish
+        that timed out while the stream elected a leader). True if it did."""
+        first = writer.queue[0]
+        stored = self._admitted.get((first.sender, first.mid)) if first.mid else None
+        if stored is None:
+            return False
+        writer.queue.popleft()
+        self.link.emit(Stored(first.sender, first.mid, *stored))
+        return True
+
+    def _next_batch(self, queue: deque[Record]) -> list[Record]:
+        """The queue's first messages, up to the bounds and short of one admitted already."""
         batch: list[Record] = []
         size = 0
+        admitted = self._admitted
         for record in queue:
+            if batch and record.mid and (record.sender, record.mid) in admitted:
+                break
             size += len(record.text) + len(record.sender) + 32
             if batch and (len(batch) >= BATCH_RECORDS or size > BATCH_BYTES):
                 break
