@@ -377,3 +377,35 @@ def test_a_retry_of_a_message_stored_meanwhile_is_acknowledged_not_stored_again(
     stored = {e.mid: e.seq for e in events if isinstance(e, ev.Stored)}
     assert stored == {2: 2, 4: 4}
     assert len(published) == 1  # the new message alone
+
+
+def test_a_retry_queued_beside_its_first_copy_is_stored_once() -> None:
+    """A client's retry, queued while its first copy still waited in the room's queue, never
+    goes in the same batch: the first copy is stored, and the retry acknowledged with its
+    number."""
+    from broker.backbone import events as ev
+    from broker.backbone.stream import Stream
+
+    async def run() -> tuple[list[object], list[bytes]]:
+        link = _Link()
+        stream = Stream(link, keep=100)  # type: ignore[arg-type]
+        link.stored = 1
+        stream.submit(
+            [
+                ev.Record("r", 0, 0.0, "ann", "a", 1),
+                ev.Record("r", 0, 0.0, "ann", "a", 1),  # the retry
+                ev.Record("r", 0, 0.0, "ann", "b", 2),
+            ]
+        )
+        await asyncio.sleep(0.01)
+        await stream._on_message(_stream_msg(1, [ev.Record("r", 1, 0.0, "ann", "a", 1)]))
+        link.stored, link.last = 2, 1
+        await asyncio.sleep(0.01)
+        await stream._on_message(_stream_msg(2, [ev.Record("r", 2, 0.0, "ann", "b", 2)]))
+        await asyncio.gather(*link.tasks)
+        return link.events, link.published
+
+    events, published = asyncio.run(run())
+    stored = [(e.mid, e.seq) for e in events if isinstance(e, ev.Stored)]
+    assert stored == [(1, 1), (1, 1), (2, 2)]
+    assert len(published) == 2  # a, then b: the retry never went out

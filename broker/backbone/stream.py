@@ -251,13 +251,19 @@ class Stream:
         return True
 
     def _next_batch(self, queue: deque[Record]) -> list[Record]:
-        """The queue's first messages, up to the bounds and short of one admitted already."""
+        """The queue's first messages, up to the bounds, and short of one admitted already or
+        a second copy of one in the batch (a client's retry, queued while the first waited):
+        once the batch is stored, ``_known`` acknowledges it."""
         batch: list[Record] = []
         size = 0
         admitted = self._admitted
+        ids: set[tuple[str, int]] = set()
         for record in queue:
-            if batch and record.mid and (record.sender, record.mid) in admitted:
-                break
+            if record.mid:
+                key = (record.sender, record.mid)
+                if batch and (key in admitted or key in ids):
+                    break
+                ids.add(key)
             size += len(record.text) + len(record.sender) + 32
             if batch and (len(batch) >= BATCH_RECORDS or size > BATCH_BYTES):
                 break
