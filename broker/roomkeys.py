@@ -21,7 +21,18 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
+# OpenSSL (inside ``cryptography``) takes its AVX-512 ChaCha20 code on a CPU that has AVX-512. On
+# the 2-core Xeon VMs room-bench runs on, that code opened a 36 KB body 4x slower than the AVX2
+# code, and ten subscribers opening with it slowed the broker beside them: 1->10 with keys ran
+# at 0.62x of without, and at 1.1x with AVX-512 off (docs/performance.md#room-keys). So it is off
+# unless the operator sets OPENSSL_ia32cap; the AVX2 code is fast wherever AVX-512 is. OpenSSL
+# reads the variable when it loads: this module is the only importer of ``cryptography``.
+os.environ.setdefault("OPENSSL_ia32cap", ":~0x10000")  # CPUID(7).EBX bit 16: AVX512F
+
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+__all__ = ["ChaCha20Poly1305", "InvalidTag"]  # for the keyring: its one way to cryptography
 
 EPOCH_BYTES: Final = 8
 NONCE_BYTES: Final = 12

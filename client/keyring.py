@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from broker.protocol import ProtocolError, RoomEvent, RoomKey, decode_room
-from broker.roomkeys import EPOCH_BYTES, cipher_of, epoch_head, open_sealed
+from broker.roomkeys import (
+    EPOCH_BYTES,
+    ChaCha20Poly1305,
+    InvalidTag,
+    cipher_of,
+    epoch_head,
+    open_sealed,
+)
 
 HOLD: Final = 1.0
 """Seconds a body waits for its key."""
