@@ -34,10 +34,19 @@ def find_nats() -> str | None:
     return shutil.which("nats-server") or shutil.which("nats-server", path=NATS_DIRS)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, and never one this process was given before: the kernel may
+    hand out a port it just gave (CI saw a node's monitor port equal to its own route port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _listening(port: int) -> bool:
