@@ -87,6 +87,15 @@ class Proc:
             if m:
                 return m
 
+    def started(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """``expect`` the line that says the process is up; if it never comes, the process is
+        killed before the failure is raised: nobody else holds it to stop it."""
+        try:
+            return self.expect(pattern, timeout)
+        except AssertionError:
+            self.kill()
+            raise
+
     def drain(self, quiet: float = 0.3) -> list[str]:
         """Collect lines until none arrives for ``quiet`` seconds."""
         got: list[str] = []
@@ -145,11 +154,14 @@ class BrokerProc(Proc):
         router: str = ANY_PORT,
         pub: str = ANY_PORT,
         control: str = ANY_PORT,
+        start_wait: float = WAIT,
     ):
-        self.data_dir, self.extra, self.env = data_dir, extra, env
+        """``start_wait``: seconds until it listens (a broker on a NATS cluster that has just
+        started waits for its leaders first)."""
+        self.data_dir, self.extra, self.env, self.start_wait = data_dir, extra, env, start_wait
         argv = broker_argv(data_dir, *extra, router=router, pub=pub, control=control)
         super().__init__(argv, env=env)
-        m = self.expect(_LISTENING.pattern)
+        m = self.started(_LISTENING.pattern, start_wait)
         self.router, self.pub, self.control = m.group(1), m.group(2), m.group(3)
 
     def stop(self) -> int:
@@ -167,7 +179,7 @@ class BrokerProc(Proc):
         the same extra arguments unless others are given."""
         return BrokerProc(
             self.data_dir, *(extra or self.extra), env=self.env,
-            router=self.router, pub=self.pub, control=self.control,
+            router=self.router, pub=self.pub, control=self.control, start_wait=self.start_wait,
         )  # fmt: skip
 
 
@@ -464,7 +476,7 @@ class PreludedBroker(BrokerProc):
         argv = broker_argv(data_dir, *extra, router=router, pub=pub, control=control)
         argv[2] = f"{prelude}\n{argv[2]}"  # after "python -c": the code that runs main()
         Proc.__init__(self, argv, env=env)
-        m = self.expect(_LISTENING.pattern)
+        m = self.started(_LISTENING.pattern)
         self.router, self.pub, self.control = m.group(1), m.group(2), m.group(3)
 
     def restart(self, *extra: str) -> PreludedBroker:
@@ -525,7 +537,7 @@ class WebProc(Proc):
         env = {"ROOM_DATA_DIR": str(broker.data_dir)}  # a --curve broker's key is found there
         argv = _cmd("client.web.cli", "--listen", listen, "--server", broker.router, *extra)
         super().__init__(argv, env=env)
-        self.url = self.expect(r"open (http://\S+/) in a browser").group(1)
+        self.url = self.started(r"open (http://\S+/) in a browser").group(1)
         self.listen = self.url.removeprefix("http://").rstrip("/")
 
     def stop(self) -> int:

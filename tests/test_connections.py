@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,12 +28,27 @@ def stats(broker) -> dict:
     return json.loads(ctl(broker, "stats", "--json").stdout)["data"]["stats"]
 
 
+def tcp_peers(endpoint: str) -> str:
+    """The TCP connections to ``endpoint``'s port and the processes holding them, as ``ss``
+    shows them: said when a count is wrong, to tell a leak of the broker's from a peer's."""
+    port = endpoint.rsplit(":", 1)[1]
+    try:
+        shown = subprocess.run(
+            ["ss", "-Htanp", f"( sport = :{port} )"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(ss: {exc})"
+    return " | ".join(" ".join(line.split()) for line in shown.stdout.splitlines()[:20])
+
+
 def wait_for_connections(broker, count: int, canary: Canary, timeout: float = WAIT) -> dict:
     """Until the broker counts ``count``; the canary pings meanwhile (on a loaded machine a
     flood can take longer than the broker waits for a silent client)."""
     deadline = time.monotonic() + timeout
     while (now := stats(broker))["connections"] != count:
-        assert time.monotonic() < deadline, f"{now['connections']} connections, not {count}"
+        assert time.monotonic() < deadline, (
+            f"{now['connections']} connections, not {count}; open: {tcp_peers(broker.router)}"
+        )
         canary.ping()
     return now
 
