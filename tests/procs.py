@@ -49,7 +49,9 @@ class Proc:
             text=True,
             env=full_env,
         )
-        self.lines: queue.Queue[str] = queue.Queue()
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        """Output lines, then None at the end of the output (the process has ended)."""
+        self.ended = False
         self.seen: list[str] = []
         self.err: list[str] = []
         self._threads = [
@@ -59,9 +61,10 @@ class Proc:
         for t in self._threads:
             t.start()
 
-    def _pump(self, stream, sink: queue.Queue[str]) -> None:
+    def _pump(self, stream, sink: queue.Queue[str | None]) -> None:
         for line in stream:
             sink.put(line.rstrip("\n"))
+        sink.put(None)
 
     def _collect_err(self) -> None:
         for line in self.popen.stderr:
@@ -79,9 +82,16 @@ class Proc:
                     f"stderr {self.err[-5:]}"
                 )
             try:
-                line = self.lines.get(timeout=remaining)
+                line = None if self.ended else self.lines.get(timeout=remaining)
             except queue.Empty:
                 continue
+            if line is None:  # no line can come now: say so at once, not at the deadline
+                self.ended = True
+                self._threads[1].join(WAIT)
+                raise AssertionError(
+                    f"no line matching {pattern!r}: the output ended (exit code "
+                    f"{self.popen.wait(WAIT)}); saw {self.seen[-15:]}; stderr {self.err[-5:]}"
+                )
             self.seen.append(line)
             m = rx.search(line)
             if m:
@@ -101,8 +111,11 @@ class Proc:
         got: list[str] = []
         while True:
             try:
-                line = self.lines.get(timeout=quiet)
+                line = None if self.ended else self.lines.get(timeout=quiet)
             except queue.Empty:
+                return got
+            if line is None:
+                self.ended = True
                 return got
             self.seen.append(line)
             got.append(line)
