@@ -139,9 +139,16 @@ class Socket:
         )
 
     async def stop(self) -> None:
+        """End the writer, and let a close that has begun finish: the handler's return ends the
+        connection, and one cut while the browser still sends resets it, losing the close code
+        the browser was about to read (the flood test saw 1006 for 4002). A browser that never
+        answers the close is cut after aiohttp's close timeout."""
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
+        if self._closer is not None:
+            with contextlib.suppress(Exception):
+                await self._closer
 
     def _next(self) -> tuple[str | None, bool]:
         """What to send next, if anything, and whether it is the tab's end."""
