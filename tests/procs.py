@@ -90,7 +90,7 @@ class Proc:
                 self._threads[1].join(WAIT)
                 raise AssertionError(
                     f"no line matching {pattern!r}: the output ended (exit code "
-                    f"{self.popen.wait(WAIT)}); saw {self.seen[-15:]}; stderr {self.err[-5:]}"
+                    f"{self.popen.poll()}); saw {self.seen[-15:]}; stderr {self.err[-5:]}"
                 )
             self.seen.append(line)
             m = rx.search(line)
