@@ -65,7 +65,7 @@ class RoomKeys:
             current = self._rotate(room, members)
         nonce = bytes(4) + current.sent.to_bytes(8, "big")
         current.sent += 1
-        epoch = current.epoch.to_bytes(EPOCH_BYTES, "big")
+        epoch = epoch_head(current.epoch)
         return epoch + nonce + current.cipher.encrypt(nonce, body, topic + epoch)
 
     def new_keys(self) -> list[tuple[str, int, bytes, frozenset[str]]]:

@@ -330,9 +330,15 @@ class _Link:
         return SimpleNamespace(seq=self.last)
 
 
-def _stream_msg(sseq: int, records: list[object]) -> object:
-    from types import SimpleNamespace
+async def _published(link: _Link, count: int) -> None:
+    """Until the writer has made ``count`` publishes (each then waits on the fake stream)."""
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while len(link.published) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"{len(link.published)} published"
+        await asyncio.sleep(0)
 
+
+def _stream_msg(sseq: int, records: list[object]) -> object:
     from broker.backbone.events import encode_batch
 
     meta = SimpleNamespace(sequence=SimpleNamespace(stream=sseq))
@@ -349,7 +355,7 @@ def test_a_write_that_ends_with_messages_queued_answers_each_of_them() -> None:
         link = _Link()
         stream = Stream(link, keep=100)  # type: ignore[arg-type]
         stream.submit([ev.Record("r", 0, 0.0, "ann", f"m{i}", i) for i in range(1, 6)])
-        await asyncio.sleep(0.01)
+        await _published(link, 1)
         stream.submit([ev.Record("r", 0, 0.0, "ann", "late", 6)])  # queued behind the batch
         link.tasks[0].cancel()
         await asyncio.gather(*link.tasks, return_exceptions=True)
@@ -376,7 +382,7 @@ def test_a_retry_of_a_message_stored_meanwhile_is_acknowledged_not_stored_again(
         stream.submit(
             [ev.Record("r", 0, 0.0, "ann", "m2", 2), ev.Record("r", 0, 0.0, "ann", "x", 4)]
         )
-        await asyncio.sleep(0.01)
+        await _published(link, 1)
         await stream._on_message(_stream_msg(2, [ev.Record("r", 4, 0.0, "ann", "x", 4)]))
         await asyncio.gather(*link.tasks)
         return link.events, link.published
@@ -405,10 +411,10 @@ def test_a_retry_queued_beside_its_first_copy_is_stored_once() -> None:
                 ev.Record("r", 0, 0.0, "ann", "b", 2),
             ]
         )
-        await asyncio.sleep(0.01)
+        await _published(link, 1)
         await stream._on_message(_stream_msg(1, [ev.Record("r", 1, 0.0, "ann", "a", 1)]))
         link.stored, link.last = 2, 1
-        await asyncio.sleep(0.01)
+        await _published(link, 2)
         await stream._on_message(_stream_msg(2, [ev.Record("r", 2, 0.0, "ann", "b", 2)]))
         await asyncio.gather(*link.tasks)
         return link.events, link.published
