@@ -19,23 +19,27 @@ def _fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-NAMES = {"room": "broker", "relay": "bare relay", "batch": "batching", "redis": "redis"}
+NAMES = {"room": "broker", "keys": "keys", "churn": "key churn", "relay": "bare relay",
+         "batch": "batching", "redis": "redis"}  # fmt: skip
 
 
 def row(entry: dict[str, Any]) -> str:
-    """One scenario: a line per target, its ratio the broker's rate over the target's."""
+    """One scenario: a line per target, its ratio the broker's rate over the target's (a broker
+    variant's: its rate over what it is measured against)."""
     name = entry["name"]
     room = entry["room"]
     if "connected" in room:
         return (f"{name:<14} {room['connected']} clients connected: broker CPU "
                 f"{room['cpu_percent']:.1f}% of a core, peak {room['peak_mb']:.0f} MB")  # fmt: skip
     lines = []
-    for kind in ("room", "relay", "batch", "redis"):
+    for kind in NAMES:
         f = entry.get(kind)
         if f is None:
             continue
         if kind == "room":
-            ratio = "" if "relay" in entry else _fmt(entry.get("ratio"), ".2f") + "x"
+            ratio = ""
+        elif kind in entry["variants"]:
+            ratio = _fmt(entry["variants"][kind], ".2f") + "x"
         else:
             ratio = _fmt(entry["ratios"].get(kind), ".2f") + "x"
         text = (
@@ -53,8 +57,10 @@ def row(entry: dict[str, Any]) -> str:
 HEADER = (
     f"{'scenario':<14} {'target':<10} {'deliv/s':>10} {'ratio':>7} {'lost':>6} {'dup':>5}"
     f" {'repair':>6} {'cpu us':>7} {'MB':>5}  load us  latency ms\n"
-    "(ratio: the broker's delivered/s over this target's; keys: over the same scenario without"
-    " keys. cpu us: the target's CPU per message sent; load us: the load generator's, sender per"
+    "(broker: without room keys. ratio: the broker's delivered/s over this target's; keys: the"
+    " broker with room keys, its delivered/s over the broker's; key churn: with a member leaving"
+    " and coming back each second, over keys; each ratio the median of the rounds' pairs."
+    " cpu us: the target's CPU per message sent; load us: the load generator's, sender per"
     " message sent / subscribers per message delivered; latency p50/p99/p99.9)"
 )
 

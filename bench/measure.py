@@ -29,13 +29,24 @@ FAN_OUT_PROCESSES: Final = 2
 """Subscriber processes when a scenario has more than one subscription (several per process)."""
 
 
+VARIANTS: Final = {"keys": "room", "churn": "keys"}
+"""The broker again, and what it is measured against: ``keys`` seals the PUB (``--room-keys``),
+``churn`` is ``keys`` with a member leaving the room and coming back once a second (the key
+changes twice a second). ``room``, the broker, runs without room keys (``--no-room-keys``)."""
+
+
+def protocol(kind: str) -> str:
+    """The target a kind is (a broker variant is a broker): room, relay, batch or redis."""
+    return "room" if kind in VARIANTS else kind
+
+
 def target_args(s: Scenario, kind: str) -> tuple[str, ...]:
     """What each target is started with: the broker durable (``--sync normal``) and with room
-    keys on or off as the scenario says, whatever the defaults are; the bare relay's PUB queue
+    keys on or off as its variant says, whatever the defaults are; the bare relay's PUB queue
     the broker's per subscriber, in bytes (``--subscriber-queue``), as its sends are one
     message each; the batching relay's the broker's in sends, as its sends are batches too."""
-    if kind == "room":
-        return ("--sync", "normal", "--room-keys" if s.keys else "--no-room-keys")
+    if protocol(kind) == "room":
+        return ("--sync", "normal", "--no-room-keys" if kind == "room" else "--room-keys")
     if kind == "relay":
         one = s.size + len(topic("r0"))
         return ("--pub-hwm", str(DEFAULT_LIMITS.subscriber_queue // one))
@@ -114,8 +125,9 @@ def idle(s: Scenario, target: Any) -> dict[str, Any]:
         proc.join(WAIT)
 
 
-def flow(s: Scenario, kind: str, target: Any) -> dict[str, Any]:
+def flow(s: Scenario, variant: str, target: Any) -> dict[str, Any]:
     """Senders and subscribers against ``target``; what was delivered, how fast, at what cost."""
+    kind = protocol(variant)
     ctx = mp.get_context("spawn")
     rooms = [f"r{k}" for k in range(s.senders)]
     sub_rooms = [room for room in rooms for _ in range(s.subs_per_room)]
@@ -135,7 +147,7 @@ def flow(s: Scenario, kind: str, target: Any) -> dict[str, Any]:
         else:
             for _ in groups:
                 ready.get(timeout=WAIT)
-        churning = s.churn and kind == "room"  # only the broker has room keys to change
+        churning = variant == "churn"
         churned, stop_churn = ctx.Queue(), ctx.Event()
         if churning:
             args = (target.router, rooms[0], stop_churn, churned)
@@ -174,7 +186,7 @@ def flow(s: Scenario, kind: str, target: Any) -> dict[str, Any]:
     }
     if kind in ("room", "redis"):
         figures["acked"], figures["refused"] = sent["acked"], sent["refused"]
-    if s.churn:
+    if churning:
         figures["removals"] = removals
     if sample:
         sent_ns, recv_ns = sent["sent_ns"], subs[0]["recv_ns"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-LABELS = {"room": "room broker", "relay": "bare relay", "batch": "batching relay",
-          "redis": "Redis pub/sub"}  # fmt: skip
+LABELS = {"room": "room broker", "keys": "room broker, room keys", "relay": "bare relay",
+          "batch": "batching relay", "redis": "Redis pub/sub"}  # fmt: skip
 
 
 def draw(report: dict[str, Any], path: Path) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import measure
-from .measure import WAIT, percentiles
+from .measure import VARIANTS, WAIT, percentiles
 
 __all__ = ["WAIT", "Scenario", "Target", "machine", "percentiles", "run"]
 
@@ -40,23 +40,15 @@ class Scenario:
     rate: float = 0.0  # 0: as fast as possible
     idle: int = 0  # for the idle scenario: connected clients, nothing sent
     hold: float = 0.0
-    keys: bool = False  # the broker seals the PUB (--room-keys); only the broker runs
-    churn: bool = False  # a member leaves the room and comes back once a second (keys change)
-    against: str = ""  # only the broker runs: its ratio is to this scenario's rate, run before
+    variants: tuple[str, ...] = ()  # the broker again, as ``measure.VARIANTS`` says, each round
 
 
 def scenarios(quick: bool) -> list[Scenario]:
     q = 10 if quick else 1
     return [
-        Scenario("1->1", 1, 1, 200_000 // q),
-        Scenario("1->10", 1, 10, 50_000 // q),
-        Scenario("1->1 keys", 1, 1, 200_000 // q, keys=True, against="1->1"),
-        Scenario("1->10 keys", 1, 10, 50_000 // q, keys=True, against="1->10"),
-        Scenario("1->100", 1, 100, 120_000 // q),
-        Scenario("1->100 keys", 1, 100, 120_000 // q, keys=True, against="1->100"),
-        Scenario(
-            "1->100 churn", 1, 100, 120_000 // q, keys=True, churn=True, against="1->100 keys"
-        ),
+        Scenario("1->1", 1, 1, 200_000 // q, variants=("keys",)),
+        Scenario("1->10", 1, 10, 50_000 // q, variants=("keys",)),
+        Scenario("1->100", 1, 100, 120_000 // q, variants=("keys", "churn")),
         Scenario("10 rooms", 10, 1, 200_000 // q),
         Scenario("latency 1k/s", 1, 1, 5_000 // q, rate=1_000),
         Scenario("latency 10k/s", 1, 1, 50_000 // q, rate=10_000),
@@ -194,36 +186,38 @@ def machine() -> dict[str, Any]:
 def run(
     quick: bool, only: list[str] | None = None, echo: Any = print, rounds: int = 1
 ) -> dict[str, Any]:
-    """Every scenario against every target, ``rounds`` times, interleaved (broker, relays,
-    Redis, then again): each figure is the median round's, each ratio the median of the
-    rounds' ratios, and lost and duplicated the most any round saw."""
+    """Every scenario against every target, ``rounds`` times, interleaved (broker, its variants,
+    relays, Redis, then again; the broker and its variants in reverse order every other round,
+    so a drift in the machine's speed falls on both sides of a pair): each figure is the median
+    round's, each ratio the median of the rounds' ratios, and lost and duplicated the most any
+    round saw."""
     redis = redis_binary() is not None and _have_redis_client()
     refs = ["relay", "batch"] + (["redis"] if redis else [])
     report: dict[str, Any] = {"machine": machine(), "quick": quick, "rounds": rounds,
                               "targets": ["room", *refs], "notes": [], "scenarios": []}  # fmt: skip
     if not redis:
         report["notes"].append(NO_REDIS if redis_binary() is None else NO_REDIS_CLIENT)
-    rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="room-bench-") as tmp:
         for s in scenarios(quick):
             if only and s.name not in only:
                 continue
             base = Path(tmp) / re.sub(r"\W+", "_", s.name)
-            kinds = ["room"] if s.keys or s.idle else ["room", *refs]
+            brokers = ["room", *s.variants]
+            kinds = brokers if s.idle else [*brokers, *refs]
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
             for r in range(rounds):
-                for kind in kinds:
+                order = brokers[::-1] if r % 2 else brokers
+                for kind in order + kinds[len(brokers) :]:
                     runs[kind].append(run_one(s, kind, measure.workdir_for(base, kind, r)))
             entry: dict[str, Any] = {"name": s.name, "count": s.count, "rate": s.rate}
             for kind in kinds:
                 entry[kind] = _median(runs[kind])
             if not s.idle:
-                entry["ratios"] = {k: _median_ratio(runs["room"], runs[k]) for k in kinds[1:]}
-                rates[s.name] = entry["room"]["rate"]
-                plain = rates.get(s.against)
-                entry["ratio"] = entry["ratios"].get("relay") or (
-                    entry["room"]["rate"] / plain if plain else None
-                )
+                entry["ratios"] = {k: _median_ratio(runs["room"], runs[k]) for k in refs}
+                entry["ratio"] = entry["ratios"]["relay"]
+                entry["variants"] = {
+                    v: _median_ratio(runs[v], runs[VARIANTS[v]]) for v in s.variants
+                }
             report["scenarios"].append(entry)
             echo(entry)
     return report
@@ -238,8 +232,8 @@ def _have_redis_client() -> bool:
 
 
 def run_one(s: Scenario, kind: str, workdir: Path) -> dict[str, Any]:
-    """One scenario against one target, started fresh for it."""
-    target = Target(kind, workdir, extra=measure.target_args(s, kind))
+    """One scenario against one target (a broker variant is a broker), started fresh for it."""
+    target = Target(measure.protocol(kind), workdir, label=kind, extra=measure.target_args(s, kind))
     try:
         return measure.idle(s, target) if s.idle else measure.flow(s, kind, target)
     finally:
@@ -262,6 +256,7 @@ ROUND_KEYS = ("rate", "lost", "duplicates", "repaired", "cpu_us_per_msg", "laten
 """What the report keeps of every round, beside the median round's figures."""
 
 
-def _median_ratio(room: list[dict[str, Any]], ref: list[dict[str, Any]]) -> float | None:
-    ratios = sorted(a["rate"] / b["rate"] for a, b in zip(room, ref, strict=True) if b["rate"])
+def _median_ratio(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> float | None:
+    """The median over rounds of ours/theirs, each round's pair run one after the other."""
+    ratios = sorted(a["rate"] / b["rate"] for a, b in zip(ours, theirs, strict=True) if b["rate"])
     return ratios[len(ratios) // 2] if ratios else None

@@ -22,6 +22,8 @@ from .sockets import NOBLOCK, SNDMORE, SNDMORE_NOBLOCK
 from .state import Outbox
 from .store import StoreError
 
+_NOBODY: frozenset[str] = frozenset()
+
 if TYPE_CHECKING:
     from .server import Broker
 
@@ -98,7 +100,7 @@ class BatchFlush(_Base):
 
     def _seal(self, room: str, head: bytes, body: bytes) -> bytes:
         assert self.keys is not None
-        return self.keys.seal(room, head, frozenset(self.chat.members.get(room, ())), body)
+        return self.keys.seal(room, head, self.chat.members.get(room, _NOBODY), body)
 
     def _hand_out_keys(self, keys: RoomKeys, out: Outbox) -> None:
         """Each new room key, to every member it was made for (their replies of this batch)."""

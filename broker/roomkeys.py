@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import struct
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,12 +41,18 @@ NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
 
 
+_NONCE: Final = struct.Struct(">4xQ")
+"""A nonce: four zero bytes, then how many bodies the key sealed before (big-endian)."""
+
+
 @dataclass(slots=True)
 class _RoomKey:
     epoch: int
     key: bytes
     cipher: ChaCha20Poly1305
     holders: frozenset[str]
+    head: bytes  # epoch_head(epoch): the first bytes of every body it seals
+    associated: bytes  # topic || head
     sent: int = 0  # nonces used
 
 
@@ -58,24 +66,24 @@ class RoomKeys:
         """Epochs count up from a random start: a client never mistakes a key of this broker's
         life for one of an earlier life's."""
 
-    def seal(self, room: str, topic: bytes, members: frozenset[str], body: bytes) -> bytes:
-        """``body`` sealed with the key of ``members`` (a new one if they changed)."""
+    def seal(self, room: str, topic: bytes, members: Set[str], body: bytes) -> bytes:
+        """``body`` sealed with the key of ``members`` (a new one if they changed). Once for
+        every PUB send: what a key needs for each is made with the key."""
         current = self._rooms.get(room)
         if current is None or current.holders != members:
-            current = self._rotate(room, members)
-        nonce = bytes(4) + current.sent.to_bytes(8, "big")
+            current = self._rotate(room, topic, frozenset(members))
+        nonce = _NONCE.pack(current.sent)
         current.sent += 1
-        epoch = epoch_head(current.epoch)
-        return epoch + nonce + current.cipher.encrypt(nonce, body, topic + epoch)
+        return current.head + nonce + current.cipher.encrypt(nonce, body, current.associated)
 
     def new_keys(self) -> list[tuple[str, int, bytes, frozenset[str]]]:
         """Keys made since the last call, to send: (room, epoch, key, to whom)."""
         made, self._made = self._made, []
         return made
 
-    def _rotate(self, room: str, members: frozenset[str]) -> _RoomKey:
-        key = os.urandom(KEY_BYTES)
-        fresh = _RoomKey(self._next_epoch, key, ChaCha20Poly1305(key), members)
+    def _rotate(self, room: str, topic: bytes, members: frozenset[str]) -> _RoomKey:
+        key, head = os.urandom(KEY_BYTES), epoch_head(self._next_epoch)
+        fresh = _RoomKey(self._next_epoch, key, ChaCha20Poly1305(key), members, head, topic + head)
         self._next_epoch += 1
         self._rooms[room] = fresh
         self._made.append((room, fresh.epoch, key, members))
