@@ -13,14 +13,15 @@ import msgspec
 from broker import options
 
 from . import run as bench
+from .measure import SEALED
 
 
 def _fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-NAMES = {"room": "broker", "keys": "keys", "churn": "key churn", "relay": "bare relay",
-         "batch": "batching", "redis": "redis"}  # fmt: skip
+NAMES = {"room": "broker", "control": "again", "keys": "keys", "churn": "key churn",
+         "relay": "bare relay", "batch": "batching", "redis": "redis"}  # fmt: skip
 
 
 def row(entry: dict[str, Any]) -> str:
@@ -50,6 +51,8 @@ def row(entry: dict[str, Any]) -> str:
         )
         if "latency_ms" in f:
             text += "  " + "/".join(f"{v:.2f}" for v in f["latency_ms"].values())
+        if kind in SEALED:
+            text += f"  keys {f['keys']['share']:.1%} of CPU"
         lines.append(text)
     return "\n".join(lines)
 
@@ -57,9 +60,11 @@ def row(entry: dict[str, Any]) -> str:
 HEADER = (
     f"{'scenario':<14} {'target':<10} {'deliv/s':>10} {'ratio':>7} {'lost':>6} {'dup':>5}"
     f" {'repair':>6} {'cpu us':>7} {'MB':>5}  load us  latency ms\n"
-    "(broker: without room keys. ratio: the broker's delivered/s over this target's; keys: the"
-    " broker with room keys, its delivered/s over the broker's; key churn: with a member leaving"
-    " and coming back each second, over keys; each ratio the median of the rounds' pairs."
+    "(broker: without room keys; again: the same broker again, over the first (what this"
+    " machine resolves). ratio: the broker's delivered/s over this target's; keys: the broker"
+    " with room keys, its delivered/s over the broker's, and the share of the run's CPU time"
+    " spent sealing and opening; key churn: with a member leaving and coming back each second,"
+    " over keys; each ratio the median of the rounds' pairs."
     " cpu us: the target's CPU per message sent; load us: the load generator's, sender per"
     " message sent / subscribers per message delivered; latency p50/p99/p99.9)"
 )

@@ -19,7 +19,7 @@ import zmq
 from broker.config import DEFAULT_LIMITS
 from broker.protocol import topic
 
-from . import keys, lean, load, sender, subscriber
+from . import canary, keys, lean, load, sender, subscriber
 
 if TYPE_CHECKING:
     from .run import Scenario
@@ -29,10 +29,13 @@ FAN_OUT_PROCESSES: Final = 2
 """Subscriber processes when a scenario has more than one subscription (several per process)."""
 
 
-VARIANTS: Final = {"keys": "room", "churn": "keys"}
-"""The broker again, and what it is measured against: ``keys`` seals the PUB (``--room-keys``),
+VARIANTS: Final = {"control": "room", "keys": "room", "churn": "keys"}
+"""The broker again, and what it is measured against. ``room``, the broker, runs without room
+keys (``--no-room-keys``); ``control`` is the same broker again: the spread of its ratio is what
+this machine can resolve between two runs of one thing; ``keys`` seals the PUB (``--room-keys``);
 ``churn`` is ``keys`` with a member leaving the room and coming back once a second (the key
-changes twice a second). ``room``, the broker, runs without room keys (``--no-room-keys``)."""
+changes twice a second)."""
+SEALED: Final = ("keys", "churn")
 
 
 def protocol(kind: str) -> str:
@@ -46,7 +49,7 @@ def target_args(s: Scenario, kind: str) -> tuple[str, ...]:
     the broker's per subscriber, in bytes (``--subscriber-queue``), as its sends are one
     message each; the batching relay's the broker's in sends, as its sends are batches too."""
     if protocol(kind) == "room":
-        return ("--sync", "normal", "--no-room-keys" if kind == "room" else "--room-keys")
+        return ("--sync", "normal", "--room-keys" if kind in SEALED else "--no-room-keys")
     if kind == "relay":
         one = s.size + len(topic("r0"))
         return ("--pub-hwm", str(DEFAULT_LIMITS.subscriber_queue // one))
@@ -169,6 +172,7 @@ def flow(s: Scenario, variant: str, target: Any) -> dict[str, Any]:
                 proc.join(5)
     sent = next(r for r in reports if r["role"] == "sender")
     subs = [r for r in reports if r["role"] == "subscribers"]
+    subs_cpu = sum(r["cpu"] for r in subs)
     delivered = sum(r["delivered"] for r in subs)
     last = max(r["last"] for r in subs)
     elapsed = max(last - sent["start"], 1e-9)
@@ -181,11 +185,13 @@ def flow(s: Scenario, variant: str, target: Any) -> dict[str, Any]:
         "peak_mb": target.peak_mb(),
         "load_us": {
             "sender": 1e6 * sent["cpu"] / max(1, sent["sent"]),
-            "subscribers": 1e6 * sum(r["cpu"] for r in subs) / max(1, delivered),
+            "subscribers": 1e6 * subs_cpu / max(1, delivered),
         },
     }
     if kind in ("room", "redis"):
         figures["acked"], figures["refused"] = sent["acked"], sent["refused"]
+    if kind == "room":
+        figures["keys"] = _keys_cost(target, cpu + sent["cpu"] + subs_cpu, sent["sent"], subs)
     if churning:
         figures["removals"] = removals
     if sample:
@@ -195,6 +201,19 @@ def flow(s: Scenario, variant: str, target: Any) -> dict[str, Any]:
             figures["latency_ms"] = percentiles(lat)
             figures["latencies_us"] = [x // 1000 for x in lat]
     return figures
+
+
+def _keys_cost(target: Any, cpu: float, sent: int, subs: list[dict[str, Any]]) -> dict[str, float]:
+    """What room keys cost in this run, timed where it is spent: the broker's sealing
+    (``room-ctl stats``, read after the run) and the subscribers' opening, in us a message sent,
+    and their ``share`` of all the CPU time the run took (the broker's, the sender's and the
+    subscribers'). The share does not move with the machine's speed as a rate does, since both
+    sides of it do."""
+    stats = canary.ctl_stats(target.control, str(target.data)) or {}
+    sealing = stats.get("sealing_ms", 0.0) / 1000
+    opening = sum(r["opening"] for r in subs)
+    return {"seal_us": 1e6 * sealing / max(1, sent), "open_us": 1e6 * opening / max(1, sent),
+            "share": (sealing + opening) / max(cpu, 1e-9)}  # fmt: skip
 
 
 def percentiles(samples_ns: list[int]) -> dict[str, float]:

@@ -46,9 +46,9 @@ class Scenario:
 def scenarios(quick: bool) -> list[Scenario]:
     q = 10 if quick else 1
     return [
-        Scenario("1->1", 1, 1, 200_000 // q, variants=("keys",)),
-        Scenario("1->10", 1, 10, 50_000 // q, variants=("keys",)),
-        Scenario("1->100", 1, 100, 120_000 // q, variants=("keys", "churn")),
+        Scenario("1->1", 1, 1, 200_000 // q, variants=("control", "keys")),
+        Scenario("1->10", 1, 10, 50_000 // q, variants=("control", "keys")),
+        Scenario("1->100", 1, 100, 120_000 // q, variants=("control", "keys", "churn")),
         Scenario("10 rooms", 10, 1, 200_000 // q),
         Scenario("latency 1k/s", 1, 1, 5_000 // q, rate=1_000),
         Scenario("latency 10k/s", 1, 1, 50_000 // q, rate=10_000),
@@ -114,14 +114,14 @@ class Target:
         # move its offset too, and it would overwrite its first line (seen in CI).
         self.log_path = workdir / f"{self.label}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.address = ""
+        self.address = self.control = ""
+        self.data = workdir / (f"data-{label}" if label else "data")  # the broker's
         if kind == "room":
             any_port = "tcp://127.0.0.1:0"
-            data = workdir / (f"data-{label}" if label else "data")
             argv = [sys.executable, "-c", "from broker.cli import main; main()", "start",
                     "--router", any_port, "--pub", any_port, "--control", any_port,
-                    "--data-dir", str(data), "--rate", "0", *extra]  # fmt: skip
-            self.pattern = r"listening: router (\S+) pub (\S+)"
+                    "--data-dir", str(self.data), "--rate", "0", *extra]  # fmt: skip
+            self.pattern = r"listening: router (\S+) pub (\S+) control (\S+)"
         elif kind == "redis":
             port = _free_port()
             self.address = f"127.0.0.1:{port}"
@@ -149,6 +149,8 @@ class Target:
                     self.router = self.pub = self.address
                 else:
                     self.router, self.pub = m.group(1), m.group(2)
+                if self.kind == "room":
+                    self.control = m.group(3)
                 return
             if self.proc.poll() is not None:
                 break
@@ -187,10 +189,9 @@ def run(
     quick: bool, only: list[str] | None = None, echo: Any = print, rounds: int = 1
 ) -> dict[str, Any]:
     """Every scenario against every target, ``rounds`` times, interleaved (broker, its variants,
-    relays, Redis, then again; the broker and its variants in reverse order every other round,
-    so a drift in the machine's speed falls on both sides of a pair): each figure is the median
-    round's, each ratio the median of the rounds' ratios, and lost and duplicated the most any
-    round saw."""
+    relays, Redis, then again; the broker and its variants in turn first, so a drift in the
+    machine's speed falls on every side of a pair): each figure is the median round's, each
+    ratio the median of the rounds' ratios, and lost and duplicated the most any round saw."""
     redis = redis_binary() is not None and _have_redis_client()
     refs = ["relay", "batch"] + (["redis"] if redis else [])
     report: dict[str, Any] = {"machine": machine(), "quick": quick, "rounds": rounds,
@@ -206,8 +207,8 @@ def run(
             kinds = brokers if s.idle else [*brokers, *refs]
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
             for r in range(rounds):
-                order = brokers[::-1] if r % 2 else brokers
-                for kind in order + kinds[len(brokers) :]:
+                turn = r % len(brokers)
+                for kind in brokers[turn:] + brokers[:turn] + kinds[len(brokers) :]:
                     runs[kind].append(run_one(s, kind, measure.workdir_for(base, kind, r)))
             entry: dict[str, Any] = {"name": s.name, "count": s.count, "rate": s.rate}
             for kind in kinds:
@@ -249,10 +250,14 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     chosen["rounds"] = [{key: f[key] for key in ROUND_KEYS if key in f} for f in runs]
     for key in ("lost", "duplicates"):
         chosen[key] = max(f[key] for f in runs)
+    if "keys" in chosen:  # what keys cost: each figure the median round's
+        chosen["keys"] = {
+            k: sorted(f["keys"][k] for f in runs)[len(runs) // 2] for k in chosen["keys"]
+        }
     return chosen
 
 
-ROUND_KEYS = ("rate", "lost", "duplicates", "repaired", "cpu_us_per_msg", "latency_ms")
+ROUND_KEYS = ("rate", "lost", "duplicates", "repaired", "cpu_us_per_msg", "latency_ms", "keys")
 """What the report keeps of every round, beside the median round's figures."""
 
 

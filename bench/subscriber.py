@@ -167,6 +167,7 @@ def subscribers(
         "first": first,
         "last": last,
         "cpu": cpu,
+        "opening": sum(s.opening_ns for s in subs) / 1e9,
         "recv_ns": list(subs[0].recv_ns) if sample and subs and subs[0].recv_ns else [],
     })  # fmt: skip
     for s in subs:

@@ -198,6 +198,7 @@ def stats(chat: Chat, args: list[str], now: float) -> Result:
         bad_frames=c.bad_frames,
         uptime_seconds=round(uptime, 1),
         database_bytes=chat.store.size(),
+        sealing_ms=round(c.sealing * 1000, 3),
     )
     text = f"up {uptime:.0f}s, {len(chat.users)} clients, {c.accepted} messages"
     return Result(text, cp.Stats(counters))

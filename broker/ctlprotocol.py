@@ -62,6 +62,7 @@ class Counters(_Msg, tag="counters"):
     bad_frames: int
     uptime_seconds: float
     database_bytes: int
+    sealing_ms: float = 0.0
 
 
 class Stats(_Msg, tag="ctlstats"):

@@ -66,6 +66,7 @@ class Counters:
     bad_frames: int = 0
     dropped_replies: int = 0  # replies a peer's full or gone queue could not take
     published: int = 0  # PUB sends (each one a batch of room events)
+    sealing: float = 0.0  # CPU seconds spent sealing PUB sends with room keys (by the I/O layer)
     fetched: int = 0  # stored messages sent in answer to Fetch (gap repair, /history)
     connections: int = 0  # open connections to the ROUTER, users or not (set by the I/O layer)
     started: float = 0.0  # when the broker started (set by the I/O layer)

@@ -175,7 +175,8 @@ def stamp(ts: float) -> str:
     return f"{second}.{int((ts - whole) * 1000):03d}Z"
 
 
-_STAT_NAMES = {"uptime_seconds": "uptime", "database_bytes": "database size"}
+_STAT_NAMES = {"uptime_seconds": "uptime", "database_bytes": "database size",
+               "sealing_ms": "sealing ms"}  # fmt: skip
 
 
 def _stat(key: str, value: Any) -> str:

@@ -164,6 +164,7 @@ COUNTERS = cp.Counters(
     bad_frames=0,
     uptime_seconds=3_725.0,
     database_bytes=3 * 1024 * 1024,
+    sealing_ms=12.5,
 )
 
 
@@ -206,8 +207,10 @@ def test_render_stats_in_field_order_for_people() -> None:
         "bad frames",
         "uptime",
         "database size",
+        "sealing ms",
     ]
     assert rows["messages in"] == "12,345"
+    assert rows["sealing ms"] == "12.5"
     assert rows["uptime"] == "1h 02m 05s"
     assert rows["database size"] == "3.0 MiB"
     assert len({len(line) for line in lines}) == 1, "values are right-aligned"

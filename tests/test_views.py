@@ -97,6 +97,7 @@ def test_every_room_ctl_command_prints_one_json_document(
         assert isinstance(stats[key], int | float), key
     for key in ("drops", "uptime_seconds", "database_bytes"):
         assert isinstance(stats[key], int | float), key
+    assert stats["sealing_ms"] > 0  # the joins went out on the PUB sealed with room keys
     audit = [e["command"] for e in docs["audit"]["data"]["audit"]]
     assert audit == ["remove", "stats", "stats"]  # the last three, oldest first
     assert broker.wait() == Exit.OK
