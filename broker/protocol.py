@@ -305,7 +305,7 @@ class Rooms(_Msg, tag="roomlist"):
 
 class RoomKey(_Msg, tag="roomkey"):
     """The key of ``room`` from ``epoch`` on (on a sealing broker): PUB sends of the room whose
-    first 8 bytes are ``epoch`` open with it (ChaCha20-Poly1305, see docs/protocol.md). Sent to
+    first 8 bytes are ``epoch`` open with it (AES-256-GCM, see docs/protocol.md). Sent to
     every member whenever the members change, before the room's next send."""
 
     room: str

@@ -1,7 +1,7 @@
 """Room keys: the PUB carries each room's events sealed with a key only its members hold.
 
 Anyone who can reach the PUB can subscribe to any topic, so who reads a room cannot be left to
-the subscriptions. So each room has a key (ChaCha20-Poly1305, from the ``cryptography`` package;
+the subscriptions. So each room has a key (AES-256-GCM, from the ``cryptography`` package;
 unless the broker runs with ``--no-room-keys``), and every PUB send is sealed with it once,
 whatever it carries. The key changes whenever the room's members are not those it was given to
 (someone joined, left, was put out, fired, or dropped), before the next send: the newcomers get
@@ -12,6 +12,13 @@ nonces count.
 
 A sealed body is ``epoch (8 bytes, big-endian) || nonce (12 bytes) || ciphertext and tag``, the
 associated data ``topic || epoch``. Pure code: the loop asks ``seal`` for each room's send.
+
+Why AES-256-GCM and not ChaCha20-Poly1305: every subscriber opens every send of its room, so
+opening is what keys cost a room of many readers, and with the AES instructions of every x86-64
+CPU since 2010 and of ARMv8, OpenSSL opens a 52 KB body in 17 us here against 28 to 40 for
+ChaCha20-Poly1305: one to ten, keys took 3.6% of the run's CPU against 4.7%
+(docs/performance.md#room-keys). The nonces count, so GCM's limit on random nonces does not
+apply; a key seals at most 2**64 bodies, and changes with its room's members anyway.
 """
 
 from __future__ import annotations
@@ -23,18 +30,10 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Final
 
-# OpenSSL (inside ``cryptography``) takes its AVX-512 ChaCha20 code on a CPU that has AVX-512. On
-# the 2-core Xeon VMs room-bench runs on, that code opened a 36 KB body 4x slower than the AVX2
-# code, and ten subscribers opening with it slowed the broker beside them: 1->10 with keys ran
-# at 0.62x of without, and at 1.1x with AVX-512 off (docs/performance.md#room-keys). So it is off
-# unless the operator sets OPENSSL_ia32cap; the AVX2 code is fast wherever AVX-512 is. OpenSSL
-# reads the variable when it loads: this module is the only importer of ``cryptography``.
-os.environ.setdefault("OPENSSL_ia32cap", ":~0x10000")  # CPUID(7).EBX bit 16: AVX512F
-
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["ChaCha20Poly1305", "InvalidTag"]  # for the keyring: its one way to cryptography
+__all__ = ["AESGCM", "InvalidTag"]  # for the keyring: its one way to cryptography
 
 EPOCH_BYTES: Final = 8
 NONCE_BYTES: Final = 12
@@ -49,7 +48,7 @@ _NONCE: Final = struct.Struct(">4xQ")
 class _RoomKey:
     epoch: int
     key: bytes
-    cipher: ChaCha20Poly1305
+    cipher: AESGCM
     holders: frozenset[str]
     head: bytes  # epoch_head(epoch): the first bytes of every body it seals
     associated: bytes  # topic || head
@@ -83,20 +82,20 @@ class RoomKeys:
 
     def _rotate(self, room: str, topic: bytes, members: frozenset[str]) -> _RoomKey:
         key, head = os.urandom(KEY_BYTES), epoch_head(self._next_epoch)
-        fresh = _RoomKey(self._next_epoch, key, ChaCha20Poly1305(key), members, head, topic + head)
+        fresh = _RoomKey(self._next_epoch, key, AESGCM(key), members, head, topic + head)
         self._next_epoch += 1
         self._rooms[room] = fresh
         self._made.append((room, fresh.epoch, key, members))
         return fresh
 
 
-def open_sealed(key: bytes | ChaCha20Poly1305, topic: bytes, sealed: bytes) -> bytes:
+def open_sealed(key: bytes | AESGCM, topic: bytes, sealed: bytes) -> bytes:
     """The body of a sealed PUB send (raises ``cryptography.exceptions.InvalidTag`` if ``key``
     is not the one it was sealed with, or it was changed). A reader of many bodies passes the
     key's cipher (``cipher_of``), made once: making one costs as much as opening a small body.
     A subscriber opens every send of its room, so this is its hot path: a small body is sliced
     (cheaper than a view), a large one read through a view (no copy of its ciphertext)."""
-    cipher = ChaCha20Poly1305(key) if type(key) is bytes else key
+    cipher = AESGCM(key) if type(key) is bytes else key
     head = sealed[:EPOCH_BYTES]
     data = sealed if len(sealed) < VIEW_FROM else memoryview(sealed)
     return cipher.decrypt(data[EPOCH_BYTES:_SEALED_AT], data[_SEALED_AT:], topic + head)
@@ -106,8 +105,8 @@ VIEW_FROM: Final = 4096
 _SEALED_AT: Final = EPOCH_BYTES + NONCE_BYTES
 
 
-def cipher_of(key: bytes) -> ChaCha20Poly1305:
-    return ChaCha20Poly1305(key)
+def cipher_of(key: bytes) -> AESGCM:
+    return AESGCM(key)
 
 
 def epoch_of(sealed: bytes) -> int:

@@ -13,8 +13,8 @@ from typing import Final
 
 from broker.protocol import ProtocolError, RoomEvent, RoomKey, decode_room
 from broker.roomkeys import (
+    AESGCM,
     EPOCH_BYTES,
-    ChaCha20Poly1305,
     InvalidTag,
     cipher_of,
     epoch_head,
@@ -34,7 +34,7 @@ class Keyring:
     def __init__(self) -> None:
         self.sealed = False
         """Whether the broker seals (``Welcome.sealed``); a plain broker's bodies are read as is."""
-        self._keys: dict[bytes, ChaCha20Poly1305] = {}
+        self._keys: dict[bytes, AESGCM] = {}
         """By epoch (as the first bytes of a body sealed with it), each key's cipher, made once."""
         self._held: deque[tuple[float, bytes, bytes]] = deque(maxlen=HELD_MAX)
 

@@ -203,6 +203,28 @@ def test_the_terminal_client_chats_through_a_sealing_broker(tmp_path: Path) -> N
         bob.expect(r"^\[public\] carol: hello public$")
 
 
+def test_a_sealed_body_opens_as_the_protocol_document_says() -> None:
+    """docs/protocol.md, with nothing of ours: epoch (8 bytes) || nonce (12) || AES-256-GCM
+    ciphertext and tag, the associated data the topic frame || epoch; no nonce twice."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from broker.roomkeys import RoomKeys
+
+    keys = RoomKeys()
+    topic = p.topic("ops")
+    body = p.encode([p.Posted("ops", 1, 1.0, "alice", "hi")])
+    first = keys.seal("ops", topic, frozenset({"bob"}), body)
+    second = keys.seal("ops", topic, frozenset({"bob"}), body)
+    ((room, epoch, key, holders),) = keys.new_keys()
+    assert (room, holders, len(key)) == ("ops", frozenset({"bob"}), 32)
+    for sealed in (first, second):
+        assert sealed[:8] == epoch.to_bytes(8, "big")
+        assert AESGCM(key).decrypt(sealed[8:20], sealed[20:], topic + sealed[:8]) == body
+    assert first[8:20] != second[8:20]
+    with pytest.raises(InvalidTag):  # another room's topic: not this room's body
+        AESGCM(key).decrypt(first[8:20], first[20:], p.topic("other") + first[:8])
+
+
 def test_a_keyring_holds_a_body_until_its_key_comes_and_drops_what_it_cannot_open() -> None:
     from broker.roomkeys import RoomKeys
     from client.keyring import HOLD, Keyring
