@@ -190,7 +190,7 @@ def flow(s: Scenario, variant: str, target: Any) -> dict[str, Any]:
     }
     if kind in ("room", "redis"):
         figures["acked"], figures["refused"] = sent["acked"], sent["refused"]
-    if kind == "room":
+    if variant in SEALED:
         figures["keys"] = _keys_cost(target, cpu + sent["cpu"] + subs_cpu, sent["sent"], subs)
     if churning:
         figures["removals"] = removals

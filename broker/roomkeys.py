@@ -16,7 +16,7 @@ associated data ``topic || epoch``. Pure code: the loop asks ``seal`` for each r
 Why AES-256-GCM and not ChaCha20-Poly1305: every subscriber opens every send of its room, so
 opening is what keys cost a room of many readers, and with the AES instructions of every x86-64
 CPU since 2010 and of ARMv8, OpenSSL opens a 52 KB body in 17 us here against 28 to 40 for
-ChaCha20-Poly1305: one to ten, keys took 3.6% of the run's CPU against 4.7%
+ChaCha20-Poly1305: one to ten, keys took 3.7% of the run's CPU against 4.7%
 (docs/performance.md#room-keys). The nonces count, so GCM's limit on random nonces does not
 apply; a key seals at most 2**64 bodies, and changes with its room's members anyway.
 """
