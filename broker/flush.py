@@ -52,6 +52,10 @@ class BatchFlush(_Base):
         encode, topic = p.encode, p.topic
         pub_send, send = self.pub.send, self.router.send
         keys = self.keys
+        if keys is not None and out.rekeyed:  # before the sends: this batch's go out sealed anew
+            members = self.chat.members
+            for room in out.rekeyed:
+                keys.rotate(room, topic(room), members.get(room, _NOBODY))
         for room, events in out.rooms.items():
             body = encode(events)
             if len(body) > PUB_SEND_BYTES:
@@ -109,10 +113,17 @@ class BatchFlush(_Base):
         return sealed
 
     def _hand_out_keys(self, keys: RoomKeys, out: Outbox) -> None:
-        """Each new room key, to every member it was made for (their replies of this batch)."""
+        """Each new room key, to every member it was made for (their replies of this batch), and
+        the current key to each member that asked for it again (a ``Join`` of its own room)."""
         users = self.chat.users
         for room, epoch, key, holders in keys.new_keys():
             for name in holders:
                 user = users.get(name)
                 if user is not None:
                     out.replies.append((user.peer, p.RoomKey(room, epoch, key)))
+        by_peer = self.chat.by_peer
+        for peer, room in out.key_wanted:
+            user = by_peer.get(peer)
+            held = None if user is None else keys.current(room, user.name)
+            if held is not None:
+                out.replies.append((peer, p.RoomKey(room, *held)))

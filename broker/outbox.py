@@ -34,6 +34,11 @@ class Outbox:
     """Direct messages for users another broker holds (on a backbone), by that broker."""
     answered: dict[bytes, int] = field(default_factory=dict)
     """Bytes of history answered to each peer in this batch (at most about ANSWER_BYTES)."""
+    rekeyed: set[str] = field(default_factory=set)
+    """Rooms whose key must change although their members' names did not: a connection that
+    held the key was replaced (a resume), so the new key goes to the members' connections now."""
+    key_wanted: list[tuple[bytes, str]] = field(default_factory=list)
+    """(peer, room): a member asked to join the room it is in: send it the room's current key."""
 
     def reply(self, peer: bytes, msg: p.ServerMsg) -> None:
         self.replies.append((peer, msg))
@@ -45,14 +50,22 @@ class Outbox:
         else:
             events.append(event)
 
+    def rekey(self, room: str) -> None:
+        self.rekeyed.add(room)
+
+    def want_key(self, peer: bytes, room: str) -> None:
+        self.key_wanted.append((peer, room))
+
     def log(self, ts: float, kind: str, room: str = "", user: str = "", text: str = "") -> None:
         self.logs.append(LogEvent(ts, kind, room, user, text))
 
     def take(self) -> Outbox:
         """Hand over everything collected so far and start empty."""
-        taken = Outbox(self.replies, self.rooms, self.logs, self.forwards)
+        taken = Outbox(
+            self.replies, self.rooms, self.logs, self.forwards, {}, self.rekeyed, self.key_wanted
+        )
         self.replies, self.rooms, self.logs, self.forwards = [], {}, [], []
-        self.answered = {}
+        self.answered, self.rekeyed, self.key_wanted = {}, set(), []
         return taken
 
 

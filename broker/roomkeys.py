@@ -70,7 +70,7 @@ class RoomKeys:
         every PUB send: what a key needs for each is made with the key."""
         current = self._rooms.get(room)
         if current is None or current.holders != members:
-            current = self._rotate(room, topic, frozenset(members))
+            current = self.rotate(room, topic, members)
         nonce = _NONCE.pack(current.sent)
         current.sent += 1
         return current.head + nonce + current.cipher.encrypt(nonce, body, current.associated)
@@ -80,12 +80,24 @@ class RoomKeys:
         made, self._made = self._made, []
         return made
 
-    def _rotate(self, room: str, topic: bytes, members: frozenset[str]) -> _RoomKey:
+    def current(self, room: str, member: str) -> tuple[int, bytes] | None:
+        """(epoch, key) of the room's current key if ``member`` holds it: for a member that
+        lost it (a ``Join`` of its own room). None when the room has no key yet, or a new one
+        will be made for its members at its next send (and handed out then)."""
+        key = self._rooms.get(room)
+        if key is None or member not in key.holders:
+            return None
+        return key.epoch, key.key
+
+    def rotate(self, room: str, topic: bytes, members: Set[str]) -> _RoomKey:
+        """A new key for the room's ``members``, from the next send on (to hand out: ``new_keys``):
+        at each seal when they changed, and at once when a connection that held the key is gone
+        though its name is still a member (a resumed session's old connection)."""
         key, head = os.urandom(KEY_BYTES), epoch_head(self._next_epoch)
-        fresh = _RoomKey(self._next_epoch, key, AESGCM(key), members, head, topic + head)
+        fresh = _RoomKey(self._next_epoch, key, AESGCM(key), frozenset(members), head, topic + head)
         self._next_epoch += 1
         self._rooms[room] = fresh
-        self._made.append((room, fresh.epoch, key, members))
+        self._made.append((room, fresh.epoch, key, fresh.holders))
         return fresh
 
 

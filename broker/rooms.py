@@ -57,6 +57,8 @@ class Rooms(_Base):
             self.members[room].add(user.name)
             self.out.publish(room, p.Presence(room, user.name, p.PresenceKind.ENTERED))
             self.out.log(now, "enter", room, user.name, f"from {old}")
+        else:  # a client that lost its key asks again this way (spec: "Sealed rooms")
+            self.out.want_key(user.peer, room)
         recent = self.store.recent(room, history)
         if recent:
             budget = max(0, ANSWER_BYTES - self.out.answered.get(user.peer, 0))

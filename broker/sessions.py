@@ -43,12 +43,15 @@ class Sessions(_Base):
             ):
                 self.error(peer, p.Code.NAME_TAKEN, f"the name {name!r} is taken: choose another")
                 return
-            # The same session on a new connection: the old connection is dead or stale.
+            # The same session on a new connection: the old connection is dead or stale, and
+            # gone as a member: its room's key changes, and the new one comes with the Welcome.
             self.out.reply(old.peer, p.Goodbye(p.Bye.REPLACED, "this session resumed elsewhere"))
             del self.by_peer[old.peer]
+            self.stalled.discard(old.peer)
             old.peer, old.last_seen = peer, now
             self.by_peer[peer] = old
             self._welcome(old)
+            self.out.rekey(old.room)
             self.out.log(now, "connect", old.room, name, "resumed")
             return
         if name in self.claiming:  # someone's hello for it is being answered

@@ -20,15 +20,15 @@ from broker.roomkeys import epoch_of, open_sealed
 class Member:
     """A bare client that keeps every room key it is given, and a SUB of its own."""
 
-    def __init__(self, ctx: zmq.Context, broker: Any, name: str) -> None:
+    def __init__(self, ctx: zmq.Context, broker: Any, name: str, session: str = "") -> None:
         self.sock = socket(ctx, zmq.DEALER, broker.router)
         self.keys: dict[int, bytes] = {}
         self.sub = socket(ctx, zmq.SUB, broker.pub)
         self.sub.subscribe(b"")  # everything: what it may read is up to the keys
         self.frames: list[tuple[bytes, bytes]] = []
-        self.send(p.Hello(p.VERSION, name))
-        welcome = self.expect(p.Welcome)
-        assert welcome.sealed
+        self.send(p.Hello(p.VERSION, name, session))
+        self.welcome = self.expect(p.Welcome)
+        assert self.welcome.sealed
 
     def send(self, msg: p.ClientMsg) -> None:
         self.sock.send(p.encode(msg))
@@ -159,6 +159,59 @@ def test_who_leaves_cannot_open_what_follows_and_who_comes_cannot_open_what_was(
     finally:
         for member in (alice, mallory, carol):
             member.close()
+
+
+def test_a_resumed_session_reads_its_room_at_once_and_its_old_connection_does_not(
+    keyed: Any, ctx: zmq.Context
+) -> None:
+    """A new DEALER resumes alice's session while the old one is still connected: the key of
+    her room comes in the batch of the Welcome, opens what is said from then on, and the old
+    connection (replaced) holds no key that does."""
+    alice, bob = Member(ctx, keyed, "alice"), Member(ctx, keyed, "bob")
+    resumed = None
+    try:
+        for member in (alice, bob):
+            member.join("ops")
+        bob.say("before the resume")
+        alice.capture()
+        sock = socket(ctx, zmq.DEALER, keyed.router)
+        sock.send(p.encode(p.Hello(p.VERSION, "alice", alice.welcome.session)))
+        assert sock.poll(WAIT * 1000), "no answer to the resuming hello"
+        batch = p.decode_server(sock.recv())
+        sock.close(0)
+        assert isinstance(batch[0], p.Welcome) and batch[0].room == "ops", batch
+        keys = [m for m in batch if isinstance(m, p.RoomKey)]
+        assert [k.room for k in keys] == ["ops"], batch  # with the Welcome, not later
+        assert alice.expect(p.Goodbye).reason is p.Bye.REPLACED
+        resumed = Member.__new__(Member)  # the new connection, as a bare member
+        resumed.keys = {keys[0].epoch: keys[0].key}
+        resumed.frames = []
+        bob.say("after the resume")
+        frames = [(t, b) for t, b in alice.capture() if t == p.topic("ops")]
+        assert frames, "the SUB heard nothing of ops"
+        assert any("after the resume" in texts(resumed.opens(t, b)) for t, b in frames)
+        assert all(alice.opens(t, b) is None for t, b in frames)  # the replaced connection
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_join_of_ones_own_room_brings_its_current_key(keyed: Any, ctx: zmq.Context) -> None:
+    """A client that lost its key asks again with Join(its room): the Joined brings it."""
+    alice = Member(ctx, keyed, "alice")
+    try:
+        alice.join("ops")
+        alice.say("first")
+        held = dict(alice.keys)
+        alice.keys.clear()
+        alice.send(p.Join("ops"))
+        alice.expect(p.Joined)
+        assert alice.keys and set(alice.keys.items()) <= set(held.items())
+        alice.say("second")
+        frames = [(t, b) for t, b in alice.capture() if t == p.topic("ops")]
+        assert any("second" in texts(alice.opens(t, b)) for t, b in frames)
+    finally:
+        alice.close()
 
 
 def test_keys_are_new_after_a_restart(tmp_path: Path, ctx: zmq.Context) -> None:
