@@ -109,6 +109,7 @@ class Bye(StrEnum):
     CLOSED = "closed"
     TIMEOUT = "timeout"
     REPLACED = "replaced"
+    RESTART = "restart"
 
 
 class _Msg(msgspec.Struct, array_like=True, frozen=True, tag_field="t", forbid_unknown_fields=True):

@@ -210,7 +210,12 @@ class Broker(ClientIntake, ControlChannel, BrokerSockets, BatchFlush):
         try:
             self._loop()
         finally:
-            self.chat.goodbye_all(p.Bye.CLOSED, "the broker shut down", self.clock())
+            # ``close`` sends everyone away; a signal (a service manager, Ctrl-C) is a restart
+            # for the users: their clients keep trying, and resume when the broker is back.
+            if self.chat.closing:
+                self.chat.goodbye_all(p.Bye.CLOSED, "the broker shut down", self.clock())
+            else:
+                self.chat.goodbye_all(p.Bye.RESTART, "the broker is restarting", self.clock())
             self._flush()
             self.log.line("room-broker stopped")
             self._close()

@@ -211,7 +211,7 @@ class Session:
                 own = sender == self.link.name
                 out.append(Line(Kind.DIRECT, text, sender=sender, ts=ts, own=own, to=to))
             case Goodbye():
-                out.append(self.link.goodbye(msg))
+                out += self.link.goodbye(msg, now)
         return out
 
     def on_room_frame(self, topic: bytes, body: bytes, now: float) -> list[Effect]:

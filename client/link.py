@@ -21,6 +21,7 @@ LOST_AFTER: Final = HEARTBEAT * LIVENESS
 until a ``Welcome`` gives the broker's own heartbeat interval (then LIVENESS intervals)."""
 
 LOST_LINE: Final = "lost the broker; still trying"
+RESTART_LINE: Final = "the broker is restarting; still trying"
 
 _GOODBYE: Final = {
     Bye.FIRED: (Exit.FIRED, "you were disconnected by the admin (fired)"),
@@ -106,9 +107,13 @@ class Link:
         self.started = True
         return resuming
 
-    def goodbye(self, msg: Goodbye) -> Stop:
+    def goodbye(self, msg: Goodbye, now: float) -> list[Effect]:
+        """The end of the session, or, when the broker restarts, a loss like any other: keep
+        saying ``Hello`` until it is back."""
+        if msg.reason is Bye.RESTART:
+            return self._rejoin(RESTART_LINE, now)
         code, line = _GOODBYE.get(msg.reason, (Exit.DISCONNECTED, msg.text or str(msg.reason)))
-        return self.stop(code, f"{PROG}: {line}")
+        return [self.stop(code, f"{PROG}: {line}")]
 
     def session_lost(self, msg: Error, now: float) -> list[Effect] | None:
         """An error that says the broker no longer knows this session: say ``Hello`` again.

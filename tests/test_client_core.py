@@ -364,6 +364,17 @@ def test_goodbye_stops_with_its_code(reason: p.Bye, code: Exit, word: str) -> No
     assert s.on_room([post("public", 1)], T0) == []  # nothing after the end
 
 
+def test_a_broker_that_restarts_is_a_loss_not_an_end() -> None:
+    """Goodbye(restart) (the broker stopped by a signal): keep the session and say Hello again
+    on a new DEALER, as after a crash."""
+    s = joined()
+    out = s.on_server(p.Goodbye(p.Bye.RESTART, "the broker is restarting"), T0)
+    assert not [e for e in out if isinstance(e, Stop)]
+    assert "* the broker is restarting; still trying" in lines(out)
+    assert [e.hello for e in out if isinstance(e, Reconnect)] == [s.hello()]
+    assert s.state == "reconnecting" and s.hello().session
+
+
 def test_goodbye_fired_exits_with_code_4() -> None:
     out = joined().on_server(p.Goodbye(p.Bye.FIRED, "the admin fired you"), T0)
     assert out == [Stop(Exit.FIRED, "room-client: you were disconnected by the admin (fired)")]

@@ -96,6 +96,8 @@ def test_blocked_messages_reach_only_the_log(broker: BrokerProc, clients: Client
     bob.expect(r"^\[public\] alice: bob still hears me$")
     alice.expect(r"^\[public\] alice: bob still hears me$")
     assert not any("spam" in line for line in alice.seen + alice.drain())
+    bob.expect(r"^\* not delivered \(you are blocked\): spam one$")
+    bob.expect(r"^\* not delivered \(you are blocked\): spam two$")
     notices = [line for line in bob.seen + bob.drain() if "your messages reach only" in line]
     assert len(notices) == 1, bob.seen
 
@@ -168,10 +170,25 @@ def test_close_shuts_the_broker_down(broker: BrokerProc, clients: ClientFactory)
     assert alice.err and "Traceback" not in "\n".join(alice.err)
 
 
-def test_sigterm_stops_the_broker_cleanly(broker: BrokerProc, clients: ClientFactory):
-    alice = clients.join("alice")
+def test_sigterm_is_a_restart_for_the_users(broker: BrokerProc, clients: ClientFactory):
+    """A broker stopped by a signal (a service manager, Ctrl-C) comes back: its clients keep
+    trying, resume their sessions and rooms, and catch up on what was said meanwhile."""
+    alice = clients.join("alice", "games")
+    bob = clients.join("bob", "games")
     assert broker.stop() == 0
-    assert alice.wait() != Exit.OK
+    for client in (alice, bob):
+        client.expect(r"^\* the broker is restarting; still trying$")
+    again = broker.restart()
+    try:
+        bob.expect(r"^\* reconnected to the broker$")
+        bob.send("said while alice was away")
+        bob.expect(r"^\[games\] bob: said while alice was away$")
+        alice.expect(r"^\[games\] bob: said while alice was away$")
+        alice.send("back")
+        bob.expect(r"^\[games\] alice: back$")
+        assert alice.popen.poll() is None and bob.popen.poll() is None
+    finally:
+        assert again.stop() == 0
 
 
 def test_who_and_rooms_list_users_and_counts(broker: BrokerProc, clients: ClientFactory):
@@ -188,6 +205,39 @@ def test_who_and_rooms_list_users_and_counts(broker: BrokerProc, clients: Client
     assert counts == {"games": "1", "public": "1"}
     listing = ctl(broker, "--json", "who")
     assert '"alice"' in listing.stdout
+
+
+def test_ctl_counts_in_words_and_shows_no_table_for_an_empty_listing(
+    broker: BrokerProc, clients: ClientFactory
+):
+    def shown(*args: str) -> str:
+        done = ctl(broker, *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert shown("requests") == "0 join requests waiting\n"
+    assert shown("who") == "0 users connected\n"
+    assert shown("rooms").splitlines()[0] == "1 room"
+    clients.join("alice")
+    assert shown("who").splitlines() == [
+        "1 user connected",
+        "USER   ROOM    STATUS",
+        "alice  public",
+    ]
+    assert shown("stats").splitlines()[0].endswith(", 1 client, 0 messages")
+    assert "1 client disconnected" in shown("reset")
+
+
+def test_ctl_help_calls_the_lobby_public():
+    done = subprocess.run(
+        [sys.executable, "-c", "from client.ctl import main; main()", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "lobby" not in done.stdout
+    assert "every room but public" in done.stdout
 
 
 def test_ctl_against_a_dead_endpoint_times_out(tmp_path):
