@@ -16,10 +16,9 @@ from typing import Any, Final
 
 import zmq
 
-from broker import protocol as p
-
-from . import load
-from .canary import SETUP_WAIT, _dealer, _drain, ctl_stats
+from bench import load
+from bench.canary import SETUP_WAIT, _dealer, _drain, ctl_stats
+from broker.wire import protocol as p
 
 TEXT_4K: Final = "abuse " * 666 + "abcd"  # 4000 bytes: near the default --max-message of 4096
 FLOOD: Final = 2_000

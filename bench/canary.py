@@ -13,10 +13,9 @@ from typing import Any, Final
 
 import zmq
 
-from broker import protocol as p
+from bench import load, run
+from broker.wire import protocol as p
 from client.keyring import Keyring
-
-from . import load, run
 
 RSS_LIMIT_MB: Final = 300.0
 """The most memory the broker may hold under any of these attacks."""

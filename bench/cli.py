@@ -10,10 +10,9 @@ from typing import Any
 import click
 import msgspec
 
+from bench import run as bench
+from bench.measure import SEALED
 from broker import options
-
-from . import run as bench
-from .measure import SEALED
 
 
 def _fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -139,7 +138,7 @@ def main(
         click.echo(f"note: {note}")
     _close(report, json_path)
     if plot_path:
-        from .plot import draw
+        from bench.plot import draw
 
         draw(report, Path(plot_path))
 
@@ -148,7 +147,7 @@ def run_cluster(
     quick: bool, json_path: str | None, plot_path: str | None, only: list[str] | None
 ) -> None:
     """``--cluster``: imported only here, so the single-broker run starts nothing more."""
-    from . import cluster
+    from bench import cluster
 
     if plot_path:
         click.echo("room-bench: --plot draws the single-broker family; drop it with --cluster",
@@ -166,7 +165,7 @@ def run_cluster(
 
 def run_keys(quick: bool, json_path: str | None) -> None:
     """``--keys``: key changes in a big room, each round a member leaving and coming back."""
-    from . import keys
+    from bench import keys
 
     report = {"keys": keys.main(quick), "machine": bench.machine()}
     k = report["keys"]
@@ -179,7 +178,7 @@ def run_keys(quick: bool, json_path: str | None) -> None:
 
 def run_web(quick: bool, json_path: str | None) -> None:
     """``--web``: imported only here, so the other runs start nothing more."""
-    from . import web
+    from bench import web
 
     click.echo(web.HEADER)
     report = web.run(quick, echo=lambda e: click.echo(web.row(e)))

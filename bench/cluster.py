@@ -23,9 +23,9 @@ from pathlib import Path
 from queue import Empty
 from typing import Any, Final
 
-from . import load
-from .natscluster import INSTALL, NatsCluster, find_nats
-from .run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
+from bench import load
+from bench.natscluster import INSTALL, NatsCluster, find_nats
+from bench.run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
 
 NODES: Final = ("a", "b", "c")
 ROOM: Final = "bench"

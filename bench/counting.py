@@ -13,10 +13,9 @@ from typing import Any, Final
 import msgspec
 import zmq
 
-from broker import protocol as p
+from bench.lean import COUNTER, NOBLOCK
+from broker.wire import protocol as p
 from client.keyring import Keyring
-
-from .lean import COUNTER, NOBLOCK
 
 
 class _Sub:

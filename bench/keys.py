@@ -21,9 +21,8 @@ from typing import Any, Final
 
 import zmq
 
-from broker import protocol as p
-
-from . import load
+from bench import load
+from broker.wire import protocol as p
 
 ROOM: Final = "big"
 PROCESSES: Final = 2
@@ -118,7 +117,7 @@ def _key_of(mover: zmq.Socket[bytes], timeout: float) -> int:
 
 def rotation(members: int, rounds: int, workdir: Path) -> dict[str, Any]:
     """Key changes in a room of ``members``: each round the mover leaves and comes back."""
-    from .run import Target  # here: run imports measure, which imports this module
+    from bench.run import Target  # here: run imports measure, which imports this module
 
     target = Target("room", workdir, extra=("--room-keys", "--quiet"))
     ctx = mp.get_context("spawn")

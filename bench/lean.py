@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import zmq
 
-from broker import protocol as p
+from broker.wire import protocol as p
 from client.keyring import Keyring
 
 SETTLE: Final = 0.5

@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
+from bench import canary, keys, lean, load, sender, subscriber
 from broker.config import DEFAULT_LIMITS
-from broker.protocol import topic
-
-from . import canary, keys, lean, load, sender, subscriber
+from broker.wire.protocol import topic
 
 if TYPE_CHECKING:
-    from .run import Scenario
+    from bench.run import Scenario
 
 WAIT: Final = 120.0
 FAN_OUT_PROCESSES: Final = 2

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import measure
-from .measure import VARIANTS, WAIT, percentiles
+from bench import measure
+from bench.measure import VARIANTS, WAIT, percentiles
 
 __all__ = ["WAIT", "Scenario", "Target", "machine", "percentiles", "run"]
 

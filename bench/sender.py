@@ -10,10 +10,7 @@ from typing import Any
 
 import zmq
 
-from broker import protocol as p
-from client.keyring import Keyring
-
-from .lean import (
+from bench.lean import (
     HEARTBEAT,
     NOBLOCK,
     WINDOW,
@@ -23,6 +20,8 @@ from .lean import (
     redis_address,
     text,
 )
+from broker.wire import protocol as p
+from client.keyring import Keyring
 
 FLUSH_MS = 60_000
 """How long a relay's sender waits, at most, for its queued messages to leave."""

@@ -37,10 +37,8 @@ from typing import Any, Final
 
 import zmq
 
-from broker import protocol as p
-
-from . import load, run
-from .abuse import (
+from bench import load, run
+from bench.abuse import (
     FLOOD,
     STOPPED_SUBSCRIBERS,
     STUCK,
@@ -51,7 +49,17 @@ from .abuse import (
     _roomer,
     stop_stopped,
 )
-from .canary import COOLDOWN, RSS_LIMIT_MB, SETUP_WAIT, Canary, Watch, _dealer, _drain, ctl_stats
+from bench.canary import (
+    COOLDOWN,
+    RSS_LIMIT_MB,
+    SETUP_WAIT,
+    Canary,
+    Watch,
+    _dealer,
+    _drain,
+    ctl_stats,
+)
+from broker.wire import protocol as p
 
 
 @dataclass

@@ -10,10 +10,7 @@ from typing import Any
 
 import zmq
 
-from broker import protocol as p
-from client.keyring import Keyring
-
-from .counting import (
+from bench.counting import (
     _batch_sub,
     _fetch,
     _redis_reader,
@@ -23,7 +20,7 @@ from .counting import (
     _room_sub,
     _Sub,
 )
-from .lean import (
+from bench.lean import (
     CHECK_EVERY,
     COUNTER,
     FIRST_WAIT,
@@ -40,6 +37,8 @@ from .lean import (
     pack,
     redis_address,
 )
+from broker.wire import protocol as p
+from client.keyring import Keyring
 
 # ---- subscribers --------------------------------------------------------------------------------
 

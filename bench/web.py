@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from . import load
-from .run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
+from bench import load
+from bench.run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
 
 CLIENT_PROCESSES: Final = 2
 """Processes the WebSocket clients are spread over: one alone falls behind before the gateway."""

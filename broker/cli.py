@@ -9,15 +9,15 @@ from typing import NoReturn
 
 import click
 
-from . import config, options
-from . import keys as keyfiles
-from .backbone.layout import MAX_REPLICAS, default_replicas, split_urls
-from .config import Exit, Limits
-from .datadir import StartError, open_store
-from .logfmt import LogWriter
-from .protocol import NAME_RULE, valid_name
-from .server import Broker, Endpoints
-from .sqlstore import DEFAULT_SYNC, SYNC_MODES
+from broker import config, options
+from broker.backbone.layout import MAX_REPLICAS, default_replicas, split_urls
+from broker.config import Exit, Limits
+from broker.logfmt import LogWriter
+from broker.loop.server import Broker, Endpoints
+from broker.security import keys as keyfiles
+from broker.store.datadir import StartError, open_store
+from broker.store.sqlstore import DEFAULT_SYNC, SYNC_MODES
+from broker.wire.protocol import NAME_RULE, valid_name
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -230,8 +230,8 @@ def start(
         if node_id is None or not valid_name(node_id):
             _fail(f"--backbone needs --node-id, a name unique among the brokers: use {NAME_RULE}")
         # here: a broker without --backbone never loads nats
-        from .backbone.node import Backbone
-        from .backbone.plugin import BackbonePlugin
+        from broker.backbone.node import Backbone
+        from broker.backbone.plugin import BackbonePlugin
 
         copies = replicas or default_replicas(urls)
         plugin = BackbonePlugin(Backbone(urls, node_id, limits.history_keep, copies))

@@ -15,8 +15,8 @@ from typing import TextIO
 
 import msgspec
 
-from .outbox import LogEvent
-from .state import CONTROL_CHARS
+from broker.chat.chat import CONTROL_CHARS
+from broker.chat.outbox import LogEvent
 
 CHAT_KINDS = frozenset({"msg", "direct", "blocked"})
 """Kinds that ``--quiet`` hides; admin and error lines always show."""

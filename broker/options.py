@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .config import ENV_PREFIX
+from broker.config import ENV_PREFIX
 
 
 def envvar(flag: str) -> str:

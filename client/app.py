@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from broker.config import Exit
-
-from .connection import Connection
-from .control import CurveKeys
-from .core import PROG, Session
-from .effects import Line, Stop
+from client.connection import Connection
+from client.control import CurveKeys
+from client.core import PROG, Session
+from client.effects import Line, Stop
 
 
 class Frontend(Protocol):
@@ -41,11 +40,11 @@ def run(
     session = Session(name, room, history, track=interactive)
     front: Frontend
     if interactive:
-        from .tui import Tui
+        from client.tui import Tui
 
         front = Tui(session)
     else:
-        from .piped import Piped
+        from client.piped import Piped
 
         front = Piped()
     try:

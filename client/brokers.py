@@ -21,12 +21,11 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.config import CTL_TIMEOUT, Exit
-from broker.protocol import ClientMsg, Code, Error, ServerMsg, Welcome
-
-from .control import HANDSHAKE_EVENTS, handshake_failure
-from .core import PROG, Session
-from .effects import Effect, Kind, Line, Stop
-from .sockets import Sockets, decode_replies, end_monitor
+from broker.wire.protocol import ClientMsg, Code, Error, ServerMsg, Welcome
+from client.control import HANDSHAKE_EVENTS, handshake_failure
+from client.core import PROG, Session
+from client.effects import Effect, Kind, Line, Stop
+from client.sockets import Sockets, decode_replies, end_monitor
 
 HANDSHAKE_MIN: Final = 2.0
 """The least time each broker of a list gets to answer Hello at start (see

@@ -10,8 +10,8 @@ import click
 
 from broker import options
 from broker.config import HISTORY, ROUTER, Exit
-from broker.keys import KeyFileError
-from broker.protocol import HISTORY_MAX, LOBBY, NAME_RULE, valid_name
+from broker.security.keys import KeyFileError
+from broker.wire.protocol import HISTORY_MAX, LOBBY, NAME_RULE, valid_name
 from client import app
 from client.control import client_keys
 

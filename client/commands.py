@@ -7,13 +7,12 @@ from collections.abc import Callable
 from typing import Final
 
 from broker.config import HISTORY
-from broker.protocol import LOBBY, NAME_RULE, ListRooms, ListUsers, valid_name
-
-from .delivery import Delivery
-from .effects import Effect
-from .lines import notice, table
-from .outbox import Outbox
-from .roster import Roster
+from broker.wire.protocol import LOBBY, NAME_RULE, ListRooms, ListUsers, valid_name
+from client.delivery import Delivery
+from client.effects import Effect
+from client.lines import notice, table
+from client.outbox import Outbox
+from client.roster import Roster
 
 HELP: Final = (
     ("/join ROOM", "move to ROOM (it is created if new)"),

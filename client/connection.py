@@ -19,13 +19,12 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from broker.protocol import Welcome
-
-from .brokers import Brokers, handshake_timeout, pub_endpoint
-from .control import CurveKeys
-from .core import Session
-from .effects import Effect, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
-from .sockets import Queued, Sockets
+from broker.wire.protocol import Welcome
+from client.brokers import Brokers, handshake_timeout, pub_endpoint
+from client.control import CurveKeys
+from client.core import Session
+from client.effects import Effect, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
+from client.sockets import Queued, Sockets
 
 __all__ = ["TICK", "Connection", "handshake_timeout", "pub_endpoint"]
 

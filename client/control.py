@@ -21,9 +21,9 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker import config
-from broker import ctlprotocol as cp
-from broker import protocol as p
-from broker.keys import KeyDir, key_or_file, load_public
+from broker.security.keys import KeyDir, key_or_file, load_public
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL

@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 
 from broker.config import HISTORY
-from broker.protocol import (
+from broker.wire.protocol import (
     LOBBY,
     Ack,
     Error,
@@ -47,15 +47,14 @@ from broker.protocol import (
     Users,
     Welcome,
 )
-
-from .commands import Commands
-from .delivery import SYNC_RETRY, Delivery, FetchRequest
-from .effects import Effect, Kind, Line
-from .feed import Feed
-from .lines import PROG, notice
-from .link import LOST_LINE, Link
-from .outbox import RESEND_AFTER, Outbox, Pending
-from .roster import BLOCKED_LINE, Roster
+from client.commands import Commands
+from client.delivery import SYNC_RETRY, Delivery, FetchRequest
+from client.effects import Effect, Kind, Line
+from client.feed import Feed
+from client.lines import PROG, notice
+from client.link import LOST_LINE, Link
+from client.outbox import RESEND_AFTER, Outbox, Pending
+from client.roster import BLOCKED_LINE, Roster
 
 __all__ = ["BLOCKED_LINE", "LOST_LINE", "PROG", "RESEND_AFTER", "SYNC_RETRY", "Session"]
 

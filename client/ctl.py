@@ -1,8 +1,8 @@
 """``room-ctl``: admin commands for a running broker.
 
-Its verbs come from the broker's table of verbs (``broker.verbs``), which is pure data: room-ctl
-loads the protocol and what it needs to talk to the broker and show its replies, never the chat
-core that runs the verbs.
+Its verbs come from the broker's table of verbs (``broker.admin.verbs``), which is pure data:
+room-ctl loads the protocol and what it needs to talk to the broker and show its replies, never
+the chat core that runs the verbs.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import click
 import msgspec
 
 from broker import config, options
-from broker import ctlprotocol as cp
-from broker import keys as keyfiles
-from broker import protocol as p
+from broker.admin.verbs import VERBS, Verb
 from broker.config import Exit
-from broker.verbs import VERBS, Verb
-
-from .control import CurveKeys, Refused, Unreachable, request
+from broker.security import keys as keyfiles
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
+from client.control import CurveKeys, Refused, Unreachable, request
 
 _JSON_HELP = "Print the reply as one JSON document."
 

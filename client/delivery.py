@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
-from broker.protocol import (
+from broker.wire.protocol import (
     LOBBY,
     Code,
     Fetch,
@@ -29,11 +29,10 @@ from broker.protocol import (
     Synced,
     topic,
 )
-
-from .effects import Effect, Kind, Line, Send, Subscribe, Unsubscribe
-from .lines import message, notice, plural
-from .link import Link
-from .roster import Roster
+from client.effects import Effect, Kind, Line, Send, Subscribe, Unsubscribe
+from client.lines import message, notice, plural
+from client.link import Link
+from client.roster import Roster
 
 SYNC_RETRY: Final = 0.2
 """Seconds to wait for ``Synced`` before sending ``Sync`` again (the subscription may be slow)."""

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Final
 
 from broker.config import Exit
-from broker.protocol import ClientMsg, Hello
+from broker.wire.protocol import ClientMsg, Hello
 
 # Terminal control characters in a peer's text could rewrite the screen: show them as U+FFFD,
 # and line breaks as spaces so that every event stays one line.

@@ -9,13 +9,12 @@ goes to the roster.
 
 from __future__ import annotations
 
-from broker.protocol import Posted, Presence, RoomEvent, RoomKey, Synced
-
-from .delivery import Delivery
-from .effects import Effect
-from .keyring import Keyring
-from .link import Link
-from .roster import Roster
+from broker.wire.protocol import Posted, Presence, RoomEvent, RoomKey, Synced
+from client.delivery import Delivery
+from client.effects import Effect
+from client.keyring import Keyring
+from client.link import Link
+from client.roster import Roster
 
 
 class Feed:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from broker.protocol import ProtocolError, RoomEvent, RoomKey, decode_room
-from broker.roomkeys import (
+from broker.security.roomkeys import (
     AESGCM,
     EPOCH_BYTES,
     InvalidTag,
@@ -20,6 +19,7 @@ from broker.roomkeys import (
     epoch_head,
     open_sealed,
 )
+from broker.wire.protocol import ProtocolError, RoomEvent, RoomKey, decode_room
 
 HOLD: Final = 1.0
 """Seconds a body waits for its key."""

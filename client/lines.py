@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from broker.protocol import Posted
-
-from .effects import Kind, Line
+from broker.wire.protocol import Posted
+from client.effects import Kind, Line
 
 PROG: Final = "room-client"
 """The program's name, which starts every line the client writes to stderr."""

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Final
 
 from broker.config import HEARTBEAT, LIVENESS, Exit
-from broker.protocol import VERSION, Bye, ClientMsg, Code, Error, Goodbye, Hello, Ping, Welcome
-
-from .effects import Effect, Reconnect, Send, Stop
-from .lines import PROG, notice
+from broker.wire.protocol import VERSION, Bye, ClientMsg, Code, Error, Goodbye, Hello, Ping, Welcome
+from client.effects import Effect, Reconnect, Send, Stop
+from client.lines import PROG, notice
 
 LOST_AFTER: Final = HEARTBEAT * LIVENESS
 """Seconds of silence from the broker before it is taken for lost (and again between retries),

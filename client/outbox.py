@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from broker.config import Exit
-from broker.protocol import Code, Quit, Refused, Say, Tell
-
-from .effects import Effect
-from .lines import notice
-from .link import Link
-from .roster import Roster
+from broker.wire.protocol import Code, Quit, Refused, Say, Tell
+from client.effects import Effect
+from client.lines import notice
+from client.link import Link
+from client.roster import Roster
 
 RESEND_AFTER: Final = 3.0
 """Seconds before an unacknowledged ``Say`` is sent again with the same mid."""

@@ -19,8 +19,8 @@ import sys
 import threading
 from typing import Final
 
-from .connection import Connection
-from .effects import Line, Stop
+from client.connection import Connection
+from client.effects import Line, Stop
 
 SETTLE_WAIT: Final = 5.0
 """Seconds an input line waits for the previous one to settle before it goes anyway."""

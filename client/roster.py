@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from broker.protocol import LOBBY, ListRooms, ListUsers, Presence, Rooms, UserInfo, Users
-
-from .effects import Effect, Line, Send
-from .lines import notice, plural, table
-from .link import Link
+from broker.wire.protocol import LOBBY, ListRooms, ListUsers, Presence, Rooms, UserInfo, Users
+from client.effects import Effect, Line, Send
+from client.lines import notice, plural, table
+from client.link import Link
 
 ROSTER_REFRESH: Final = 30.0
 """Seconds between quiet refreshes of who and which rooms exist, for a session that tracks them

@@ -20,9 +20,8 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from broker.protocol import ClientMsg, ProtocolError, ServerMsg, decode_server, encode
-
-from .control import CurveKeys
+from broker.wire.protocol import ClientMsg, ProtocolError, ServerMsg, decode_server, encode
+from client.control import CurveKeys
 
 QUIT_LINGER_MS: Final = 500
 """How long the last ``Quit`` may take to leave on a clean exit."""

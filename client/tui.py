@@ -30,10 +30,10 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
-from .commands import HELP
-from .connection import Connection
-from .core import Session
-from .effects import Kind, Line, Stop, clean
+from client.commands import HELP
+from client.connection import Connection
+from client.core import Session
+from client.effects import Kind, Line, Stop, clean
 
 STYLE: Final = Style.from_dict(
     {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import protocol as p
-from broker.state import Chat, Outbox, Settings, User
-from broker.store import MemoryStore
+from broker.chat.chat import Chat, Outbox, Settings, User
+from broker.store.memory import MemoryStore
+from broker.wire import protocol as p
 
 PUB = "tcp://127.0.0.1:1"
 T0 = 1_000.0

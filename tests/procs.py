@@ -22,7 +22,7 @@ from pathlib import Path
 
 import zmq
 
-from broker import protocol as p
+from broker.wire import protocol as p
 from client.keyring import Keyring
 
 WAIT = 10.0

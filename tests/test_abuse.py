@@ -28,7 +28,7 @@ import zmq
 from procs import MIDS, WAIT, BrokerProc, Canary, Listener, Proc, Raw, Replies, ctl, unconnected
 
 from bench.abuse import STOPPED_SUBSCRIBERS
-from broker import protocol as p
+from broker.wire import protocol as p
 
 MB = 1024 * 1024
 RSS_LIMIT = 300 * MB

@@ -1,4 +1,4 @@
-"""Admin commands (broker.admin): every verb of VERBS through dispatch, and its refusals."""
+"""Admin commands (broker.admin.commands): every verb of VERBS through dispatch, and refusals."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import msgspec
 import pytest
 from chat_helpers import T0, chat, hello, send
 
-from broker import ctlprotocol as cp
-from broker import protocol as p
-from broker.admin import dispatch
-from broker.state import Chat, User
-from broker.store import AuditEntry, MemoryStore
-from broker.verbs import VERBS
+from broker.admin.commands import dispatch
+from broker.admin.verbs import VERBS
+from broker.chat.chat import Chat, User
+from broker.store.base import AuditEntry
+from broker.store.memory import MemoryStore
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 OPEN = {"private": False, "allowed": []}
 """What ``rooms`` says of an open room."""

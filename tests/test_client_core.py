@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from broker import protocol as p
 from broker.config import HEARTBEAT, Exit
+from broker.wire import protocol as p
 from client.core import BLOCKED_LINE, LOST_LINE, RESEND_AFTER, SYNC_RETRY, Session
 from client.effects import Effect, Kind, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
 

@@ -34,7 +34,7 @@ from procs import (
 )
 
 from bench.cluster import find_nats
-from broker import protocol as p
+from broker.wire import protocol as p
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 from chat_helpers import T0, chat, hello, send
 
-from broker import ctlprotocol as cp
-from broker import protocol as p
 from broker.backbone import routing
-from broker.store import MemoryStore, StoreError
+from broker.store.base import StoreError
+from broker.store.memory import MemoryStore
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 
 class LaterStore(MemoryStore):

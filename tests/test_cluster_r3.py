@@ -26,7 +26,7 @@ import zmq
 from procs import MIDS, WAIT, BrokerProc, ClientFactory, ClientProc, Raw, broker_argv, ctl
 
 from bench.natscluster import NatsCluster, find_nats
-from broker import protocol as p
+from broker.wire import protocol as p
 from client.outbox import RESEND_AFTER
 
 pytestmark = pytest.mark.timeout(120)

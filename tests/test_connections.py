@@ -11,7 +11,7 @@ import zmq
 from conftest import running_broker
 from procs import WAIT, Canary, ctl
 
-from broker import protocol as p
+from broker.wire import protocol as p
 
 FLOOD = 2_000
 ROUNDS = 3

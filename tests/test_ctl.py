@@ -13,17 +13,24 @@ import msgspec
 import pytest
 from chat_helpers import T0, chat, hello, send
 
-from broker import ctlprotocol as cp
-from broker import protocol as p
-from broker.admin import COMMANDS, dispatch
+from broker.admin.commands import COMMANDS, dispatch
+from broker.admin.verbs import VERBS
 from broker.logfmt import stamp as log_stamp
-from broker.store import AuditEntry, MemoryStore
-from broker.verbs import VERBS
+from broker.store.base import AuditEntry
+from broker.store.memory import MemoryStore
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 from client import ctl
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CHAT_CORE = {"broker.state", "broker.admin", "broker.store", "broker.sqlstore", "broker.server"}
+CHAT_CORE = {
+    "broker.chat.chat",
+    "broker.admin.commands",
+    "broker.store.base",
+    "broker.store.sqlstore",
+    "broker.loop.server",
+}
 
 
 def test_room_ctl_loads_no_chat_core() -> None:
@@ -35,7 +42,7 @@ def test_room_ctl_loads_no_chat_core() -> None:
     loaded = set(ast.literal_eval(done.stdout))
     assert not loaded & CHAT_CORE, sorted(loaded & CHAT_CORE)
     assert not any(m.startswith("broker.backbone") for m in loaded), sorted(loaded)
-    assert {"broker.protocol", "broker.verbs"} <= loaded
+    assert {"broker.wire.protocol", "broker.admin.verbs"} <= loaded
 
 
 def test_the_handlers_are_the_verbs() -> None:

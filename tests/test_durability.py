@@ -32,9 +32,9 @@ from procs import (
     ctl,
 )
 
-from broker import protocol as p
 from broker.config import Exit
-from broker.server import StartError, open_store
+from broker.loop.server import StartError, open_store
+from broker.wire import protocol as p
 
 NO_LIMIT = ("--rate", "0")
 """No rate limit, for floods."""

@@ -9,11 +9,11 @@ import sys
 import zmq
 from procs import WAIT, BrokerProc, ClientFactory, ctl
 
-from broker import ctlprotocol as cp
-from broker import protocol as p
 from broker.config import Exit
-from broker.keys import KeyDir, load_public, load_secret
-from broker.keys import ensure as ensure_keys
+from broker.security.keys import KeyDir, load_public, load_secret
+from broker.security.keys import ensure as ensure_keys
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 

@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from procs import MIDS, UNASKED, WAIT, BrokerProc, Canary, ClientFactory, Replies, ctl, socket
 
-from broker import ctlprotocol as cp
-from broker import keys
-from broker import protocol as p
-from broker.admin import COMMANDS
+from broker.admin.commands import COMMANDS
+from broker.security import keys
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 FUZZ = settings(
     max_examples=300,

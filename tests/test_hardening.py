@@ -30,7 +30,7 @@ from procs import (
     socket,
 )
 
-from broker import protocol as p
+from broker.wire import protocol as p
 
 # ---- helpers -------------------------------------------------------------------------------------
 
@@ -93,11 +93,11 @@ def test_a_blocked_tell_cannot_forge_a_log_line(broker: BrokerProc, ctx: zmq.Con
 # ---- a handler that raises -----------------------------------------------------------------------
 
 FAULTS = """
-import broker.sqlstore
-import broker.state
+import broker.store.sqlstore
+import broker.chat.chat
 
-_fetch = broker.state.Chat._fetch
-_range = broker.sqlstore.SQLiteStore.range
+_fetch = broker.chat.chat.Chat._fetch
+_range = broker.store.sqlstore.SQLiteStore.range
 
 
 def _failing_fetch(self, user, msg, *args, **kwargs):
@@ -112,8 +112,8 @@ def _failing_range(self, room, *args, **kwargs):
     return _range(self, room, *args, **kwargs)
 
 
-broker.state.Chat._fetch = _failing_fetch
-broker.sqlstore.SQLiteStore.range = _failing_range
+broker.chat.chat.Chat._fetch = _failing_fetch
+broker.store.sqlstore.SQLiteStore.range = _failing_range
 """
 """A broker whose Fetch fails in the chat for room "faulty" and in the store for "fragile"."""
 

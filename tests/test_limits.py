@@ -14,10 +14,10 @@ import zmq
 from procs import WAIT, BrokerProc, ClientFactory, Replies
 from zmq.utils.monitor import recv_monitor_message
 
-from broker import keys
-from broker import protocol as p
 from broker.cli import start
 from broker.config import Exit
+from broker.security import keys
+from broker.wire import protocol as p
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

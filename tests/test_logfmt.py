@@ -17,8 +17,8 @@ import pytest
 import zmq
 from procs import WAIT, Raw, broker_argv, ctl
 
+from broker.chat.outbox import LogEvent
 from broker.logfmt import CHAT_KINDS, LogWriter, format_json, format_text, stamp
-from broker.outbox import LogEvent
 
 TS = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
 WHEN = "2023-11-14T22:13:20.250Z"

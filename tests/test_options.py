@@ -18,9 +18,9 @@ import broker.cli
 import client.cli
 import client.ctl
 import client.web.cli
-from broker import ctlprotocol as cp
 from broker import options
-from broker import protocol as p
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 from client import app
 
 PROGRAMS: dict[str, click.Command] = {

@@ -7,11 +7,11 @@ from typing import Any
 
 from chat_helpers import T0, chat, hello, send
 
-from broker import ctlprotocol as cp
-from broker import protocol as p
-from broker.admin import dispatch
-from broker.sqlstore import SQLiteStore
-from broker.state import Chat, Settings
+from broker.admin.commands import dispatch
+from broker.chat.chat import Chat, Settings
+from broker.store.sqlstore import SQLiteStore
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 
 def ctl(c: Chat, command: str, *args: str) -> cp.CtlReply:

@@ -1,4 +1,4 @@
-"""The wire format (broker.protocol): round trips, strict decoding, topics and names. No sockets."""
+"""The wire format (broker.wire.protocol): round trips, strict decoding, topics, names."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from broker import ctlprotocol as cp
-from broker import protocol as p
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 # ---- samples of every message type -------------------------------------------------------------
 

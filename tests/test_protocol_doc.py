@@ -12,12 +12,12 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 
-from broker import ctlprotocol as cp
-from broker import protocol as p
-from broker.admin import COMMANDS
+from broker.admin.commands import COMMANDS
 from broker.config import DEFAULT_LIMITS, FRAME_OVERHEAD, HEARTBEAT, LIVENESS
-from broker.server import BATCH
-from broker.store import MEMORY_ACKS_KEPT
+from broker.loop.server import BATCH
+from broker.store.memory import MEMORY_ACKS_KEPT
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 from client.core import RESEND_AFTER, SYNC_RETRY
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"

@@ -13,8 +13,8 @@ from conftest import running_broker
 from cryptography.exceptions import InvalidTag
 from procs import MIDS, WAIT, ctl, socket
 
-from broker import protocol as p
-from broker.roomkeys import epoch_of, open_sealed
+from broker.security.roomkeys import epoch_of, open_sealed
+from broker.wire import protocol as p
 
 
 class Member:
@@ -261,7 +261,7 @@ def test_a_sealed_body_opens_as_the_protocol_document_says() -> None:
     ciphertext and tag, the associated data the topic frame || epoch; no nonce twice."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from broker.roomkeys import RoomKeys
+    from broker.security.roomkeys import RoomKeys
 
     keys = RoomKeys()
     topic = p.topic("ops")
@@ -279,7 +279,7 @@ def test_a_sealed_body_opens_as_the_protocol_document_says() -> None:
 
 
 def test_a_keyring_holds_a_body_until_its_key_comes_and_drops_what_it_cannot_open() -> None:
-    from broker.roomkeys import RoomKeys
+    from broker.security.roomkeys import RoomKeys
     from client.keyring import HOLD, Keyring
 
     keys = RoomKeys()

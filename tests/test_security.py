@@ -27,10 +27,10 @@ from procs import (
 )
 from zmq.utils.monitor import recv_monitor_message
 
-from broker import ctlprotocol as cp
-from broker import keys
-from broker import protocol as p
 from broker.config import Exit
+from broker.security import keys
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 FAILED = (
@@ -559,7 +559,7 @@ def test_with_curve_a_dead_connection_id_cannot_be_taken_over(
     assert not any("spoofed" in line for line in watcher.seen)
 
 
-# ---- broker/keys.py on its own -----------------------------------------------------------------
+# ---- broker/security/keys.py on its own ------------------------------------------------------
 
 
 def test_allow_list_reloads_only_when_its_directory_changes(tmp_path: Path):

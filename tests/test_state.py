@@ -1,4 +1,4 @@
-"""The chat rules (broker.state.Chat), driven message by message with an explicit clock."""
+"""The chat rules (broker.chat.chat.Chat), driven message by message with an explicit clock."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from chat_helpers import PUB, T0, chat, hello, send
 
-from broker import ctlprotocol as cp
-from broker import protocol as p
+from broker.chat.chat import Chat, Settings, User
+from broker.chat.outbox import LogEvent, Outbox
 from broker.config import Limits
-from broker.outbox import LogEvent, Outbox
-from broker.state import Chat, Settings, User
-from broker.store import MemoryStore
+from broker.store.memory import MemoryStore
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 
 def only_reply(out: Outbox, peer: bytes) -> Any:
@@ -762,7 +762,7 @@ def test_a_new_session_for_a_free_name_ends_the_old_one() -> None:
 
 
 def test_fire_and_reset_end_the_session() -> None:
-    from broker.admin import dispatch
+    from broker.admin.commands import dispatch
 
     for command in ("fire", "reset"):
         c = chat()
@@ -868,7 +868,7 @@ def test_creating_rooms_is_rate_limited_per_user() -> None:
 
 
 def test_remove_moves_the_members_out_and_deletes_the_history() -> None:
-    from broker.admin import dispatch
+    from broker.admin.commands import dispatch
 
     c = chat(rate=0)
     alice, bob = hello(c, "alice"), hello(c, "bob")
@@ -885,7 +885,7 @@ def test_remove_moves_the_members_out_and_deletes_the_history() -> None:
 
 
 def test_retention_prunes_past_the_newest_kept_and_first_stays_truthful(tmp_path) -> None:
-    from broker.sqlstore import SQLiteStore
+    from broker.store.sqlstore import SQLiteStore
 
     store = SQLiteStore(tmp_path / "room.db")
     c = Chat(store, Settings(PUB, limits=Limits(keep_messages=5, keep_days=1), rate=0))

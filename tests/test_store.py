@@ -1,5 +1,5 @@
-"""MemoryStore (broker.store): sequence numbers, history windows, ranges, rooms, blocklist; the
-audit log of both stores; and the SQLite store's sender index and failed commits."""
+"""MemoryStore (broker.store.memory): sequence numbers, history windows, ranges, rooms,
+blocklist; the audit log of both stores; and the SQLite store's sender index and failed commits."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.protocol import LOBBY, Ack, Code, Posted
-from broker.sqlstore import ACKED, HIGHEST_MID, WINDOW_KEPT, SQLiteStore
-from broker.sqlwriter import CHUNK
-from broker.store import AuditEntry, MemoryStore, StoreError
+from broker.store.base import AuditEntry, StoreError
+from broker.store.memory import MemoryStore
+from broker.store.sqlstore import ACKED, HIGHEST_MID, WINDOW_KEPT, SQLiteStore
+from broker.store.sqlwriter import CHUNK
+from broker.wire.protocol import LOBBY, Ack, Code, Posted
 
 T0 = 1_000.0
 
@@ -395,7 +396,7 @@ def test_sqlite_keeps_sessions_across_a_restart_until_they_end(tmp_path: Path) -
 
 
 def test_sessions_are_bounded_the_oldest_ending_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    from broker import store as store_module
+    from broker.store import memory as store_module
 
     monkeypatch.setattr(store_module, "SESSIONS_KEPT", 3)
     store = MemoryStore()

@@ -19,12 +19,12 @@ import pytest
 import zmq
 from procs import WAIT, Replies
 
-from broker import protocol as p
+from broker.chat.chat import STORE_FAILED, Chat, Settings
 from broker.logfmt import LogWriter
-from broker.server import Broker, Endpoints
-from broker.sqlstore import SQLiteStore
-from broker.state import STORE_FAILED, Chat, Settings
-from broker.store import StoreError
+from broker.loop.server import Broker, Endpoints
+from broker.store.base import StoreError
+from broker.store.sqlstore import SQLiteStore
+from broker.wire import protocol as p
 
 T0 = 1_000.0
 ANY_PORT = "tcp://127.0.0.1:0"

@@ -19,8 +19,8 @@ from procs import WAIT, BrokerProc, ClientFactory, ctl
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from broker import protocol as p
 from broker.config import HEARTBEAT
+from broker.wire import protocol as p
 from client.core import Session
 from client.effects import Kind, Line
 from client.tui import ChatCompleter, fragments, sender_style, status

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from procs import WAIT, BrokerProc, ClientFactory, ctl
 
+from broker.admin.verbs import VERBS
 from broker.config import Exit
-from broker.verbs import VERBS
 
 
 def test_a_direct_message_reaches_only_its_target(broker: BrokerProc, clients: ClientFactory):

@@ -18,10 +18,10 @@ import contextlib
 import json
 from typing import Any
 
-from ..access import Access, Request
-from .events import AccessChanged
-from .layout import ACCESS
-from .link import Link
+from broker.backbone.events import AccessChanged
+from broker.backbone.layout import ACCESS
+from broker.backbone.link import Link
+from broker.store.access import Access, Request
 
 
 class SharedAccess:

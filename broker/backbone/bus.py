@@ -11,11 +11,11 @@ from typing import Any
 
 import msgspec
 
-from .. import ctlprotocol as cp
-from .. import protocol as p
-from .events import Forwarded, Replaced, TheirAnswers, TheirPresence, TheirRequest
-from .layout import BUS_ALL, GATHER_TIMEOUT, ORIGIN, PRESENCE, node_subject
-from .link import Link
+from broker.backbone.events import Forwarded, Replaced, TheirAnswers, TheirPresence, TheirRequest
+from broker.backbone.layout import BUS_ALL, GATHER_TIMEOUT, ORIGIN, PRESENCE, node_subject
+from broker.backbone.link import Link
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 
 class Bus:

@@ -7,8 +7,8 @@ from typing import Any, Final
 
 import msgspec
 
-from .. import ctlprotocol as cp
-from .. import protocol as p
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 
 class Record(msgspec.Struct, array_like=True, frozen=True):

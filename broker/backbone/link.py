@@ -20,9 +20,9 @@ import nats
 import nats.errors
 import nats.js.errors
 
-from ..store import StoreError
-from .events import Event, LogNote
-from .layout import CALL_TIMEOUT, MAKE_TIMEOUT, ORIGIN, UNREACHABLE, shown_urls
+from broker.backbone.events import Event, LogNote
+from broker.backbone.layout import CALL_TIMEOUT, MAKE_TIMEOUT, ORIGIN, UNREACHABLE, shown_urls
+from broker.store.base import StoreError
 
 T = TypeVar("T")
 

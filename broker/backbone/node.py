@@ -7,15 +7,15 @@ import asyncio
 
 import nats.js.errors
 
-from ..access import Access
-from ..store import StoreError
-from .access import SharedAccess
-from .bus import Bus
-from .events import LogNote, Record
-from .layout import ACCESS, CONNECT_TIMEOUT, NO_PLACEMENT, too_old
-from .link import ELECTING, Link
-from .registry import Registry
-from .stream import Stream
+from broker.backbone.access import SharedAccess
+from broker.backbone.bus import Bus
+from broker.backbone.events import LogNote, Record
+from broker.backbone.layout import ACCESS, CONNECT_TIMEOUT, NO_PLACEMENT, too_old
+from broker.backbone.link import ELECTING, Link
+from broker.backbone.registry import Registry
+from broker.backbone.stream import Stream
+from broker.store.access import Access
+from broker.store.base import StoreError
 
 
 class Backbone:

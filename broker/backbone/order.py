@@ -14,7 +14,7 @@ Pure: no NATS here.
 
 from __future__ import annotations
 
-from .events import Record
+from broker.backbone.events import Record
 
 
 class Order:

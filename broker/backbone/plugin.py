@@ -17,18 +17,18 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import ctlprotocol as cp
-from .. import protocol as p
-from ..state import Outbox
-from ..store import Store, StoreError
-from . import events as ev
-from . import routing
-from .layout import BUS_ALL, node_subject
-from .node import Backbone
-from .store import BackboneStore
+from broker.backbone import events as ev
+from broker.backbone import routing
+from broker.backbone.layout import BUS_ALL, node_subject
+from broker.backbone.node import Backbone
+from broker.backbone.store import BackboneStore
+from broker.chat.chat import Outbox
+from broker.store.base import Store, StoreError
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from ..server import Broker, ControlRequest
+    from broker.loop.server import Broker, ControlRequest
 
 
 @dataclass(frozen=True, slots=True)

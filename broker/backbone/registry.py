@@ -18,10 +18,8 @@ from typing import Any, NamedTuple
 import nats.js.errors
 from nats.js import api
 
-from .. import protocol as p
-from ..store import StoreError
-from .events import BlockChanged, Claimed, Reset
-from .layout import (
+from broker.backbone.events import BlockChanged, Claimed, Reset
+from broker.backbone.layout import (
     BLOCKED,
     CALL_TIMEOUT,
     CLAIM_TIMEOUT,
@@ -33,7 +31,9 @@ from .layout import (
     UNREACHABLE,
     node_subject,
 )
-from .link import Link
+from broker.backbone.link import Link
+from broker.store.base import StoreError
+from broker.wire import protocol as p
 
 
 class _Entry(NamedTuple):

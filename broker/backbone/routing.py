@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 
-from .. import ctlprotocol as cp
-from .. import protocol as p
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 EVERYWHERE = frozenset({"who", "rooms"})
 """Commands every broker answers for its own users and rooms. (``reset`` runs here, and reaches

@@ -3,12 +3,13 @@ of the stream and the buckets; what it writes goes to the backbone."""
 
 from __future__ import annotations
 
-from .. import protocol as p
-from ..access import Access, Request
-from ..store import AuditEntry, MemoryStore, Store, StoreError
-from .events import Record
-from .layout import UNREACHABLE
-from .node import Backbone
+from broker.backbone.events import Record
+from broker.backbone.layout import UNREACHABLE
+from broker.backbone.node import Backbone
+from broker.store.access import Access, Request
+from broker.store.base import AuditEntry, Store, StoreError
+from broker.store.memory import MemoryStore
+from broker.wire import protocol as p
 
 
 class BackboneStore:

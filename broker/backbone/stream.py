@@ -22,7 +22,7 @@ import msgspec
 import nats.js.errors
 from nats.js import api
 
-from .events import (
+from broker.backbone.events import (
     BATCH_BYTES,
     BATCH_RECORDS,
     Delivered,
@@ -33,7 +33,7 @@ from .events import (
     decode_batch,
     encode_batch,
 )
-from .layout import (
+from broker.backbone.layout import (
     CALL_TIMEOUT,
     DUPLICATE_WINDOW,
     NO_PLACEMENT,
@@ -44,8 +44,8 @@ from .layout import (
     VERDICT_TIMEOUT,
     WRONG_LAST_SEQUENCE,
 )
-from .link import Link
-from .order import Order
+from broker.backbone.link import Link
+from broker.backbone.order import Order
 
 VERDICTS_KEPT = 8192
 """Recent stream sequences whose verdict (admitted or skipped) a writer may still ask for."""

@@ -11,12 +11,11 @@ import zmq.asyncio
 
 from broker import options
 from broker.config import DEFAULT_LIMITS, Exit
-from broker.keys import KeyFileError
+from broker.security.keys import KeyFileError
 from client.cli import history_option, server_key_option, server_option
 from client.control import client_keys
-
-from .gateway import WEB, Settings, serve
-from .tab import Upstream
+from client.web.gateway import WEB, Settings, serve
+from client.web.tab import Upstream
 
 LISTEN: Final = "127.0.0.1:8080"
 _HOST_PORT: Final = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")

@@ -28,9 +28,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from broker.config import FRAME_OVERHEAD, Exit
-from broker.protocol import LOBBY, MAX_ID, NAME_RULE, SESSION_MAX, valid_name
-
-from .tab import Tab, Upstream, encode
+from broker.wire.protocol import LOBBY, MAX_ID, NAME_RULE, SESSION_MAX, valid_name
+from client.web.tab import Tab, Upstream, encode
 
 SEND_QUEUE: Final = 100
 """Messages other than lines and state (a welcome, errors) queued for one WebSocket; a browser

@@ -26,12 +26,11 @@ from typing import Any, Final, Protocol
 import zmq.asyncio
 
 from broker.config import HEARTBEAT, LIVENESS, Exit
-from broker.protocol import LOBBY
-
-from ..connection import Connection
-from ..control import CurveKeys
-from ..core import PROG, Session
-from ..effects import Kind, Line, Stop
+from broker.wire.protocol import LOBBY
+from client.connection import Connection
+from client.control import CurveKeys
+from client.core import PROG, Session
+from client.effects import Kind, Line, Stop
 
 REPLAY: Final = 2000
 """Lines a tab keeps for its WebSocket to read, and to replay to a page that reconnects."""

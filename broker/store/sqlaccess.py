@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-from .access import Access, Request
+from broker.store.access import Access, Request
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS private_rooms (room TEXT PRIMARY KEY) WITHOUT ROWID;

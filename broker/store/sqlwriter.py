@@ -21,7 +21,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Final
 
-from .store import StoreError
+from broker.store.base import StoreError
 
 CHUNK: Final = 128
 """Rows per INSERT (768 parameters, far below SQLite's limit)."""

@@ -2,7 +2,7 @@
 
 A handler takes the chat, its arguments and the time, acts, and returns the reply. It raises
 ``AdminError`` for a request it refuses; the dispatcher turns that into an error reply. What a
-verb takes and how it is shown (its args, options, help and usage) is ``broker.verbs``, shared
+verb takes and how it is shown (its args, options, help and usage) is ``broker.admin.verbs``, shared
 with room-ctl; ``COMMANDS`` maps the same verbs to their handlers, checked at import. The
 broker's I/O layer records every request in the audit log after dispatch (``audit`` reads it).
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import ctlprotocol as cp
-from . import protocol as p
-from .state import Chat, User
-from .store import StoreError
-from .verbs import AUDIT_MAX, AUDIT_SHOWN, VERBS
+from broker.admin.verbs import AUDIT_MAX, AUDIT_SHOWN, VERBS
+from broker.chat.chat import Chat, User
+from broker.store.base import StoreError
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 
 class AdminError(Exception):
@@ -237,7 +237,7 @@ COMMANDS: dict[str, Handler] = {
 """The handler of each verb of ``verbs.VERBS``: the same names, or this module does not load."""
 
 if _unpaired := set(COMMANDS) ^ set(VERBS):
-    raise AssertionError(f"broker.verbs and broker.admin.COMMANDS differ on {sorted(_unpaired)}")
+    raise AssertionError(f"VERBS and COMMANDS differ on {sorted(_unpaired)}")
 
 
 def dispatch(chat: Chat, request: cp.CtlRequest, now: float) -> cp.CtlReply:

@@ -13,15 +13,15 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from . import protocol as p
-from .config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
-from .outbox import Counters, Outbox
-from .privaterooms import PrivateRooms
-from .rooms import Rooms
-from .sessions import Sessions
-from .shared import FromOthers
-from .store import Store
-from .users import User
+from broker.chat.outbox import Counters, Outbox
+from broker.chat.privaterooms import PrivateRooms
+from broker.chat.rooms import Rooms
+from broker.chat.sessions import Sessions
+from broker.chat.shared import FromOthers
+from broker.chat.users import User
+from broker.config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from broker.store.base import Store
+from broker.wire import protocol as p
 
 PRUNED_PER_TICK: Final = 2_000
 """Old messages deleted at most per heartbeat tick: retention never holds the loop for long."""

@@ -2,8 +2,8 @@
 
 Pure data, the one description of the control channel's verbs: ``room-ctl`` builds its click
 commands from ``VERBS`` without loading the chat core, and the broker's handlers
-(``broker.admin.COMMANDS``) are mapped to the same names, checked when ``broker.admin`` is
-imported. A verb's ``args`` are required; its ``options`` may follow them (room-ctl shows them as
+(``commands.COMMANDS``) are mapped to the same names, checked when ``commands`` is imported.
+A verb's ``args`` are required; its ``options`` may follow them (room-ctl shows them as
 ``--option``).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from .protocol import LOBBY
+from broker.wire.protocol import LOBBY
 
 AUDIT_SHOWN: Final = 20
 """Audit entries ``audit`` shows unless told otherwise."""

@@ -29,7 +29,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from .protocol import NAME_RULE, valid_name
+from broker.wire.protocol import NAME_RULE, valid_name
 
 KEYS_DIR: Final = "keys"
 ADMINS_DIR: Final = "admins"

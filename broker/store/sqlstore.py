@@ -24,12 +24,13 @@ from typing import IO, Final
 
 import msgspec
 
-from .protocol import LOBBY, Ack, Posted
-from .sqlaccess import SCHEMA as ACCESS_SCHEMA
-from .sqlaccess import AccessTables
-from .sqlwriter import CHUNK, SQLiteBatch
-from .store import AuditEntry, LocalNames, StoreError
-from .window import Window
+from broker.store.base import AuditEntry, StoreError
+from broker.store.memory import LocalNames
+from broker.store.sqlaccess import SCHEMA as ACCESS_SCHEMA
+from broker.store.sqlaccess import AccessTables
+from broker.store.sqlwriter import CHUNK, SQLiteBatch
+from broker.store.window import Window
+from broker.wire.protocol import LOBBY, Ack, Posted
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY) WITHOUT ROWID;

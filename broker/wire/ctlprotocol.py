@@ -2,7 +2,7 @@
 
 The base of every message (``_Msg``), the integer ranges, the codes, the shared listings
 (``UserInfo``, ``RoomInfo``), the encoder and the decoders' error handling are
-``broker.protocol``'s, imported from there; this module adds only what the control channel
+``broker.wire.protocol``'s, imported from there; this module adds only what the control channel
 carries. Its specification is section 6 of ``docs/protocol.md``.
 
 Sockets and frames::
@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from .protocol import Id, RoomInfo, UserInfo, _decoder, _Msg
+from broker.wire.protocol import Id, RoomInfo, UserInfo, _decoder, _Msg
 
 # ---- control (REQ -> ROUTER) -------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from .protocol import Posted
+from broker.wire.protocol import Posted
 
 
 class Window:

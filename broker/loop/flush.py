@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from . import protocol as p
-from .config import PUB_SEND_BYTES
-from .control import unstored
-from .roomkeys import RoomKeys
-from .sockets import NOBLOCK, SNDMORE, SNDMORE_NOBLOCK
-from .state import Outbox
-from .store import StoreError
+from broker.chat.chat import Outbox
+from broker.config import PUB_SEND_BYTES
+from broker.loop.control import unstored
+from broker.loop.sockets import NOBLOCK, SNDMORE, SNDMORE_NOBLOCK
+from broker.security.roomkeys import RoomKeys
+from broker.store.base import StoreError
+from broker.wire import protocol as p
 
 _NOBODY: frozenset[str] = frozenset()
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from broker.loop.server import Broker
 
     _Base = Broker
 else:

@@ -20,9 +20,9 @@ from typing import Final
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from .gate import Gate
-from .keys import AllowList, KeyDir, load_secret, short
-from .logfmt import Throttle
+from broker.logfmt import Throttle
+from broker.security.gate import Gate
+from broker.security.keys import AllowList, KeyDir, load_secret, short
 
 CONTROL_DOMAIN: Final = "room-control"
 """ZAP domain of the control socket: only the admins' public keys pass."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from . import protocol as p
-from .config import ANSWER_BYTES, FETCH_TOKEN_BYTES
-from .users import User
+from broker.chat.users import User
+from broker.config import ANSWER_BYTES, FETCH_TOKEN_BYTES
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from .state import Chat
+    from broker.chat.chat import Chat
 
     _Base = Chat
 else:

@@ -6,8 +6,8 @@ import fcntl
 from pathlib import Path
 from typing import Final
 
-from .sqlstore import DEFAULT_SYNC, SQLiteStore
-from .store import StoreError
+from broker.store.base import StoreError
+from broker.store.sqlstore import DEFAULT_SYNC, SQLiteStore
 
 
 class StartError(Exception):

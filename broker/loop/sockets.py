@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 import zmq
 
-from .datadir import StartError
+from broker.store.datadir import StartError
 
 # Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
 NOBLOCK: Final = int(zmq.NOBLOCK)
@@ -22,7 +22,7 @@ SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 RCVMORE: Final = int(zmq.RCVMORE)
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from broker.loop.server import Broker
 
     _Base = Broker
 else:

@@ -27,21 +27,22 @@ from typing import Final, Protocol
 
 import zmq
 
-from . import ctlprotocol as cp
-from . import protocol as p
-from .config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
-from .control import ControlChannel, ControlRequest
-from .datadir import StartError, open_store
-from .flush import BatchFlush
-from .gate import Gate
-from .intake import ClientIntake
-from .keys import KeyDir, KeyFileError
-from .logfmt import LogWriter, Throttle
-from .roomkeys import RoomKeys
-from .security import CHAT_DOMAIN, CONTROL_DOMAIN, REFUSED_EVENTS, Guard
-from .sockets import BrokerSockets
-from .state import Chat, Outbox, Settings
-from .store import MemoryStore, Store, StoreError
+from broker.chat.chat import Chat, Outbox, Settings
+from broker.config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from broker.logfmt import LogWriter, Throttle
+from broker.loop.control import ControlChannel, ControlRequest
+from broker.loop.flush import BatchFlush
+from broker.loop.intake import ClientIntake
+from broker.loop.sockets import BrokerSockets
+from broker.security.gate import Gate
+from broker.security.guard import CHAT_DOMAIN, CONTROL_DOMAIN, REFUSED_EVENTS, Guard
+from broker.security.keys import KeyDir, KeyFileError
+from broker.security.roomkeys import RoomKeys
+from broker.store.base import Store, StoreError
+from broker.store.datadir import StartError, open_store
+from broker.store.memory import MemoryStore
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 __all__ = ["BATCH", "Broker", "Endpoints", "StartError", "open_store"]
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import protocol as p
-from .config import BATCH
-from .security import user_id
-from .sockets import NOBLOCK, RCVMORE
+from broker.config import BATCH
+from broker.loop.sockets import NOBLOCK, RCVMORE
+from broker.security.guard import user_id
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from broker.loop.server import Broker
 
     _Base = Broker
 else:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from . import protocol as p
-from .store import StoreError
-from .users import User
+from broker.chat.users import User
+from broker.store.base import StoreError
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from .state import Chat
+    from broker.chat.chat import Chat
 
     _Base = Chat
 else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import protocol as p
+from broker.wire import protocol as p
 
 
 class LogEvent(NamedTuple):

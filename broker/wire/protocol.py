@@ -3,14 +3,14 @@
 Each message is a msgspec struct, encoded in MessagePack as an array whose first item is its tag,
 so decoding checks shape and types in one pass. The full specification (frames, encoding, every
 message and code, the rules of the conversation, annotated bytes) is ``docs/protocol.md``; the
-control channel's messages (room-ctl's) are in ``broker.ctlprotocol``, on the same base.
+control channel's messages (room-ctl's) are in ``broker.wire.ctlprotocol``, on the same base.
 
 Sockets and frames::
 
     client DEALER  -> broker ROUTER    [body: ClientMsg]            (ROUTER adds the peer id)
     broker ROUTER  -> client DEALER    [body: list[ServerMsg]]
     broker PUB     -> client SUB       [topic: room + b"\\0", body: list[RoomEvent]]
-    room-ctl REQ   -> broker ROUTER    [b"", body: CtlRequest]      (broker.ctlprotocol)
+    room-ctl REQ   -> broker ROUTER    [b"", body: CtlRequest]      (broker.wire.ctlprotocol)
     broker ROUTER  -> room-ctl REQ     [b"", body: CtlReply]
 """
 

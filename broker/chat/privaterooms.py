@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import protocol as p
-from .access import Request
-from .users import User
+from broker.chat.users import User
+from broker.store.access import Request
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from .state import Chat
+    from broker.chat.chat import Chat
 
     _Base = Chat
 else:

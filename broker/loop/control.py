@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import ctlprotocol as cp
-from . import protocol as p
-from .admin import dispatch
-from .config import BATCH
-from .keys import short
-from .security import user_id
-from .store import AuditEntry
+from broker.admin.commands import dispatch
+from broker.config import BATCH
+from broker.security.guard import user_id
+from broker.security.keys import short
+from broker.store.base import AuditEntry
+from broker.wire import ctlprotocol as cp
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from broker.loop.server import Broker
 
     _Base = Broker
 else:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import protocol as p
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from .state import Chat
+    from broker.chat.chat import Chat
 
     _Base = Chat
 else:
