@@ -16,7 +16,7 @@ from . import ctlprotocol as cp
 from . import protocol as p
 from .state import Chat, User
 from .store import StoreError
-from .verbs import AUDIT_MAX, AUDIT_SHOWN, VERBS
+from .verbs import AUDIT_MAX, AUDIT_SHOWN, VERBS, counted
 
 
 class AdminError(Exception):
@@ -138,8 +138,7 @@ def deny(chat: Chat, args: list[str], now: float) -> Result:
 
 def requests(chat: Chat, args: list[str], now: float) -> Result:
     rows = [cp.JoinRequest(room, user, r.ts) for room, user, r in chat.access.waiting()]
-    noun = "request" if len(rows) == 1 else "requests"
-    return Result(f"{len(rows)} join {noun} waiting", cp.RequestList(rows))
+    return Result(f"{counted(len(rows), 'join request')} waiting", cp.RequestList(rows))
 
 
 def remove(chat: Chat, args: list[str], now: float) -> Result:
@@ -158,7 +157,8 @@ def remove(chat: Chat, args: list[str], now: float) -> Result:
 def reset(chat: Chat, args: list[str], now: float) -> Result:
     count = len(chat.users)
     chat.reset(now)
-    return Result(f"reset: {count} clients disconnected, every room but {p.LOBBY} removed")
+    disconnected = counted(count, "client")
+    return Result(f"reset: {disconnected} disconnected, every room but {p.LOBBY} removed")
 
 
 def close(chat: Chat, args: list[str], now: float) -> Result:
@@ -171,12 +171,12 @@ def close(chat: Chat, args: list[str], now: float) -> Result:
 def who(chat: Chat, args: list[str], now: float) -> Result:
     users = chat.user_list()
     data = cp.UserList(users, sorted(chat.store.blocked()))
-    return Result(f"{len(users)} users connected", data)
+    return Result(f"{counted(len(users), 'user')} connected", data)
 
 
 def rooms(chat: Chat, args: list[str], now: float) -> Result:
     listing = chat.room_list(allowed=True)
-    return Result(f"{len(listing)} rooms", cp.RoomList(listing))
+    return Result(counted(len(listing), "room"), cp.RoomList(listing))
 
 
 def stats(chat: Chat, args: list[str], now: float) -> Result:
@@ -200,7 +200,8 @@ def stats(chat: Chat, args: list[str], now: float) -> Result:
         database_bytes=chat.store.size(),
         sealing_ms=round(c.sealing * 1000, 3),
     )
-    text = f"up {uptime:.0f}s, {len(chat.users)} clients, {c.accepted} messages"
+    clients, messages = counted(len(chat.users), "client"), counted(c.accepted, "message")
+    text = f"up {uptime:.0f}s, {clients}, {messages}"
     return Result(text, cp.Stats(counters))
 
 
@@ -212,8 +213,8 @@ def audit(chat: Chat, args: list[str], now: float) -> Result:
         cp.AuditRow(e.ts, e.admin, e.key, e.command, list(e.args), e.ok, e.message)
         for e in chat.store.audit_log(int(text))
     ]
-    noun = "entry" if len(rows) == 1 else "entries"
-    return Result(f"{len(rows)} audit {noun}, oldest first", cp.AuditLog(rows))
+    entries = counted(len(rows), "audit entry", "audit entries")
+    return Result(f"{entries}, oldest first", cp.AuditLog(rows))
 
 
 COMMANDS: dict[str, Handler] = {
