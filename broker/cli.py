@@ -17,7 +17,7 @@ from broker.loop.server import Broker, Endpoints
 from broker.security import keys as keyfiles
 from broker.store.datadir import StartError, open_store
 from broker.store.sqlstore import DEFAULT_SYNC, SYNC_MODES
-from broker.wire.protocol import NAME_RULE, valid_name
+from broker.wire.protocol import LOBBY, NAME_RULE, valid_name
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -82,7 +82,7 @@ def main() -> None:
     "--max-rooms",
     default=config.DEFAULT_LIMITS.max_rooms,
     type=click.IntRange(min=1),
-    help="Rooms, the lobby included.",
+    help=f"Rooms someone is in, {LOBBY} included.",
 )
 @options.option(
     "--new-rooms",
@@ -303,7 +303,10 @@ def keys_list(kd: keyfiles.KeyDir) -> None:
         _fail(str(exc))
     click.echo(f"broker public key {broker_key} ({kd.broker_public})")
     if not rows:
-        click.echo("no admin key: room-ctl is refused until `room-broker keys add`")
+        click.echo(
+            "no admin key: room-ctl is refused until `room-broker keys new NAME` "
+            "(or `keys add NAME FILE`)"
+        )
         return
     width = max(len("ADMIN"), *(len(name) for name, _ in rows))
     click.echo(f"{'ADMIN'.ljust(width)}  PUBLIC KEY")

@@ -123,7 +123,8 @@ def _run(ctx: click.Context, command: str, args: list[str]) -> None:
 
 
 def render(data: cp.CtlData | None) -> list[str]:
-    """Aligned tables for listings (`who`, `rooms`, `stats`, `audit`); nothing for other replies."""
+    """Aligned tables for listings (`who`, `rooms`, `requests`, `stats`, `audit`), without a
+    header when a listing is empty; nothing for other replies."""
     match data:
         case cp.UserList(users=users, blocked=blocked):
             rows = [(u.name, u.room, "blocked" if u.blocked else "") for u in users]
@@ -203,7 +204,10 @@ def _table(
     rows: list[tuple[str, ...]],
     right: frozenset[int] | set[int] = frozenset(),
 ) -> list[str]:
-    """Aligned columns; the columns in ``right`` (numbers) aligned to the right."""
+    """Aligned columns; the columns in ``right`` (numbers) aligned to the right. No rows, no
+    lines: the reply's message has said there are none."""
+    if not rows:
+        return []
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return [
         "  ".join(

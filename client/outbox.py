@@ -50,8 +50,9 @@ class Outbox:
         """Random start: a restarted client must not reuse the ids of its previous run."""
         self.pending: dict[int, Pending] = {}
         """Sent ``Say`` messages by mid, until ``Ack`` or ``Refused``."""
-        self.telling: dict[int, str] = {}
-        """Sent ``Tell`` messages by mid (their recipient), until ``Ack`` or ``Refused``."""
+        self.telling: dict[int, tuple[str, str]] = {}
+        """Sent ``Tell`` messages by mid (their recipient and text), until ``Ack`` or
+        ``Refused``."""
         self.exit_at: float | None = None
         """When ``/exit`` gives up waiting for acknowledgements; None until the user leaves."""
 
@@ -71,7 +72,7 @@ class Outbox:
         if self.link.hello_pending:
             return [notice(f"not delivered to {to}: the broker is not reachable; try again")]
         mid = self._mid()
-        self.telling[mid] = to
+        self.telling[mid] = (to, text)
         return [self.link.send(Tell(to, text, mid), now)]
 
     def answered(self, mid: int) -> None:
@@ -86,13 +87,21 @@ class Outbox:
 
     def refused(self, msg: Refused, now: float) -> list[Effect]:
         """The broker refused message ``msg.mid``: a ``Say`` it could not store goes again, any
-        other refusal is told (a block is noted by the roster) and answers the message."""
+        other refusal is told and answers the message. A blocked user's message is shown as not
+        delivered, with its text (it would vanish otherwise: nobody else sees it), after the
+        roster's one line on being blocked."""
         if msg.code is Code.UNAVAILABLE and msg.mid in self.pending:
             return self.not_stored(msg.mid, msg.reason, now)
+        said = self.pending.get(msg.mid)
+        told = self.telling.get(msg.mid)
         self.answered(msg.mid)
         out: list[Effect] = []
         if msg.code is Code.BLOCKED:
             out += self.roster.note_blocked(True)
+            if said is not None:
+                out.append(notice(f"not delivered (you are blocked): {said.text}"))
+            elif told is not None:
+                out.append(notice(f"not delivered to {told[0]} (you are blocked): {told[1]}"))
         else:
             out.append(notice(f"not delivered: {msg.reason}"))
         return out + self.maybe_quit(now)
@@ -120,7 +129,7 @@ class Outbox:
         """After a resume: the ``Tell`` messages the lost broker never answered, said lost."""
         out: list[Effect] = [
             notice(f"not delivered to {to}: the broker was lost; send it again")
-            for to in self.telling.values()
+            for to, _ in self.telling.values()
         ]
         self.telling.clear()
         return out

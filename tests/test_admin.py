@@ -280,6 +280,22 @@ def test_rooms_lists_members_and_seq() -> None:
     }
 
 
+def test_counts_of_one_are_in_the_singular() -> None:
+    c = chat(rate=0)
+    c.counters.started = T0
+    alice = hello(c, "alice")
+    assert ok(ctl(c, "who")) == "1 user connected"
+    assert ok(ctl(c, "rooms")) == "1 room"
+    assert ok(ctl(c, "private", "vip"))
+    send(c, alice, p.Join("vip"))
+    assert ok(ctl(c, "requests")) == "1 join request waiting"
+    send(c, alice, p.Leave())
+    send(c, alice, p.Say("one"))
+    assert ok(ctl(c, "stats")) == "up 1s, 1 client, 1 message"
+    assert ok(ctl(c, "reset")) == "reset: 1 client disconnected, every room but public removed"
+    assert ok(ctl(c, "who")) == "0 users connected"
+
+
 # ---- refusals ----------------------------------------------------------------------------------
 
 

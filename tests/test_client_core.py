@@ -237,12 +237,14 @@ def test_say_ack_and_resend_with_the_same_mid() -> None:
     assert not any(isinstance(m, p.Say) for m in sent(s.tick(T0 + 10)))
 
 
-def test_refused_is_shown_and_blocked_only_once() -> None:
+def test_refused_is_shown_and_each_blocked_line_shown_not_delivered() -> None:
     s = joined()
     for n in range(3):
         say = one_sent(s.on_input(f"spam {n}", T0), p.Say)
         out = s.on_server(p.Refused(say.mid, p.Code.BLOCKED, "you are blocked"), T0)
-        assert lines(out) == ([f"* {BLOCKED_LINE}"] if n == 0 else [])
+        said = [f"* not delivered (you are blocked): spam {n}"]
+        assert lines(out) == ([f"* {BLOCKED_LINE}", *said] if n == 0 else said)
+    assert lines(s.on_server(p.Refused(say.mid, p.Code.BLOCKED, "again"), T0)) == []
     say = one_sent(s.on_input("x" * 10, T0), p.Say)
     out = s.on_server(p.Refused(say.mid, p.Code.TOO_LONG, "message is too long"), T0)
     assert lines(out) == ["* not delivered: message is too long"]
@@ -561,8 +563,9 @@ def test_msg_refusals_and_usage() -> None:
         assert lines(s.on_input(bad, T0)) == ["* usage: /msg USER TEXT"], bad
     assert lines(s.on_input("/msg no/such hi", T0))[0].startswith("* not a user name")
     tell = one_sent(s.on_input("/msg bob spam", T0), p.Tell)
-    s.on_server(p.Refused(tell.mid, p.Code.BLOCKED, "blocked"), T0)
+    out = s.on_server(p.Refused(tell.mid, p.Code.BLOCKED, "blocked"), T0)
     assert s.is_blocked
+    assert lines(out)[-1] == "* not delivered to bob (you are blocked): spam"
 
 
 def test_a_tell_in_flight_when_the_broker_is_lost_is_reported_not_resent() -> None:

@@ -209,6 +209,14 @@ def test_merge_who_lists_every_brokers_users_in_name_order() -> None:
     assert cp.decode_ctl_reply(p.encode(merged)) == merged
 
 
+def test_merge_counts_one_in_the_singular() -> None:
+    here = cp.CtlReply(5, True, "1 user", "", _users("zed"))
+    assert routing.merge(_req("who"), here, []).message == "1 user connected on 1 broker"
+    here = cp.CtlReply(5, True, "1 room", "", cp.RoomList([p.RoomInfo("g", 1, 4)]))
+    there = cp.CtlReply(9, True, "1 room", "", cp.RoomList([p.RoomInfo("g", 2, 6)]))
+    assert routing.merge(_req("rooms"), here, [there]).message == "1 room on 2 brokers"
+
+
 def test_merge_rooms_adds_members_and_keeps_the_highest_number() -> None:
     here = cp.CtlReply(5, True, "", "", cp.RoomList([p.RoomInfo("g", 1, 4), p.RoomInfo("a", 0, 1)]))
     there = cp.CtlReply(9, True, "", "", cp.RoomList([p.RoomInfo("g", 2, 6)]))

@@ -239,6 +239,14 @@ def test_render_of_no_listing_is_nothing() -> None:
     assert ctl.render(None) == []
 
 
+def test_render_of_an_empty_listing_has_no_header() -> None:
+    assert ctl.render(cp.UserList([], [])) == []
+    assert ctl.render(cp.UserList([], ["zed"])) == ["blocked, not connected: zed"]
+    assert ctl.render(cp.RoomList([])) == []
+    assert ctl.render(cp.RequestList([])) == []
+    assert ctl.render(cp.AuditLog([])) == []
+
+
 @pytest.mark.parametrize("ts", [0.0, 1.999, 1_767_225_600.25, T0 + 0.0005])
 def test_room_ctl_writes_times_as_the_broker_log_does(ts: float) -> None:
     assert ctl.stamp(ts) == log_stamp(ts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker.admin.verbs import AUDIT_MAX, AUDIT_SHOWN, VERBS
+from broker.admin.verbs import AUDIT_MAX, AUDIT_SHOWN, VERBS, counted
 from broker.chat.chat import Chat, User
 from broker.store.base import StoreError
 from broker.wire import ctlprotocol as cp
@@ -83,7 +83,7 @@ def out(chat: Chat, args: list[str], now: float) -> Result:
     if room == p.LOBBY:
         return Result(f"{user.name} is already in {p.LOBBY}")
     if chat.access.is_private(room):  # off its list too: the admin must allow them again
-        chat.deny(user.name, room, now)
+        chat.deny(user.name, room, now, tell=False)  # the forced Joined tells them
         return Result(f"put {user.name} out of {room}, and off its list (private)")
     chat.out.publish(room, p.Presence(room, user.name, p.PresenceKind.OUT))
     chat.move(user, p.LOBBY, now)
@@ -97,11 +97,26 @@ def _room(args: list[str], at: int = 0) -> str:
     return room
 
 
-def _private(chat: Chat, args: list[str], at: int) -> str:
+def _private(chat: Chat, args: list[str], at: int, verb: str) -> str:
+    """The private room named at ``args[at]``; for any other, a refusal that says why, and a
+    command to run only where it would work."""
     room = _room(args, at)
-    if not chat.access.is_private(room):
-        raise AdminError(p.Code.BAD_ARGS, f"{room} is not private: `room-ctl private {room}` first")
-    return room
+    if room == p.LOBBY:
+        raise AdminError(p.Code.BAD_ARGS, f"{p.LOBBY} is never private: everyone may enter it")
+    if chat.access.is_private(room):
+        return room
+    if room not in chat.members:
+        if verb == "allow":
+            hint = f"`room-ctl private {room}` makes it, private"
+        else:
+            hint = "check `room-ctl rooms`"
+        raise AdminError(p.Code.BAD_ARGS, f"there is no room {room!r}: {hint}")
+    if verb == "open":
+        raise AdminError(p.Code.BAD_ARGS, f"{room} is open already: anyone may enter it")
+    raise AdminError(
+        p.Code.BAD_ARGS,
+        f"{room} is open, not private: anyone may enter it (`room-ctl private {room}` first)",
+    )
 
 
 def private(chat: Chat, args: list[str], now: float) -> Result:
@@ -116,30 +131,44 @@ def private(chat: Chat, args: list[str], now: float) -> Result:
 
 
 def open_room(chat: Chat, args: list[str], now: float) -> Result:
-    room = _private(chat, args, 0)
+    room = _private(chat, args, 0, "open")
     moved = chat.make_open(room, now)
     who = f"; let in who asked: {', '.join(moved)}" if moved else ""
     return Result(f"{room} is open{who}")
 
 
 def allow(chat: Chat, args: list[str], now: float) -> Result:
-    name, room = _name(args), _private(chat, args, 1)
-    if chat.allow(name, room, now):
+    name, room = _name(args), _private(chat, args, 1, "allow")
+    done = chat.allow(name, room, now)
+    if done.moved:
         return Result(f"allowed {name} into {room}; {name} asked, and is in it now")
-    return Result(f"allowed {name} into {room}")
+    if done.asked and chat.store.holder(name):
+        return Result(
+            f"allowed {name} into {room}; {name} asked, and goes in on the broker they are on"
+        )
+    if done.asked:
+        return Result(
+            f"allowed {name} into {room}; {name} asked but is not connected: "
+            f"`/join {room}` lets them in"
+        )
+    if done.was_allowed:
+        return Result(f"{name} was already allowed into {room}")
+    return Result(f"allowed {name} into {room} ahead: {name} had not asked")
 
 
 def deny(chat: Chat, args: list[str], now: float) -> Result:
-    name, room = _name(args), _private(chat, args, 1)
-    if chat.deny(name, room, now):
+    name, room = _name(args), _private(chat, args, 1, "deny")
+    done = chat.deny(name, room, now)
+    if done.put_out:
         return Result(f"denied {name} {room}, and put {name} out of it")
-    return Result(f"denied {name} {room}")
+    if done.asked or done.was_allowed:
+        return Result(f"denied {name} {room}")
+    return Result(f"{name} had not asked and was not allowed into {room}: nothing to deny")
 
 
 def requests(chat: Chat, args: list[str], now: float) -> Result:
     rows = [cp.JoinRequest(room, user, r.ts) for room, user, r in chat.access.waiting()]
-    noun = "request" if len(rows) == 1 else "requests"
-    return Result(f"{len(rows)} join {noun} waiting", cp.RequestList(rows))
+    return Result(f"{counted(len(rows), 'join request')} waiting", cp.RequestList(rows))
 
 
 def remove(chat: Chat, args: list[str], now: float) -> Result:
@@ -158,7 +187,8 @@ def remove(chat: Chat, args: list[str], now: float) -> Result:
 def reset(chat: Chat, args: list[str], now: float) -> Result:
     count = len(chat.users)
     chat.reset(now)
-    return Result(f"reset: {count} clients disconnected, every room but {p.LOBBY} removed")
+    disconnected = counted(count, "client")
+    return Result(f"reset: {disconnected} disconnected, every room but {p.LOBBY} removed")
 
 
 def close(chat: Chat, args: list[str], now: float) -> Result:
@@ -171,12 +201,12 @@ def close(chat: Chat, args: list[str], now: float) -> Result:
 def who(chat: Chat, args: list[str], now: float) -> Result:
     users = chat.user_list()
     data = cp.UserList(users, sorted(chat.store.blocked()))
-    return Result(f"{len(users)} users connected", data)
+    return Result(f"{counted(len(users), 'user')} connected", data)
 
 
 def rooms(chat: Chat, args: list[str], now: float) -> Result:
     listing = chat.room_list(allowed=True)
-    return Result(f"{len(listing)} rooms", cp.RoomList(listing))
+    return Result(counted(len(listing), "room"), cp.RoomList(listing))
 
 
 def stats(chat: Chat, args: list[str], now: float) -> Result:
@@ -200,7 +230,8 @@ def stats(chat: Chat, args: list[str], now: float) -> Result:
         database_bytes=chat.store.size(),
         sealing_ms=round(c.sealing * 1000, 3),
     )
-    text = f"up {uptime:.0f}s, {len(chat.users)} clients, {c.accepted} messages"
+    clients, messages = counted(len(chat.users), "client"), counted(c.accepted, "message")
+    text = f"up {uptime:.0f}s, {clients}, {messages}"
     return Result(text, cp.Stats(counters))
 
 
@@ -212,8 +243,8 @@ def audit(chat: Chat, args: list[str], now: float) -> Result:
         cp.AuditRow(e.ts, e.admin, e.key, e.command, list(e.args), e.ok, e.message)
         for e in chat.store.audit_log(int(text))
     ]
-    noun = "entry" if len(rows) == 1 else "entries"
-    return Result(f"{len(rows)} audit {noun}, oldest first", cp.AuditLog(rows))
+    entries = counted(len(rows), "audit entry", "audit entries")
+    return Result(f"{entries}, oldest first", cp.AuditLog(rows))
 
 
 COMMANDS: dict[str, Handler] = {

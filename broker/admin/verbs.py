@@ -20,6 +20,12 @@ AUDIT_MAX: Final = 10_000
 """The most audit entries one ``audit`` shows."""
 
 
+def counted(n: int, one: str, many: str = "") -> str:
+    """``1 room``, ``2 rooms``, ``0 rooms`` (``many``: the plural, when not ``one`` + s), for
+    the replies of the verbs."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 @dataclass(frozen=True, slots=True)
 class Verb:
     args: tuple[str, ...]
@@ -48,7 +54,7 @@ VERBS: Final[dict[str, Verb]] = {
     "allow": Verb(("USER", "ROOM"), "let USER into private ROOM (at once, if USER asked)"),
     "deny": Verb(("USER", "ROOM"), "take USER off private ROOM's list, and out of it"),
     "requests": Verb((), "join requests waiting for the admin"),
-    "reset": Verb((), "disconnect every client and remove every room but the lobby"),
+    "reset": Verb((), f"disconnect every client and remove every room but {LOBBY}"),
     "close": Verb(
         (), "shut the broker down cleanly (--all: every broker on the backbone)", ("all",)
     ),

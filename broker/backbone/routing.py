@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 
+from broker.admin.verbs import counted
 from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p
 
@@ -51,15 +52,16 @@ def merge(request: cp.CtlRequest, here: cp.CtlReply, others: list[cp.CtlReply]) 
     if not all(r.ok for r in replies):
         failed = next(r for r in replies if not r.ok)
         return cp.CtlReply(here.id, False, failed.message, failed.code, failed.data)
-    brokers = f"{len(replies)} broker{'s' if len(replies) != 1 else ''}"
+    brokers = counted(len(replies), "broker")
     match request.command:
         case "who":
             users = _users(replies)
-            text = f"{len(users.users)} users connected on {brokers}"
+            text = f"{counted(len(users.users), 'user')} connected on {brokers}"
             return cp.CtlReply(here.id, True, text, "", users)
         case "rooms":
             rooms = _rooms(replies)
-            return cp.CtlReply(here.id, True, f"{len(rooms.rooms)} rooms on {brokers}", "", rooms)
+            text = f"{counted(len(rooms.rooms), 'room')} on {brokers}"
+            return cp.CtlReply(here.id, True, text, "", rooms)
         case _:
             return cp.CtlReply(here.id, True, f"{here.message} (on {brokers})", "", here.data)
 

@@ -7,7 +7,7 @@ story; the state itself is ``access.Access``, written through to the store.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from broker.chat.users import User
 from broker.store.access import Request
@@ -19,6 +19,28 @@ if TYPE_CHECKING:
     _Base = Chat
 else:
     _Base = object
+
+
+class Allowed(NamedTuple):
+    """What an ``allow`` found and did."""
+
+    was_allowed: bool
+    """The user was on the room's list already."""
+    asked: bool
+    """The user had asked to join (the request is answered)."""
+    moved: bool
+    """The user had asked, is connected, and went in."""
+
+
+class Denied(NamedTuple):
+    """What a ``deny`` found and did."""
+
+    was_allowed: bool
+    """The user was on the room's list."""
+    asked: bool
+    """The user had asked to join (the request is dropped)."""
+    put_out: bool
+    """The user was in the room, and is in the lobby now."""
 
 
 class PrivateRooms(_Base):
@@ -51,29 +73,44 @@ class PrivateRooms(_Base):
         self.store.set_private(room, None)
         return self._let_in(room, waiting, now)
 
-    def allow(self, name: str, room: str, now: float) -> bool:
-        """Put ``name`` on ``room``'s list; True if it was waiting, is connected, and went in."""
-        self.access.private[room].add(name)
+    def allow(self, name: str, room: str, now: float) -> Allowed:
+        """Put ``name`` on ``room``'s list; a connected requester goes in at once."""
+        allowed = self.access.private[room]
+        was_allowed = name in allowed
+        allowed.add(name)
         self.store.set_allowed(room, name, True)
         request = self.access.requests.get(room, {}).pop(name, None)
         if request is None:
-            return False
+            return Allowed(was_allowed, asked=False, moved=False)
         self.store.set_request(room, name, None)
-        return bool(self._let_in(room, {name: request}, now))
+        return Allowed(
+            was_allowed, asked=True, moved=bool(self._let_in(room, {name: request}, now))
+        )
 
-    def deny(self, name: str, room: str, now: float) -> bool:
+    def deny(self, name: str, room: str, now: float, tell: bool = True) -> Denied:
         """Take ``name`` off ``room``'s list (and its request); put it out if it is in there.
-        True if it was put out."""
-        self.access.private[room].discard(name)
+        With ``tell``, a connected user who had asked or was allowed hears of it (a ``Notice``)."""
+        allowed = self.access.private[room]
+        was_allowed = name in allowed
+        allowed.discard(name)
         self.store.set_allowed(room, name, False)
-        if self.access.requests.get(room, {}).pop(name, None) is not None:
+        asked = self.access.requests.get(room, {}).pop(name, None) is not None
+        if asked:
             self.store.set_request(room, name, None)
         user = self.users.get(name)
-        if user is None or user.room != room:
-            return False
-        self.out.publish(room, p.Presence(room, name, p.PresenceKind.OUT))
-        self.move(user, p.LOBBY, now)
-        return True
+        put_out = user is not None and user.room == room
+        if user is not None and tell and (asked or was_allowed or put_out):
+            if put_out:
+                text = f"the admin denied you access to {room}: you were moved to {p.LOBBY}"
+            elif asked:
+                text = f"the admin denied your request to join {room}"
+            else:
+                text = f"the admin denied you access to {room}"
+            self.out.reply(user.peer, p.Notice(text))
+        if user is not None and put_out:
+            self.out.publish(room, p.Presence(room, name, p.PresenceKind.OUT))
+            self.move(user, p.LOBBY, now)
+        return Denied(was_allowed, asked, put_out)
 
     def access_changed(
         self, room: str, allowed: set[str] | None, waiting: dict[str, Request], now: float

@@ -163,7 +163,8 @@ class Guard:
         lines.append(
             f"admin keys allowed: {', '.join(names)} (from {where})"
             if names
-            else f"no admin key in {where}: room-ctl is refused until `room-broker keys add`"
+            else f"no admin key in {where}: room-ctl is refused until "
+            "`room-broker keys new NAME` (or `keys add NAME FILE`)"
         )
         return lines
 
