@@ -24,7 +24,7 @@ import sys
 import zmq
 
 from broker.config import BATCH, PUB_SEND_BYTES
-from broker.loop.server import ROUTER_RCVHWM
+from broker.loop.sockets import ROUTER_RCVHWM
 
 
 def main() -> None:

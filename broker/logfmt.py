@@ -15,8 +15,8 @@ from typing import TextIO
 
 import msgspec
 
-from broker.chat.chat import CONTROL_CHARS
 from broker.chat.outbox import LogEvent
+from broker.wire.protocol import CONTROL_CHARS
 
 CHAT_KINDS = frozenset({"msg", "direct", "blocked"})
 """Kinds that ``--quiet`` hides; admin and error lines always show."""
@@ -27,26 +27,6 @@ _CHECKED_KINDS = frozenset({"msg", "direct"})
 
 _second: list = [None, ""]  # the last whole second formatted, and its text
 _milli: list = [None, ""]  # the last millisecond stamped, and its stamp
-
-
-class Throttle:
-    """At most ``cap`` lines of one noisy kind per heartbeat interval (bad frames, refused
-    handshakes): a flood of them cannot flood the log. ``tick`` says how many were left out, in
-    ``more`` (a format with one ``{}``)."""
-
-    def __init__(self, cap: int, more: str) -> None:
-        self.cap = cap
-        self.more = more
-        self.count = 0
-
-    def allow(self) -> bool:
-        self.count += 1
-        return self.count <= self.cap
-
-    def tick(self) -> list[str]:
-        """Once per interval: the line that counts what was left out, if anything was."""
-        more, self.count = self.count - self.cap, 0
-        return [self.more.format(more)] if more > 0 else []
 
 
 def stamp(ts: float) -> str:

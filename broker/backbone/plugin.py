@@ -28,7 +28,8 @@ from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from broker.loop.server import Broker, ControlRequest
+    from broker.loop.control import ControlRequest
+    from broker.loop.plugin import Host
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +47,12 @@ class BackbonePlugin:
         self.backbone = backbone
         self.wake = backbone.link.wake_r
         """Readable when the backbone has news for the loop."""
-        self._broker: Broker | None = None
+        self._broker: Host | None = None
         self._store: BackboneStore | None = None
         self._waiting: dict[int, _Waiting] = {}
         self._relayed: dict[str, list[p.RoomEvent]] = {}  # other brokers' presence lines
 
-    def attach(self, broker: Broker, local: Store, endpoints: str) -> Store:
+    def attach(self, broker: Host, local: Store, endpoints: str) -> Store:
         """Start the backbone; the chat's store from now on. Raises ``StoreError``."""
         self._broker = broker
         self._store = BackboneStore(self.backbone, local, endpoints)
@@ -65,7 +66,7 @@ class BackbonePlugin:
         self.backbone.stop()
 
     @property
-    def _parts(self) -> tuple[Broker, BackboneStore]:
+    def _parts(self) -> tuple[Host, BackboneStore]:
         assert self._broker is not None and self._store is not None, "attach first"
         return self._broker, self._store
 

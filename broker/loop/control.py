@@ -1,33 +1,26 @@
 """The control channel: admin requests from room-ctl, each checked against the allow-list,
 run (here, or on other brokers through the plugin), audited, and answered after the commit.
-
-Part of ``server.Broker`` (a mixin: it uses the broker's control socket, chat, guard and clock),
-apart because it is one story.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.admin.commands import dispatch
+from broker.chat.chat import Chat
 from broker.config import BATCH
-from broker.security.guard import user_id
+from broker.security.throttle import Throttle
+from broker.loop.intake import report_bug
+from broker.security.guard import Guard, user_id
 from broker.security.keys import short
 from broker.store.base import AuditEntry
 from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p
-
-if TYPE_CHECKING:
-    from broker.loop.server import Broker
-
-    _Base = Broker
-else:
-    _Base = object
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,24 +33,46 @@ class ControlRequest:
     key: str
 
 
-class ControlChannel(_Base):
-    """The admin requests of ``Broker``."""
+class ControlChannel:
+    """The admin requests of the broker: read, run, audited, answered at the flush."""
 
-    def _drain_control(self) -> None:
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        monitor: zmq.Socket[bytes],
+        chat: Chat,
+        guard: Guard,
+        clock: Callable[[], float],
+        bad_frames: Throttle,
+    ) -> None:
+        self.sock = sock
+        self.monitor = monitor
+        self.chat = chat
+        self.guard = guard
+        self.clock = clock
+        self.bad_frames = bad_frames
+        """Shared with the ROUTER's intake: one cap on the lines of malformed input."""
+        self.route: Callable[[ControlRequest, float], cp.CtlReply | None] | None = None
+        """A backbone's ``Plugin.control``, once it is attached: it runs what other brokers
+        must answer too (None: answered later, through ``answer``)."""
+        self.replies: list[tuple[bytes, cp.CtlReply]] = []
+        """Answers waiting for the flush (after the commit: an audited request is stored)."""
+
+    def drain(self) -> None:
         """Answer control requests. Each is checked against the allow-list again (a key removed
         since its connection's handshake is refused) and recorded in the audit log. The replies
         go out at the flush, after the commit; a request other brokers must answer is answered
         when they have (the plugin calls ``answer``)."""
         for _ in range(BATCH):
             try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             now = self.clock()
             key = user_id(frames[-1])
             admin = self.guard.admin(key)
             if len(frames) != 3 or frames[1].bytes != b"":
-                if self._bad_frames.allow():
+                if self.bad_frames.allow():
                     self.chat.out.log(now, "error", text="malformed control request: ignored")
                 continue  # not a REQ peer: nothing we could address a reply to
             peer = frames[0].bytes
@@ -84,7 +99,7 @@ class ControlChannel(_Base):
             now, admin, key, request.command, tuple(request.args), reply.ok, reply.message
         )
         self.chat.store.audit(entry)
-        self._ctl_out.append((asked.peer, reply))
+        self.replies.append((asked.peer, reply))
 
     def _admin_request(self, asked: ControlRequest, now: float) -> cp.CtlReply | None:
         """The reply, or None when other brokers must answer first (the plugin's business)."""
@@ -92,8 +107,8 @@ class ControlChannel(_Base):
         if not asked.admin:
             reason = "this key is not (or no longer) on the admin allow-list: see room-broker keys"
             return cp.CtlReply(request.id, False, reason, p.Code.REFUSED.value)
-        if self.plugin is not None:
-            return self.plugin.control(asked, now)
+        if self.route is not None:
+            return self.route(asked, now)
         return self.dispatch(request, now)
 
     def dispatch(self, request: cp.CtlRequest, now: float) -> cp.CtlReply:
@@ -101,28 +116,28 @@ class ControlChannel(_Base):
         try:
             return dispatch(self.chat, request, now)
         except Exception as exc:  # a bug must cost one request, never the broker
-            self._internal_error(None, request, exc)
+            report_bug(self.chat, self.clock(), None, request, exc)
             return cp.CtlReply(request.id, False, "the broker failed; see its log", "internal")
 
-    def _drain_monitor(self) -> None:
+    def drain_monitor(self) -> None:
         """Log refused control handshakes (the guard caps how many per interval)."""
         for _ in range(BATCH):
             try:
-                event = parse_monitor_message(self.control_monitor.recv_multipart(zmq.NOBLOCK))
+                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
             line = self.guard.refused(event)
             if line is not None:
                 self.chat.out.log(self.clock(), "security", text=line)
 
-    def _security_log(self, lines: list[str], now: float) -> None:
-        for line in lines:
-            self.chat.out.log(now, "security", text=line)
+    def take_replies(self) -> list[tuple[bytes, cp.CtlReply]]:
+        replies, self.replies = self.replies, []
+        return replies
 
-    def _send_control_replies(self, replies: list[tuple[bytes, cp.CtlReply]]) -> None:
+    def send(self, replies: list[tuple[bytes, cp.CtlReply]]) -> None:
         for peer, reply in replies:
             with contextlib.suppress(zmq.ZMQError):  # room-ctl gave up waiting
-                self.control.send_multipart([peer, b"", p.encode(reply)], zmq.NOBLOCK)
+                self.sock.send_multipart([peer, b"", p.encode(reply)], zmq.NOBLOCK)
 
 
 def unstored(reply: cp.CtlReply) -> cp.CtlReply:

@@ -4,20 +4,22 @@ split when large), new room keys to their members, one send of replies per peer,
 replies, the log lines. A commit that fails refuses the batch's messages (``Chat.commit_failed``)
 and publishes nothing of it; the loop goes on.
 
-Part of ``server.Broker`` (a mixin: it uses the broker's sockets, chat, plugin, room keys and
-log), apart because it is one story. It is the hot path: each flush caches what it calls in locals.
+It is the hot path: each flush caches what it calls in locals.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import thread_time
 from typing import TYPE_CHECKING
 
 import zmq
 
-from broker.chat.chat import Outbox
+from broker.chat.chat import Chat
+from broker.chat.outbox import Outbox
 from broker.config import PUB_SEND_BYTES
-from broker.loop.control import unstored
+from broker.logfmt import LogWriter
+from broker.loop.control import ControlChannel, unstored
 from broker.loop.sockets import NOBLOCK, SNDMORE, SNDMORE_NOBLOCK
 from broker.security.roomkeys import RoomKeys
 from broker.store.base import StoreError
@@ -26,19 +28,36 @@ from broker.wire import protocol as p
 _NOBODY: frozenset[str] = frozenset()
 
 if TYPE_CHECKING:
-    from broker.loop.server import Broker
-
-    _Base = Broker
-else:
-    _Base = object
+    from broker.loop.plugin import Plugin
 
 
-class BatchFlush(_Base):
-    """The sends of ``Broker``, once per turn of its loop."""
+class BatchFlush:
+    """The sends of the broker, once per turn of its loop (``run``)."""
 
-    def _flush(self) -> None:
+    def __init__(
+        self,
+        router: zmq.Socket[bytes],
+        pub: zmq.Socket[bytes],
+        chat: Chat,
+        control: ControlChannel,
+        keys: RoomKeys | None,
+        log: LogWriter,
+        clock: Callable[[], float],
+    ) -> None:
+        self.router = router
+        self.pub = pub
+        self.chat = chat
+        self.control = control
+        self.keys = keys
+        """With room keys, every PUB send is sealed (``roomkeys``)."""
+        self.log = log
+        self.clock = clock
+        self.plugin: Plugin | None = None
+        """A backbone, once attached: it shares each batch just before it goes out."""
+
+    def run(self) -> None:
         out = self.chat.out.take()
-        ctl_replies, self._ctl_out = self._ctl_out, []
+        ctl_replies = self.control.take_replies()
         counters = self.chat.counters
         try:
             self.chat.store.commit()  # before anything leaves: an Ack means stored
@@ -86,7 +105,7 @@ class BatchFlush(_Base):
             send(encode(batch), NOBLOCK)
             if stalled:
                 stalled.discard(peer)
-        self._send_control_replies(ctl_replies)
+        self.control.send(ctl_replies)
         if out.logs:
             self.log.events(out.logs)
 

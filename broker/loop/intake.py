@@ -1,35 +1,52 @@
 """What arrives on the ROUTER: frames checked and decoded, handed to the chat; a bad frame or a
 bug answered to its sender alone; connections counted as they come and go.
-
-Part of ``server.Broker`` (a mixin: it uses the broker's sockets, chat, guard and clock), apart
-because it is one story.
 """
 
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Final
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from broker.chat.chat import Chat
 from broker.config import BATCH
+from broker.security.throttle import Throttle
 from broker.loop.sockets import NOBLOCK, RCVMORE
-from broker.security.guard import user_id
+from broker.security.gate import Gate
+from broker.security.guard import Guard, user_id
 from broker.wire import protocol as p
 
-if TYPE_CHECKING:
-    from broker.loop.server import Broker
-
-    _Base = Broker
-else:
-    _Base = object
+BAD_FRAMES_LOGGED: Final = 20
+"""Bad frames logged one by one per heartbeat interval; the rest are counted in one line."""
 
 
-class ClientIntake(_Base):
-    """The ROUTER side of ``Broker``."""
+class ClientIntake:
+    """The ROUTER side of the broker: what clients send, into the chat."""
 
-    def _drain_router(self) -> None:
+    def __init__(
+        self,
+        router: zmq.Socket[bytes],
+        chat: Chat,
+        guard: Guard,
+        gate: Gate,
+        clock: Callable[[], float],
+        curve: bool,
+    ) -> None:
+        self.router = router
+        self.chat = chat
+        self.guard = guard
+        self.gate = gate
+        self.clock = clock
+        self.curve = curve
+        self.bad_frames = Throttle(BAD_FRAMES_LOGGED, "{} more bad frames not logged")
+        self.gone = 0
+        """Connections closed since the loop last gave freed memory back (``take_gone``)."""
+
+    def drain(self) -> None:
+        """Read up to ``BATCH`` client messages and hand each to the chat."""
         router, chat, clock = self.router, self.chat, self.clock
         recv, more, decode = router.recv, router.getsockopt, p.decode_client
         curve = self.curve
@@ -61,23 +78,12 @@ class ClientIntake(_Base):
             try:
                 chat.handle(peer, msg, clock())
             except Exception as exc:  # a bug must cost one request, never the broker
-                self._internal_error(peer, msg, exc)
-
-    def _internal_error(self, peer: bytes | None, msg: object, exc: Exception) -> None:
-        """A bug met one request: answer ``internal`` and log one line with the traceback."""
-        if peer is not None:
-            self.chat.error(peer, p.Code.INTERNAL, "the broker failed on this request; see its log")
-        lines = (
-            line.strip() for item in traceback.format_exception(exc) for line in item.split("\n")
-        )
-        trace = " | ".join(line for line in lines if line)
-        what = f"{type(msg).__name__}: {type(exc).__name__}: {exc}"
-        self.chat.out.log(self.clock(), "error", text=f"internal error on {what}; {trace}")
+                report_bug(chat, clock(), peer, msg, exc)
 
     def _bad_frame(self, peer: bytes, reason: str) -> None:
         self.chat.counters.bad_frames += 1
         self.chat.error(peer, p.Code.BAD_FRAME, reason, request="")
-        if self._bad_frames.allow():
+        if self.bad_frames.allow():
             text = f"bad frame from peer {peer.hex()}: {reason}"
             self.chat.out.log(self.clock(), "error", text=text)
 
@@ -88,7 +94,7 @@ class ClientIntake(_Base):
         if user is not None:
             self.chat.remove(user, self.clock(), "its connection id was taken by another key")
 
-    def _count_connections(self, monitor: zmq.Socket[bytes], sock: str) -> None:
+    def count_connections(self, monitor: zmq.Socket[bytes], sock: str) -> None:
         """Count the connections of the ROUTER or the PUB (``sock``), by address for the gate;
         ``stats`` shows the ROUTER's (also those that never said hello)."""
         counters, gate = self.chat.counters, self.gate
@@ -104,4 +110,20 @@ class ClientIntake(_Base):
             else:
                 gate.disconnected(sock, fd)
                 counters.connections -= sock == "router"
-                self._gone += 1
+                self.gone += 1
+
+    def take_gone(self) -> int:
+        """How many connections closed since the last call."""
+        gone, self.gone = self.gone, 0
+        return gone
+
+
+def report_bug(chat: Chat, now: float, peer: bytes | None, msg: object, exc: Exception) -> None:
+    """A bug met one request (a client's, or an admin's with no ``peer``): answer ``internal``
+    and log one line with the traceback. It costs that request only, never the broker."""
+    if peer is not None:
+        chat.error(peer, p.Code.INTERNAL, "the broker failed on this request; see its log")
+    lines = (line.strip() for item in traceback.format_exception(exc) for line in item.split("\n"))
+    trace = " | ".join(line for line in lines if line)
+    what = f"{type(msg).__name__}: {type(exc).__name__}: {exc}"
+    chat.out.log(now, "error", text=f"internal error on {what}; {trace}")

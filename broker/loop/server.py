@@ -1,4 +1,4 @@
-"""The broker's I/O: sockets, the poll loop, signals. All chat decisions are in ``state``.
+"""The broker's I/O: sockets, the poll loop, signals. All chat decisions are in ``broker.chat``.
 
 One thread owns every socket. Each turn of the loop drains what is waiting (up to ``BATCH``
 messages per socket), hands each decoded message to the chat, then flushes once: commit the store,
@@ -7,10 +7,11 @@ therefore answers a lone message at once, and a busy one packs its sends. A comm
 full, I/O error) costs that batch only: its messages are refused, nothing of it is published, one
 line is logged, and the loop goes on.
 
-Who may connect (CURVE, the admins' allow-list, refused handshakes) is ``security.Guard``'s
-business; the loop asks it and logs what it says. ``Broker``'s parts, each a mixin in its own
-module: ``intake`` (the ROUTER), ``control`` (admin requests), ``sockets`` (bind, monitor, close),
-``flush`` (what a batch sends).
+Who may connect (CURVE, the admins' allow-list, refused handshakes) is ``security.guard.Guard``'s
+business; the loop asks it and logs what it says. ``Broker`` holds its parts, each an object in
+its own module and given what it uses: ``sockets.Sockets`` (bind, monitor, close),
+``intake.ClientIntake`` (the ROUTER), ``control.ControlChannel`` (admin requests) and
+``flush.BatchFlush`` (what a batch sends).
 """
 
 from __future__ import annotations
@@ -21,21 +22,21 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
-from typing import Final, Protocol
+from typing import Final
 
 import zmq
 
-from broker.chat.chat import Chat, Outbox, Settings
+from broker.chat.chat import Chat, Settings
 from broker.config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
-from broker.logfmt import LogWriter, Throttle
+from broker.logfmt import LogWriter
 from broker.loop.control import ControlChannel, ControlRequest
 from broker.loop.flush import BatchFlush
 from broker.loop.intake import ClientIntake
-from broker.loop.sockets import BrokerSockets
+from broker.loop.plugin import Plugin
+from broker.loop.sockets import Endpoints, Sockets
 from broker.security.gate import Gate
-from broker.security.guard import CHAT_DOMAIN, CONTROL_DOMAIN, REFUSED_EVENTS, Guard
+from broker.security.guard import Guard
 from broker.security.keys import KeyDir, KeyFileError
 from broker.security.roomkeys import RoomKeys
 from broker.store.base import Store, StoreError
@@ -46,49 +47,11 @@ from broker.wire import protocol as p
 
 __all__ = ["BATCH", "Broker", "Endpoints", "StartError", "open_store"]
 
-ROUTER_RCVHWM: Final = 10_000
-"""Client messages waiting to be read, per client."""
-
-BAD_FRAMES_LOGGED: Final = 20
-"""Bad frames logged one by one per heartbeat interval; the rest are counted in one line."""
-
 CLOSE_LINGER_MS: Final = 500
 """How long goodbyes may take to leave at shutdown before the sockets are dropped."""
 
-DB_FILE: Final = "room.db"
-LOCK_FILE: Final = "broker.lock"
 
-
-@dataclass(slots=True)
-class Endpoints:
-    router: str
-    pub: str
-    control: str
-
-
-class Plugin(Protocol):
-    """What a backbone adds to the loop (``backbone.plugin.BackbonePlugin``); a broker on its
-    own has none, and its loop reads the same without it."""
-
-    wake: socket.socket
-    """Readable when the plugin has news for the loop (``drain``)."""
-
-    def attach(self, broker: Broker, local: Store, endpoints: str) -> Store: ...
-    def banner(self) -> str: ...
-    def stop(self) -> None: ...
-    def drain(self) -> None: ...
-    def share(self, out: Outbox) -> None:
-        """Just before a batch goes out."""
-        ...
-
-    def control(self, asked: ControlRequest, now: float) -> cp.CtlReply | None:
-        """The reply, or None: answered later (``Broker.answer``)."""
-        ...
-
-    def tick(self, now: float) -> None: ...
-
-
-class Broker(ClientIntake, ControlChannel, BrokerSockets, BatchFlush):
+class Broker:
     """Binds the sockets on construction; ``run`` serves until closed or stopped.
 
     ``keys`` is the data dir's key directory (the broker's pair and the admin allow-list); without
@@ -124,50 +87,26 @@ class Broker(ClientIntake, ControlChannel, BrokerSockets, BatchFlush):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopping = False
-        self._bad_frames = Throttle(BAD_FRAMES_LOGGED, "{} more bad frames not logged")
         try:
             self.gate = Gate(limits.max_per_address, limits.max_connections)
             self.guard = Guard(self.ctx, keys, curve, self.gate)
         except KeyFileError as exc:
+            self._close_wake()
             self.ctx.destroy(linger=0)
             raise StartError(f"{exc}: the broker needs its key pair") from None
         try:
-            # Per-peer queues bounded in bytes: a send is at most about ANSWER_BYTES (replies)
-            # or PUB_SEND_BYTES (room events). A peer that falls that far behind loses what
-            # does not fit, and repairs it by retry or sequence number: the broker never waits.
-            router_options = {zmq.SNDHWM: limits.router_hwm, zmq.RCVHWM: ROUTER_RCVHWM}
-            self.router = self._bind(
-                zmq.ROUTER, endpoints.router, limits.max_frame, CHAT_DOMAIN, router_options
-            )
-            self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            pub_options = {zmq.SNDHWM: limits.pub_hwm if pub_hwm is None else pub_hwm}
-            if pub_sndbuf is not None:  # tests: a small kernel buffer makes a slow peer drop
-                pub_options[zmq.SNDBUF] = pub_sndbuf
-            self.pub = self._bind(
-                zmq.PUB, endpoints.pub, limits.max_subscription, CHAT_DOMAIN, pub_options
-            )
-            self.control = self._bind(
-                zmq.ROUTER, endpoints.control, limits.max_frame, CONTROL_DOMAIN
-            )
+            self.sockets = Sockets(self.ctx, self.guard, endpoints, limits, pub_hwm, pub_sndbuf)
         except StartError:
             self.guard.stop()
+            self._close_wake()
             self.ctx.destroy(linger=0)
             raise
-        self.control_monitor = self._monitor(self.control, REFUSED_EVENTS)
-        self.router_monitor = self._monitor(self.router, _CONNECTION_EVENTS)
-        self.pub_monitor = self._monitor(self.pub, _CONNECTION_EVENTS)
-        self._gone = 0  # connections closed since the last tick
-        self.endpoints = Endpoints(
-            self._endpoint(self.router), self._endpoint(self.pub), self._endpoint(self.control)
-        )
+        self.endpoints = self.sockets.endpoints
         settings = Settings(
             self.endpoints.pub, limits, rate, burst, heartbeat, liveness, sealed=room_keys
         )
-        self.keys = RoomKeys() if room_keys else None
-        """With room keys, every PUB send is sealed (``roomkeys``)."""
         store = store or MemoryStore(limits.history_keep)
         self.plugin = plugin
-        self._ctl_out: list[tuple[bytes, cp.CtlReply]] = []
         if plugin is not None:
             e = self.endpoints
             try:
@@ -175,12 +114,45 @@ class Broker(ClientIntake, ControlChannel, BrokerSockets, BatchFlush):
             except StoreError as exc:
                 plugin.stop()
                 self._close_sockets(linger=0)
-                self._wake_r.close()
-                self._wake_w.close()
+                self._close_wake()
                 raise StartError(str(exc)) from None
         self.chat = Chat(store, settings)
         self.chat.counters.started = self.clock()
+        sockets = self.sockets
+        self.intake = ClientIntake(
+            sockets.router, self.chat, self.guard, self.gate, self.clock, curve
+        )
+        self.control = ControlChannel(
+            sockets.control,
+            sockets.control_monitor,
+            self.chat,
+            self.guard,
+            self.clock,
+            self.intake.bad_frames,
+        )
+        self.flush = BatchFlush(
+            sockets.router,
+            sockets.pub,
+            self.chat,
+            self.control,
+            RoomKeys() if room_keys else None,
+            self.log,
+            self.clock,
+        )
+        if plugin is not None:
+            self.control.route = plugin.control
+            self.flush.plugin = plugin
         self._security_log(self.guard.refresh(), self.clock())
+
+    # ---- what a backbone calls back (``plugin.Host``) ----------------------------------------
+
+    def dispatch(self, request: cp.CtlRequest, now: float) -> cp.CtlReply:
+        """Run an admin request on this broker."""
+        return self.control.dispatch(request, now)
+
+    def answer(self, asked: ControlRequest, reply: cp.CtlReply, now: float) -> None:
+        """Answer an admin request that other brokers answered first."""
+        self.control.answer(asked, reply, now)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -207,7 +179,7 @@ class Broker(ClientIntake, ControlChannel, BrokerSockets, BatchFlush):
         self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
         if self.plugin is not None:
             self.log.line(self.plugin.banner())
-        self._flush()  # the admin keys found at start
+        self.flush.run()  # the admin keys found at start
         try:
             self._loop()
         finally:
@@ -217,25 +189,35 @@ class Broker(ClientIntake, ControlChannel, BrokerSockets, BatchFlush):
                 self.chat.goodbye_all(p.Bye.CLOSED, "the broker shut down", self.clock())
             else:
                 self.chat.goodbye_all(p.Bye.RESTART, "the broker is restarting", self.clock())
-            self._flush()
+            self.flush.run()
             self.log.line("room-broker stopped")
-            self._close()
+            self._close_sockets(linger=CLOSE_LINGER_MS)
+            self.chat.store.close()
+            self._close_wake()
 
-    def _close(self) -> None:
-        self._close_sockets(linger=CLOSE_LINGER_MS)
-        self.chat.store.close()
+    def _close_sockets(self, linger: int) -> None:
+        self.sockets.close(linger)
+        self.guard.stop()
+        self.ctx.term()
+
+    def _close_wake(self) -> None:
         self._wake_r.close()
         self._wake_w.close()
+
+    def _security_log(self, lines: list[str], now: float) -> None:
+        for line in lines:
+            self.chat.out.log(now, "security", text=line)
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        sockets, intake, control, flush = self.sockets, self.intake, self.control, self.flush
+        router, control_sock = sockets.router, sockets.control
+        router_monitor, pub_monitor = sockets.router_monitor, sockets.pub_monitor
+        control_monitor = sockets.control_monitor
         poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.control, zmq.POLLIN)
-        poller.register(self.control_monitor, zmq.POLLIN)
-        poller.register(self.router_monitor, zmq.POLLIN)
-        poller.register(self.pub_monitor, zmq.POLLIN)
+        for sock in (router, control_sock, control_monitor, router_monitor, pub_monitor):
+            poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         plugin = self.plugin
         if plugin is not None:
@@ -247,32 +229,29 @@ class Broker(ClientIntake, ControlChannel, BrokerSockets, BatchFlush):
             ready = dict(poller.poll(wait * 1000))
             if plugin is not None:
                 plugin.drain()
-            if self.router in ready:
-                self._drain_router()
-            if self.control in ready:
-                self._drain_control()
-            if self.router_monitor in ready:
-                self._count_connections(self.router_monitor, "router")
-            if self.pub_monitor in ready:
-                self._count_connections(self.pub_monitor, "pub")
-            if self.control_monitor in ready:
-                self._drain_monitor()
+            if router in ready:
+                intake.drain()
+            if control_sock in ready:
+                control.drain()
+            if router_monitor in ready:
+                intake.count_connections(router_monitor, "router")
+            if pub_monitor in ready:
+                intake.count_connections(pub_monitor, "pub")
+            if control_monitor in ready:
+                control.drain_monitor()
             now = self.clock()
             if now >= next_tick:
                 self.chat.tick(now)
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
-                if self._gone:  # what their buffers took goes back to the OS
-                    self._gone = 0
+                if intake.take_gone():  # what their buffers took goes back to the OS
                     _release_memory()
-                for line in self._bad_frames.tick():
+                for line in intake.bad_frames.tick():
                     self.chat.out.log(now, "error", text=line)
                 if plugin is not None:
                     plugin.tick(now)
                 next_tick = now + interval
-            self._flush()
+            flush.run()
 
-
-_CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 
 try:
     _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc

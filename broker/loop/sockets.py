@@ -1,18 +1,18 @@
 """The broker's sockets made and unmade: each bound with its options set before the bind and in
 its ZAP domain, a monitor that loses no event, the endpoint each got (port 0: any free port), and
 all of them closed at the end.
-
-Part of ``server.Broker`` (a mixin: it uses the broker's context, guard and sockets), apart
-because it is one story.
 """
 
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import Final
 
 import zmq
 
+from broker.config import Limits
+from broker.security.guard import CHAT_DOMAIN, CONTROL_DOMAIN, REFUSED_EVENTS, Guard
 from broker.store.datadir import StartError
 
 # Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
@@ -21,12 +21,17 @@ SNDMORE: Final = int(zmq.SNDMORE)
 SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 RCVMORE: Final = int(zmq.RCVMORE)
 
-if TYPE_CHECKING:
-    from broker.loop.server import Broker
+ROUTER_RCVHWM: Final = 10_000
+"""Client messages waiting to be read, per client."""
 
-    _Base = Broker
-else:
-    _Base = object
+_CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+
+
+@dataclass(slots=True)
+class Endpoints:
+    router: str
+    pub: str
+    control: str
 
 
 def _bindable(endpoint: str) -> str:
@@ -38,8 +43,53 @@ def _bindable(endpoint: str) -> str:
     )
 
 
-class BrokerSockets(_Base):
-    """The sockets of ``Broker``: made in its constructor, closed when it stops."""
+class Sockets:
+    """The ROUTER (clients), the PUB (rooms) and the control ROUTER (admins), each with a
+    monitor; bound in the constructor (a ``StartError`` if one cannot be, with nothing left
+    open), closed by ``close``."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        guard: Guard,
+        endpoints: Endpoints,
+        limits: Limits,
+        pub_hwm: int | None = None,
+        pub_sndbuf: int | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.guard = guard
+        bound: list[zmq.Socket[bytes]] = []
+        try:
+            # Per-peer queues bounded in bytes: a send is at most about ANSWER_BYTES (replies)
+            # or PUB_SEND_BYTES (room events). A peer that falls that far behind loses what
+            # does not fit, and repairs it by retry or sequence number: the broker never waits.
+            router_options = {zmq.SNDHWM: limits.router_hwm, zmq.RCVHWM: ROUTER_RCVHWM}
+            self.router = self._bind(
+                zmq.ROUTER, endpoints.router, limits.max_frame, CHAT_DOMAIN, router_options
+            )
+            bound.append(self.router)
+            self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            pub_options = {zmq.SNDHWM: limits.pub_hwm if pub_hwm is None else pub_hwm}
+            if pub_sndbuf is not None:  # tests: a small kernel buffer makes a slow peer drop
+                pub_options[zmq.SNDBUF] = pub_sndbuf
+            self.pub = self._bind(
+                zmq.PUB, endpoints.pub, limits.max_subscription, CHAT_DOMAIN, pub_options
+            )
+            bound.append(self.pub)
+            self.control = self._bind(
+                zmq.ROUTER, endpoints.control, limits.max_frame, CONTROL_DOMAIN
+            )
+        except StartError:
+            for sock in bound:
+                sock.close(linger=0)
+            raise
+        self.control_monitor = self._monitor(self.control, REFUSED_EVENTS)
+        self.router_monitor = self._monitor(self.router, _CONNECTION_EVENTS)
+        self.pub_monitor = self._monitor(self.pub, _CONNECTION_EVENTS)
+        self.endpoints = Endpoints(
+            _endpoint(self.router), _endpoint(self.pub), _endpoint(self.control)
+        )
 
     def _bind(
         self,
@@ -81,11 +131,7 @@ class BrokerSockets(_Base):
         monitor.connect(addr)
         return monitor
 
-    @staticmethod
-    def _endpoint(sock: zmq.Socket[bytes]) -> str:
-        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-    def _close_sockets(self, linger: int) -> None:
+    def close(self, linger: int) -> None:
         self.control.disable_monitor()
         self.control_monitor.close(linger=0)
         for sock, monitor in ((self.router, self.router_monitor), (self.pub, self.pub_monitor)):
@@ -93,5 +139,7 @@ class BrokerSockets(_Base):
             monitor.close(linger=0)
         for sock in (self.router, self.pub, self.control):
             sock.close(linger=linger)
-        self.guard.stop()
-        self.ctx.term()
+
+
+def _endpoint(sock: zmq.Socket[bytes]) -> str:
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)

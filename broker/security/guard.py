@@ -20,7 +20,7 @@ from typing import Final
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from broker.logfmt import Throttle
+from broker.security.throttle import Throttle
 from broker.security.gate import Gate
 from broker.security.keys import AllowList, KeyDir, load_secret, short
 

@@ -32,6 +32,10 @@ valid NATS subject tokens and never contain the topic delimiter."""
 NAME_RULE: Final = "1-32 letters, digits, '_' or '-', starting with a letter or digit"
 _NAME_RE: Final = re.compile(NAME_PATTERN)
 
+CONTROL_CHARS: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""What the text of a ``Say`` or ``Tell`` may not contain (the text rule): characters that would
+break the one-line-per-message log and client output."""
+
 LOBBY: Final = "public"
 """Every user starts here and returns here on leave or out; it is never removed."""
 
