@@ -280,7 +280,7 @@ class Delivery:
         out: list[Effect] = []
         lost = upto - last - len(have)
         if lost > 0:
-            out.append(notice(f"{lost} messages were lost"))
+            out.append(notice(f"{plural(lost, 'message')} {'was' if lost == 1 else 'were'} lost"))
         for seq in have:
             out.append(self._show(self.buffer.pop(seq), Kind.MESSAGE))
         self.last[room] = upto

@@ -204,6 +204,13 @@ def test_messages_gone_for_good_are_reported_and_skipped() -> None:
     assert s.last["public"] == 6
 
 
+def test_one_message_gone_for_good_is_said_in_the_singular() -> None:
+    s = joined("public", 1)
+    s.on_room([post("public", 3)], T0)
+    out = s.on_server(p.Messages("public", [], first=3), T0)
+    assert lines(out) == ["* 1 message was lost", "[public] bob: m3"]
+
+
 def test_broker_ping_ahead_fetches_the_tail() -> None:
     s = joined("public", 2)
     assert sent(s.on_server(p.Ping("public", 2), T0)) == []
