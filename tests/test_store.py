@@ -396,7 +396,7 @@ def test_sqlite_keeps_sessions_across_a_restart_until_they_end(tmp_path: Path) -
 
 
 def test_sessions_are_bounded_the_oldest_ending_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    from broker.store import memory as store_module
+    from broker.store import names as store_module
 
     monkeypatch.setattr(store_module, "SESSIONS_KEPT", 3)
     store = MemoryStore()

@@ -1,22 +1,19 @@
 """The store of a broker on its own without a file: everything in process memory (tests,
-benchmarks without durability), and the name claims and room access that the SQLite store keeps
-the same way."""
+benchmarks without durability, a backbone broker's mirror of the stream)."""
 
 from __future__ import annotations
 
-import secrets
 from collections import OrderedDict, deque
 from typing import Final
 
 from broker.store.access import Access, Request
 from broker.store.base import AuditEntry
+from broker.store.names import LocalNames
 from broker.store.window import Window
 from broker.wire.protocol import LOBBY, Ack, Code, Posted
 
 MEMORY_ACKS_KEPT: Final = 10_000
 """Message ids a MemoryStore remembers per sender (SQLite remembers every one)."""
-SESSIONS_KEPT: Final = 100_000
-"""Sessions a broker keeps for resuming; a new one beyond that ends the oldest."""
 AUDIT_KEPT: Final = 10_000
 """Audit entries a MemoryStore keeps (the SQLite store keeps them all)."""
 
@@ -31,52 +28,13 @@ class _RoomLog:
         self.window = Window(keep)
 
 
-class LocalNames:
-    """Name claims of a broker on its own. The chat's users are every name held; kept here is
-    each session's secret, which outlives its connection, so that a client silent for longer
-    than the heartbeat timeout resumes the same session (and, with SQLite, a client of a broker
-    that restarted). A session ends at /exit, fire and reset, or when a new session takes its
-    name."""
-
-    def __init__(self, sessions: dict[str, str] | None = None) -> None:
-        self._sessions: dict[str, str] = sessions or {}
-
-    def claim(self, name: str, session: str, resume: str) -> str | Code:
-        """A new session goes last; past ``SESSIONS_KEPT`` the oldest ends (its client, if it
-        ever resumes, is told ``bad_session`` and starts anew): endless new names cost a bound."""
-        if resume:
-            known = self._sessions.get(name)
-            if known is None or not secrets.compare_digest(known.encode(), resume.encode()):
-                return Code.BAD_SESSION
-            return known
-        self._sessions.pop(name, None)
-        self._sessions[name] = session
-        self._session_saved(name, session)
-        if len(self._sessions) > SESSIONS_KEPT:
-            oldest = next(iter(self._sessions))
-            del self._sessions[oldest]
-            self._session_saved(oldest, None)
-        return session
-
-    def release(self, name: str, end_session: bool) -> None:
-        if end_session and self._sessions.pop(name, None) is not None:
-            self._session_saved(name, None)
-
-    def holder(self, name: str) -> str:
-        """Nothing is held outside the chat."""
-        return ""
-
-    def _session_saved(self, name: str, secret: str | None) -> None:
-        """A durable store writes the change (None: the session ended)."""
-
-    def _sessions_reset(self) -> None:
-        self._sessions.clear()
-
-
 class LocalAccess:
-    """Room access kept in memory (gone when the broker stops), for ``MemoryStore``."""
+    """Room access kept in memory (gone when the broker stops): ``MemoryStore``'s part."""
 
     def __init__(self) -> None:
+        self._access = Access()
+
+    def reset(self) -> None:
         self._access = Access()
 
     def access(self) -> Access:
@@ -105,12 +63,13 @@ class LocalAccess:
             self._access.requests.setdefault(room, {})[user] = request
 
 
-class MemoryStore(LocalAccess, LocalNames):
-    """Everything in process memory: fast, and gone when the broker stops."""
+class MemoryStore:
+    """Everything in process memory: fast, and gone when the broker stops. Its name claims
+    (``LocalNames``) and room access (``LocalAccess``) are parts it answers with."""
 
     def __init__(self, keep: int = 10_000) -> None:
-        LocalAccess.__init__(self)
-        LocalNames.__init__(self)
+        self._names = LocalNames()
+        self._access = LocalAccess()
         self._keep = keep
         self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
         self._blocked: set[str] = set()
@@ -189,11 +148,32 @@ class MemoryStore(LocalAccess, LocalNames):
     def reset(self) -> None:
         self._rooms = {LOBBY: _RoomLog(self._keep)}
         self._acks.clear()
-        self._sessions_reset()
-        self._access = Access()
+        self._names.reset()
+        self._access.reset()
 
     def blocked(self) -> set[str]:
         return self._blocked
+
+    def claim(self, name: str, session: str, resume: str) -> str | Code:
+        return self._names.claim(name, session, resume)
+
+    def release(self, name: str, end_session: bool) -> None:
+        self._names.release(name, end_session)
+
+    def holder(self, name: str) -> str:
+        return self._names.holder(name)
+
+    def access(self) -> Access:
+        return self._access.access()
+
+    def set_private(self, room: str, allowed: set[str] | None) -> None:
+        self._access.set_private(room, allowed)
+
+    def set_allowed(self, room: str, user: str, allowed: bool) -> None:
+        self._access.set_allowed(room, user, allowed)
+
+    def set_request(self, room: str, user: str, request: Request | None) -> None:
+        self._access.set_request(room, user, request)
 
     def block(self, name: str) -> bool:
         added = name not in self._blocked

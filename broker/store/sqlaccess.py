@@ -1,13 +1,13 @@
 """Room access in SQLite: private rooms, who is allowed in, and pending join requests. A part of
-``sqlstore.SQLiteStore`` (a mixin: it writes in the store's open batch, so an access change is
-as durable as a message, and rolled back with its batch)."""
+``sqlstore.SQLiteStore``: it writes in the store's open batch (``sqlwriter.SQLiteBatch``), so an
+access change is as durable as a message, and rolled back with its batch."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Final
 
 from broker.store.access import Access, Request
+from broker.store.sqlwriter import SQLiteBatch
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS private_rooms (room TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -22,21 +22,22 @@ CREATE TABLE IF NOT EXISTS requests (
 
 
 class AccessTables:
-    """``Store``'s access methods on the store's connection (``_db``) and batch (``_write``)."""
+    """``Store``'s access methods, written in the store's batch and read on its connection."""
 
-    _db: sqlite3.Connection
-
-    def _write(self, sql: str, args: tuple[object, ...]) -> None: ...
-    def _write_rows(self) -> None: ...
+    def __init__(self, batch: SQLiteBatch) -> None:
+        self._batch = batch
+        self._write = batch.write
 
     def access(self) -> Access:
-        self._write_rows()  # the store's writer thread is idle after this
+        batch = self._batch
+        batch.write_rows()  # the store's writer thread is idle after this
+        db = batch.db
         access = Access()
-        for (room,) in self._db.execute("SELECT room FROM private_rooms"):
+        for (room,) in db.execute("SELECT room FROM private_rooms"):
             access.private[room] = set()
-        for room, user in self._db.execute("SELECT room, user FROM allowed"):
+        for room, user in db.execute("SELECT room, user FROM allowed"):
             access.private.setdefault(room, set()).add(user)
-        rows = self._db.execute("SELECT room, user, ts, history FROM requests ORDER BY ts")
+        rows = db.execute("SELECT room, user, ts, history FROM requests ORDER BY ts")
         for room, user, ts, history in rows:
             access.requests.setdefault(room, {})[user] = Request(ts, history)
         return access
@@ -65,6 +66,7 @@ class AccessTables:
                 (room, user, request.ts, request.history),
             )
 
-    def _reset_access(self) -> None:
+    def reset(self) -> None:
+        """No private room, nobody allowed, no request (the store's ``reset``)."""
         for table in ("private_rooms", "allowed", "requests"):
             self._write(f"DELETE FROM {table}", ())

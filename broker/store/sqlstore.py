@@ -7,6 +7,12 @@ the message is on disk, and a burst of messages costs one fsync, not one each. M
 inserted into that transaction by a writer thread while the loop handles the rest of the batch
 (``sqlwriter``); the loop waits for it before it reads, writes anything else, or commits.
 
+The store is made of parts, each an object it holds: its batch (``sqlwriter.SQLiteBatch``: the
+open transaction, the row writer and the checkpoint threads), the access tables
+(``sqlaccess.AccessTables``, written in that batch) and the name claims (``names.LocalNames``,
+the same as a ``MemoryStore``'s, whose session changes the store writes in the batch). Messages,
+rooms, the blocklist and the audit log are the store's own.
+
 A write that fails (disk full, I/O error) fails the whole batch: ``commit`` rolls the transaction
 back, puts the sequence counters and the blocklist back where the last commit left them (numbering
 stays dense) and raises ``StoreError``; the broker then refuses what the batch would have
@@ -24,13 +30,14 @@ from typing import IO, Final
 
 import msgspec
 
+from broker.store.access import Access, Request
 from broker.store.base import AuditEntry, StoreError
-from broker.store.memory import LocalNames
+from broker.store.names import LocalNames
 from broker.store.sqlaccess import SCHEMA as ACCESS_SCHEMA
 from broker.store.sqlaccess import AccessTables
 from broker.store.sqlwriter import CHUNK, SQLiteBatch
 from broker.store.window import Window
-from broker.wire.protocol import LOBBY, Ack, Posted
+from broker.wire.protocol import LOBBY, Ack, Code, Posted
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -80,8 +87,9 @@ flood. At ``--max-rooms`` 1,000 that is at most about 10 MB of ASCII text (Pytho
 bytes a character for other scripts: 35 MB at worst); the rest is read from the database."""
 
 
-class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
-    """One SQLite file in the data dir; the broker's only thread uses it."""
+class SQLiteStore:
+    """One SQLite file in the data dir; the broker's only thread uses it (see the module for its
+    parts)."""
 
     def __init__(self, path: Path, sync: str = DEFAULT_SYNC) -> None:
         self.path = path
@@ -105,13 +113,18 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
             self._blocked = {n for (n,) in db.execute("SELECT name FROM blocked")}
             sessions = dict(db.execute("SELECT name, secret FROM sessions"))
             db.execute("PRAGMA wal_autocheckpoint=0")
-            SQLiteBatch.__init__(self, db, path)
+            batch = SQLiteBatch(db, path, kept=self._kept, forget=self._forget)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"the database {path} cannot be used ({exc}): move it aside or restore a backup; "
                 "it was not changed"
             ) from None
-        LocalNames.__init__(self, sessions)
+        self._batch = batch
+        self._write = batch.write
+        self._write_rows = batch.write_rows
+        self._hand_off = batch.hand_off
+        self._access = AccessTables(batch)
+        self._names = LocalNames(sessions, saved=self._session_saved)
         self._seq: dict[str, int] = {room: kept.get(room, (0, 0))[1] for room in rooms}
         self._first: dict[str, int] = {room: kept.get(room, (1, 0))[0] for room in rooms}
         """Each room's oldest stored seq (its newest + 1 when it has none)."""
@@ -124,7 +137,21 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
         self._blocked_before: set[str] | None = None
         """The blocklist before the open batch changed it."""
         self.lock: IO[str] | None = None  # the data dir's lock file, released on close
-        self._start()
+        batch.start()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The batch's connection (tests read it, and replace it to make commits fail)."""
+        return self._batch.db
+
+    @_db.setter
+    def _db(self, db: sqlite3.Connection) -> None:
+        self._batch.db = db
+
+    @property
+    def _handed(self) -> bool:
+        """Chunks are with the writer thread (the batch's; for tests)."""
+        return self._batch.handed
 
     def append(self, room: str, sender: str, text: str, ts: float, mid: int = 0) -> Posted:
         old = self._seq.get(room)
@@ -134,7 +161,7 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
             self._write("INSERT OR IGNORE INTO rooms VALUES (?)", (room,))
             self._first[room] = 1
         seq = self._seq[room] = (old or 0) + 1
-        rows = self._rows
+        rows = self._batch.rows
         rows.append((room, seq, ts, sender, text, mid))
         if len(rows) >= CHUNK:
             self._hand_off()
@@ -157,7 +184,7 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
             if held is not None:
                 return held
         self._write_rows()
-        rows = self._db.execute(
+        rows = self._batch.db.execute(
             "SELECT room, seq, ts, sender, text FROM messages WHERE room = ? "
             "ORDER BY seq DESC LIMIT ?",
             (room, count),
@@ -176,7 +203,7 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
         if held is not None:
             return held, first
         self._write_rows()
-        rows = self._db.execute(
+        rows = self._batch.db.execute(
             "SELECT room, seq, ts, sender, text FROM messages WHERE room = ? AND seq >= ? "
             "AND seq <= ? ORDER BY seq",
             (room, start, stop),
@@ -185,12 +212,12 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
 
     def acked(self, sender: str, mid: int) -> Ack | None:
         self._write_rows()
-        row = self._db.execute(ACKED, (sender, mid)).fetchone()
+        row = self._batch.db.execute(ACKED, (sender, mid)).fetchone()
         return Ack(*row) if row else None
 
     def highest_mid(self, sender: str) -> int:
         self._write_rows()
-        return self._db.execute(HIGHEST_MID, (sender,)).fetchone()[0] or 0
+        return self._batch.db.execute(HIGHEST_MID, (sender,)).fetchone()[0] or 0
 
     def rooms(self) -> list[str]:
         return list(self._seq)
@@ -223,7 +250,7 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
             if pruned >= limit:
                 self._prune_next = room
                 return pruned
-            oldest = self._db.execute(
+            oldest = self._batch.db.execute(
                 "SELECT seq, ts FROM messages WHERE room = ? ORDER BY seq LIMIT ?",
                 (room, limit - pruned),
             ).fetchall()
@@ -243,17 +270,17 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
         return pruned
 
     def reset(self) -> None:
-        self._rows = []
+        self._batch.rows = []
         for room, seq in self._seq.items():
             self._undo.setdefault(room, seq)
         self._write("DELETE FROM messages", ())
         self._write("DELETE FROM rooms WHERE name != ?", (LOBBY,))
         self._write("DELETE FROM sessions", ())
-        self._reset_access()
+        self._access.reset()
         self._seq = {LOBBY: 0}
         self._first = {LOBBY: 1}
         self._windows.clear()
-        self._sessions_reset()
+        self._names.reset()
 
     def blocked(self) -> set[str]:
         return self._blocked
@@ -274,7 +301,17 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
         self._write("DELETE FROM blocked WHERE name = ?", (name,))
         return True
 
+    def claim(self, name: str, session: str, resume: str) -> str | Code:
+        return self._names.claim(name, session, resume)
+
+    def release(self, name: str, end_session: bool) -> None:
+        self._names.release(name, end_session)
+
+    def holder(self, name: str) -> str:
+        return self._names.holder(name)
+
     def _session_saved(self, name: str, secret: str | None) -> None:
+        """The names' ``saved``: a session that started or ended, in the batch."""
         if secret is None:
             self._write("DELETE FROM sessions WHERE name = ?", (name,))
         else:
@@ -283,6 +320,18 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
     def _keep_blocked(self) -> None:
         if self._blocked_before is None:
             self._blocked_before = set(self._blocked)
+
+    def access(self) -> Access:
+        return self._access.access()
+
+    def set_private(self, room: str, allowed: set[str] | None) -> None:
+        self._access.set_private(room, allowed)
+
+    def set_allowed(self, room: str, user: str, allowed: bool) -> None:
+        self._access.set_allowed(room, user, allowed)
+
+    def set_request(self, room: str, user: str, request: Request | None) -> None:
+        self._access.set_request(room, user, request)
 
     def audit(self, entry: AuditEntry) -> None:
         args = msgspec.json.encode(list(entry.args)).decode()
@@ -296,7 +345,7 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
         if limit <= 0:
             return []
         self._write_rows()
-        rows = self._db.execute(
+        rows = self._batch.db.execute(
             "SELECT ts, admin, key, command, args, ok, message FROM audit ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()
@@ -305,11 +354,17 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
             for ts, admin, key, command, args, ok, message in reversed(rows)
         ]
 
+    def commit(self) -> None:
+        """Make the batch durable, or roll it back and raise ``StoreError`` (see the module)."""
+        self._batch.commit()
+
     def _kept(self) -> None:
+        """The batch's ``kept``: it is durable, the undo records go."""
         self._undo.clear()
         self._blocked_before = None
 
     def _forget(self) -> None:
+        """The batch's ``forget``: it failed, the counters, windows and blocklist go back."""
         for room, seq in self._undo.items():
             if seq is None:
                 self._seq.pop(room, None)
@@ -320,7 +375,7 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
                     self._windows[room].drop_after(seq)
         self._undo.clear()
         with contextlib.suppress(sqlite3.Error):  # the database is where the last commit left it
-            found = {room: first for room, first, _ in self._db.execute(FIRST_LAST)}
+            found = {room: first for room, first, _ in self._batch.db.execute(FIRST_LAST)}
             self._first = {room: found.get(room, seq + 1) for room, seq in self._seq.items()}
         if self._blocked_before is not None:
             self._blocked, self._blocked_before = self._blocked_before, None
@@ -330,7 +385,7 @@ class SQLiteStore(SQLiteBatch, AccessTables, LocalNames):
         return sum(f.stat().st_size for f in files if f.exists())
 
     def close(self) -> None:
-        super().close()
+        self._batch.close()
         if self.lock is not None:
             self.lock.close()
 

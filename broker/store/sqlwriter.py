@@ -16,6 +16,7 @@ import contextlib
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import Callable
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -120,46 +121,56 @@ class SQLiteBatch:
     """The open batch of a SQLite store: every write goes into one transaction, message rows
     ``CHUNK`` at a time through the ``RowWriter``; ``commit`` makes it durable or forgets it.
 
-    A write that fails is kept, never raised, so the chat's decisions stand until ``commit`` says
-    the batch failed; the store puts its own counters back in ``_forget``."""
+    The store appends message rows to ``rows`` itself (the hot path: no call per message) and
+    calls ``hand_off`` when ``CHUNK`` are there. A write that fails is kept, never raised, so the
+    chat's decisions stand until ``commit`` says the batch failed; then ``forget`` puts the
+    store's own counters back (``kept``: the batch is durable, the store's undo records can go)."""
 
-    path: Path
-
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
-        self._db = db
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        kept: Callable[[], None],
+        forget: Callable[[], None],
+    ) -> None:
+        self.db = db
+        """The store's connection: the loop's, except while the writer inserts a chunk."""
+        self.path = path
+        self._kept = kept
+        self._forget = forget
         self._checkpointer = Checkpointer(path)
         self._writer = RowWriter(db)
-        self._handed = False
+        self.handed = False
         """Chunks were handed to the writer since it was last waited for."""
         self._dirty = False
-        self._rows: list[Row] = []
+        self.rows: list[Row] = []
         """Messages appended and not yet handed to the writer (``CHUNK`` at a time)."""
         self._failed: sqlite3.Error | None = None
         """The first write error of the open batch: later writes are skipped, ``commit`` fails."""
 
-    def _start(self) -> None:
+    def start(self) -> None:
         self._checkpointer.start()
         self._writer.start()
 
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+    def write(self, sql: str, args: tuple[object, ...]) -> None:
         """One statement in the batch's transaction; an error is kept for ``commit``."""
-        self._write_rows()  # the writer is idle after this: the connection is ours
+        self.write_rows()  # the writer is idle after this: the connection is ours
         if self._failed is not None:
             return
         try:
             if not self._dirty:
-                self._db.execute("BEGIN")
+                self.db.execute("BEGIN")
                 self._dirty = True
-            self._db.execute(sql, args)
+            self.db.execute(sql, args)
         except sqlite3.Error as exc:
             self._failed = exc
 
-    def _hand_off(self) -> None:
+    def hand_off(self) -> None:
         """A full chunk to the writer thread, which inserts it while the loop goes on."""
         if self._begin():
-            self._writer.submit(self._rows)
-            self._handed = True
-        self._rows = []
+            self._writer.submit(self.rows)
+            self.handed = True
+        self.rows = []
 
     def _begin(self) -> bool:
         """The batch's transaction is open (or the batch has failed: False). Before the first
@@ -168,39 +179,39 @@ class SQLiteBatch:
             return False
         if not self._dirty:
             try:
-                self._db.execute("BEGIN")
+                self.db.execute("BEGIN")
             except sqlite3.Error as exc:
                 self._failed = exc
                 return False
             self._dirty = True
         return True
 
-    def _write_rows(self) -> None:
+    def write_rows(self) -> None:
         """Every buffered message into the open transaction, and the writer idle: before any
         read, any other write, and the commit. What is left of a chunk is inserted here, on the
         loop's thread: a lone message at a low rate costs no hand-over between threads."""
-        if self._handed:
-            self._handed = False
+        if self.handed:
+            self.handed = False
             error = self._writer.wait()
             if error is not None and self._failed is None:
                 self._failed = error
-        rows = self._rows
+        rows = self.rows
         if rows:
             if self._begin():
                 try:
-                    self._db.execute(insert_sql(len(rows)), list(chain.from_iterable(rows)))
+                    self.db.execute(insert_sql(len(rows)), list(chain.from_iterable(rows)))
                 except sqlite3.Error as exc:
                     self._failed = exc
-            self._rows = []
+            self.rows = []
 
     def commit(self) -> None:
-        """Make the batch durable, or roll it back and raise ``StoreError`` (see the module)."""
-        self._write_rows()
+        """Make the batch durable, or roll it back and raise ``StoreError`` (see ``sqlstore``)."""
+        self.write_rows()
         try:
             if self._failed is not None:
                 raise self._failed
             if self._dirty:
-                self._db.execute("COMMIT")
+                self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"the database {self.path} could not store a batch ({exc})") from None
@@ -210,24 +221,18 @@ class SQLiteBatch:
     def _rollback(self) -> None:
         """Forget the failed batch, in the database and in what the store keeps in memory."""
         self._writer.wait()
-        self._handed = False
-        if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, IOERR)
+        self.handed = False
+        if self.db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, IOERR)
             with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-        self._rows = []
+                self.db.execute("ROLLBACK")
+        self.rows = []
         self._dirty = False
         self._failed = None
         self._forget()
-
-    def _kept(self) -> None:
-        """The batch is durable: the store's undo records can go."""
-
-    def _forget(self) -> None:
-        """The batch failed: the store puts what it keeps in memory back."""
 
     def close(self) -> None:
         with contextlib.suppress(StoreError):  # nothing uncommitted was acknowledged
             self.commit()
         self._writer.stop()
         self._checkpointer.stop()
-        self._db.close()
+        self.db.close()
