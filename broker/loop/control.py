@@ -14,10 +14,10 @@ from zmq.utils.monitor import parse_monitor_message
 from broker.admin.commands import dispatch
 from broker.chat.chat import Chat
 from broker.config import BATCH
-from broker.security.throttle import Throttle
 from broker.loop.intake import report_bug
 from broker.security.guard import Guard, user_id
 from broker.security.keys import short
+from broker.security.throttle import Throttle
 from broker.store.base import AuditEntry
 from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p

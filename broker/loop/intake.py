@@ -13,10 +13,10 @@ from zmq.utils.monitor import parse_monitor_message
 
 from broker.chat.chat import Chat
 from broker.config import BATCH
-from broker.security.throttle import Throttle
 from broker.loop.sockets import NOBLOCK, RCVMORE
 from broker.security.gate import Gate
 from broker.security.guard import Guard, user_id
+from broker.security.throttle import Throttle
 from broker.wire import protocol as p
 
 BAD_FRAMES_LOGGED: Final = 20

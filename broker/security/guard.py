@@ -20,9 +20,9 @@ from typing import Final
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from broker.security.throttle import Throttle
 from broker.security.gate import Gate
 from broker.security.keys import AllowList, KeyDir, load_secret, short
+from broker.security.throttle import Throttle
 
 CONTROL_DOMAIN: Final = "room-control"
 """ZAP domain of the control socket: only the admins' public keys pass."""
