@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,12 +50,28 @@ CHROMIUM_FLAGS = (
 LINES_JS = """return Array.from(document.querySelectorAll('#messages li')).map(li => ({
   kind: li.classList[0], cls: li.className, room: li.dataset.room || '',
   seq: Number(li.dataset.seq || 0), sender: li.dataset.sender || '',
-  text: (li.querySelector('.text') || li).textContent}))"""
+  text: (li.querySelector('.text') || li).textContent, whole: li.textContent,
+  shown: getComputedStyle(li).display !== 'none', marked: !!li.querySelector('.mark')}))"""
+ROOM_JS = """const b = document.querySelector(`#rooms button[data-room='${arguments[0]}']`);
+return b && Array.from(b.querySelectorAll('.flag')).map(f => [f.classList[1], f.title])"""
+ON_SCREEN_JS = """const inside = (el) => { const r = el.getBoundingClientRect();
+  return r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight && r.right <= innerWidth; };
+const list = document.getElementById('messages'), box = list.getBoundingClientRect();
+const last = Array.from(list.children).filter(li => li.offsetParent !== null).pop();
+const r = last.getBoundingClientRect(), rooms = document.getElementById('rooms');
+return {width: innerWidth, input: inside(document.getElementById('message')),
+  send: inside(document.querySelector('#say button')), last: last.textContent,
+  newest: inside(last) && r.top >= box.top && r.bottom <= box.bottom + 1,
+  rooms: [rooms.getBoundingClientRect().width, rooms.getBoundingClientRect().height],
+  room: inside(rooms.querySelector('button'))}"""
 
 
 def _find(program: str, debian: str) -> str | None:
     found = shutil.which(program)
     return found or (debian if os.access(debian, os.X_OK) else None)
+
+
+MESSAGE_KINDS = ("message", "history")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +120,16 @@ class Page:
 
     def chat(self, room: str = "public") -> list[tuple[int, str, str]]:
         """The room's messages on the page, in page order: (seq, sender, text)."""
-        return [(x["seq"], x["sender"], x["text"]) for x in self.lines() if x["room"] == room]
+        said = [x for x in self.lines() if x["room"] == room and x["kind"] in MESSAGE_KINDS]
+        return [(x["seq"], x["sender"], x["text"]) for x in said]
+
+    def shown(self, text: str) -> bool:
+        """Whether a line that says ``text`` is displayed (not hidden as another room's)."""
+        return any(x["shown"] for x in self.lines() if x["text"] == text)
+
+    def flags(self, room: str) -> list[list[str]] | None:
+        """The marks of ``room`` in the room list ([kind, title] each), None if not listed."""
+        return self.driver.execute_script(ROOM_JS, room)
 
     def status(self) -> str:
         return self.driver.find_element(By.ID, "status").text
@@ -190,8 +216,6 @@ def test_browser_and_terminal_talk_both_ways(
     assert (direct["kind"], direct["sender"]) == ("direct", "bob")
     page.say("/who")
     page.wait_line(lambda x: x["text"].startswith("carol") and "public" in x["text"], "/who")
-    SCREENSHOT.write_bytes(page.driver.get_screenshot_as_png())  # shown in the README
-    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_another_room_shows_its_history(
@@ -207,7 +231,7 @@ def test_another_room_shows_its_history(
     page.wait(lambda: bool(page.driver.find_elements(By.CSS_SELECTOR, button)), "ops listed")
     page.driver.find_element(By.CSS_SELECTOR, button).click()
     page.wait_line(lambda x: x["text"] == "joined ops", "* joined ops")
-    history = [x for x in page.lines() if x["room"] == "ops"]
+    history = [x for x in page.lines() if x["room"] == "ops" and x["kind"] in MESSAGE_KINDS]
     assert [(x["kind"], x["seq"], x["text"]) for x in history] == [
         ("history", k + 1, f"ops note {k}") for k in range(3)
     ]
@@ -228,11 +252,17 @@ def test_a_blocked_user_sees_it_and_reaches_nobody(
     bob.expect(r"^\* alice was blocked$")
     page.say("can anyone hear me?")
     page.wait_line(lambda x: x["text"].startswith("you are blocked"), "the blocked notice")
+    page.say("anyone at all?")
     bob.send("quiet here")
     bob.expect(r"^\[public\] bob: quiet here$")
     page.wait_line(lambda x: x["text"] == "quiet here", "bob's line")
-    assert not [line for line in bob.seen if "hear me" in line]
-    assert not [x for x in page.lines() if x["text"] == "can anyone hear me?"]
+    assert not [line for line in bob.seen if "hear me" in line or "at all" in line]
+    assert not [x for x in page.chat() if x[1] == "alice"]  # no room message of hers
+    for text in ("can anyone hear me?", "anyone at all?"):  # each shown refused, with its words
+        refused = page.wait_line(lambda x, t=text: t in x["text"], f"{text!r} not delivered")
+        assert refused["kind"] == "error" and refused["marked"], refused
+        assert refused["text"].startswith("not delivered"), refused
+        assert "blocked" in refused["text"], refused
 
 
 def test_fire_ends_the_page_session_with_a_clear_message(
@@ -353,6 +383,230 @@ def test_a_curve_broker_through_the_gateway(tmp_path: Path, pages: Callable[[str
         finally:
             web.stop()
             web.kill()
+
+
+def test_a_message_over_the_limit_is_refused_not_cut(
+    web: WebProc, clients: ClientFactory, pages: Callable[[str], Page]
+) -> None:
+    """The page refuses a message over the broker's limit (4096 bytes here) in the terminal
+    client's words, and keeps it in the input to shorten; it never cuts it."""
+    bob = clients.join("bob")
+    page = pages(web.url)
+    page.sign_in("alice")
+    box = page.driver.find_element(By.ID, "message")
+    for text, size in (("x" * 4100, 4100), ("é" * 2049, 4098)):  # bytes of UTF-8, not letters
+        box.send_keys(text + Keys.ENTER)
+        words = f"not delivered: message is {size} bytes; the limit is 4096"
+        refused = page.wait_line(lambda x, w=words: x["text"] == w, words)
+        assert refused["kind"] == "error", refused
+        assert box.get_attribute("value") == text  # kept whole, to be shortened
+        box.clear()
+    page.say("y" * 4096)  # at the limit: sent
+    bob.expect(r"^\[public\] alice: y{4096}$")
+    assert not [line for line in bob.seen if "xxxx" in line or "éé" in line]
+    assert not [x for x in page.chat() if x[1] == "alice" and x[2][0] != "y"]
+
+
+def test_errors_look_like_errors_and_notices_like_notices(
+    web: WebProc, pages: Callable[[str], Page]
+) -> None:
+    page = pages(web.url)
+    page.sign_in("alice")
+    for typed, said in (
+        ("/nosuch", "unknown command /nosuch: try /help"),
+        ("/join", "usage: /join ROOM"),
+        ("/msg nobody are you there?", "not delivered: nobody is not connected: see /who"),
+    ):
+        page.say(typed)
+        error = page.wait_line(lambda x, s=said: x["text"] == s, said)
+        assert error["kind"] == "error" and error["marked"], error
+    joined = page.wait_line(lambda x: x["text"] == "joined public", "* joined public")
+    assert joined["kind"] == "notice" and not joined["marked"], joined
+    colours = page.driver.execute_script(
+        "return ['#messages li.error', '#messages li.notice'].map("
+        "q => getComputedStyle(document.querySelector(q)).color)"
+    )
+    assert colours[0] != colours[1], colours
+
+
+def test_each_room_shows_its_own_lines(
+    web: WebProc, clients: ClientFactory, pages: Callable[[str], Page]
+) -> None:
+    """Notices of a room (who came and went, joined, its history) show only while the page is in
+    that room, as its messages do; errors and direct messages show in every room."""
+    bob = clients.join("bob")
+    page = pages(web.url)
+    page.sign_in("alice")
+    clients.join("carol")
+    entered = page.wait_line(lambda x: x["text"] == "carol entered public", "carol entered")
+    bob.send("said in public")
+    page.wait(lambda: len(page.chat()) == 1, "bob's line")
+    page.say("/join ops")
+    page.wait_line(lambda x: x["text"] == "joined ops", "* joined ops")
+    clients.join("dave", "ops")
+    page.wait_line(lambda x: x["text"] == "dave entered ops", "dave entered ops")
+    page.say("/nosuch")
+    bob.send("/msg alice psst")
+    page.wait_line(lambda x: x["text"] == "psst", "bob's direct message")
+
+    def shown() -> set[str]:
+        return {x["text"] for x in page.lines() if x["shown"]}
+
+    everywhere = {"unknown command /nosuch: try /help", "psst"}
+    in_public = {entered["text"], "said in public"}
+    in_ops = {"joined ops", "dave entered ops"}
+    page.wait(lambda: everywhere | in_ops <= shown() and not in_public & shown(), "ops alone")
+    page.say("/join public")
+    page.wait(lambda: everywhere | in_public <= shown() and not in_ops & shown(), "public alone")
+
+
+def test_private_and_requested_rooms_are_marked(
+    web: WebProc, broker: BrokerProc, clients: ClientFactory, pages: Callable[[str], Page]
+) -> None:
+    assert ctl(broker, "private", "ops").returncode == 0
+    clients.join("bob", "hall")
+    page = pages(web.url)
+    page.sign_in("alice")
+    page.wait(lambda: page.flags("hall") == [] and bool(page.flags("ops")), "hall and ops listed")
+    [(kind, title)] = page.flags("ops") or []
+    assert kind == "private" and "admin" in title, (kind, title)
+    page.driver.find_element(By.CSS_SELECTOR, "#rooms button[data-room='ops']").click()
+    page.wait_line(lambda x: x["text"].startswith("ops is private"), "the request's notice")
+    page.wait(lambda: [k for k, _ in page.flags("ops") or []] == ["requested"], "ops requested")
+    [(_, title)] = page.flags("ops") or []
+    assert "asked" in title and "admin" in title, title
+    assert page.flags("public") == []
+    assert ctl(broker, "allow", "alice", "ops").returncode == 0
+    page.wait_line(lambda x: x["text"] == "joined ops", "* joined ops")
+    page.wait(lambda: [k for k, _ in page.flags("ops") or []] == ["private"], "ops private again")
+
+
+def test_a_denied_request_is_told_as_a_notice_in_every_room(
+    web: WebProc, broker: BrokerProc, pages: Callable[[str], Page]
+) -> None:
+    """``room-ctl deny`` answers a waiting request with the broker's ``Notice``: the page shows it
+    as a notice, in whichever room it is, and the room is no longer marked requested."""
+    assert ctl(broker, "private", "ops").returncode == 0
+    page = pages(web.url)
+    page.sign_in("alice")
+    page.say("/join ops")
+    page.wait(lambda: [k for k, _ in page.flags("ops") or []] == ["requested"], "ops requested")
+    assert ctl(broker, "deny", "alice", "ops").returncode == 0
+    denied = page.wait_line(lambda x: "denied" in x["text"] and "ops" in x["text"], "the denial")
+    assert denied["kind"] == "notice" and not denied["marked"], denied
+    page.wait(lambda: [k for k, _ in page.flags("ops") or []] == ["private"], "ops not requested")
+    page.say("/join hall")
+    page.wait(lambda: page.shown("joined hall"), "the page in hall")
+    assert page.shown(denied["text"])
+
+
+def test_a_broker_notice_is_a_notice_shown_in_every_room(
+    web: WebProc, broker: BrokerProc, pages: Callable[[str], Page]
+) -> None:
+    page = pages(web.url)
+    page.sign_in("alice")
+    assert ctl(broker, "block", "alice").returncode == 0
+    page.wait(lambda: page.status() == "blocked", "status blocked")
+    assert ctl(broker, "unblock", "alice").returncode == 0
+    told = page.wait_line(lambda x: x["text"].startswith("you are unblocked"), "the Notice")
+    assert told["kind"] == "notice" and told["shown"], told
+    page.say("/join ops")
+    page.wait(lambda: page.shown("joined ops"), "the page in ops")
+    assert page.shown(told["text"])
+
+
+def test_direct_messages_name_sender_and_recipient_as_the_terminal_does(
+    web: WebProc, clients: ClientFactory, pages: Callable[[str], Page]
+) -> None:
+    bob = clients.join("bob")
+    page = pages(web.url)
+    page.sign_in("alice")
+    page.say("/msg bob just between us")
+    bob.expect(r"^\[@bob\] alice: just between us$")
+    bob.send("/msg alice and back")
+    bob.send("in the room")
+    page.wait(lambda: len(page.chat()) == 1, "bob's room line")
+    lines = {x["text"]: x["whole"] for x in page.lines() if x["kind"] in ("direct", "message")}
+    assert re.fullmatch(r"\d\d:\d\d \[@bob\] alice: just between us", lines["just between us"])
+    assert re.fullmatch(r"\d\d:\d\d \[@alice\] bob: and back", lines["and back"])
+    assert re.fullmatch(r"\d\d:\d\d bob: in the room", lines["in the room"])
+
+
+@pytest.mark.parametrize("width", [360, 390, 600, 1280])
+def test_the_input_and_the_newest_line_stay_on_screen_at_any_width(
+    width: int, web: WebProc, clients: ClientFactory, pages: Callable[[str], Page]
+) -> None:
+    """A phone (360 to 600 px wide) and a desktop: after 60 messages the input line and the
+    newest message are on screen, and the room list is readable."""
+    senders = [clients.join("bob"), clients.join("carol")]
+    page = pages(web.url)
+    size = page.driver.get_window_size()
+    page.driver.set_window_size(width, 800)
+    try:
+        page.sign_in("alice")
+        for k in range(60):  # two senders: each within the broker's burst
+            senders[k % 2].send(f"message {k}: " + "words to fill a line " * (k % 4))
+        page.wait(lambda: len(page.chat()) == 60, "60 lines")
+        seen: dict[str, Any] = {}
+
+        def on_screen() -> bool:
+            seen.update(page.driver.execute_script(ON_SCREEN_JS))
+            return bool(seen["input"] and seen["send"] and seen["newest"] and seen["room"])
+
+        page.wait(on_screen, f"input and newest line on screen at {width} px")
+        assert seen["width"] == width, seen
+        assert seen["last"].endswith(page.chat()[-1][2]), seen  # bob and carol race
+        assert seen["rooms"][0] >= 150 and seen["rooms"][1] >= 30, seen  # readable, not a strip
+        page.say("the newest")
+        page.wait_line(lambda x: x["text"] == "the newest", "the page's own line")
+        page.wait(on_screen, "the newest line on screen")
+        assert seen["last"].endswith("alice: the newest"), seen
+    finally:
+        page.driver.set_window_size(size["width"], size["height"])
+
+
+def test_the_page_as_shown_in_the_docs(
+    web: WebProc,
+    broker: BrokerProc,
+    clients: ClientFactory,
+    pages: Callable[[str], Page],
+    tmp_path: Path,
+) -> None:
+    """A chat with a few messages, a direct message, an error and a private room, photographed
+    at 1280 px (docs/web.png, shown in the README) and at 390 px (in the test's temp dir)."""
+    for room in ("board", "ops"):
+        assert ctl(broker, "private", room).returncode == 0
+    bob = clients.join("bob")
+    carol = clients.join("carol")
+    clients.join("dave", "design")
+    page = pages(web.url)
+    size = page.driver.get_window_size()
+    page.driver.set_window_size(1280, 720)
+    try:
+        page.sign_in("alice")
+        bob.expect(r"^\* alice entered public$")
+        page.say("morning! the page works on a phone too now")
+        bob.expect(r"^\[public\] alice: morning!")
+        bob.send("nice, the input stays in view")
+        page.wait(lambda: len(page.chat()) == 2, "bob's line")
+        carol.send("@alice can you look at the ops notes?")
+        page.wait(lambda: len(page.chat()) == 3, "carol's line")
+        bob.send("/msg alice lunch at noon?")
+        page.wait_line(lambda x: x["text"] == "lunch at noon?", "bob's direct message")
+        page.say("/msg bob yes, see you there")
+        page.wait_line(lambda x: x["text"] == "yes, see you there", "alice's direct message")
+        page.say("/join ops")
+        page.wait_line(lambda x: x["text"].startswith("ops is private"), "the request's notice")
+        page.say("/hsitory")
+        page.wait_line(lambda x: x["kind"] == "error", "the error")
+        page.wait(lambda: page.flags("design") is not None and page.flags("board"), "the rooms")
+        SCREENSHOT.write_bytes(page.driver.get_screenshot_as_png())  # shown in the README
+        assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        page.driver.set_window_size(390, 844)
+        page.wait(lambda: page.driver.execute_script("return innerWidth") == 390, "390 px")
+        (tmp_path / "web-390.png").write_bytes(page.driver.get_screenshot_as_png())
+    finally:
+        page.driver.set_window_size(size["width"], size["height"])
 
 
 # ---- what a browser cannot get around (an aiohttp client plays the browser) ---------------------

@@ -93,7 +93,7 @@ def main(
         ctx.exit(Exit.ERROR)
     zctx = zmq.asyncio.Context()
     zctx.set(zmq.MAX_SOCKETS, SOCKETS_PER_TAB * max_sessions + 64)
-    upstream = Upstream(server, curve, zctx, history)
+    upstream = Upstream(server, curve, zctx, history, max_message)
     settings = Settings(max_message, allow_origin, max_sessions)
     host, port = listen
     ctx.exit(serve(host, port, upstream, settings))

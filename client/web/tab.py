@@ -17,20 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 import zmq.asyncio
 
 from broker.config import HEARTBEAT, LIVENESS, Exit
-from broker.wire.protocol import LOBBY
+from broker.wire.protocol import (
+    LOBBY,
+    Joined,
+    JoinRequested,
+    Messages,
+    Notice,
+    Ping,
+    Posted,
+    RoomKey,
+    Rooms,
+    ServerMsg,
+)
 from client.connection import Connection
 from client.control import CurveKeys
 from client.core import PROG, Session
-from client.effects import Kind, Line, Stop
+from client.effects import Effect, Kind, Line, Stop
 
 REPLAY: Final = 2000
 """Lines a tab keeps for its WebSocket to read, and to replay to a page that reconnects."""
@@ -44,6 +56,20 @@ TAB_TICK: Final = 0.2
 as a gateway runs hundreds of sessions (the session's shortest timer, ``SYNC_RETRY``, is this)."""
 TOKEN_BYTES: Final = 24
 """Random bytes in a tab's token (192 bits): no page can guess another tab's."""
+ERROR_WORDS: Final = (
+    "not delivered",
+    "usage: ",
+    "unknown command ",
+    "not a room name: ",
+    "not a user name: ",
+)
+"""How the session's notices begin when they say that what the user asked for failed (a refused
+message, a mistyped command: client/outbox.py, client/commands.py): the page shows them as
+errors, as it shows the session's own ``error`` lines."""
+ROOM_NEWS: Final = (Joined, Messages, Posted, Ping, RoomKey)
+"""Messages from the broker whose notices are the current room's (joined, its history, messages
+lost), as are the notices of the room's own events (who entered, left, was blocked): those that
+come on the SUB, and those a room key opens when it comes after them."""
 
 
 class Peer(Protocol):
@@ -70,6 +96,53 @@ class Upstream:
     curve: CurveKeys | None
     ctx: zmq.asyncio.Context
     history: int
+    max_message: int
+    """The broker's ``--max-message``: the page refuses a longer message before sending it."""
+
+
+class TabSession(Session):
+    """The client's session, as a tab runs it: it also keeps what the page shows and a terminal
+    does not, from the same messages. Rooms that are private (from the room listings, and from a
+    request to join one) and rooms the user asked to join (until it is let in, or a ``Notice``
+    that names the room answers it); and each notice about the current room carries that room
+    (``Line.room``), so that the page shows it only there."""
+
+    def __init__(self, name: str, room: str, history: int) -> None:
+        super().__init__(name, room, history, track=True)
+        self.private: set[str] = set()
+        self.requested: set[str] = set()
+
+    def on_server(self, msg: ServerMsg, now: float) -> list[Effect]:
+        out = super().on_server(msg, now)
+        match msg:
+            case Rooms(rooms=rooms):
+                self.private = {r.name for r in rooms if r.private}
+            case JoinRequested(room=room):
+                self.private.add(room)
+                self.requested.add(room)
+            case Joined(room=room):
+                self.requested.discard(room)
+            case Notice(text=text):  # the admin's answer (a deny) names the room
+                self.requested = {r for r in self.requested if not _names(text, r)}
+        return self._tied(out) if isinstance(msg, ROOM_NEWS) else out
+
+    def on_room_frame(self, topic: bytes, body: bytes, now: float) -> list[Effect]:
+        return self._tied(super().on_room_frame(topic, body, now))
+
+    def _tied(self, effects: list[Effect]) -> list[Effect]:
+        """``effects`` with each notice tied to the current room."""
+        room = self.room
+        if room is None:
+            return effects
+        return [
+            replace(e, room=room) if isinstance(e, Line) and e.kind is Kind.NOTICE else e
+            for e in effects
+        ]
+
+
+def _names(text: str, room: str) -> bool:
+    """Whether ``text`` names ``room`` (as a word of its own)."""
+    return re.search(rf"(?<![\w-]){re.escape(room)}(?![\w-])", text) is not None
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -78,7 +151,12 @@ def encode(message: dict[str, Any]) -> str:
 
 def line_message(line: Line, n: int) -> dict[str, Any]:
     """A ``Line`` for the page, numbered ``n`` within its tab (docs/web.md)."""
-    message: dict[str, Any] = {"t": "line", "n": n, "kind": line.kind.value, "text": line.text}
+    kind = line.kind
+    if kind is Kind.NOTICE and line.text.startswith(ERROR_WORDS):
+        kind = Kind.ERROR
+    message: dict[str, Any] = {"t": "line", "n": n, "kind": kind.value, "text": line.text}
+    if kind is Kind.NOTICE and line.room:
+        message["room"] = line.room  # the room it is about: shown only there
     if line.kind in (Kind.MESSAGE, Kind.HISTORY, Kind.DIRECT):
         message |= {"sender": line.sender, "ts": line.ts, "own": line.own}
     if line.kind in (Kind.MESSAGE, Kind.HISTORY):
@@ -96,14 +174,16 @@ def end_message(stop: Stop) -> dict[str, Any]:
     return {"t": "end", "code": int(stop.code), "text": text}
 
 
-def state_message(session: Session) -> dict[str, Any]:
-    """What the page shows beside the messages: status, room, rooms and members."""
+def state_message(session: TabSession) -> dict[str, Any]:
+    """What the page shows beside the messages: status, room, rooms (which are private, which
+    the user asked to join) and members."""
     status = session.state
     if status == "connected" and session.is_blocked:
         status = "blocked"
     members = session.members()
     rooms = dict(session.roster.rooms)
-    rooms.setdefault(LOBBY, 0)
+    for room in (LOBBY, *session.requested):
+        rooms.setdefault(room, 0)
     if session.room is not None:
         rooms[session.room] = max(len(members), rooms.get(session.room, 0))
     listed = sorted(rooms.items(), key=lambda item: (item[0] != LOBBY, item[0]))
@@ -113,6 +193,8 @@ def state_message(session: Session) -> dict[str, Any]:
         "name": session.name,
         "room": session.room or session.want_room,
         "rooms": [list(item) for item in listed],
+        "private": sorted(session.private & rooms.keys()),
+        "requested": sorted(session.requested),
         "members": members,
     }
 
@@ -133,7 +215,8 @@ class Tab:
         """``secret`` and ``last`` continue a session another gateway ran (``Session.carry_on``);
         ``on_gone`` is told when the tab can be forgotten."""
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
-        self.session = Session(name, room, 0 if last else upstream.history, track=True)
+        self.max_message = upstream.max_message
+        self.session = TabSession(name, room, 0 if last else upstream.history)
         self.session.carry_on(secret, last)
         self.conn = Connection(
             upstream.servers,
@@ -182,6 +265,7 @@ class Tab:
             "token": self.token,
             "name": self.session.name,
             "secret": self.session.link.session_secret,
+            "max_message": self.max_message,
         }
         peer.send(encode(welcome))
         self.state = encode(state_message(self.session))

@@ -9,6 +9,14 @@
   const RETRY_FIRST = 250;
   const RETRY_MAX = 2000;
   const MAX_LINES = 5000; // the oldest lines go beyond this
+  const ROOM_FLAGS = { // the mark of a room in the list, and what its title says
+    private: {
+      kind: "private", text: "private", title: "private: only users the admin allowed may enter",
+    },
+    requested: {
+      kind: "requested", text: "requested", title: "you asked to join: the admin decides",
+    },
+  };
 
   let ws = null;
   let tab = loadTab(); // {token, name, secret}: this tab's session, kept across reloads
@@ -18,6 +26,8 @@
   let retry = RETRY_FIRST;
   let timer = null;
   let room = "";
+  let limit = 0; // the broker's message limit in bytes (0: not known yet)
+  let atEnd = true; // the message list shows its newest line: keep it so
   const newest = new Map(); // room -> newest seq shown: a new gateway continues from there
   const seen = new Set(); // "room seq" of every room message on the page: none twice
 
@@ -92,6 +102,7 @@
         retry = RETRY_FIRST;
         if (!tab || tab.token !== m.token) shown = 0; // another gateway's numbering
         tab = { token: m.token, name: m.name, secret: m.secret, room: tab ? tab.room : "" };
+        limit = m.max_message || 0;
         wanted = "";
         ended = false;
         saveTab();
@@ -170,18 +181,22 @@
     return el;
   }
 
+  // A line of a room (its messages, and notices about it) has data-room, and shows only while
+  // the page is in that room; errors and direct messages show in every room.
   function addLine(m) {
     const li = document.createElement("li");
     li.className = m.kind;
+    if (m.room !== undefined) {
+      li.dataset.room = m.room;
+      if (m.room !== room && room) li.classList.add("elsewhere");
+    }
     if (m.kind === "message" || m.kind === "history" || m.kind === "direct") {
-      if (m.room !== undefined) {
+      if (m.seq !== undefined) {
         const key = `${m.room} ${m.seq}`;
         if (seen.has(key)) return; // shown already (a replay, or history of what was live)
         seen.add(key);
         newest.set(m.room, Math.max(newest.get(m.room) || 0, m.seq));
-        li.dataset.room = m.room;
         li.dataset.seq = String(m.seq);
-        if (m.room !== room && room) li.classList.add("elsewhere");
       }
       li.dataset.sender = m.sender;
       if (m.own) li.classList.add("own");
@@ -190,29 +205,38 @@
       time.dateTime = new Date(m.ts * 1000).toISOString();
       time.textContent = clock(m.ts);
       li.append(time, " ");
-      if (m.kind === "direct") li.append(span("to", `@${m.to}`), " ");
-      li.append(span(`sender ${colour(m.sender)}`, m.sender), " ", span("text", m.text));
+      // As the terminal writes it: [@carol] alice: text
+      if (m.kind === "direct") li.append(span("to", `[@${m.to}]`), " ");
+      li.append(span(`sender ${colour(m.sender)}`, m.sender), ": ", span("text", m.text));
+    } else if (m.kind === "error") {
+      const mark = span("mark", "!");
+      mark.title = "error";
+      li.append(mark, " ", span("text", m.text));
     } else {
-      li.textContent = m.text;
+      li.append(span("text", m.text));
     }
     place(li, m);
   }
 
   function place(li, m) {
     const list = $("messages");
-    const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     let before = null;
     if (m.kind === "history") {
       // Older messages of a room go before its newer ones already here.
       for (let el = list.lastElementChild; el; el = el.previousElementSibling) {
-        if (el.dataset.room !== m.room) continue;
+        if (el.dataset.room !== m.room || el.dataset.seq === undefined) continue;
         if (Number(el.dataset.seq) < m.seq) break;
         before = el;
       }
     }
     list.insertBefore(li, before);
     while (list.childElementCount > MAX_LINES) list.firstElementChild.remove();
-    if (stick) list.scrollTop = list.scrollHeight;
+    if (atEnd) toEnd();
+  }
+
+  function toEnd() {
+    const list = $("messages");
+    list.scrollTop = list.scrollHeight;
   }
 
   function showState(m) {
@@ -227,14 +251,28 @@
       for (const el of $("messages").querySelectorAll("li[data-room]")) {
         el.classList.toggle("elsewhere", el.dataset.room !== room);
       }
+      toEnd();
+      atEnd = true;
     }
     const rooms = $("rooms");
     rooms.replaceChildren();
+    const requested = new Set(m.requested || []);
+    const locked = new Set(m.private || []);
     for (const [name, members] of m.rooms) {
       const li = document.createElement("li");
       const button = document.createElement("button");
       button.type = "button";
-      button.append(span("room", name), " ", span("count", String(members)));
+      button.append(span("room", name), " ");
+      let flag = null;
+      if (requested.has(name)) flag = ROOM_FLAGS.requested;
+      else if (locked.has(name)) flag = ROOM_FLAGS.private;
+      if (flag) {
+        const mark = span(`flag ${flag.kind}`, flag.text);
+        mark.title = flag.title;
+        button.title = `${name}: ${flag.title}`;
+        button.append(mark, " ");
+      }
+      button.append(span("count", String(members)));
       button.dataset.room = name;
       if (name === room) button.setAttribute("aria-current", "true");
       li.append(button);
@@ -264,11 +302,37 @@
     if (!send({ t: "hello", name: wanted, room: room || "public" })) connect();
   });
 
+  // What a typed line sends to a room or a user, as the session reads it (null: a command).
+  function said(line) {
+    if (line.startsWith("//")) return line.slice(1);
+    const direct = /^\/msg\s+\S+\s+(.*)$/s.exec(line);
+    if (direct) return direct[1];
+    return line.startsWith("/") ? null : line;
+  }
+
   $("say").addEventListener("submit", (event) => {
     event.preventDefault();
     const box = $("message");
-    if (box.value.trim() && send({ t: "input", text: box.value })) box.value = "";
+    if (!box.value.trim()) return;
+    const text = said(box.value);
+    const size = text === null ? 0 : new TextEncoder().encode(text).length;
+    if (limit && size > limit) {
+      // The broker would refuse it (the terminal shows its words): kept here, to be shortened.
+      const words = `not delivered: message is ${size} bytes; the limit is ${limit}`;
+      addLine({ kind: "error", text: words });
+      return;
+    }
+    if (send({ t: "input", text: box.value })) box.value = "";
   });
+
+  $("messages").addEventListener("scroll", () => {
+    const list = $("messages");
+    atEnd = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  });
+  // A narrower or shorter window (a phone turned, a keyboard shown) keeps the newest line in view.
+  new ResizeObserver(() => {
+    if (atEnd) toEnd();
+  }).observe($("messages"));
 
   $("rooms").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-room]");
