@@ -10,7 +10,7 @@ from broker.config import HISTORY
 from broker.wire.protocol import LOBBY, NAME_RULE, ListRooms, ListUsers, valid_name
 from client.delivery import Delivery
 from client.effects import Effect
-from client.lines import notice, table
+from client.lines import failure, table
 from client.outbox import Outbox
 from client.roster import Roster
 
@@ -48,10 +48,10 @@ class Commands:
         match command, args:
             case "/join", [room]:
                 if not valid_name(room):
-                    return [notice(f"not a room name: {room!r} (a name is {NAME_RULE})")]
+                    return [failure(f"not a room name: {room!r} (a name is {NAME_RULE})")]
                 return [self.delivery.join(room, now)]
             case "/join", _:
-                return [notice("usage: /join ROOM")]
+                return [failure("usage: /join ROOM")]
             case "/leave", []:
                 return [self.delivery.leave(now)]
             case "/rooms", []:
@@ -60,7 +60,7 @@ class Commands:
                 return [self.roster.ask(ListUsers(room=""), now)]
             case "/who", [room]:
                 if not valid_name(room):
-                    return [notice(f"not a room name: {room!r} (a name is {NAME_RULE})")]
+                    return [failure(f"not a room name: {room!r} (a name is {NAME_RULE})")]
                 return [self.roster.ask(ListUsers(room=room), now)]
             case "/msg", _:
                 return self._tell(line, now)
@@ -72,17 +72,17 @@ class Commands:
                 return self.leave(now)
             case (("/leave" | "/rooms" | "/who" | "/help" | "/exit" | "/quit" | "/history"), _):
                 usage = next((u for u, _ in HELP if u.split()[0] == command), command)
-                return [notice(f"usage: {usage}")]
-        return [notice(f"unknown command {command}: try /help")]
+                return [failure(f"usage: {usage}")]
+        return [failure(f"unknown command {command}: try /help")]
 
     def _tell(self, line: str, now: float) -> list[Effect]:
         """``/msg USER TEXT``: the text keeps its own spacing."""
         parts = line.split(None, 2)
         if len(parts) < 3 or not parts[2].strip():
-            return [notice("usage: /msg USER TEXT")]
+            return [failure("usage: /msg USER TEXT")]
         to, text = parts[1].removeprefix("@"), parts[2]
         if not valid_name(to):
-            return [notice(f"not a user name: {to!r} (a name is {NAME_RULE})")]
+            return [failure(f"not a user name: {to!r} (a name is {NAME_RULE})")]
         return self.outbox.tell(to, text, now)
 
     def _history(self, args: list[str], now: float) -> list[Effect]:
@@ -92,5 +92,5 @@ class Commands:
         except ValueError:
             count = 0
         if count <= 0:
-            return [notice("usage: /history [N] with N a positive number")]
+            return [failure("usage: /history [N] with N a positive number")]
         return self.delivery.fetch_history(count, now)

@@ -15,6 +15,12 @@ def notice(text: str) -> Line:
     return Line(Kind.NOTICE, text)
 
 
+def failure(text: str) -> Line:
+    """What the user asked for failed (a refused message, a mistyped command): shown as an
+    error by the front ends that style lines."""
+    return Line(Kind.ERROR, text)
+
+
 def plural(n: int, word: str) -> str:
     """``1 member``, ``2 members``."""
     return f"{n} {word}{'' if n == 1 else 's'}"

@@ -19,7 +19,7 @@ from typing import Final
 from broker.config import Exit
 from broker.wire.protocol import Code, Quit, Refused, Say, Tell
 from client.effects import Effect
-from client.lines import notice
+from client.lines import failure, notice
 from client.link import Link
 from client.roster import Roster
 
@@ -70,7 +70,7 @@ class Outbox:
 
     def tell(self, to: str, text: str, now: float) -> list[Effect]:
         if self.link.hello_pending:
-            return [notice(f"not delivered to {to}: the broker is not reachable; try again")]
+            return [failure(f"not delivered to {to}: the broker is not reachable; try again")]
         mid = self._mid()
         self.telling[mid] = (to, text)
         return [self.link.send(Tell(to, text, mid), now)]
@@ -99,11 +99,11 @@ class Outbox:
         if msg.code is Code.BLOCKED:
             out += self.roster.note_blocked(True)
             if said is not None:
-                out.append(notice(f"not delivered (you are blocked): {said.text}"))
+                out.append(failure(f"not delivered (you are blocked): {said.text}"))
             elif told is not None:
-                out.append(notice(f"not delivered to {told[0]} (you are blocked): {told[1]}"))
+                out.append(failure(f"not delivered to {told[0]} (you are blocked): {told[1]}"))
         else:
-            out.append(notice(f"not delivered: {msg.reason}"))
+            out.append(failure(f"not delivered: {msg.reason}"))
         return out + self.maybe_quit(now)
 
     def not_stored(self, mid: int, reason: str, now: float) -> list[Effect]:
@@ -128,7 +128,7 @@ class Outbox:
     def forget_tells(self) -> list[Effect]:
         """After a resume: the ``Tell`` messages the lost broker never answered, said lost."""
         out: list[Effect] = [
-            notice(f"not delivered to {to}: the broker was lost; send it again")
+            failure(f"not delivered to {to}: the broker was lost; send it again")
             for to, _ in self.telling.values()
         ]
         self.telling.clear()

@@ -25,7 +25,7 @@ import pytest
 from conftest import client_factory, running_broker
 from procs import WAIT, BrokerProc, ClientFactory, WebProc, ctl
 
-from broker.config import HEARTBEAT, LIVENESS
+from broker.config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -323,6 +323,19 @@ def test_a_reload_resumes_the_session_and_shows_nothing_twice(
     assert page.driver.find_element(By.ID, "whoami").text == "alice"
     assert page.status() == "connected"
     assert not [line for line in bob.seen if "alice left" in line or line.count("entered") > 1]
+
+
+def test_the_longest_legal_message_passes_however_json_escapes_it(
+    web: WebProc, clients: ClientFactory, pages: Callable[[str], Page]
+) -> None:
+    bob = clients.join("bob")
+    page = pages(web.url)
+    page.sign_in("alice")
+    quoted = '"' * DEFAULT_LIMITS.max_message  # each one two bytes in the frame's JSON
+    page.driver.execute_script("document.getElementById('message').value = arguments[0]", quoted)
+    page.say("")
+    bob.expect(rf"^\[public\] alice: {quoted}$")
+    assert page.status() == "connected"
 
 
 def test_a_gateway_restart_loses_nothing_and_repeats_nothing(

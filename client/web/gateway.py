@@ -80,7 +80,8 @@ class Settings:
 
     @property
     def max_frame(self) -> int:
-        return self.max_message + FRAME_OVERHEAD
+        """A legal message as JSON: every ``"`` and ``\\`` of its text written as two bytes."""
+        return 2 * self.max_message + FRAME_OVERHEAD
 
 
 class Socket:

@@ -56,16 +56,6 @@ TAB_TICK: Final = 0.2
 as a gateway runs hundreds of sessions (the session's shortest timer, ``SYNC_RETRY``, is this)."""
 TOKEN_BYTES: Final = 24
 """Random bytes in a tab's token (192 bits): no page can guess another tab's."""
-ERROR_WORDS: Final = (
-    "not delivered",
-    "usage: ",
-    "unknown command ",
-    "not a room name: ",
-    "not a user name: ",
-)
-"""How the session's notices begin when they say that what the user asked for failed (a refused
-message, a mistyped command: client/outbox.py, client/commands.py): the page shows them as
-errors, as it shows the session's own ``error`` lines."""
 ROOM_NEWS: Final = (Joined, Messages, Posted, Ping, RoomKey)
 """Messages from the broker whose notices are the current room's (joined, its history, messages
 lost), as are the notices of the room's own events (who entered, left, was blocked): those that
@@ -152,8 +142,6 @@ def encode(message: dict[str, Any]) -> str:
 def line_message(line: Line, n: int) -> dict[str, Any]:
     """A ``Line`` for the page, numbered ``n`` within its tab (docs/web.md)."""
     kind = line.kind
-    if kind is Kind.NOTICE and line.text.startswith(ERROR_WORDS):
-        kind = Kind.ERROR
     message: dict[str, Any] = {"t": "line", "n": n, "kind": kind.value, "text": line.text}
     if kind is Kind.NOTICE and line.room:
         message["room"] = line.room  # the room it is about: shown only there
