@@ -94,9 +94,9 @@ def test_a_blocked_tell_cannot_forge_a_log_line(broker: BrokerProc, ctx: zmq.Con
 
 FAULTS = """
 import broker.store.sqlstore
-import broker.chat.chat
+import broker.chat.rooms
 
-_fetch = broker.chat.chat.Chat._fetch
+_fetch = broker.chat.rooms.Rooms.fetch
 _range = broker.store.sqlstore.SQLiteStore.range
 
 
@@ -112,7 +112,7 @@ def _failing_range(self, room, *args, **kwargs):
     return _range(self, room, *args, **kwargs)
 
 
-broker.chat.chat.Chat._fetch = _failing_fetch
+broker.chat.rooms.Rooms.fetch = _failing_fetch
 broker.store.sqlstore.SQLiteStore.range = _failing_range
 """
 """A broker whose Fetch fails in the chat for room "faulty" and in the store for "fragile"."""

@@ -5,23 +5,44 @@
 after each batch of input, so everything a batch produces for one room goes out in one PUB send,
 after one store commit (an Ack always means "stored"). When that commit fails, ``commit_failed``
 turns the batch's outbox into what may still go out: refusals instead of Acks, nothing published.
+
+``Chat`` is the façade: it dispatches each message to the part whose story it is, and holds what
+concerns them all (the heartbeat tick, a failed commit, a reset, goodbyes). Its parts share one
+``State`` (settings, store, outbox, users, rooms' members, access, ...), each given the parts it
+calls, never the chat: ``posting`` (Say, Tell, the rate budget, a stored message delivered);
+``rooms`` (Join, Fetch, rooms that come and go; calls ``posting`` for the rate budget);
+``sessions`` (Hello, removing a user; calls ``rooms``); ``private`` (the admin's access verbs;
+calls ``rooms`` to move people); ``others`` (the backbone's events; calls ``posting`` and
+``sessions``). The chat's attributes that are the state's (``users``, ``members``, ``access``,
+``settings``, ...) are read and set there, so every part sees the same.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, Self, TypeVar, overload
 
 from broker.chat.outbox import Counters, Outbox
-from broker.chat.privaterooms import PrivateRooms
+from broker.chat.posting import Posting
+from broker.chat.privaterooms import Allowed, Denied, PrivateRooms
 from broker.chat.rooms import Rooms
 from broker.chat.sessions import Sessions
 from broker.chat.shared import FromOthers
+from broker.chat.state import Settings, State
 from broker.chat.users import User
-from broker.config import DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from broker.store.access import Access, Request
 from broker.store.base import Store
 from broker.wire import protocol as p
+
+__all__ = [
+    "PRUNED_PER_TICK",
+    "STORE_FAILED",
+    "Allowed",
+    "Chat",
+    "Denied",
+    "Outbox",
+    "Settings",
+    "User",
+]
 
 PRUNED_PER_TICK: Final = 2_000
 """Old messages deleted at most per heartbeat tick: retention never holds the loop for long."""
@@ -29,82 +50,103 @@ PRUNED_PER_TICK: Final = 2_000
 STORE_FAILED: Final = "the broker could not store this message: try again"
 """The reason of the refusal a sender gets when the batch of its message could not be stored."""
 
-CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-"""Characters that would break the one-line-per-message log and client output."""
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """What the chat needs to know about its broker."""
+class _Shared(Generic[T]):
+    """An attribute of ``Chat`` that is its ``State``'s: read and set there, so that every
+    part sees the one the chat has."""
 
-    pub_endpoint: str
-    limits: Limits = DEFAULT_LIMITS
-    rate: float = 10.0  # room messages per second per user; 0 turns the limit off
-    burst: int = 30
-    heartbeat: float = HEARTBEAT
-    liveness: int = LIVENESS
-    sealed: bool = False  # room events on the PUB are sealed with room keys
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, chat: None, owner: type | None = None) -> Self: ...
+    @overload
+    def __get__(self, chat: Chat, owner: type | None = None) -> T: ...
+    def __get__(self, chat: Chat | None, owner: type | None = None) -> T | Self:
+        if chat is None:
+            return self
+        value: T = getattr(chat.state, self.name)
+        return value
+
+    def __set__(self, chat: Chat, value: T) -> None:
+        setattr(chat.state, self.name, value)
 
 
-class Chat(Sessions, Rooms, PrivateRooms, FromOthers):
+class Chat:
     """Users, rooms and the blocklist; every decision about who may do what is made here."""
 
+    store: _Shared[Store] = _Shared()
+    settings: _Shared[Settings] = _Shared()
+    out: _Shared[Outbox] = _Shared()
+    counters: _Shared[Counters] = _Shared()
+    users: _Shared[dict[str, User]] = _Shared()
+    by_peer: _Shared[dict[bytes, User]] = _Shared()
+    members: _Shared[dict[str, set[str]]] = _Shared()
+    access: _Shared[Access] = _Shared()
+    """Private rooms, who may enter them, and who asked (see ``privaterooms``)."""
+    stalled: _Shared[set[bytes]] = _Shared()
+    """Peers whose queue was full at the last send: they get no history until they read."""
+    request: _Shared[str] = _Shared()
+    """The tag of the client message being handled: an ``Error`` names it."""
+
     def __init__(self, store: Store, settings: Settings) -> None:
-        self.store = store
-        self.settings = settings
-        self.out = Outbox()
-        self.users: dict[str, User] = {}
-        self.by_peer: dict[bytes, User] = {}
-        self.members: dict[str, set[str]] = {room: set() for room in store.rooms()}
-        self.members.setdefault(p.LOBBY, set())
-        self.access = store.access()
-        """Private rooms, who may enter them, and who asked (see ``privaterooms``)."""
+        members: dict[str, set[str]] = {room: set() for room in store.rooms()}
+        members.setdefault(p.LOBBY, set())
+        self.state = State(store, settings, members, store.access())
         self.closing = False
-        self.counters = Counters()
-        self.request = ""
-        """The tag of the client message being handled: an ``Error`` names it."""
-        self.claiming: dict[str, bytes] = {}
+        self.posting = Posting(self.state)
+        self.rooms = Rooms(self.state, self.posting)
+        self.sessions = Sessions(self.state, self.rooms)
+        self.private = PrivateRooms(self.state, self.rooms)
+        self.others = FromOthers(self.state, self.posting, self.sessions)
+
+    @property
+    def claiming(self) -> dict[str, bytes]:
         """Names whose claim the backbone answers later, with the peer that said hello."""
-        self.stalled: set[bytes] = set()
-        """Peers whose queue was full at the last send: they get no history until they read."""
+        return self.sessions.claiming
 
     def handle(self, peer: bytes, msg: p.ClientMsg, now: float) -> None:
         """Act on one decoded client message."""
-        self.request = type(msg).__struct_config__.tag
-        user = self.by_peer.get(peer)
+        state = self.state
+        state.request = type(msg).__struct_config__.tag
+        user = state.by_peer.get(peer)
         if user is None:
             if isinstance(msg, p.Hello):
-                self._hello(peer, msg, now)
+                self.sessions.hello(peer, msg, now)
             elif not isinstance(msg, p.Quit | p.Ping):
-                self.error(
+                state.error(
                     peer, p.Code.HELLO_FIRST, "send hello first: the broker does not know you"
                 )
             return
         user.last_seen = now
         match msg:
             case p.Say():
-                self._post(user, msg, now)
+                self.posting.post(user, msg, now)
             case p.Tell():
-                self._tell(user, msg, now)
+                self.posting.tell(user, msg, now)
             case p.Ping():
                 pass
             case p.Sync():
                 room = user.room
-                self.out.publish(room, p.Synced(room, msg.nonce, self.store.last_seq(room)))
+                state.out.publish(room, p.Synced(room, msg.nonce, state.store.last_seq(room)))
             case p.Fetch():
-                self._fetch(user, msg, now)
+                self.rooms.fetch(user, msg, now)
             case p.Join():
-                self._join(user, msg.room, msg.history, now)
+                self.rooms.join(user, msg.room, msg.history, now)
             case p.Leave():
-                self._join(user, p.LOBBY, 0, now)
+                self.rooms.join(user, p.LOBBY, 0, now)
             case p.ListUsers():
-                self.out.reply(peer, p.Users(self.user_list(msg.room)))
+                state.out.reply(peer, p.Users(self.sessions.user_list(msg.room)))
             case p.ListRooms():
-                self.out.reply(peer, p.Rooms(self.room_list()))
+                state.out.reply(peer, p.Rooms(self.rooms.room_list()))
             case p.Quit():
-                self.remove(user, now, "left the chat", end_session=True)
+                self.sessions.remove(user, now, "left the chat", end_session=True)
             case p.Hello():
-                self.error(peer, p.Code.ALREADY, f"already connected as {user.name}")
+                state.error(peer, p.Code.ALREADY, f"already connected as {user.name}")
 
     def commit_failed(self, out: Outbox) -> int:
         """The store could not commit the batch that filled ``out`` and rolled it back, so its
@@ -115,8 +157,9 @@ class Chat(Sessions, Rooms, PrivateRooms, FromOthers):
         Replies that read the lost messages (Joined, Messages, Ping, Rooms) are cut back to
         what is stored: no client may learn a sequence number that will be used again. Returns
         how many messages were refused."""
-        last = self.store.last_seq
-        self.access = self.store.access()  # as last committed: the batch's changes are gone
+        state = self.state
+        last = state.store.last_seq
+        state.access = state.store.access()  # as last committed: the batch's changes are gone
         lost: set[tuple[str, int]] = set()  # a retry in the same batch is the same message
         for i, (peer, msg) in enumerate(out.replies):
             match msg:
@@ -137,91 +180,49 @@ class Chat(Sessions, Rooms, PrivateRooms, FromOthers):
                     out.replies[i] = (peer, p.Rooms(infos))
         out.rooms.clear()
         out.logs = [e for e in out.logs if e.kind != "msg"]
-        self.counters.accepted -= len(lost)
-        self.counters.refused += len(lost)
+        state.counters.accepted -= len(lost)
+        state.counters.refused += len(lost)
         return len(lost)
+
+    def tick(self, now: float) -> None:
+        """Drop users silent for too long and send every other user a heartbeat."""
+        state = self.state
+        s = state.settings
+        c = state.counters
+        if c._mark[0]:
+            c.rate = (c.accepted - c._mark[1]) / max(now - c._mark[0], 1e-9)
+        c._mark = (now, c.accepted)
+        self.rooms.prune(PRUNED_PER_TICK, now)
+        deadline = now - s.heartbeat * s.liveness
+        for user in list(state.users.values()):
+            if user.last_seen < deadline:
+                state.out.reply(user.peer, p.Goodbye(p.Bye.TIMEOUT, "no heartbeat from you"))
+                self.sessions.remove(user, now, "timed out")
+            else:
+                state.out.reply(user.peer, p.Ping(user.room, state.store.last_seq(user.room)))
+
+    def goodbye_all(self, reason: p.Bye, text: str, now: float) -> None:
+        """Drop every connection (reset, close): each client is told why. A reset ends the
+        sessions too; after a close they can be resumed when the broker is back."""
+        state = self.state
+        for user in list(state.users.values()):
+            state.out.reply(user.peer, p.Goodbye(reason, text))
+            self.sessions.remove(user, now, reason.value, end_session=reason is p.Bye.RESET)
+
+    def reset(self, now: float) -> None:
+        """Every client is told and dropped; every room but the lobby goes, with all history."""
+        state = self.state
+        self.goodbye_all(p.Bye.RESET, "the admin reset the broker", now)
+        state.store.reset()
+        state.members = {p.LOBBY: set()}
+        state.access = state.store.access()
+
+    # ---- what the loop, the admin and the backbone call, in the parts ----------------------------
 
     def error(self, peer: bytes, code: p.Code, reason: str, request: str | None = None) -> None:
         """Tell a peer its request failed (also used by the I/O layer for bad frames); the Error
         names the request (by default the one being handled)."""
-        self.out.reply(peer, p.Error(code, reason, self.request if request is None else request))
-
-    def _post(self, user: User, msg: p.Say, now: float) -> None:
-        """A room message: stored, published and acknowledged, unless it is a retry or refused."""
-        if msg.mid and msg.mid <= user.mid_high:  # perhaps a retry of a stored message
-            seen = self.store.acked(user.name, msg.mid)
-            if seen is not None:  # acknowledged again, never stored twice
-                self.out.reply(user.peer, seen)
-                return
-        refusal = self._refusal(user, msg.text, now)
-        if refusal is not None:
-            self._refuse(user, msg.mid, refusal, user.room, msg.text, now)
-            return
-        posted = self.store.append(user.room, user.name, msg.text, now, msg.mid)
-        if posted is None:  # stored elsewhere: ``stored`` acknowledges, ``delivered`` publishes
-            return
-        self.delivered(posted)
-        self._acknowledge(user, p.Ack(msg.mid, posted.room, posted.seq))
-
-    def _acknowledge(self, user: User, ack: p.Ack) -> None:
-        """The sender's message is stored: acknowledge it (its id is the highest so far)."""
-        self.counters.accepted += 1
-        user.mid_high = max(user.mid_high, ack.mid)
-        self.out.reply(user.peer, ack)
-
-    def _refuse(
-        self, user: User, mid: int, refusal: tuple[p.Code, str], where: str, text: str, now: float
-    ) -> None:
-        code, reason = refusal
-        self.counters.refused += 1
-        if code is p.Code.BLOCKED:
-            self.out.log(now, "blocked", where, user.name, text)
-        self.out.reply(user.peer, p.Refused(mid, code, reason))
-
-    def _tell(self, user: User, msg: p.Tell, now: float) -> None:
-        target = self.users.get(msg.to)
-        elsewhere = "" if target is not None else self.store.holder(msg.to)
-        refusal = self._refusal(user, msg.text, now)
-        if refusal is None and target is None and not elsewhere:
-            refusal = p.Code.NOT_CONNECTED, f"{msg.to} is not connected: see /who"
-        if refusal is not None:
-            self._refuse(user, msg.mid, refusal, f"@{msg.to}", msg.text, now)
-            return
-        self.counters.direct += 1
-        told = p.Told(user.name, msg.to, msg.text, now)
-        if target is not None:
-            self.out.reply(target.peer, told)
-        else:
-            self.out.forwards.append((elsewhere, told))
-        if target is not user:
-            self.out.reply(user.peer, told)
-        self.out.reply(user.peer, p.Ack(msg.mid, "", 0))
-        self.out.log(now, "direct", f"@{msg.to}", user.name, msg.text)
-
-    def _refusal(self, user: User, text: str, now: float) -> tuple[p.Code, str] | None:
-        if user.name in self.store.blocked():
-            return p.Code.BLOCKED, "you are blocked: your messages reach only the server"
-        size = len(text.encode())
-        limit = self.settings.limits.max_message
-        if size > limit:
-            return p.Code.TOO_LONG, f"message is {size} bytes; the limit is {limit}"
-        if not text or CONTROL_CHARS.search(text):
-            return p.Code.BAD_TEXT, "a message must be non-empty printable text on one line"
-        if not self._afford(user, now):
-            rate = self.settings.rate
-            return p.Code.RATE_LIMITED, f"slow down: at most {rate:g} messages per second"
-        user.tokens -= 1
-        return None
-
-    def _afford(self, user: User, now: float) -> bool:
-        """Refill the user's rate budget; whether a message's worth is left (always, with the
-        limit off). The caller spends what its request costs."""
-        rate = self.settings.rate
-        if rate <= 0:
-            return True
-        user.tokens = min(self.settings.burst, user.tokens + (now - user.refilled) * rate)
-        user.refilled = now
-        return user.tokens >= 1
+        self.state.error(peer, code, reason, request)
 
     def remove(
         self,
@@ -232,53 +233,79 @@ class Chat(Sessions, Rooms, PrivateRooms, FromOthers):
         release: bool = True,
         end_session: bool = False,
     ) -> None:
-        """Forget a user: the name is free again (unless ``release`` is off: another broker holds
-        it now) and the room is told. The session can still be resumed, unless ``end_session``
-        (/exit, fire, reset)."""
-        if release:
-            self.store.release(user.name, end_session)
-        del self.users[user.name]
-        self.by_peer.pop(user.peer, None)
-        self.stalled.discard(user.peer)
-        self.members[user.room].discard(user.name)
-        self.out.publish(user.room, p.Presence(user.room, user.name, what))
-        self._drop_if_unused(user.room)
-        self.out.log(now, "disconnect", user.room, user.name, why)
+        """``Sessions.remove``: forget a user."""
+        self.sessions.remove(user, now, why, what, release, end_session)
 
-    def tick(self, now: float) -> None:
-        """Drop users silent for too long and send every other user a heartbeat."""
-        s = self.settings
-        c = self.counters
-        if c._mark[0]:
-            c.rate = (c.accepted - c._mark[1]) / max(now - c._mark[0], 1e-9)
-        c._mark = (now, c.accepted)
-        self.prune(PRUNED_PER_TICK, now)
-        deadline = now - s.heartbeat * s.liveness
-        for user in list(self.users.values()):
-            if user.last_seen < deadline:
-                self.out.reply(user.peer, p.Goodbye(p.Bye.TIMEOUT, "no heartbeat from you"))
-                self.remove(user, now, "timed out")
-            else:
-                self.out.reply(user.peer, p.Ping(user.room, self.store.last_seq(user.room)))
-
-    def goodbye_all(self, reason: p.Bye, text: str, now: float) -> None:
-        """Drop every connection (reset, close): each client is told why. A reset ends the
-        sessions too; after a close they can be resumed when the broker is back."""
-        for user in list(self.users.values()):
-            self.out.reply(user.peer, p.Goodbye(reason, text))
-            self.remove(user, now, reason.value, end_session=reason is p.Bye.RESET)
+    def claimed(self, name: str, result: str | p.Code, reason: str, now: float) -> None:
+        """``Sessions.claimed``: the backbone's answer to a claim."""
+        self.sessions.claimed(name, result, reason, now)
 
     def user_list(self, room: str = "") -> list[p.UserInfo]:
-        blocked = self.store.blocked()
-        return [
-            p.UserInfo(u.name, u.room, u.name in blocked)
-            for u in sorted(self.users.values(), key=lambda u: u.name)
-            if not room or u.room == room
-        ]
+        """``Sessions.user_list``."""
+        return self.sessions.user_list(room)
 
-    def reset(self, now: float) -> None:
-        """Every client is told and dropped; every room but the lobby goes, with all history."""
-        self.goodbye_all(p.Bye.RESET, "the admin reset the broker", now)
-        self.store.reset()
-        self.members = {p.LOBBY: set()}
-        self.access = self.store.access()
+    def room_list(self, allowed: bool = False) -> list[p.RoomInfo]:
+        """``Rooms.room_list``."""
+        return self.rooms.room_list(allowed)
+
+    def move(self, user: User, room: str, now: float) -> None:
+        """``Rooms.move``: put a user in ``room`` on the admin's word."""
+        self.rooms.move(user, room, now)
+
+    def remove_room(self, room: str, now: float) -> list[str]:
+        """``Rooms.remove_room``: the admin removes a room and its history."""
+        return self.rooms.remove_room(room, now)
+
+    def forget_access(self, room: str) -> None:
+        """``Rooms.forget_access``."""
+        self.rooms.forget_access(room)
+
+    def prune(self, limit: int, now: float) -> int:
+        """``Rooms.prune``: retention."""
+        return self.rooms.prune(limit, now)
+
+    def make_private(self, room: str, now: float) -> set[str]:
+        """``PrivateRooms.make_private``."""
+        return self.private.make_private(room, now)
+
+    def make_open(self, room: str, now: float) -> list[str]:
+        """``PrivateRooms.make_open``."""
+        return self.private.make_open(room, now)
+
+    def allow(self, name: str, room: str, now: float) -> Allowed:
+        """``PrivateRooms.allow``."""
+        return self.private.allow(name, room, now)
+
+    def deny(self, name: str, room: str, now: float, tell: bool = True) -> Denied:
+        """``PrivateRooms.deny``."""
+        return self.private.deny(name, room, now, tell)
+
+    def access_changed(
+        self, room: str, allowed: set[str] | None, waiting: dict[str, Request], now: float
+    ) -> None:
+        """``PrivateRooms.access_changed``: another broker changed a room's access."""
+        self.private.access_changed(room, allowed, waiting, now)
+
+    def delivered(self, posted: p.Posted, mid: int = 0) -> None:
+        """``Posting.delivered``: a stored message goes to its room."""
+        self.posting.delivered(posted, mid)
+
+    def stored(self, name: str, ack: p.Ack) -> None:
+        """``FromOthers.stored``."""
+        self.others.stored(name, ack)
+
+    def not_stored(self, name: str, mid: int, reason: str) -> None:
+        """``FromOthers.not_stored``."""
+        self.others.not_stored(name, mid, reason)
+
+    def forwarded(self, told: p.Told) -> None:
+        """``FromOthers.forwarded``."""
+        self.others.forwarded(told)
+
+    def replaced(self, name: str, now: float) -> None:
+        """``FromOthers.replaced``."""
+        self.others.replaced(name, now)
+
+    def blocked_changed(self, name: str, blocked: bool) -> None:
+        """``FromOthers.blocked_changed``."""
+        self.others.blocked_changed(name, blocked)

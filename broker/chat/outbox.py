@@ -1,6 +1,6 @@
 """What one batch of input produced, for the I/O layer to send, and what the broker counts.
 
-The chat fills an ``Outbox``; the loop drains it after each batch (``Broker._flush``): the store
+The chat fills an ``Outbox``; the loop drains it after each batch (``BatchFlush``): the store
 commits first, then each room's events go out in one PUB send, each peer's replies in one ROUTER
 send, and the log lines are written.
 """
