@@ -24,6 +24,8 @@ and does only what spans parts (a ``Welcome``, an ``Error``, the commands):
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+from typing import Final
 
 from broker.config import HISTORY
 from broker.wire.protocol import (
@@ -55,6 +57,11 @@ from client.lines import PROG, notice
 from client.link import LOST_LINE, Link
 from client.outbox import RESEND_AFTER, Outbox, Pending
 from client.roster import BLOCKED_LINE, Roster
+
+ROOM_NEWS: Final = (Joined, Messages, Posted, Ping, RoomKey)
+"""Messages from the broker whose notices are the current room's (joined, its history, messages
+lost), as are the notices of the room's own events (who entered, left, was blocked): those that
+come on the SUB, and those a room key opens when it comes after them."""
 
 __all__ = ["BLOCKED_LINE", "LOST_LINE", "PROG", "RESEND_AFTER", "SYNC_RETRY", "Session"]
 
@@ -181,8 +188,10 @@ class Session:
             case Welcome():
                 out += self._welcome(msg, now)
             case Joined():
+                self.roster.entered(msg.room)
                 out += self.delivery.joined(msg, now)
             case JoinRequested():
+                self.roster.asked_to_join(msg.room)
                 out += self.delivery.requested(msg, now)
             case RoomKey():
                 out += self.feed.key(msg, now)
@@ -200,6 +209,7 @@ class Session:
             case Error():
                 out += self._error(msg, now)
             case Notice(text=text):
+                self.roster.told(text)
                 out.append(notice(text))
             case Users():
                 out += self.roster.listed_users(msg)
@@ -211,15 +221,15 @@ class Session:
                 out.append(Line(Kind.DIRECT, text, sender=sender, ts=ts, own=own, to=to))
             case Goodbye():
                 out += self.link.goodbye(msg, now)
-        return out
+        return self._tied(out) if isinstance(msg, ROOM_NEWS) else out
 
     def on_room_frame(self, topic: bytes, body: bytes, now: float) -> list[Effect]:
         """A PUB send as it came on the SUB: opened (with a room key, on a sealing broker)."""
-        return self.feed.frame(topic, body, now)
+        return self._tied(self.feed.frame(topic, body, now))
 
     def on_room(self, events: list[RoomEvent], now: float) -> list[Effect]:
         """A batch of events that arrived on the SUB, handled in order."""
-        return self.feed.events(events, now)
+        return self._tied(self.feed.events(events, now))
 
     def on_input(self, line: str, now: float) -> list[Effect]:
         """One line the user typed (without or with its line break)."""
@@ -255,6 +265,18 @@ class Session:
         return out + self.link.keepalive(now)  # last: only if nothing else was sent
 
     # ---- what spans parts ---------------------------------------------------------------------
+
+    def _tied(self, effects: list[Effect]) -> list[Effect]:
+        """Each notice of ``effects`` tied to the current room (``Line.room``): those that come
+        with the room's own news are about it (who entered or left, joined, its history, messages
+        lost), and a front end that shows rooms apart (room-web) shows them only there."""
+        room = self.delivery.room
+        if room is None:
+            return effects
+        return [
+            replace(e, room=room) if isinstance(e, Line) and e.kind is Kind.NOTICE else e
+            for e in effects
+        ]
 
     def _welcome(self, msg: Welcome, now: float) -> list[Effect]:
         self.feed.keyring.sealed = msg.sealed

@@ -8,6 +8,7 @@ user asked for are shown as well as learnt from.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Final
 
@@ -34,6 +35,10 @@ class Roster:
         """Known users and their rooms ("" when unknown): listings, presence, senders."""
         self.blocked_users: set[str] = set()
         self.rooms: dict[str, int] = {}
+        self.private: set[str] = set()
+        """Rooms known to be private: from the listings, and from a request to join one."""
+        self.requested: set[str] = set()
+        """Rooms the user asked to join, until let in or a ``Notice`` naming the room answers."""
         """Known rooms and their member counts, from the last room listing."""
         self.asked: dict[type, deque[tuple[bool, str]]] = {Users: deque(), Rooms: deque()}
         """Per listing, each outstanding request: whether to show its answer (or keep it quiet,
@@ -82,6 +87,7 @@ class Roster:
 
     def listed_rooms(self, msg: Rooms) -> list[Line]:
         self.rooms = {r.name: r.members for r in msg.rooms}
+        self.private = {r.name for r in msg.rooms if r.private}
         if not self._answer(Rooms)[0]:
             return []
         rows = [(r.name, plural(r.members, "member")) for r in msg.rooms]
@@ -172,3 +178,20 @@ class Roster:
             return []
         self.told_blocked = True
         return [notice(BLOCKED_LINE)]
+
+    def asked_to_join(self, room: str) -> None:
+        """A ``JoinRequested``: the room is private, and the user waits for the admin."""
+        self.private.add(room)
+        self.requested.add(room)
+
+    def entered(self, room: str) -> None:
+        self.requested.discard(room)
+
+    def told(self, text: str) -> None:
+        """A ``Notice``: the admin's answer to a request (a deny) names its room."""
+        self.requested = {room for room in self.requested if not _names(text, room)}
+
+
+def _names(text: str, room: str) -> bool:
+    """Whether ``text`` names ``room`` (as a word of its own)."""
+    return re.search(rf"(?<![\w-]){re.escape(room)}(?![\w-])", text) is not None

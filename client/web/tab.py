@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import zmq.asyncio
@@ -29,20 +28,11 @@ import zmq.asyncio
 from broker.config import HEARTBEAT, LIVENESS, Exit
 from broker.wire.protocol import (
     LOBBY,
-    Joined,
-    JoinRequested,
-    Messages,
-    Notice,
-    Ping,
-    Posted,
-    RoomKey,
-    Rooms,
-    ServerMsg,
 )
 from client.connection import Connection
 from client.control import CurveKeys
 from client.core import PROG, Session
-from client.effects import Effect, Kind, Line, Stop
+from client.effects import Kind, Line, Stop
 
 REPLAY: Final = 2000
 """Lines a tab keeps for its WebSocket to read, and to replay to a page that reconnects."""
@@ -56,10 +46,6 @@ TAB_TICK: Final = 0.2
 as a gateway runs hundreds of sessions (the session's shortest timer, ``SYNC_RETRY``, is this)."""
 TOKEN_BYTES: Final = 24
 """Random bytes in a tab's token (192 bits): no page can guess another tab's."""
-ROOM_NEWS: Final = (Joined, Messages, Posted, Ping, RoomKey)
-"""Messages from the broker whose notices are the current room's (joined, its history, messages
-lost), as are the notices of the room's own events (who entered, left, was blocked): those that
-come on the SUB, and those a room key opens when it comes after them."""
 
 
 class Peer(Protocol):
@@ -90,51 +76,6 @@ class Upstream:
     """The broker's ``--max-message``: the page refuses a longer message before sending it."""
 
 
-class TabSession(Session):
-    """The client's session, as a tab runs it: it also keeps what the page shows and a terminal
-    does not, from the same messages. Rooms that are private (from the room listings, and from a
-    request to join one) and rooms the user asked to join (until it is let in, or a ``Notice``
-    that names the room answers it); and each notice about the current room carries that room
-    (``Line.room``), so that the page shows it only there."""
-
-    def __init__(self, name: str, room: str, history: int) -> None:
-        super().__init__(name, room, history, track=True)
-        self.private: set[str] = set()
-        self.requested: set[str] = set()
-
-    def on_server(self, msg: ServerMsg, now: float) -> list[Effect]:
-        out = super().on_server(msg, now)
-        match msg:
-            case Rooms(rooms=rooms):
-                self.private = {r.name for r in rooms if r.private}
-            case JoinRequested(room=room):
-                self.private.add(room)
-                self.requested.add(room)
-            case Joined(room=room):
-                self.requested.discard(room)
-            case Notice(text=text):  # the admin's answer (a deny) names the room
-                self.requested = {r for r in self.requested if not _names(text, r)}
-        return self._tied(out) if isinstance(msg, ROOM_NEWS) else out
-
-    def on_room_frame(self, topic: bytes, body: bytes, now: float) -> list[Effect]:
-        return self._tied(super().on_room_frame(topic, body, now))
-
-    def _tied(self, effects: list[Effect]) -> list[Effect]:
-        """``effects`` with each notice tied to the current room."""
-        room = self.room
-        if room is None:
-            return effects
-        return [
-            replace(e, room=room) if isinstance(e, Line) and e.kind is Kind.NOTICE else e
-            for e in effects
-        ]
-
-
-def _names(text: str, room: str) -> bool:
-    """Whether ``text`` names ``room`` (as a word of its own)."""
-    return re.search(rf"(?<![\w-]){re.escape(room)}(?![\w-])", text) is not None
-
-
 def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
@@ -162,7 +103,7 @@ def end_message(stop: Stop) -> dict[str, Any]:
     return {"t": "end", "code": int(stop.code), "text": text}
 
 
-def state_message(session: TabSession) -> dict[str, Any]:
+def state_message(session: Session) -> dict[str, Any]:
     """What the page shows beside the messages: status, room, rooms (which are private, which
     the user asked to join) and members."""
     status = session.state
@@ -170,7 +111,7 @@ def state_message(session: TabSession) -> dict[str, Any]:
         status = "blocked"
     members = session.members()
     rooms = dict(session.roster.rooms)
-    for room in (LOBBY, *session.requested):
+    for room in (LOBBY, *session.roster.requested):
         rooms.setdefault(room, 0)
     if session.room is not None:
         rooms[session.room] = max(len(members), rooms.get(session.room, 0))
@@ -181,8 +122,8 @@ def state_message(session: TabSession) -> dict[str, Any]:
         "name": session.name,
         "room": session.room or session.want_room,
         "rooms": [list(item) for item in listed],
-        "private": sorted(session.private & rooms.keys()),
-        "requested": sorted(session.requested),
+        "private": sorted(session.roster.private & rooms.keys()),
+        "requested": sorted(session.roster.requested),
         "members": members,
     }
 
@@ -204,7 +145,7 @@ class Tab:
         ``on_gone`` is told when the tab can be forgotten."""
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.max_message = upstream.max_message
-        self.session = TabSession(name, room, 0 if last else upstream.history)
+        self.session = Session(name, room, 0 if last else upstream.history, track=True)
         self.session.carry_on(secret, last)
         self.conn = Connection(
             upstream.servers,
