@@ -115,6 +115,29 @@ def test_a_failed_commit_turns_the_batch_into_refusals(store: FlakyStore) -> Non
     assert (chat.counters.accepted, chat.counters.refused) == (2, 1)
 
 
+def test_a_failed_commit_keeps_what_the_room_list_says_of_private_rooms(
+    store: FlakyStore,
+) -> None:
+    chat = Chat(store, Settings("tcp://127.0.0.1:1", rate=0))
+    alice = _hello(chat, "alice")
+    chat.handle(alice.peer, p.Join("ops"), T0)
+    chat.make_private("ops", T0)
+    chat.out.take()
+    store.commit()
+
+    store.fail = 1
+    chat.handle(alice.peer, p.Say("lost", 1), T0)
+    chat.handle(alice.peer, p.ListRooms(), T0)
+    out = chat.out.take()
+    with pytest.raises(StoreError):
+        store.commit()
+    chat.commit_failed(out)
+    listed = next(m for _, m in out.replies if isinstance(m, p.Rooms))
+    assert [(r.name, r.private, r.seq) for r in listed.rooms if r.name == "ops"] == [
+        ("ops", True, 0)
+    ]
+
+
 # ---- the whole broker ------------------------------------------------------------------------
 
 

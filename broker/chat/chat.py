@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Final, Generic, Self, TypeVar, overload
 
+from msgspec.structs import replace
+
 from broker.chat.outbox import Counters, Outbox
 from broker.chat.posting import Posting
 from broker.chat.privaterooms import Allowed, Denied, PrivateRooms
@@ -176,7 +178,7 @@ class Chat:
                 case p.Ping(room=room, seq=seq) if room and seq > last(room):
                     out.replies[i] = (peer, p.Ping(room, last(room)))
                 case p.Rooms(rooms=rooms):
-                    infos = [p.RoomInfo(r.name, r.members, min(r.seq, last(r.name))) for r in rooms]
+                    infos = [replace(r, seq=min(r.seq, last(r.name))) for r in rooms]
                     out.replies[i] = (peer, p.Rooms(infos))
         out.rooms.clear()
         out.logs = [e for e in out.logs if e.kind != "msg"]
