@@ -143,7 +143,7 @@ class Brokers:
             batch = decode_replies(await dealer.recv_multipart())
             for i, msg in enumerate(batch):
                 if isinstance(msg, Error):
-                    return Stop(Exit.ERROR, f"{PROG}: {msg.reason}")
+                    return Stop(Exit.ERROR, f"{PROG}: {msg.reason}", msg.code)
                 if isinstance(msg, Welcome):
                     return self._welcomed(msg, batch[i + 1 :], loop.time())
         return _SILENT

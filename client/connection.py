@@ -4,9 +4,9 @@ Three parts: ``client.brokers`` picks the broker (the handshake down the ``--ser
 resume on the next one), ``client.sockets`` owns the DEALER and the SUB and reads them, and
 ``Connection`` here runs the loop.
 
-Everything the sockets, the user and the clock produce goes through one queue into one loop, which
-hands it to the session and carries out the effects, so the session never sees two things at once.
-Every wait has a timeout.
+Everything the sockets, the user (or a program: ``call``) and the clock produce goes through one
+queue into one loop, which hands it to the session and carries out the effects, so the session
+never sees two things at once. Every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ from broker.wire.protocol import Welcome
 from client.brokers import Brokers, handshake_timeout, pub_endpoint
 from client.control import CurveKeys
 from client.core import Session
-from client.effects import Effect, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
+from client.effects import (
+    Answered,
+    Effect,
+    Line,
+    Reconnect,
+    Send,
+    Stop,
+    Subscribe,
+    Unsubscribe,
+)
 from client.sockets import Queued, Sockets
 
 __all__ = ["TICK", "Connection", "handshake_timeout", "pub_endpoint"]
@@ -48,13 +57,16 @@ class Connection:
         curve: CurveKeys | None = None,
         ctx: zmq.asyncio.Context | None = None,
         tick: float = TICK,
+        answered: Callable[[Answered], None] | None = None,
     ) -> None:
         """``ctx``: a ZeroMQ context shared by many connections (``room-web``), else its own;
         ``tick``: seconds between ``Session.tick`` calls (a gateway of many sessions ticks less
-        often: the session's timers are 0.2 s and more)."""
+        often: the session's timers are 0.2 s and more); ``answered``: told of each
+        ``Answered`` effect (a program's front end, ``client.bot``)."""
         self.session = session
         self.tick = tick
         self.show = show
+        self.answered = answered
         self.events: asyncio.Queue[Queued] = asyncio.Queue()
         """What the sockets, the user and the clock produced, in the order it came."""
         self.settled = asyncio.Event()
@@ -68,6 +80,12 @@ class Connection:
         """A line the user typed."""
         self.settled.clear()
         self.events.put_nowait(("input", line))
+
+    def call(self, do: Callable[[float], list[Effect]]) -> None:
+        """Run ``do(now)`` in the loop, in turn with everything else, and carry out the effects
+        it returns: how a program asks the session (``Session.say``...) where a person types."""
+        self.settled.clear()
+        self.events.put_nowait(("call", do))
 
     def end_input(self) -> None:
         """The user is done (end of file, Ctrl-D, a signal)."""
@@ -144,6 +162,8 @@ class Connection:
                 return s.on_room_frame(topic, body, now)
             case "input":
                 return s.on_input(item, now)
+            case "call":
+                return item(now)
             case "eof":
                 return s.end_of_input(now)
         return []
@@ -163,6 +183,9 @@ class Connection:
                     self.sockets.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
                 case Reconnect(hello=hello):
                     await self.brokers.reconnect(hello)
+                case Answered():
+                    if self.answered is not None:
+                        self.answered(effect)
                 case Stop():
                     return effect
         return None

@@ -19,6 +19,9 @@ and does only what spans parts (a ``Welcome``, an ``Error``, the commands):
 - ``feed.Feed``: what comes on the SUB, opened with the room keys (``keyring.Keyring``) and
   handed on in order;
 - ``commands.Commands``: what a typed ``/command`` asks of these parts.
+
+A program (``client.bot``) asks with ``say``, ``tell``, ``join`` and ``leave`` instead of typed
+lines, and a session made with ``answers`` tells it how each of its messages was answered.
 """
 
 from __future__ import annotations
@@ -77,11 +80,15 @@ class Session:
         *,
         rng: random.Random | None = None,
         track: bool = False,
+        answers: bool = False,
     ) -> None:
+        """``track``: keep who and which rooms fresh (a terminal's status bar); ``answers``:
+        return an ``Answered`` effect for each message the broker answers (a program)."""
         rng = rng or random.Random()
         self.link = Link(name)
         self.roster = Roster(self.link, track)
-        self.outbox = Outbox(self.link, self.roster, rng)  # first to draw from rng: the first mid
+        # first to draw from rng: the first mid
+        self.outbox = Outbox(self.link, self.roster, rng, answers)
         self.delivery = Delivery(self.link, self.roster, rng, room, history)
         self.feed = Feed(self.link, self.delivery, self.roster)
         self.commands = Commands(self.delivery, self.roster, self.outbox, self.outbox.leave)
@@ -201,9 +208,9 @@ class Session:
                 out += self.delivery.messages(msg, now)
             case Ping(room=room, seq=seq):
                 out += self.delivery.ping(room, seq, now)
-            case Ack(mid=mid, room=room, seq=seq):
+            case Ack(room=room, seq=seq):
                 self.delivery.acked(room, seq)
-                out += self.outbox.acked(mid, now)
+                out += self.outbox.acked(msg, now)
             case Refused():
                 out += self.outbox.refused(msg, now)
             case Error():
@@ -248,6 +255,32 @@ class Session:
             return []
         return self.outbox.leave(now)
 
+    # ---- a program's requests (client.bot), instead of typed lines ---------------------------
+
+    def say(self, text: str, now: float) -> tuple[int, list[Effect]]:
+        """A message to the current room, as it is (no command); the mid its answer names."""
+        if self._over():
+            return 0, []
+        return self.outbox.post(text, now)
+
+    def tell(self, to: str, text: str, now: float) -> tuple[int, list[Effect]]:
+        """A direct message to ``to``; the mid its answer names."""
+        if self._over():
+            return 0, []
+        return self.outbox.direct(to, text, now)
+
+    def join(self, room: str, now: float) -> list[Effect]:
+        """Move to ``room`` (``/join``), with the session's history."""
+        return [] if self._over() else [self.delivery.join(room, now)]
+
+    def leave(self, now: float) -> list[Effect]:
+        """Back to the lobby (``/leave``)."""
+        return [] if self._over() else [self.delivery.leave(now)]
+
+    def _over(self) -> bool:
+        """The session has ended or is leaving: nothing more is sent."""
+        return self.link.done or self.outbox.exit_at is not None
+
     def tick(self, now: float) -> list[Effect]:
         """Called often (every ~50 ms): retries, heartbeats and liveness, all by ``now``."""
         if self.link.done or not self.link.started:
@@ -288,7 +321,7 @@ class Session:
             return out
         # Back after losing the broker: every unacknowledged message again (the broker drops
         # those it has); answers to the old connection will not come.
-        out.append(notice("reconnected to the broker"))
+        out.append(notice("reconnected to the broker", "reconnected"))
         out += self.outbox.forget_tells()
         self.roster.forget_asked()
         out.append(self.delivery.rejoin(now))
@@ -305,4 +338,5 @@ class Session:
         out = self.link.hello_refused(msg, now)
         if out is not None:
             return out
-        return [Line(Kind.ERROR, f"error: {msg.reason}"), *self.delivery.join_failed(msg.code, now)]
+        line = Line(Kind.ERROR, f"error: {msg.reason}", what=msg.request, code=msg.code)
+        return [line, *self.delivery.join_failed(msg.code, now)]

@@ -173,7 +173,11 @@ class Delivery:
     def requested(self, msg: JoinRequested, now: float) -> list[Effect]:
         """The room is private: the Join waits for the admin (a Joined comes if allowed)."""
         out: list[Effect] = [
-            notice(f"{msg.room} is private: your request to join was sent to the admin")
+            notice(
+                f"{msg.room} is private: your request to join was sent to the admin",
+                "requested",
+                room=msg.room,
+            )
         ]
         if self.joins:
             self.joins -= 1
@@ -187,7 +191,7 @@ class Delivery:
         self.joins = max(0, self.joins - 1)
         old = self.room
         if msg.forced and old is not None:
-            out.append(notice(f"you were put out of {old}"))
+            out.append(notice(f"you were put out of {old}", "out", room=old))
         if msg.history:
             out += self._history(msg.room, msg.history)
         out += self.subscription.follow(msg.room)
@@ -280,7 +284,8 @@ class Delivery:
         out: list[Effect] = []
         lost = upto - last - len(have)
         if lost > 0:
-            out.append(notice(f"{plural(lost, 'message')} {'was' if lost == 1 else 'were'} lost"))
+            lines = f"{plural(lost, 'message')} {'was' if lost == 1 else 'were'} lost"
+            out.append(notice(lines, "lost", room=room))
         for seq in have:
             out.append(self._show(self.buffer.pop(seq), Kind.MESSAGE))
         self.last[room] = upto
@@ -301,7 +306,7 @@ class Delivery:
         self.last[room] = last
         if self.announce and self.subscription.live and last >= self.target:
             self.announce = False
-            out.append(notice(f"joined {room}"))
+            out.append(notice(f"joined {room}", "joined", room=room))
         need = min(self.buffer) - 1 if self.buffer else self.known
         if need > last and not any(not f.history and f.room == room for f in self.fetches):
             self.fetches.append(FetchRequest(room, last, need, now))
@@ -313,7 +318,7 @@ class Delivery:
         return message(msg, kind, self.link.name)
 
     def _history(self, room: str, messages: list[Posted]) -> list[Effect]:
-        head = notice(f"history {room} ({plural(len(messages), 'message')})")
+        head = notice(f"history {room} ({plural(len(messages), 'message')})", "history", room=room)
         return [head, *(self._show(m, Kind.HISTORY) for m in messages)]
 
     # ---- fetches ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Final
 
 from broker.config import Exit
-from broker.wire.protocol import ClientMsg, Hello
+from broker.wire.protocol import Ack, ClientMsg, Code, Hello
 
 # Terminal control characters in a peer's text could rewrite the screen: show them as U+FFFD,
 # and line breaks as spaces so that every event stays one line.
@@ -51,6 +51,15 @@ class Line:
     """The recipient of a direct message."""
     seq: int = 0
     """A room message's sequence number in its room (0 for anything else)."""
+    what: str = ""
+    """For programs (``client.bot``), what a notice or an error is, so that none has to read the
+    text: a notice of someone's presence says its kind (``entered``, ``left``, ``blocked``,
+    ``unblocked``, ``out``, ``fired``; ``sender`` is the user), and others say ``joined``,
+    ``requested``, ``out`` (this user put out), ``history``, ``lost`` (messages),
+    ``reconnecting``, ``reconnected`` or ``blocked`` (this user); an error names the request it
+    answers (``join``, ``say``, ``tell``, ``fetch``...). Empty for anything else."""
+    code: Code | None = None
+    """An error's protocol code (a refused message's too)."""
 
     def render(self) -> str:
         """The plain line of the piped-mode contract: ``[ROOM] SENDER: TEXT``, a direct message
@@ -97,6 +106,21 @@ class Stop:
 
     code: Exit
     error: str = ""
+    cause: Code | None = None
+    """The broker's code, when an ``Error`` from the broker is why the session cannot start."""
 
 
-Effect = Line | Send | Subscribe | Unsubscribe | Reconnect | Stop
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The broker answered message ``mid`` (a ``Say`` or a ``Tell``): ``ack`` when it was stored
+    (a ``Tell``: delivered), else ``code`` and ``reason`` say why not (``unavailable`` too when
+    the client gave up on a ``Tell``: the broker was lost). Returned only by a session made for a
+    program (``Session(answers=True)``), whose front end waits for each answer."""
+
+    mid: int
+    ack: Ack | None
+    code: Code | None = None
+    reason: str = ""
+
+
+Effect = Line | Send | Subscribe | Unsubscribe | Reconnect | Stop | Answered

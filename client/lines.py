@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from typing import Final
 
-from broker.wire.protocol import Posted
+from broker.wire.protocol import Code, Posted
 from client.effects import Kind, Line
 
 PROG: Final = "room-client"
 """The program's name, which starts every line the client writes to stderr."""
 
 
-def notice(text: str) -> Line:
-    return Line(Kind.NOTICE, text)
+def notice(text: str, what: str = "", *, room: str = "", user: str = "") -> Line:
+    """A notice; ``what`` (and the ``room`` and ``user`` it is about) tell programs what it is
+    (``Line.what``)."""
+    return Line(Kind.NOTICE, text, room=room, sender=user, what=what)
 
 
-def failure(text: str) -> Line:
+def failure(text: str, what: str = "", code: Code | None = None) -> Line:
     """What the user asked for failed (a refused message, a mistyped command): shown as an
-    error by the front ends that style lines."""
-    return Line(Kind.ERROR, text)
+    error by the front ends that style lines; ``what`` is the request, ``code`` the broker's."""
+    return Line(Kind.ERROR, text, what=what, code=code)
 
 
 def plural(n: int, word: str) -> str:

@@ -126,7 +126,7 @@ class Link:
             # is unacknowledged is sent again after Welcome, as on any resume.
             self.session_secret = ""
             self.retry_at = now + self.lost_after
-            line = notice("the broker ended this session; starting a new one")
+            line = notice("the broker ended this session; starting a new one", "reconnecting")
             return [line, self.send(self.hello(), now)]
         return None
 
@@ -172,4 +172,4 @@ class Link:
         """The broker is lost or forgot us: a new DEALER, and ``Hello`` on it."""
         self.hello_pending = True
         self.retry_at = now + self.lost_after
-        return [notice(why), Reconnect(self.hello())]
+        return [notice(why, "reconnecting"), Reconnect(self.hello())]

@@ -8,6 +8,9 @@ not store it and a retry could deliver it twice.
 
 Leaving (``/exit``, end of input) waits up to ``EXIT_WAIT`` for every message here to be
 answered, then says ``Quit`` and stops the session.
+
+A session made for a program (``answers``) also returns an ``Answered`` effect for each message
+answered, so that the program's ``say`` and ``tell`` can wait for their own (``client.bot``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from broker.config import Exit
-from broker.wire.protocol import Code, Quit, Refused, Say, Tell
-from client.effects import Effect
+from broker.wire.protocol import Ack, Code, Quit, Refused, Say, Tell
+from client.effects import Answered, Effect
 from client.lines import failure, notice
 from client.link import Link
 from client.roster import Roster
@@ -43,9 +46,13 @@ class Pending:
 class Outbox:
     """Sent messages by mid until the broker answers them, and leaving once all are answered."""
 
-    def __init__(self, link: Link, roster: Roster, rng: random.Random) -> None:
+    def __init__(
+        self, link: Link, roster: Roster, rng: random.Random, answers: bool = False
+    ) -> None:
         self.link = link
         self.roster = roster
+        self.answers = answers
+        """Return an ``Answered`` effect for each message answered (a program waits for it)."""
         self.next_mid = rng.getrandbits(40) + 1  # room to grow below MAX_ID
         """Random start: a restarted client must not reuse the ids of its previous run."""
         self.pending: dict[int, Pending] = {}
@@ -62,28 +69,41 @@ class Outbox:
         return bool(self.pending or self.telling)
 
     def say(self, text: str, now: float) -> list[Effect]:
+        return self.post(text, now)[1]
+
+    def post(self, text: str, now: float) -> tuple[int, list[Effect]]:
+        """``say``, with the mid its answer will name."""
         mid = self._mid()
         self.pending[mid] = Pending(text, now)
         if self.link.hello_pending:
-            return []  # sent again once the broker welcomes us back
-        return [self.link.send(Say(text, mid), now)]
+            return mid, []  # sent again once the broker welcomes us back
+        return mid, [self.link.send(Say(text, mid), now)]
 
     def tell(self, to: str, text: str, now: float) -> list[Effect]:
-        if self.link.hello_pending:
-            return [failure(f"not delivered to {to}: the broker is not reachable; try again")]
+        return self.direct(to, text, now)[1]
+
+    def direct(self, to: str, text: str, now: float) -> tuple[int, list[Effect]]:
+        """``tell``, with the mid its answer will name."""
         mid = self._mid()
+        if self.link.hello_pending:
+            why = "the broker is not reachable; try again"
+            line = failure(f"not delivered to {to}: {why}", "tell", Code.UNAVAILABLE)
+            return mid, [line, *self._answer(mid, None, Code.UNAVAILABLE, why)]
         self.telling[mid] = (to, text)
-        return [self.link.send(Tell(to, text, mid), now)]
+        return mid, [self.link.send(Tell(to, text, mid), now)]
 
     def answered(self, mid: int) -> None:
         """The broker acknowledged or refused message ``mid``."""
         self.pending.pop(mid, None)
         self.telling.pop(mid, None)
 
-    def acked(self, mid: int, now: float) -> list[Effect]:
-        """The broker acknowledged message ``mid``: leave if that was the last one waited for."""
-        self.answered(mid)
-        return self.maybe_quit(now)
+    def acked(self, ack: Ack, now: float) -> list[Effect]:
+        """The broker acknowledged message ``ack.mid``: leave if that was the last one waited
+        for."""
+        known = ack.mid in self.pending or ack.mid in self.telling
+        self.answered(ack.mid)
+        out = self._answer(ack.mid, ack) if known else []
+        return out + self.maybe_quit(now)
 
     def refused(self, msg: Refused, now: float) -> list[Effect]:
         """The broker refused message ``msg.mid``: a ``Say`` it could not store goes again, any
@@ -95,15 +115,19 @@ class Outbox:
         said = self.pending.get(msg.mid)
         told = self.telling.get(msg.mid)
         self.answered(msg.mid)
+        what = "tell" if told is not None else "say"
         out: list[Effect] = []
         if msg.code is Code.BLOCKED:
             out += self.roster.note_blocked(True)
             if said is not None:
-                out.append(failure(f"not delivered (you are blocked): {said.text}"))
+                out.append(failure(f"not delivered (you are blocked): {said.text}", what, msg.code))
             elif told is not None:
-                out.append(failure(f"not delivered to {told[0]} (you are blocked): {told[1]}"))
+                text = f"not delivered to {told[0]} (you are blocked): {told[1]}"
+                out.append(failure(text, what, msg.code))
         else:
-            out.append(failure(f"not delivered: {msg.reason}"))
+            out.append(failure(f"not delivered: {msg.reason}", what, msg.code))
+        if said is not None or told is not None:
+            out += self._answer(msg.mid, None, msg.code, msg.reason)
         return out + self.maybe_quit(now)
 
     def not_stored(self, mid: int, reason: str, now: float) -> list[Effect]:
@@ -127,10 +151,11 @@ class Outbox:
 
     def forget_tells(self) -> list[Effect]:
         """After a resume: the ``Tell`` messages the lost broker never answered, said lost."""
-        out: list[Effect] = [
-            failure(f"not delivered to {to}: the broker was lost; send it again")
-            for to, _ in self.telling.values()
-        ]
+        why = "the broker was lost; send it again"
+        out: list[Effect] = []
+        for mid, (to, _) in self.telling.items():
+            out.append(failure(f"not delivered to {to}: {why}", "tell", Code.UNAVAILABLE))
+            out += self._answer(mid, None, Code.UNAVAILABLE, why)
         self.telling.clear()
         return out
 
@@ -148,6 +173,11 @@ class Outbox:
 
     def quit(self, now: float) -> list[Effect]:
         return [self.link.send(Quit(), now), self.link.stop(Exit.OK)]
+
+    def _answer(
+        self, mid: int, ack: Ack | None, code: Code | None = None, reason: str = ""
+    ) -> list[Effect]:
+        return [Answered(mid, ack, code, reason)] if self.answers else []
 
     def _mid(self) -> int:
         mid = self.next_mid

@@ -135,14 +135,14 @@ class Roster:
 
     def presence(self, event: Presence) -> list[Line]:
         """A presence event of the current room: tracked, and told unless it is about us."""
-        user, room, what = event.user, event.room, event.what
+        user, room, what = event.user, event.room, str(event.what)
         self._track_presence(user, room, what)
         if user == self.link.name:
             if what == "unblocked":
                 self.told_blocked = False
-                return [notice("you were unblocked")]
+                return [notice("you were unblocked", what, room=room, user=user)]
             if what == "blocked":
-                return [notice("you were blocked by the admin")]
+                return [notice("you were blocked by the admin", what, room=room, user=user)]
             return []  # our own entering, leaving, out and fired are told otherwise
         text = {
             "entered": f"{user} entered {room}",
@@ -152,7 +152,7 @@ class Roster:
             "out": f"{user} was put out of {room}",
             "fired": f"{user} was disconnected by the admin",
         }.get(what, f"{user}: {what}")
-        return [notice(text)]
+        return [notice(text, what, room=room, user=user)]
 
     def _track_presence(self, user: str, room: str, what: str) -> None:
         match what:
@@ -177,7 +177,7 @@ class Roster:
         if not blocked or self.told_blocked:
             return []
         self.told_blocked = True
-        return [notice(BLOCKED_LINE)]
+        return [notice(BLOCKED_LINE, "blocked", user=self.link.name)]
 
     def asked_to_join(self, room: str) -> None:
         """A ``JoinRequested``: the room is private, and the user waits for the admin."""
