@@ -308,7 +308,9 @@ def _wait_listening(port: int) -> None:
 
 
 def test_room_web_counts_sessions_frames_and_closes(tmp_path: Path) -> None:
-    with running_broker(tmp_path / "data") as broker:
+    """And every metric the docs name (operations.md, the Grafana dashboard) is served."""
+    with running_broker(tmp_path / "data", "--metrics", "127.0.0.1:0") as broker:
+        broker_url = broker.expect(METRICS_LINE).group(1)
         web = WebProc(broker, "--metrics", "127.0.0.1:0")
         try:
             url = web.expect(METRICS_LINE).group(1)
@@ -324,9 +326,26 @@ def test_room_web_counts_sessions_frames_and_closes(tmp_path: Path) -> None:
             assert value(after, "room_web_sessions_opened_total") == 1
             assert value(after, "room_web_frames_total", direction="in") >= 1
             assert value(after, "room_web_frames_total", direction="out") >= 1
+            served = {name for name, _ in after} | {name for name, _ in scrape(broker_url)}
         finally:
             assert web.stop() == 0
             web.kill()
+    named = _named_in_docs()
+    assert len(named) > 20, "the docs' metrics were found"
+    suffixes = ("", "_total", "_bucket", "_count", "_sum")
+    missing = {n for n in named if not any(n + s in served for s in suffixes)}
+    assert missing == set(), "named in the docs, not served"
+
+
+def _named_in_docs() -> set[str]:
+    """Metric names in docs/operations.md's Metrics section and the Grafana dashboard, but the
+    backbone's (served only on a backbone: test_a_broker_on_a_backbone_shows_its_lag)."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    operations = (docs / "operations.md").read_text()
+    section = operations.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    text = section + (docs / "grafana-room.json").read_text()
+    found = set(re.findall(r"\b(?:room|process)_[a-z_]*[a-z]\b", text))
+    return {n for n in found if not n.startswith("room_backbone_") and n != "process_"}
 
 
 async def _one_tab(page: str, metrics: str) -> None:
