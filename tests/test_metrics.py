@@ -254,10 +254,22 @@ def test_a_failed_commit_refuses_and_never_takes_a_message_back(
         thread.join(WAIT)
     assert not thread.is_alive()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
-    with socket.socket() as again:  # the exporter let go of its port (a server may take it)
+    deadline = time.monotonic() + WAIT
+    while not _free(port):  # the exporter lets go of its port within half a second
+        assert time.monotonic() < deadline, f"the metrics port {port} is still taken"
+        time.sleep(0.02)
+
+
+def _free(port: int) -> bool:
+    """Whether a server could listen on the loopback ``port`` now."""
+    with socket.socket() as again:
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the scrape's TIME_WAIT
-        again.bind(("127.0.0.1", port))
-        again.listen()
+        try:
+            again.bind(("127.0.0.1", port))
+            again.listen()
+        except OSError:
+            return False
+        return True
 
 
 # ---- with a backbone -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Also here: the process's own figures (``process_*``: CPU, memory, open files, st
 from __future__ import annotations
 
 import contextlib
+import threading
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Final
@@ -187,8 +188,12 @@ class Exporter:
         flush.committed = self.metrics.committed
 
     def close(self) -> None:
-        """Stop serving and free the port (within half a second: the server's poll)."""
-        with contextlib.suppress(OSError):
+        """Stop serving, and free the port within half a second (the server's poll), on a
+        thread: the broker's stop does not wait for it."""
+
+        def stop() -> None:
             self.server.shutdown()
-            self.server.server_close()
-        self.thread.join(5)
+            with contextlib.suppress(OSError):
+                self.server.server_close()
+
+        threading.Thread(target=stop, name="metrics-stop", daemon=True).start()
