@@ -39,8 +39,8 @@ from broker.wire import protocol as p
 
 COMMIT_SECONDS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                          0.25, 0.5, 1.0, 2.5)  # fmt: skip
-"""Bucket bounds of a commit's time: SQLite commits a batch in well under a millisecond with
-``--sync normal``, in milliseconds with ``full``; a slow disk shows in the upper ones."""
+"""Bucket bounds of a commit's time, from a WAL commit that syncs nothing (``--sync normal``) to a
+disk in trouble."""
 BATCH_MESSAGES: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 """Bucket bounds of a batch's size, in room messages (a turn drains at most 512 of the ROUTER's)."""
 REFUSALS: Final = (
