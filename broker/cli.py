@@ -167,6 +167,14 @@ def main() -> None:
     help="Seal room events on the PUB with keys only their members get [default: on].",
 )
 @options.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    callback=options.host_port("127.0.0.1:9560"),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free one) "
+    "[default: off].",
+)
+@options.option(
     "--pub-hwm",
     default=None,
     type=click.IntRange(min=0),
@@ -206,6 +214,7 @@ def start(
     replicas: int | None,
     node_id: str | None,
     room_keys: bool,
+    metrics: tuple[str, int] | None,
     pub_hwm: int | None,
     pub_sndbuf: int | None,
 ) -> None:
@@ -257,6 +266,7 @@ def start(
             room_keys=room_keys,
             pub_sndbuf=pub_sndbuf,
             plugin=plugin,
+            metrics=metrics,
         )
     except (StartError, keyfiles.KeyFileError) as exc:
         if store is not None:

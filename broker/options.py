@@ -8,8 +8,9 @@ command line wins over its variable. Every option of the four commands is made h
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -23,6 +24,24 @@ def envvar(flag: str) -> str:
         raise ValueError(f"an option's first name is its long flag, not {flag!r}")
     on = flag.split("/", 1)[0]
     return f"{ENV_PREFIX}_{on.removeprefix('--').replace('-', '_').upper()}"
+
+
+_HOST_PORT: Final = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def host_port(example: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback that makes ``HOST:PORT`` (``[::1]:PORT`` for IPv6; no host: every IPv4
+    address) a (host, port) pair, and leaves an option not given None."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        m = _HOST_PORT.match(value)
+        if m is None or int(m["port"]) > 65535:
+            raise click.BadParameter(f"{value!r} is not HOST:PORT (such as {example})")
+        return m["v6"] or m["host"] or "0.0.0.0", int(m["port"])
+
+    return parse
 
 
 def option(flag: str, *decls: str, **kwargs: Any) -> Callable[[Any], Any]:

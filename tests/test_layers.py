@@ -134,6 +134,25 @@ def test_the_core_layers_import_no_sockets() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def test_only_the_metrics_modules_import_prometheus_client() -> None:
+    """The layers count in plain numbers; one module of the loop (``broker.loop.metrics``) and
+    one of room-web serve them to Prometheus, and each is loaded only with ``--metrics``."""
+    importers = set()
+    for name, tree in MODULES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            if any(n.split(".")[0] == "prometheus_client" for n in names):
+                importers.add(name)
+    assert importers == {"broker.loop.metrics", "client.web.metrics"}
+    loaded_by = {name for name, imported in GRAPH.items() if imported & importers}
+    assert loaded_by == {"broker.loop.server", "client.web.gateway"}
+
+
 def test_parts_are_objects_not_mixins_of_other_modules() -> None:
     wrong = []
     for name, tree in MODULES.items():

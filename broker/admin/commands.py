@@ -72,7 +72,7 @@ def unblock(chat: Chat, args: list[str], now: float) -> Result:
 
 def fire(chat: Chat, args: list[str], now: float) -> Result:
     user = _connected(chat, args)
-    chat.out.reply(user.peer, p.Goodbye(p.Bye.FIRED, "the admin disconnected you"))
+    chat.goodbye(user.peer, p.Bye.FIRED, "the admin disconnected you")
     chat.remove(user, now, "fired by the admin", what=p.PresenceKind.FIRED, end_session=True)
     return Result(f"fired {user.name}")
 

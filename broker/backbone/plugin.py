@@ -9,6 +9,7 @@ hooks the loop offers (``server.Plugin``).
 - ``control``: an admin request that must run elsewhere (``routing.plan``) goes over the bus; a
   reset moves the shared epoch first.
 - ``tick``: renew this broker's lease.
+- ``lag``: how far behind the stream this broker reads (for the metrics).
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class BackbonePlugin:
     def stop(self) -> None:
         """Before the start completed (the store stops it otherwise)."""
         self.backbone.stop()
+
+    def lag(self) -> tuple[int, float]:
+        stream = self.backbone.stream
+        return stream.pending, stream.lag
 
     @property
     def _parts(self) -> tuple[Host, BackboneStore]:

@@ -71,6 +71,10 @@ class Stream:
         self.keep = keep
         self.received = 0
         """The stream sequence of the last message the consumer delivered."""
+        self.pending = 0
+        """Messages the stream held beyond it then (the consumer's ``num_pending``): the lag."""
+        self.lag = 0.0
+        """Seconds from JetStream storing it to the consumer reading it (clocks apart count)."""
         self._writers: dict[str, _RoomWriter] = {}
         self._order = Order()
         self._verdicts: OrderedDict[int, bool] = OrderedDict()  # stream seq -> admitted
@@ -136,7 +140,9 @@ class Stream:
         )
 
     async def _on_message(self, msg: Any) -> None:
-        sseq = msg.metadata.sequence.stream
+        meta = msg.metadata
+        sseq = meta.sequence.stream
+        self.pending, self.lag = meta.num_pending, time.time() - meta.timestamp.timestamp()
         if sseq <= self.received:  # nats-py's consumer, reset before its first message (a NATS
             return  # server lost), starts over from the stream's first: seen here already
         try:

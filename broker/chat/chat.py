@@ -182,8 +182,11 @@ class Chat:
                     out.replies[i] = (peer, p.Rooms(infos))
         out.rooms.clear()
         out.logs = [e for e in out.logs if e.kind != "msg"]
-        state.counters.accepted -= len(lost)
-        state.counters.refused += len(lost)
+        c = state.counters
+        c.accepted -= len(lost)
+        c.refused += len(lost)
+        c.refusals[p.Code.UNAVAILABLE] += len(lost)
+        c.failed_commits += 1
         return len(lost)
 
     def tick(self, now: float) -> None:
@@ -198,7 +201,7 @@ class Chat:
         deadline = now - s.heartbeat * s.liveness
         for user in list(state.users.values()):
             if user.last_seen < deadline:
-                state.out.reply(user.peer, p.Goodbye(p.Bye.TIMEOUT, "no heartbeat from you"))
+                state.goodbye(user.peer, p.Bye.TIMEOUT, "no heartbeat from you")
                 self.sessions.remove(user, now, "timed out")
             else:
                 state.out.reply(user.peer, p.Ping(user.room, state.store.last_seq(user.room)))
@@ -208,7 +211,7 @@ class Chat:
         sessions too; after a close they can be resumed when the broker is back."""
         state = self.state
         for user in list(state.users.values()):
-            state.out.reply(user.peer, p.Goodbye(reason, text))
+            state.goodbye(user.peer, reason, text)
             self.sessions.remove(user, now, reason.value, end_session=reason is p.Bye.RESET)
 
     def reset(self, now: float) -> None:
@@ -225,6 +228,10 @@ class Chat:
         """Tell a peer its request failed (also used by the I/O layer for bad frames); the Error
         names the request (by default the one being handled)."""
         self.state.error(peer, code, reason, request)
+
+    def goodbye(self, peer: bytes, reason: p.Bye, text: str) -> None:
+        """Tell a connection the broker sends it away (counted by ``reason``)."""
+        self.state.goodbye(peer, reason, text)
 
     def remove(
         self,

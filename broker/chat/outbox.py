@@ -69,12 +69,26 @@ class Outbox:
         return taken
 
 
+def _by_code() -> dict[p.Code, int]:
+    return dict.fromkeys(p.Code, 0)
+
+
+def _by_bye() -> dict[p.Bye, int]:
+    return dict.fromkeys(p.Bye, 0)
+
+
 @dataclass(slots=True)
 class Counters:
-    """What the broker has done since it started, for ``room-ctl stats``."""
+    """What the broker has done since it started, for ``room-ctl stats`` and the metrics
+    (``loop.metrics``, which read them from another thread: plain numbers, and dicts whose keys
+    are all there from the start)."""
 
     accepted: int = 0  # room messages stored and published
     refused: int = 0  # room and direct messages refused (blocked, rate, too long, ...)
+    refusals: dict[p.Code, int] = field(default_factory=_by_code)  # the refused, by reason
+    errors: dict[p.Code, int] = field(default_factory=_by_code)  # Error replies, by code
+    goodbyes: dict[p.Bye, int] = field(default_factory=_by_bye)  # connections sent away, by why
+    failed_commits: int = 0  # batches the store could not commit (their messages refused)
     direct: int = 0  # direct messages delivered
     bad_frames: int = 0
     dropped_replies: int = 0  # replies a peer's full or gone queue could not take
@@ -82,6 +96,7 @@ class Counters:
     sealing: float = 0.0  # CPU seconds spent sealing PUB sends with room keys (by the I/O layer)
     fetched: int = 0  # stored messages sent in answer to Fetch (gap repair, /history)
     connections: int = 0  # open connections to the ROUTER, users or not (set by the I/O layer)
+    connected: int = 0  # connections the ROUTER accepted since the start (by the I/O layer)
     started: float = 0.0  # when the broker started (set by the I/O layer)
     rate: float = 0.0  # room messages accepted per second over the last heartbeat interval
     _mark: tuple[float, int] = (0.0, 0)  # (time, accepted) at the last tick

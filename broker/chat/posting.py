@@ -100,6 +100,7 @@ class Posting:
         code, reason = refusal
         state = self.state
         state.counters.refused += 1
+        state.counters.refusals[code] += 1
         if code is p.Code.BLOCKED:
             state.out.log(now, "blocked", where, user.name, text)
         state.out.reply(user.peer, p.Refused(mid, code, reason))

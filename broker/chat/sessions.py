@@ -50,7 +50,7 @@ class Sessions:
                 return
             # The same session on a new connection: the old connection is dead or stale, and
             # gone as a member: its room's key changes, and the new one comes with the Welcome.
-            state.out.reply(old.peer, p.Goodbye(p.Bye.REPLACED, "this session resumed elsewhere"))
+            state.goodbye(old.peer, p.Bye.REPLACED, "this session resumed elsewhere")
             del state.by_peer[old.peer]
             state.stalled.discard(old.peer)
             old.peer, old.last_seen = peer, now

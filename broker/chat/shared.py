@@ -34,6 +34,7 @@ class FromOthers:
         """The backbone could not store the sender's message: refuse it, so it is retried."""
         state = self.state
         state.counters.refused += 1
+        state.counters.refusals[p.Code.UNAVAILABLE] += 1
         user = state.users.get(name)
         if user is not None:
             state.out.reply(user.peer, p.Refused(mid, p.Code.UNAVAILABLE, reason))
@@ -48,8 +49,7 @@ class FromOthers:
         """Another broker resumed this user's session: close this connection, keep the name."""
         user = self.state.users.get(name)
         if user is not None:
-            goodbye = p.Goodbye(p.Bye.REPLACED, "this session resumed elsewhere")
-            self.state.out.reply(user.peer, goodbye)
+            self.state.goodbye(user.peer, p.Bye.REPLACED, "this session resumed elsewhere")
             self.sessions.remove(user, now, "resumed on another broker", release=False)
 
     def blocked_changed(self, name: str, blocked: bool) -> None:

@@ -55,4 +55,10 @@ class State:
     def error(self, peer: bytes, code: p.Code, reason: str, request: str | None = None) -> None:
         """Tell a peer its request failed; the Error names the request (by default the one
         being handled)."""
+        self.counters.errors[code] += 1
         self.out.reply(peer, p.Error(code, reason, self.request if request is None else request))
+
+    def goodbye(self, peer: bytes, reason: p.Bye, text: str) -> None:
+        """Tell a connection the broker sends it away (``Goodbye``), counted by ``reason``."""
+        self.counters.goodbyes[reason] += 1
+        self.out.reply(peer, p.Goodbye(reason, text))

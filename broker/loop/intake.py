@@ -107,6 +107,7 @@ class ClientIntake:
             if event["event"] == zmq.EVENT_ACCEPTED:
                 gate.accepted(sock, fd)
                 counters.connections += sock == "router"
+                counters.connected += sock == "router"
             else:
                 gate.disconnected(sock, fd)
                 counters.connections -= sock == "router"

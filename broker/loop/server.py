@@ -11,7 +11,7 @@ Who may connect (CURVE, the admins' allow-list, refused handshakes) is ``securit
 business; the loop asks it and logs what it says. ``Broker`` holds its parts, each an object in
 its own module and given what it uses: ``sockets.Sockets`` (bind, monitor, close),
 ``intake.ClientIntake`` (the ROUTER), ``control.ControlChannel`` (admin requests) and
-``flush.BatchFlush`` (what a batch sends).
+``flush.BatchFlush`` (what a batch sends); with ``--metrics``, ``metrics.Exporter`` too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import zmq
 
@@ -44,6 +44,9 @@ from broker.store.datadir import StartError, open_store
 from broker.store.memory import MemoryStore
 from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p
+
+if TYPE_CHECKING:
+    from broker.loop.metrics import Exporter
 
 __all__ = ["BATCH", "Broker", "Endpoints", "StartError", "open_store"]
 
@@ -78,6 +81,7 @@ class Broker:
         pub_sndbuf: int | None = None,
         plugin: Plugin | None = None,
         room_keys: bool = True,
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.curve = curve
         self.ctx = zmq.Context()
@@ -142,6 +146,18 @@ class Broker:
         if plugin is not None:
             self.control.route = plugin.control
             self.flush.plugin = plugin
+        self.exporter: Exporter | None = None
+        if metrics is not None:  # last: nothing to undo after it; prometheus_client only here
+            from broker.loop.metrics import Exporter
+
+            try:
+                self.exporter = Exporter(metrics, self.chat, self.flush, plugin)
+            except StartError:
+                if plugin is not None:
+                    plugin.stop()
+                self._close_sockets(linger=0)
+                self._close_wake()
+                raise
         self._security_log(self.guard.refresh(), self.clock())
 
     # ---- what a backbone calls back (``plugin.Host``) ----------------------------------------
@@ -179,6 +195,8 @@ class Broker:
         self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
         if self.plugin is not None:
             self.log.line(self.plugin.banner())
+        if self.exporter is not None:
+            self.log.line(f"room-broker metrics: {self.exporter.url}")
         self.flush.run()  # the admin keys found at start
         try:
             self._loop()
@@ -194,6 +212,8 @@ class Broker:
             self._close_sockets(linger=CLOSE_LINGER_MS)
             self.chat.store.close()
             self._close_wake()
+            if self.exporter is not None:
+                self.exporter.close()
 
     def _close_sockets(self, linger: int) -> None:
         self.sockets.close(linger)

@@ -61,6 +61,8 @@ class RoomKeys:
     def __init__(self) -> None:
         self._rooms: dict[str, _RoomKey] = {}
         self._made: list[tuple[str, int, bytes, frozenset[str]]] = []
+        self.changes = 0
+        """Keys made since the start: each one a change of its room's key (the metrics)."""
         self._next_epoch = secrets.randbits(32) + 1
         """Epochs count up from a random start: a client never mistakes a key of this broker's
         life for one of an earlier life's."""
@@ -96,6 +98,7 @@ class RoomKeys:
         key, head = os.urandom(KEY_BYTES), epoch_head(self._next_epoch)
         fresh = _RoomKey(self._next_epoch, key, AESGCM(key), frozenset(members), head, topic + head)
         self._next_epoch += 1
+        self.changes += 1
         self._rooms[room] = fresh
         self._made.append((room, fresh.epoch, key, fresh.holders))
         return fresh

@@ -18,16 +18,8 @@ from client.web.gateway import WEB, Settings, serve
 from client.web.tab import Upstream
 
 LISTEN: Final = "127.0.0.1:8080"
-_HOST_PORT: Final = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 _ORIGIN: Final = re.compile(r"^https?://[^/\s]+$")
 SOCKETS_PER_TAB: Final = 2
-
-
-def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
-    m = _HOST_PORT.match(value)
-    if m is None or int(m["port"]) > 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT (such as {LISTEN})")
-    return m["v6"] or m["host"] or "0.0.0.0", int(m["port"])
 
 
 def _origins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str]:
@@ -43,7 +35,7 @@ def _origins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...])
     "--listen",
     default=LISTEN,
     show_default=True,
-    callback=_listen,
+    callback=options.host_port(LISTEN),
     help="Where to serve the page and its WebSocket: HOST:PORT (port 0: any free one). Anything "
     "but loopback or a trusted LAN belongs behind a TLS reverse proxy (docs/web.md).",
 )
@@ -72,6 +64,14 @@ def _origins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...])
     type=click.IntRange(min=1),
     help="Browser tabs chatting through this gateway at once.",
 )
+@options.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    callback=options.host_port("127.0.0.1:9561"),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free one) "
+    "[default: off].",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -83,6 +83,7 @@ def main(
     allow_origin: frozenset[str],
     max_message: int,
     max_sessions: int,
+    metrics: tuple[str, int] | None,
 ) -> None:
     """Serve the chat to browsers: one page, and a WebSocket per tab that chats with the broker
     as room-client does."""
@@ -94,6 +95,6 @@ def main(
     zctx = zmq.asyncio.Context()
     zctx.set(zmq.MAX_SOCKETS, SOCKETS_PER_TAB * max_sessions + 64)
     upstream = Upstream(server, curve, zctx, history, max_message)
-    settings = Settings(max_message, allow_origin, max_sessions)
+    settings = Settings(max_message, allow_origin, max_sessions, metrics)
     host, port = listen
     ctx.exit(serve(host, port, upstream, settings))

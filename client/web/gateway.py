@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -77,6 +78,8 @@ class Settings:
     """The broker's ``--max-message``: a frame may carry this much text."""
     allow_origins: frozenset[str] = frozenset()
     max_sessions: int = 1000
+    metrics: tuple[str, int] | None = None
+    """Where to serve ``/metrics`` (``--metrics``), if anywhere."""
 
     @property
     def max_frame(self) -> int:
@@ -84,12 +87,27 @@ class Settings:
         return 2 * self.max_message + FRAME_OVERHEAD
 
 
+@dataclass(slots=True)
+class Counts:
+    """What the gateway did since it started, for ``--metrics`` (``metrics``)."""
+
+    sessions: int = 0
+    """Tabs opened (``hello``, or a ``resume`` of a tab this gateway no longer holds)."""
+    frames_in: int = 0
+    """WebSocket messages from browsers."""
+    frames_out: int = 0
+    """WebSocket messages to browsers."""
+    closes: dict[int, int] = field(default_factory=dict)
+    """WebSockets ended, by close code (1006: no close frame, the connection was lost)."""
+
+
 class Socket:
     """One WebSocket's sending side: the task that writes out its tab's lines, at the pace the
     browser reads them, and a few other messages (welcome, state, error) before them."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, counts: Counts) -> None:
         self.ws = ws
+        self.counts = counts
         self.queue: deque[str] = deque()
         """Messages other than lines and state, sent before the next line."""
         self.state: str | None = None
@@ -172,6 +190,7 @@ class Socket:
                 self._wake.clear()
                 while (item := self._next())[0] is not None:
                     await self.ws.send_str(item[0])
+                    self.counts.frames_out += 1
                     if item[1]:
                         self.closing = True
                         await self.ws.close()
@@ -213,6 +232,7 @@ class Gateway:
         self.settings = settings
         self.tabs: dict[str, Tab] = {}
         self.sockets: set[Socket] = set()
+        self.counts = Counts()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_headers])
@@ -240,7 +260,8 @@ class Gateway:
             raise web.HTTPForbidden(text="room-web: WebSocket from another site refused\n")
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame, heartbeat=WS_HEARTBEAT)
         await ws.prepare(request)
-        sock = Socket(ws)
+        counts = self.counts
+        sock = Socket(ws, counts)
         self.sockets.add(sock)
         tab: Tab | None = None
         bucket = Bucket(FRAMES_PER_SECOND, FRAMES_BURST)
@@ -248,6 +269,7 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(OPEN_WAIT) as opening:
                     async for msg in ws:
+                        counts.frames_in += 1
                         if msg.type is not WSMsgType.TEXT:
                             break  # binary, or an error such as a frame over the limit
                         if not bucket.take():
@@ -265,6 +287,8 @@ class Gateway:
             if tab is not None:
                 tab.detach(sock)
             await sock.stop()
+            code = 1000 if ws.close_code is None else ws.close_code  # open: aiohttp closes it
+            counts.closes[code] = counts.closes.get(code, 0) + 1
         return ws
 
     # ---- opening a tab ------------------------------------------------------------------------
@@ -300,6 +324,7 @@ class Gateway:
             sock.send(_error(stop.error.split(": ", 1)[-1]))
             return None
         self.tabs[tab.token] = tab
+        self.counts.sessions += 1
         tab.attach(sock, 0)
         return tab
 
@@ -364,10 +389,25 @@ async def _serve(host: str, port: int, upstream: Upstream, settings: Settings) -
         await runner.cleanup()
         print(f"{WEB}: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return int(Exit.ERROR)
+    exporter: web.AppRunner | None = None
+    if settings.metrics is not None:
+        from client.web import metrics  # only with --metrics: prometheus_client
+
+        try:
+            exporter, url = await metrics.serve(gateway, *settings.metrics)
+        except OSError as exc:
+            await runner.cleanup()
+            mhost, mport = settings.metrics
+            at = f"[{mhost}]:{mport}" if ":" in mhost else f"{mhost}:{mport}"
+            why = os.strerror(exc.errno) if exc.errno else exc.strerror  # asyncio's is long
+            print(f"{WEB}: cannot serve metrics on {at}: {why}", file=sys.stderr)
+            return int(Exit.ERROR)
     bound = runner.addresses[0][1]
     shown = f"[{host}]" if ":" in host else host
     where = ", ".join(upstream.servers)
     print(f"{WEB}: open http://{shown}:{bound}/ in a browser (broker {where})", flush=True)
+    if exporter is not None:
+        print(f"{WEB}: metrics at {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -377,5 +417,7 @@ async def _serve(host: str, port: int, upstream: Upstream, settings: Settings) -
     finally:
         await gateway.close()
         await runner.cleanup()
+        if exporter is not None:
+            await exporter.cleanup()
         upstream.ctx.destroy(linger=0)
     return int(Exit.OK)
