@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -350,7 +351,9 @@ async def _published(link: _Link, count: int) -> None:
 def _stream_msg(sseq: int, records: list[object]) -> object:
     from broker.backbone.events import encode_batch
 
-    meta = SimpleNamespace(sequence=SimpleNamespace(stream=sseq))
+    meta = SimpleNamespace(  # as nats-py gives it: what JetStream holds beyond it, and when
+        sequence=SimpleNamespace(stream=sseq), num_pending=0, timestamp=datetime.now(UTC)
+    )
     return SimpleNamespace(metadata=meta, data=encode_batch(records))
 
 
