@@ -34,6 +34,7 @@ from broker.loop.control import ControlChannel, ControlRequest
 from broker.loop.flush import BatchFlush
 from broker.loop.intake import ClientIntake
 from broker.loop.plugin import Plugin
+from broker.loop.publisher import Publisher
 from broker.loop.sockets import Endpoints, Sockets
 from broker.security.gate import Gate
 from broker.security.guard import Guard
@@ -102,6 +103,7 @@ class Broker:
             self.ctx.destroy(linger=0)
             raise
         self.endpoints = self.sockets.endpoints
+        self.publisher = Publisher(self.ctx, self.sockets.pub)
         settings = Settings(
             self.endpoints.pub, limits, rate, burst, heartbeat, liveness, sealed=room_keys
         )
@@ -132,7 +134,7 @@ class Broker:
         )
         self.flush = BatchFlush(
             sockets.router,
-            sockets.pub,
+            self.publisher,
             self.chat,
             self.control,
             RoomKeys() if room_keys else None,
@@ -179,6 +181,7 @@ class Broker:
         self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
         if self.plugin is not None:
             self.log.line(self.plugin.banner())
+        self.publisher.start()
         self.flush.run()  # the admin keys found at start
         try:
             self._loop()
@@ -196,6 +199,7 @@ class Broker:
             self._close_wake()
 
     def _close_sockets(self, linger: int) -> None:
+        self.publisher.stop()  # it owns the PUB until it stops
         self.sockets.close(linger)
         self.guard.stop()
         self.ctx.term()
