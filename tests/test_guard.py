@@ -6,6 +6,7 @@ address too (for ``--evict-for``): the canary's connections are made first, and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -126,6 +127,35 @@ def test_a_subscription_flood_is_evicted_and_its_address_refused(
             monitor.close(0)
             sock.close(0)
         mallory.close()
+        canary.close()
+
+
+def test_a_client_that_sends_more_than_any_client_may_is_evicted(
+    tmp_path: Path, ctx: zmq.Context
+) -> None:
+    """With a rate limit (the default), a DEALER that floods requests (Joins, which the chat's
+    rate limit does not count) is cut off and its address refused; the canary chats on."""
+    guard = [a for a in GUARD if a not in ("--rate", "0")]
+    with running_broker(tmp_path / "data", *guard) as broker:
+        canary = TimedCanary(ctx, broker)
+        flooder = Raw(ctx, broker.router, "flooder")
+        closed = flooder.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        with CanaryWatch(broker, canary):
+            join = p.encode(p.Join("flood-room-with-a-long-name", 0))
+            deadline = time.monotonic() + WAIT
+            while not closed.poll(0):  # as fast as the broker takes them, until it is cut off
+                assert time.monotonic() < deadline, "the flooder was never cut off"
+                if flooder.sock.poll(10, zmq.POLLOUT):
+                    with contextlib.suppress(zmq.Again):  # its queue filled up meanwhile
+                        for _ in range(100):
+                            flooder.sock.send(join, zmq.NOBLOCK)
+                while flooder.sock.poll(0):
+                    flooder.sock.recv()  # its answers: keep its queue at the broker short
+            assert zmq.EVENT_DISCONNECTED in _events(closed, {zmq.EVENT_DISCONNECTED})
+            broker.expect(r"evicted 1 connection from 127\.0\.0\.1: sent more than any client")
+        flooder.sock.disable_monitor()
+        closed.close(0)
+        flooder.close()
         canary.close()
 
 

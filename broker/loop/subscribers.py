@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 
-import zmq
+from zmq.utils import z85
 
 from broker.chat.chat import Chat
 from broker.config import Limits
@@ -34,7 +34,7 @@ class Subscribers:
         if self.curve:
             if mechanism != "CURVE" or not credentials:
                 return "", "a subscriber must use CURVE with its session's key"
-            proof = zmq.z85_encode(credentials[0]).decode()
+            proof = z85.encode(credentials[0]).decode()
             peer = self.guard.peer_with_key(proof)
             user = None if peer is None else self.chat.by_peer.get(peer)
             if user is None:

@@ -22,6 +22,7 @@ caps alone hold, and the broker says so at start.
 from __future__ import annotations
 
 import ctypes
+import math
 import socket
 import struct
 import sys
@@ -139,6 +140,7 @@ class Watch:
         self._holders: Counter[str] = Counter()
         """PUB connections matched to each session name."""
         self._lines: deque[tuple[str, str]] = deque()
+        self._failures: deque[str] = deque()
         self._stop_name = f"inproc://watch-stop-{id(self)}"
         self._stop_r: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
         self._stop_r.bind(self._stop_name)
@@ -174,7 +176,8 @@ class Watch:
         taken: Counter[tuple[str, str]] = Counter()
         while self._lines:
             taken[self._lines.popleft()] += 1
-        return [
+        failures = [self._failures.popleft() for _ in range(len(self._failures))]
+        return failures + [
             f"evicted {count} connection{'s' if count > 1 else ''} from {address}: {why}; "
             f"{address} is refused for {self.budgets.evict_for:g} s"
             for (address, why), count in taken.items()
@@ -199,7 +202,10 @@ class Watch:
             self._match(now)
             if not SUPPORTED:
                 continue
-            self._look(now)
+            try:
+                self._look(now)
+            except Exception as exc:  # a bug costs one look, never the guard
+                self._failures.append(f"the guard failed: {exc!r}")
 
     def _look(self, now: float) -> None:
         """Every young connection, and the share of the settled ones whose turn it is: the
@@ -214,7 +220,7 @@ class Watch:
                 del self._young[key]
                 self._settled[conn.kind].append(conn)
         for kind, settled in self._settled.items():
-            for _ in range(min(len(settled), -(-len(settled) * TICK // SETTLED_EVERY[kind]))):
+            for _ in range(min(len(settled), math.ceil(len(settled) * TICK / SETTLED_EVERY[kind]))):
                 conn = settled.popleft()
                 if conn.gone:
                     continue

@@ -81,7 +81,10 @@ class _Authenticator(ThreadAuthenticator):
                 return
             if domain == _PUB:
                 mechanism = msg[5].decode("ascii", "replace")
-                name, why = self.subscribers(mechanism, msg[6:], address)
+                try:
+                    name, why = self.subscribers(mechanism, msg[6:], address)
+                except Exception as exc:  # a bug refuses one handshake, never the handler
+                    name, why = "", f"the broker failed on this handshake: {exc!r}"
                 if name:
                     self._send_zap_reply(msg[1], b"200", b"OK", name.encode())
                 else:
