@@ -233,16 +233,27 @@ def _connector(
 # ---- 20 stopped subscribers ----------------------------------------------------------------------
 
 STOPPED_SUBSCRIBERS = """
-import sys, time, zmq
-endpoint, count, topic, hold = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3]), \\
-    float(sys.argv[4])
+import math, sys, time, zmq
+from broker.wire import protocol as p
+from client.sockets import log_in
+router, endpoint, count, topic, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
+    bytes.fromhex(sys.argv[4]), float(sys.argv[5])
 ctx = zmq.Context()
+welcomes = []  # only a session's subscribers may connect: a few sessions, 4 subscribers each
+for k in range(math.ceil(count / 4)):
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(router)
+    dealer.send(p.encode(p.Hello(p.VERSION, f"stuck{k}")))
+    while not welcomes[k:]:
+        welcomes += [m for m in p.decode_server(dealer.recv()) if isinstance(m, p.Welcome)]
 subs = []
-for _ in range(count):
+for i in range(count):
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
     sub.rcvhwm = 1
     sub.rcvbuf = 4096
+    log_in(sub, welcomes[i // 4])
     sub.connect(endpoint)
     sub.subscribe(topic)
     subs.append(sub)

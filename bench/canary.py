@@ -16,6 +16,7 @@ import zmq
 from bench import load, run
 from broker.wire import protocol as p
 from client.keyring import Keyring
+from client.sockets import log_in
 
 RSS_LIMIT_MB: Final = 300.0
 """The most memory the broker may hold under any of these attacks."""
@@ -94,13 +95,14 @@ class Canary:
         self.rings = [Keyring() for _ in self.users]
         self.late: list[list[list[p.RoomEvent]]] = [[] for _ in self.users]
         """Bodies opened by a key that came after them, for each user."""
-        welcome = None
-        for i, user in enumerate(self.users):
-            welcome = load._handshake(user, f"canary{i + 1}", room, ring=self.rings[i])
-        assert welcome is not None
+        welcomes = [
+            load._handshake(user, f"canary{i + 1}", room, ring=self.rings[i])
+            for i, user in enumerate(self.users)
+        ]
         self.subs: list[zmq.Socket[bytes]] = []
-        for _ in self.users:
+        for welcome in welcomes:
             sub = ctx.socket(zmq.SUB)
+            log_in(sub, welcome)
             sub.setsockopt(zmq.LINGER, 0)
             sub.connect(welcome.pub)
             sub.setsockopt(zmq.SUBSCRIBE, p.topic(room))

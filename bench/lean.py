@@ -89,15 +89,15 @@ def _redis_packer() -> Any:
     return Connection()
 
 
-def handshake(dealer: zmq.Socket[bytes], name: str, room: str, ring: Keyring) -> str:
+def handshake(dealer: zmq.Socket[bytes], name: str, room: str, ring: Keyring) -> p.Welcome:
     """Hello, then Join ``room``; the room keys that come meanwhile go on ``ring``. Returns the
-    PUB endpoint the broker names."""
+    ``Welcome`` (the PUB endpoint it names, and the session a subscriber logs in with)."""
     dealer.send(p.encode(p.Hello(p.VERSION, name)))
     welcome = _await(dealer, p.Welcome, ring)
     ring.sealed = welcome.sealed
     dealer.send(p.encode(p.Join(room)))
     _await(dealer, p.Joined, ring)
-    return welcome.pub
+    return welcome
 
 
 def _await(dealer: zmq.Socket[bytes], kind: type, ring: Keyring, timeout: float = 10.0) -> Any:

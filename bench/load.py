@@ -21,6 +21,7 @@ import zmq
 
 from broker.wire import protocol as p
 from client.keyring import Keyring
+from client.sockets import log_in
 
 SETTLE: Final = 0.5
 """Seconds a subscriber waits after subscribing, so the subscription reaches the publisher."""
@@ -249,8 +250,11 @@ def subscribers(
             dealer = ctx.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.connect(router)
-            endpoint = _handshake(dealer, f"{name}{k}", room_name, ring=ring).pub
+            welcome = _handshake(dealer, f"{name}{k}", room_name, ring=ring)
+            endpoint = welcome.pub
         sub = ctx.socket(zmq.SUB)
+        if room:
+            log_in(sub, welcome)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.connect(endpoint)

@@ -122,8 +122,8 @@ def stopped_subs_scenario(env: Env) -> str:
     room = "flooded"
     with open(env.workdir / "stuck.log", "wb") as err:
         stuck = subprocess.Popen(
-            [sys.executable, "-c", STOPPED_SUBSCRIBERS, env.target.pub, str(STUCK),
-             p.topic(room).hex(), str(SETUP_WAIT + env.seconds + SETUP_WAIT)],
+            [sys.executable, "-c", STOPPED_SUBSCRIBERS, env.target.router, env.target.pub,
+             str(STUCK), p.topic(room).hex(), str(SETUP_WAIT + env.seconds + SETUP_WAIT)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
         )  # fmt: skip
     env.popens.append(stuck)

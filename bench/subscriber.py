@@ -39,6 +39,7 @@ from bench.lean import (
 )
 from broker.wire import protocol as p
 from client.keyring import Keyring
+from client.sockets import log_in
 
 # ---- subscribers --------------------------------------------------------------------------------
 
@@ -74,12 +75,14 @@ def subscribers(
             endpoint = pub
             dealer = None
             ring = Keyring()
+            zsub = ctx.socket(zmq.SUB)
             if kind == "room":
                 dealer = ctx.socket(zmq.DEALER)
                 dealer.setsockopt(zmq.LINGER, 0)
                 dealer.connect(router)
-                endpoint = handshake(dealer, f"{name}{k}", room, ring)
-            zsub = ctx.socket(zmq.SUB)
+                welcome = handshake(dealer, f"{name}{k}", room, ring)
+                endpoint = welcome.pub
+                log_in(zsub, welcome)
             zsub.setsockopt(zmq.LINGER, 0)
             zsub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
             zsub.connect(endpoint)

@@ -115,6 +115,30 @@ def main() -> None:
     help="KiB of room events queued for one slow subscriber; past it, it repairs by number.",
 )
 @options.option(
+    "--hello-timeout",
+    default=config.DEFAULT_LIMITS.hello_timeout,
+    type=click.FloatRange(min=0.5),
+    help="Seconds a connection may stay without saying hello before the guard closes it.",
+)
+@options.option(
+    "--subscribers-per-session",
+    default=config.DEFAULT_LIMITS.subscribers_per_session,
+    type=click.IntRange(min=1),
+    help="PUB connections one session may hold at once.",
+)
+@options.option(
+    "--subscription-bytes",
+    default=config.DEFAULT_LIMITS.subscription_bytes,
+    type=click.IntRange(min=512),
+    help="Bytes a subscriber may send the PUB besides its room changes; past it, it is evicted.",
+)
+@options.option(
+    "--evict-for",
+    default=config.DEFAULT_LIMITS.evict_for,
+    type=click.FloatRange(min=0),
+    help="Seconds an evicted connection's address is refused.",
+)
+@options.option(
     "--heartbeat",
     default=config.HEARTBEAT,
     type=click.FloatRange(min=0.05),
@@ -205,6 +229,10 @@ def start(
     keep_days: float,
     client_queue: int,
     subscriber_queue: int,
+    hello_timeout: float,
+    subscribers_per_session: int,
+    subscription_bytes: int,
+    evict_for: float,
     heartbeat: float,
     sync: str,
     log_format: str,
@@ -232,6 +260,10 @@ def start(
         keep_days=keep_days,
         client_queue=client_queue * 1024,
         subscriber_queue=subscriber_queue * 1024,
+        hello_timeout=hello_timeout,
+        subscribers_per_session=subscribers_per_session,
+        subscription_bytes=subscription_bytes,
+        evict_for=evict_for,
     )
     plugin = None
     urls = split_urls(backbone)

@@ -61,6 +61,10 @@ class Limits:
     max_per_address: int = 4_096  # chat connections open at once from one IP address
     client_queue: int = 4 * 1024 * 1024  # bytes of replies queued for one client
     subscriber_queue: int = 4 * 1024 * 1024  # bytes of room events queued for one subscriber
+    hello_timeout: float = 10.0  # seconds a connection may stay without saying hello
+    subscribers_per_session: int = 4  # PUB connections one session may hold at once
+    subscription_bytes: int = 4096  # bytes a subscriber may send besides its room changes
+    evict_for: float = 60.0  # seconds an evicted connection's address is refused
 
     @property
     def router_hwm(self) -> int:

@@ -153,7 +153,7 @@ class Brokers:
         after it in the same batch (the key of the room it lands in, on a sealing broker)."""
         endpoint = pub_endpoint(welcome.pub, self.server)
         try:
-            self.sockets.new_sub(endpoint)
+            self.sockets.new_sub(endpoint, welcome)
         except zmq.ZMQError as exc:
             return Stop(Exit.ERROR, f"{PROG}: cannot subscribe at {endpoint}: {exc.strerror}")
         self._welcomed_by = self.server
@@ -179,15 +179,14 @@ class Brokers:
         return [Line(Kind.NOTICE, f"now on the broker at {self.server}")]
 
     async def _follow_pub(self, welcome: Welcome) -> list[Effect]:
-        """After a resume, subscribe where the welcoming broker publishes: a new SUB when that
-        is another PUB than before (another broker), with the session's topic; what the old SUB
-        still held is dropped, and gap repair fetches anything missed."""
+        """After a resume, a new SUB where the welcoming broker publishes, with the session's
+        topic: its subscribers log in with the session (a broker that restarted refused the old
+        SUB's reconnection before the session was back, and another broker is another PUB);
+        what the old SUB still held is dropped, and gap repair fetches anything missed."""
         endpoint = pub_endpoint(welcome.pub, self.server)
-        if endpoint == self.sockets.sub_endpoint:
-            return []
         await self.sockets.drop_sub()
         try:
-            sub = self.sockets.new_sub(endpoint)
+            sub = self.sockets.new_sub(endpoint, welcome)
         except zmq.ZMQError as exc:
             return [Stop(Exit.ERROR, f"{PROG}: cannot subscribe at {endpoint}: {exc.strerror}")]
         if self.session.subscribed is not None:

@@ -20,7 +20,14 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from broker.wire.protocol import ClientMsg, ProtocolError, ServerMsg, decode_server, encode
+from broker.wire.protocol import (
+    ClientMsg,
+    ProtocolError,
+    ServerMsg,
+    Welcome,
+    decode_server,
+    encode,
+)
 from client.control import CurveKeys
 
 QUIT_LINGER_MS: Final = 500
@@ -82,13 +89,17 @@ class Sockets:
         self.dealer = dealer
         return dealer, monitor
 
-    def new_sub(self, endpoint: str) -> zmq.asyncio.Socket:
-        """A SUB connected to ``endpoint`` (no topic yet), as ``self.sub``."""
+    def new_sub(self, endpoint: str, welcome: Welcome) -> zmq.asyncio.Socket:
+        """A SUB connected to ``endpoint`` (no topic yet), as ``self.sub``. Only a session's
+        subscribers may connect: it logs in with the session of ``welcome`` (PLAIN: its name
+        and secret), or with CURVE uses the key the DEALER uses."""
         sub: zmq.asyncio.Socket = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self.sub_hwm)
         if self.curve is not None:
             self.curve.apply(sub)
+        else:
+            log_in(sub, welcome)
         self.sub = sub
         self.sub_endpoint = endpoint
         sub.connect(endpoint)
@@ -162,6 +173,13 @@ class Sockets:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def log_in(sub: zmq.Socket[Any], welcome: Welcome) -> None:
+    """Make ``sub`` (not yet connected) a subscriber of the session ``welcome`` began: PLAIN
+    with the session's name and secret (a broker without ``--curve`` refuses any other)."""
+    sub.setsockopt(zmq.PLAIN_USERNAME, welcome.name.encode())
+    sub.setsockopt(zmq.PLAIN_PASSWORD, welcome.session.encode())
 
 
 def end_monitor(sock: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket) -> None:

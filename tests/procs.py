@@ -24,6 +24,7 @@ import zmq
 
 from broker.wire import protocol as p
 from client.keyring import Keyring
+from client.sockets import log_in
 
 WAIT = 10.0
 """Seconds any single expectation may take before the test fails."""
@@ -343,7 +344,10 @@ class Raw:
         self.sock.connect(router)
         self.replies = Replies(self.sock)
         self.send(p.Hello(p.VERSION, name))
-        self.expect(p.Welcome)
+        welcome = self.expect(p.Welcome)
+        assert isinstance(welcome, p.Welcome)
+        self.welcome = welcome
+        """What a subscriber of this session logs in with (``subscriber``)."""
         if room != p.LOBBY:
             self.send(p.Join(room))
             self.expect(p.Joined)
@@ -383,8 +387,21 @@ class Raw:
                 return got
             got += batch.messages
 
+    def subscriber(self, ctx: zmq.Context, pub: str) -> zmq.Socket:
+        """A SUB of this session (logged in with its name and secret), connected to ``pub``."""
+        return subscriber(ctx, pub, self.welcome)
+
     def close(self) -> None:
         self.sock.close(0)
+
+
+def subscriber(ctx: zmq.Context, pub: str, welcome: p.Welcome) -> zmq.Socket:
+    """A SUB of the session ``welcome`` began, connected to ``pub``: only a session's
+    subscribers pass the PUB's handshake."""
+    sock = unconnected(ctx, zmq.SUB)
+    log_in(sock, welcome)
+    sock.connect(pub)
+    return sock
 
 
 class Listener:
@@ -395,7 +412,7 @@ class Listener:
 
     def __init__(self, ctx: zmq.Context, pub: str, user: Raw, room: str) -> None:
         self.user, self.room = user, room
-        self.sub = socket(ctx, zmq.SUB, pub)
+        self.sub = user.subscriber(ctx, pub)
         self.sub.rcvhwm = 0
         self.sub.subscribe(p.topic(room))
         self._pinged = time.monotonic()

@@ -11,7 +11,7 @@ import pytest
 import zmq
 from conftest import running_broker
 from cryptography.exceptions import InvalidTag
-from procs import MIDS, WAIT, ctl, socket
+from procs import MIDS, WAIT, ctl, socket, subscriber
 
 from broker.security.roomkeys import epoch_of, open_sealed
 from broker.wire import protocol as p
@@ -23,12 +23,12 @@ class Member:
     def __init__(self, ctx: zmq.Context, broker: Any, name: str, session: str = "") -> None:
         self.sock = socket(ctx, zmq.DEALER, broker.router)
         self.keys: dict[int, bytes] = {}
-        self.sub = socket(ctx, zmq.SUB, broker.pub)
-        self.sub.subscribe(b"")  # everything: what it may read is up to the keys
         self.frames: list[tuple[bytes, bytes]] = []
         self.send(p.Hello(p.VERSION, name, session))
         self.welcome = self.expect(p.Welcome)
         assert self.welcome.sealed
+        self.sub = subscriber(ctx, broker.pub, self.welcome)  # a session's: it may connect
+        self.sub.subscribe(b"")  # everything: what it may read is up to the keys
 
     def send(self, msg: p.ClientMsg) -> None:
         self.sock.send(p.encode(msg))
@@ -90,9 +90,11 @@ def keyed(tmp_path: Path):
 
 
 def test_a_spy_on_every_topic_reads_no_text(keyed: Any, ctx: zmq.Context) -> None:
+    """A user of its own session (strangers cannot subscribe at all: test_guard), modified to
+    subscribe to every topic, hears ops's sends and opens none."""
     alice = Member(ctx, keyed, "alice")
-    spy = socket(ctx, zmq.SUB, keyed.pub)
-    spy.subscribe(b"")
+    spy_user = Member(ctx, keyed, "spy")
+    spy = spy_user.sub  # subscribed to everything, in public
     try:
         alice.join("ops")
         deadline = time.monotonic() + WAIT
@@ -115,7 +117,7 @@ def test_a_spy_on_every_topic_reads_no_text(keyed: Any, ctx: zmq.Context) -> Non
         ]
     finally:
         alice.close()
-        spy.close(0)
+        spy_user.close()
 
 
 REMOVALS = {

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import zmq
-from procs import WAIT, Replies
+from procs import WAIT, Replies, subscriber
 
 from broker.chat.chat import STORE_FAILED, Chat, Settings
 from broker.logfmt import LogWriter
@@ -186,15 +186,16 @@ def test_the_broker_refuses_what_it_could_not_store_and_keeps_serving(
     running = _Running(store)
     endpoints = running.broker.endpoints
     dealer = ctx.socket(zmq.DEALER)
-    sub = ctx.socket(zmq.SUB)
+    sub = None
     try:
-        dealer.linger = sub.linger = 0
+        dealer.linger = 0
         dealer.connect(endpoints.router)
-        sub.setsockopt(zmq.SUBSCRIBE, p.topic(p.LOBBY))
-        sub.connect(endpoints.pub)
         replies = Replies(dealer)
         dealer.send(p.encode(p.Hello(p.VERSION, "alice")))
-        replies.expect(p.Welcome)
+        welcome = replies.expect(p.Welcome)
+        assert isinstance(welcome, p.Welcome)
+        sub = subscriber(ctx, endpoints.pub, welcome)
+        sub.setsockopt(zmq.SUBSCRIBE, p.topic(p.LOBBY))
         for nonce in range(1, 100):  # until the subscription is live
             dealer.send(p.encode(p.Sync(nonce)))
             if sub.poll(100):
@@ -214,7 +215,8 @@ def test_the_broker_refuses_what_it_could_not_store_and_keeps_serving(
         assert [m.text for m in stored.messages] == ["kept"]
     finally:
         dealer.close(0)
-        sub.close(0)
+        if sub is not None:
+            sub.close(0)
         raised = running.stop()
     assert raised is None, repr(raised)
     log = running.log.getvalue().splitlines()

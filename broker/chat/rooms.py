@@ -60,6 +60,7 @@ class Rooms:
             out.publish(old, p.Presence(old, user.name, p.PresenceKind.LEFT))
             self.drop_if_unused(old)
             user.room = room
+            user.moves += 1
             members[room].add(user.name)
             out.publish(room, p.Presence(room, user.name, p.PresenceKind.ENTERED))
             out.log(now, "enter", room, user.name, f"from {old}")

@@ -20,7 +20,8 @@ from broker.chat.outbox import Outbox
 from broker.config import PUB_SEND_BYTES
 from broker.logfmt import LogWriter
 from broker.loop.control import ControlChannel, unstored
-from broker.loop.sockets import NOBLOCK, SNDMORE, SNDMORE_NOBLOCK
+from broker.loop.publisher import Publisher
+from broker.loop.sockets import NOBLOCK, SNDMORE_NOBLOCK
 from broker.security.roomkeys import RoomKeys
 from broker.store.base import StoreError
 from broker.wire import protocol as p
@@ -37,7 +38,7 @@ class BatchFlush:
     def __init__(
         self,
         router: zmq.Socket[bytes],
-        pub: zmq.Socket[bytes],
+        publisher: Publisher,
         chat: Chat,
         control: ControlChannel,
         keys: RoomKeys | None,
@@ -45,7 +46,7 @@ class BatchFlush:
         clock: Callable[[], float],
     ) -> None:
         self.router = router
-        self.pub = pub
+        self.publisher = publisher
         self.chat = chat
         self.control = control
         self.keys = keys
@@ -74,7 +75,7 @@ class BatchFlush:
         if self.plugin is not None:
             self.plugin.share(out)
         encode, topic = p.encode, p.topic
-        pub_send, send = self.pub.send, self.router.send
+        publish, send = self.publisher.send, self.router.send
         keys = self.keys
         if keys is not None and out.rekeyed:  # before the sends: this batch's go out sealed anew
             members = self.chat.members
@@ -86,8 +87,7 @@ class BatchFlush:
                 counters.published += self._publish_in_parts(room, events, len(body))
                 continue
             head = topic(room)
-            pub_send(head, SNDMORE)
-            pub_send(body if keys is None else self._seal(room, head, body))
+            publish(head, body if keys is None else self._seal(room, head, body))
             counters.published += 1
         if keys is not None:
             self._hand_out_keys(keys, out)
@@ -123,8 +123,7 @@ class BatchFlush:
         head = p.topic(room)
         for start in range(0, len(events), step):
             body = p.encode(events[start : start + step])
-            self.pub.send(head, SNDMORE)
-            self.pub.send(body if self.keys is None else self._seal(room, head, body))
+            self.publisher.send(head, body if self.keys is None else self._seal(room, head, body))
         return -(-len(events) // step)
 
     def _seal(self, room: str, head: bytes, body: bytes) -> bytes:

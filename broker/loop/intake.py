@@ -9,12 +9,10 @@ from collections.abc import Callable
 from typing import Final
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from broker.chat.chat import Chat
 from broker.config import BATCH
 from broker.loop.sockets import NOBLOCK, RCVMORE
-from broker.security.gate import Gate
 from broker.security.guard import Guard, user_id
 from broker.security.throttle import Throttle
 from broker.wire import protocol as p
@@ -31,19 +29,15 @@ class ClientIntake:
         router: zmq.Socket[bytes],
         chat: Chat,
         guard: Guard,
-        gate: Gate,
         clock: Callable[[], float],
         curve: bool,
     ) -> None:
         self.router = router
         self.chat = chat
         self.guard = guard
-        self.gate = gate
         self.clock = clock
         self.curve = curve
         self.bad_frames = Throttle(BAD_FRAMES_LOGGED, "{} more bad frames not logged")
-        self.gone = 0
-        """Connections closed since the loop last gave freed memory back (``take_gone``)."""
 
     def drain(self) -> None:
         """Read up to ``BATCH`` client messages and hand each to the chat."""
@@ -93,30 +87,6 @@ class ClientIntake:
         user = self.chat.by_peer.get(peer)
         if user is not None:
             self.chat.remove(user, self.clock(), "its connection id was taken by another key")
-
-    def count_connections(self, monitor: zmq.Socket[bytes], sock: str) -> None:
-        """Count the connections of the ROUTER or the PUB (``sock``), by address for the gate;
-        ``stats`` shows the ROUTER's (also those that never said hello)."""
-        counters, gate = self.chat.counters, self.gate
-        for _ in range(BATCH):
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            fd = int(event["value"])
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                gate.accepted(sock, fd)
-                counters.connections += sock == "router"
-                counters.connected += sock == "router"
-            else:
-                gate.disconnected(sock, fd)
-                counters.connections -= sock == "router"
-                self.gone += 1
-
-    def take_gone(self) -> int:
-        """How many connections closed since the last call."""
-        gone, self.gone = self.gone, 0
-        return gone
 
 
 def report_bug(chat: Chat, now: float, peer: bytes | None, msg: object, exc: Exception) -> None:

@@ -113,6 +113,10 @@ class BrokerMetrics:
             ("room_direct_messages", "Direct messages (/msg) delivered.", c.direct),
             ("room_bad_frames", "Frames that were no protocol message.", c.bad_frames),
             ("room_connections_accepted", "Connections the ROUTER accepted.", c.connected),
+            ("room_guard_evictions", "Connections the guard closed (no hello, over budget, "
+             "subscriptions beyond the rooms' needs, session ended).", c.evicted),
+            ("room_publisher_drops", "PUB sends dropped: the publisher thread was behind.",
+             c.publisher_drops),
             ("room_pub_sends", "PUB sends, each a batch of one room's events.", c.published),
             ("room_fetched_messages", "Stored messages sent in answer to Fetch.", c.fetched),
             ("room_dropped_replies", "Replies lost to a full or gone queue.", c.dropped_replies),

@@ -28,13 +28,17 @@ from typing import TYPE_CHECKING, Final
 import zmq
 
 from broker.chat.chat import Chat, Settings
-from broker.config import BATCH, DEFAULT_LIMITS, HEARTBEAT, LIVENESS, Limits
+from broker.config import BATCH, DEFAULT_LIMITS, FRAME_OVERHEAD, HEARTBEAT, LIVENESS, Limits
 from broker.logfmt import LogWriter
 from broker.loop.control import ControlChannel, ControlRequest
 from broker.loop.flush import BatchFlush
 from broker.loop.intake import ClientIntake
 from broker.loop.plugin import Plugin
+from broker.loop.publisher import Publisher
 from broker.loop.sockets import Endpoints, Sockets
+from broker.loop.subscribers import Subscribers
+from broker.loop.watch import SUPPORTED as WATCHED
+from broker.loop.watch import Budgets, Watch
 from broker.security.gate import Gate
 from broker.security.guard import Guard
 from broker.security.keys import KeyDir, KeyFileError
@@ -106,6 +110,13 @@ class Broker:
             self.ctx.destroy(linger=0)
             raise
         self.endpoints = self.sockets.endpoints
+        self.publisher = Publisher(self.ctx, self.sockets.pub)
+        self.watch = Watch(
+            self.ctx,
+            {"router": self.sockets.router_monitor, "pub": self.sockets.pub_monitor},
+            self.gate,
+            _budgets(limits, rate, burst, curve),
+        )
         settings = Settings(
             self.endpoints.pub, limits, rate, burst, heartbeat, liveness, sealed=room_keys
         )
@@ -123,9 +134,7 @@ class Broker:
         self.chat = Chat(store, settings)
         self.chat.counters.started = self.clock()
         sockets = self.sockets
-        self.intake = ClientIntake(
-            sockets.router, self.chat, self.guard, self.gate, self.clock, curve
-        )
+        self.intake = ClientIntake(sockets.router, self.chat, self.guard, self.clock, curve)
         self.control = ControlChannel(
             sockets.control,
             sockets.control_monitor,
@@ -136,7 +145,7 @@ class Broker:
         )
         self.flush = BatchFlush(
             sockets.router,
-            sockets.pub,
+            self.publisher,
             self.chat,
             self.control,
             RoomKeys() if room_keys else None,
@@ -146,6 +155,10 @@ class Broker:
         if plugin is not None:
             self.control.route = plugin.control
             self.flush.plugin = plugin
+        self.subscribers = Subscribers(self.chat, self.guard, self.watch, limits, curve)
+        self.watch.sessions = self.subscribers.moves
+        self.guard.check_subscribers(self.subscribers.admit)
+        self._closed_seen = 0
         self.exporter: Exporter | None = None
         if metrics is not None:  # last: nothing to undo after it; prometheus_client only here
             from broker.loop.metrics import Exporter
@@ -195,6 +208,13 @@ class Broker:
         self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
         if self.plugin is not None:
             self.log.line(self.plugin.banner())
+        if not WATCHED:
+            self.log.line(
+                "room-broker guard: this OS gives no per-connection byte counts; "
+                "only the connection caps hold"
+            )
+        self.publisher.start()
+        self.watch.start()
         if self.exporter is not None:
             self.log.line(f"room-broker metrics: {self.exporter.url}")
         self.flush.run()  # the admin keys found at start
@@ -216,6 +236,8 @@ class Broker:
                 self.exporter.close()
 
     def _close_sockets(self, linger: int) -> None:
+        self.watch.stop()  # it reads the monitors until it stops
+        self.publisher.stop()  # it owns the PUB until it stops
         self.sockets.close(linger)
         self.guard.stop()
         self.ctx.term()
@@ -233,10 +255,9 @@ class Broker:
     def _loop(self) -> None:
         sockets, intake, control, flush = self.sockets, self.intake, self.control, self.flush
         router, control_sock = sockets.router, sockets.control
-        router_monitor, pub_monitor = sockets.router_monitor, sockets.pub_monitor
         control_monitor = sockets.control_monitor
         poller = zmq.Poller()
-        for sock in (router, control_sock, control_monitor, router_monitor, pub_monitor):
+        for sock in (router, control_sock, control_monitor):
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         plugin = self.plugin
@@ -253,17 +274,20 @@ class Broker:
                 intake.drain()
             if control_sock in ready:
                 control.drain()
-            if router_monitor in ready:
-                intake.count_connections(router_monitor, "router")
-            if pub_monitor in ready:
-                intake.count_connections(pub_monitor, "pub")
             if control_monitor in ready:
                 control.drain_monitor()
             now = self.clock()
             if now >= next_tick:
                 self.chat.tick(now)
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
-                if intake.take_gone():  # what their buffers took goes back to the OS
+                self._security_log(self.watch.take_lines(), now)
+                counters = self.chat.counters
+                counters.connections = self.watch.open["router"]
+                counters.connected = self.watch.accepted["router"]
+                counters.evicted = self.watch.evicted
+                counters.publisher_drops = self.publisher.dropped
+                if self.watch.closed != self._closed_seen:  # their buffers go back to the OS
+                    self._closed_seen = self.watch.closed
                     _release_memory()
                 for line in intake.bad_frames.tick():
                     self.chat.out.log(now, "error", text=line)
@@ -271,6 +295,20 @@ class Broker:
                     plugin.tick(now)
                 next_tick = now + interval
             flush.run()
+
+
+def _budgets(limits: Limits, rate: float, burst: int, curve: bool) -> Budgets:
+    """The guard's budgets: a ROUTER connection may send twice what the rate limit lets a
+    client's messages take, and more (no limit without a rate limit)."""
+    message = limits.max_message + FRAME_OVERHEAD
+    return Budgets(
+        hello_timeout=limits.hello_timeout,
+        subscription_bytes=limits.subscription_bytes,
+        router_burst=2 * (burst + 10) * message + 65_536,
+        router_rate=2 * rate * message + 16_384 if rate > 0 else 0.0,
+        evict_for=limits.evict_for,
+        curve=curve,
+    )
 
 
 try:

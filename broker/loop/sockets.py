@@ -12,7 +12,7 @@ from typing import Final
 import zmq
 
 from broker.config import Limits
-from broker.security.guard import CHAT_DOMAIN, CONTROL_DOMAIN, REFUSED_EVENTS, Guard
+from broker.security.guard import CHAT_DOMAIN, CONTROL_DOMAIN, PUB_DOMAIN, REFUSED_EVENTS, Guard
 from broker.store.datadir import StartError
 
 # Plain ints: pyzmq's flag enums cost an enum operation per call on the hot path.
@@ -23,6 +23,9 @@ RCVMORE: Final = int(zmq.RCVMORE)
 
 ROUTER_RCVHWM: Final = 10_000
 """Client messages waiting to be read, per client."""
+PUB_RCVHWM: Final = 64
+"""Subscriptions waiting for the publisher, per subscriber: a flood of them stays in the kernel's
+buffers (and in its byte count, which the guard reads) instead of in libzmq's tree."""
 
 _CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 
@@ -64,17 +67,26 @@ class Sockets:
             # Per-peer queues bounded in bytes: a send is at most about ANSWER_BYTES (replies)
             # or PUB_SEND_BYTES (room events). A peer that falls that far behind loses what
             # does not fit, and repairs it by retry or sequence number: the broker never waits.
-            router_options = {zmq.SNDHWM: limits.router_hwm, zmq.RCVHWM: ROUTER_RCVHWM}
+            handshake = int(limits.hello_timeout * 1000)  # a connection that never finishes it
+            router_options = {
+                zmq.SNDHWM: limits.router_hwm,
+                zmq.RCVHWM: ROUTER_RCVHWM,
+                zmq.HANDSHAKE_IVL: handshake,
+            }
             self.router = self._bind(
                 zmq.ROUTER, endpoints.router, limits.max_frame, CHAT_DOMAIN, router_options
             )
             bound.append(self.router)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            pub_options = {zmq.SNDHWM: limits.pub_hwm if pub_hwm is None else pub_hwm}
+            pub_options = {
+                zmq.SNDHWM: limits.pub_hwm if pub_hwm is None else pub_hwm,
+                zmq.RCVHWM: PUB_RCVHWM,
+                zmq.HANDSHAKE_IVL: handshake,
+            }
             if pub_sndbuf is not None:  # tests: a small kernel buffer makes a slow peer drop
                 pub_options[zmq.SNDBUF] = pub_sndbuf
             self.pub = self._bind(
-                zmq.PUB, endpoints.pub, limits.max_subscription, CHAT_DOMAIN, pub_options
+                zmq.PUB, endpoints.pub, limits.max_subscription, PUB_DOMAIN, pub_options
             )
             bound.append(self.pub)
             self.control = self._bind(

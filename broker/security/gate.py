@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections import Counter
 
 
@@ -27,10 +28,14 @@ class Gate:
         """Each open connection's address, by socket and file descriptor."""
         self.refused = 0
         """Connections refused since the last ``take_refused`` (written on the ZAP thread)."""
+        self.banned: dict[str, float] = {}
+        """Addresses refused until a time (``time.monotonic``): the guard evicted one of their
+        connections (written by the guard's thread, read by the ZAP thread)."""
 
-    def accepted(self, sock: str, fd: int) -> None:
-        """``sock`` (a name) accepted a connection on ``fd``."""
-        address = peer_address(fd)
+    def accepted(self, sock: str, fd: int, address: str | None = None) -> None:
+        """``sock`` (a name) accepted a connection on ``fd`` (from ``address``, if known)."""
+        if address is None:
+            address = peer_address(fd)
         self._address_of[(sock, fd)] = address
         self.by_address[address] += 1
         self.open += 1
@@ -46,9 +51,18 @@ class Gate:
         else:
             del self.by_address[address]
 
+    def ban(self, address: str, seconds: float) -> None:
+        """Refuse ``address`` at the handshake for ``seconds``."""
+        self.banned[address] = time.monotonic() + seconds
+
     def admit(self, address: str) -> str | None:
         """None to let a new connection from ``address`` in, else why not. The counts may
         already include this connection (its monitor event came first), hence ``>``."""
+        until = self.banned.get(address)
+        if until is not None:
+            if until > time.monotonic():
+                return f"{address} was evicted for abuse; refused for a while"
+            self.banned.pop(address, None)
         if self.open > self.total:
             return f"{self.open} connections are open (--max-connections {self.total})"
         if self.by_address.get(address, 0) > self.per_address:

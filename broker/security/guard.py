@@ -15,6 +15,7 @@ writing them, and never touches the chat.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import zmq
@@ -27,8 +28,12 @@ from broker.security.throttle import Throttle
 CONTROL_DOMAIN: Final = "room-control"
 """ZAP domain of the control socket: only the admins' public keys pass."""
 CHAT_DOMAIN: Final = "room-chat"
-"""ZAP domain of the ROUTER and PUB sockets: connections over the ``Gate``'s caps are refused;
-with ``curve``, any client key passes."""
+"""ZAP domain of the ROUTER: connections over the ``Gate``'s caps are refused; with ``curve``,
+any client key passes."""
+PUB_DOMAIN: Final = "room-pub"
+"""ZAP domain of the PUB: only a live session's subscribers pass (``Guard.subscribers``), within
+the caps: PLAIN with the session's name and secret, or with ``curve`` the client key its
+session's connection uses."""
 REFUSED_EVENTS: Final = int(
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -47,21 +52,50 @@ class _AnyClient:
         return True
 
 
+SubscriberCheck = Callable[[str, list[bytes], str], tuple[str, str]]
+"""(mechanism, credentials, address) -> (the session's name, "") to let a subscriber in, or
+("", why not)."""
+
+
+def _no_sessions(mechanism: str, credentials: list[bytes], address: str) -> tuple[str, str]:
+    return "", "the broker is starting"
+
+
 class _Authenticator(ThreadAuthenticator):
-    """zmq.auth's handler, with the connection gate in front of the chat domain."""
+    """zmq.auth's handler, with the connection gate in front of the chat domains, and the
+    subscribers' proof of a session in the PUB's."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], gate: Gate) -> None:
         super().__init__(ctx)
         self.gate = gate
+        self.subscribers: SubscriberCheck = _no_sessions
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
-        if len(msg) >= 6 and msg[2] == CHAT_DOMAIN.encode():
-            why = self.gate.admit(msg[3].decode("utf-8", "replace"))
+        domain = msg[2] if len(msg) >= 6 else b""
+        if domain in (_CHAT, _PUB):
+            address = msg[3].decode("utf-8", "replace")
+            why = self.gate.admit(address)
             if why is not None:
                 self.gate.refused += 1
                 self._send_zap_reply(msg[1], b"400", why.encode())
                 return
+            if domain == _PUB:
+                mechanism = msg[5].decode("ascii", "replace")
+                try:
+                    name, why = self.subscribers(mechanism, msg[6:], address)
+                except Exception as exc:  # a bug refuses one handshake, never the handler
+                    name, why = "", f"the broker failed on this handshake: {exc!r}"
+                if name:
+                    self._send_zap_reply(msg[1], b"200", b"OK", name.encode())
+                else:
+                    self.gate.refused += 1
+                    self._send_zap_reply(msg[1], b"400", why.encode())
+                return
         await super().handle_zap_message(msg)
+
+
+_CHAT: Final = CHAT_DOMAIN.encode()
+_PUB: Final = PUB_DOMAIN.encode()
 
 
 def user_id(frame: zmq.Frame) -> str:
@@ -95,12 +129,29 @@ class Guard:
             self.auth.configure_curve_callback(CHAT_DOMAIN, _AnyClient())
 
     def serve(self, sock: zmq.Socket[bytes], domain: str) -> None:
-        """Put ``sock`` (not yet bound) in ``domain``: a CURVE server, but a plain chat socket
-        without ``curve`` (its connections still pass the gate, with the NULL mechanism)."""
+        """Put ``sock`` (not yet bound) in ``domain``: a CURVE server, but without ``curve`` a
+        plain ROUTER (its connections still pass the gate, with the NULL mechanism) and a PLAIN
+        PUB (a subscriber names its session)."""
         if domain == CONTROL_DOMAIN or self.curve:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
+        elif domain == PUB_DOMAIN:
+            sock.setsockopt(zmq.PLAIN_SERVER, 1)
         sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+
+    def check_subscribers(self, check: SubscriberCheck) -> None:
+        """How the PUB's handshakes prove a session (set once the chat exists)."""
+        self.auth.subscribers = check
+
+    def peer_with_key(self, key: str) -> bytes | None:
+        """With ``curve``: the ROUTER peer whose connection uses client ``key`` (any thread)."""
+        for peer, known in list(self._peer_keys.items()):
+            if known == key:
+                return peer
+        return None
+
+    def key_of(self, peer: bytes) -> str:
+        return self._peer_keys.get(peer, "")
 
     def admin(self, key: str) -> str | None:
         """The admin's name for a CURVE key on the allow-list now, else None."""

@@ -1,0 +1,351 @@
+"""The guard: a thread that watches every connection the ROUTER and the PUB accept, and evicts one
+that breaks its budget. libzmq gives no call to drop one peer, but each connection is a file
+descriptor that the sockets' monitors name when they accept it; the kernel counts the bytes each
+has received (``TCP_INFO``), and shutting the descriptor down makes libzmq tear that one
+connection down, subscriptions and all, while the others go on (../shared/PUB-GUARD.md).
+
+Budgets, each far above what an honest client sends:
+
+- a ROUTER connection that sent nothing but its handshake within ``hello_timeout``: it never said
+  hello (the connections of a flood that only connects);
+- a ROUTER connection over its byte rate (only with a rate limit: ``--rate 0`` turns it off);
+- a PUB connection that sent more subscription bytes than its session's room changes need (a
+  subscriber sends one subscription and one unsubscription a move), or whose session ended.
+
+An evicted address is refused at the handshake for ``evict_for`` seconds (``Gate.ban``), and the
+loop logs one line per address and reason at each heartbeat. The descriptor is libzmq's: it is
+only read and shut down, never closed, and its peer is checked again just before the shutdown, as
+libzmq may have closed it and the number been reused. Linux only (``TCP_INFO``); elsewhere the
+caps alone hold, and the broker says so at start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from broker.security.gate import Gate
+
+TICK: Final = 0.005
+"""Seconds between the guard's looks at young connections."""
+SETTLED_EVERY: Final = {"router": 1.0, "pub": 0.25}
+"""Seconds between looks at a connection past its first ``hello_timeout``."""
+HANDSHAKE: Final = {False: 107, True: 567}
+"""Bytes a stock DEALER's handshake sends (ZMTP greeting and READY; with CURVE, its four
+commands): a ROUTER connection that sent no more never said hello (the smallest is 12 bytes)."""
+SMALLEST_HELLO: Final = 12
+SUBSCRIPTION_BYTES_PER_MOVE: Final = 256
+"""What one move to another room lets a session's subscriber send (a subscription and an
+unsubscription: a topic of at most 33 bytes each, with framing, and CURVE's per-message bytes)."""
+
+_TCP_INFO_BYTES: Final = 232
+_BYTES_RECEIVED: Final = struct.Struct("=Q")
+_BYTES_RECEIVED_AT: Final = 128  # tcpi_bytes_received in struct tcp_info (Linux 4.1 on)
+_CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+
+SUPPORTED: Final = sys.platform.startswith("linux")
+if SUPPORTED:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _getsockopt = _libc.getsockopt
+    _shutdown = _libc.shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """What the guard allows one connection (``config.Limits`` and the rate limit say)."""
+
+    hello_timeout: float
+    subscription_bytes: int
+    """A PUB connection's allowance before its session moved anywhere."""
+    router_burst: int
+    router_rate: float
+    """Bytes a second a ROUTER connection may send on average; 0: no limit."""
+    evict_for: float
+    curve: bool
+
+
+@dataclass(slots=True)
+class _Conn:
+    fd: int
+    kind: str  # "router" or "pub"
+    address: str
+    port: int
+    accepted: float
+    holder: tuple[str, str] | None = None
+    """A PUB connection's session (name, proof), once its handshake was matched to it."""
+    received: int = 0
+    allowance: float = 0.0
+    checked: float = 0.0
+    gone: bool = False
+
+
+@dataclass(slots=True)
+class Approval:
+    """A PUB handshake the ZAP handler let in: from which address, for which session."""
+
+    address: str
+    name: str
+    proof: str
+    at: float = field(default_factory=time.monotonic)
+
+
+Sessions = Callable[[str, str], int | None]
+"""(name, proof) -> how often that live session moved to another room; None if it is not live."""
+
+
+class Watch:
+    """The guard's thread; ``start`` it once the sockets are bound, ``stop`` it before closing
+    them. The ZAP handler reports approved subscribers (``approved``) and asks how many PUB
+    connections a session holds (``subscribers``); the loop takes the log lines (``take_lines``)
+    and the open connection counts."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        monitors: dict[str, zmq.Socket[bytes]],
+        gate: Gate,
+        budgets: Budgets,
+    ) -> None:
+        self.monitors = monitors
+        """By socket name ("router", "pub"): the monitor sockets, read only by this thread."""
+        self.gate = gate
+        self.budgets = budgets
+        self.sessions: Sessions = _no_sessions
+        """How the guard asks after a subscriber's session (set once the chat exists)."""
+        self.conns: dict[tuple[str, int], _Conn] = {}
+        self._young: dict[tuple[str, int], _Conn] = {}
+        """Connections in their first ``hello_timeout``: looked at every tick."""
+        self._settled: dict[str, deque[_Conn]] = {"router": deque(), "pub": deque()}
+        """The others, by socket, looked at in turn: each every ``SETTLED_EVERY`` seconds."""
+        self.open: Counter[str] = Counter()
+        """Connections open now, by socket name."""
+        self.accepted: Counter[str] = Counter()
+        """Connections accepted since the start, by socket name."""
+        self.closed = 0
+        """Connections closed since the start (the loop gives memory back when it grows)."""
+        self.evicted = 0
+        self._approvals: deque[Approval] = deque()
+        self._unmatched: dict[str, deque[_Conn]] = {}
+        """By address: PUB connections whose handshake is not matched to a session yet."""
+        self._holders: Counter[str] = Counter()
+        """PUB connections matched to each session name."""
+        self._lines: deque[tuple[str, str]] = deque()
+        self._failures: deque[str] = deque()
+        self._stop_name = f"inproc://watch-stop-{id(self)}"
+        self._stop_r: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
+        self._stop_r.bind(self._stop_name)
+        self._stop_w: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
+        self._stop_w.connect(self._stop_name)
+        self._buf = ctypes.create_string_buffer(_TCP_INFO_BYTES)
+        self._len = ctypes.c_uint32(_TCP_INFO_BYTES)
+        self._thread = threading.Thread(target=self._run, name="room-guard", daemon=True)
+
+    # ---- what other threads call ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop_w.send(b"")
+            self._thread.join(5)
+        self._stop_r.close(linger=0)
+        self._stop_w.close(linger=0)
+
+    def approved(self, address: str, name: str, proof: str) -> None:
+        """The ZAP thread let a subscriber of session ``name`` in from ``address``."""
+        self._approvals.append(Approval(address, name, proof))
+
+    def subscribers(self, name: str) -> int:
+        """PUB connections session ``name`` holds or is being let in with (for its cap)."""
+        pending = sum(1 for a in list(self._approvals) if a.name == name)
+        return self._holders.get(name, 0) + pending
+
+    def take_lines(self) -> list[str]:
+        """One line per address and reason evicted since the last call."""
+        taken: Counter[tuple[str, str]] = Counter()
+        while self._lines:
+            taken[self._lines.popleft()] += 1
+        failures = [self._failures.popleft() for _ in range(len(self._failures))]
+        return failures + [
+            f"evicted {count} connection{'s' if count > 1 else ''} from {address}: {why}; "
+            f"{address} is refused for {self.budgets.evict_for:g} s"
+            for (address, why), count in taken.items()
+        ]
+
+    # ---- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for monitor in self.monitors.values():
+            poller.register(monitor, zmq.POLLIN)
+        poller.register(self._stop_r, zmq.POLLIN)
+        by_socket = {monitor: name for name, monitor in self.monitors.items()}
+        while True:
+            ready = dict(poller.poll(TICK * 1000))
+            if self._stop_r in ready:
+                return
+            now = time.monotonic()
+            for monitor in ready:
+                if monitor in by_socket:
+                    self._events(monitor, by_socket[monitor], now)
+            self._match(now)
+            if not SUPPORTED:
+                continue
+            try:
+                self._look(now)
+            except Exception as exc:  # a bug costs one look, never the guard
+                self._failures.append(f"the guard failed: {exc!r}")
+
+    def _look(self, now: float) -> None:
+        """Every young connection, and the share of the settled ones whose turn it is: the
+        guard's work a tick grows with the connections that are new, not with all of them."""
+        grown = now - self.budgets.hello_timeout - 1
+        for key, conn in list(self._young.items()):
+            if not conn.gone:
+                self._check(conn, now)
+            if conn.gone:
+                del self._young[key]
+            elif conn.accepted < grown:
+                del self._young[key]
+                self._settled[conn.kind].append(conn)
+        for kind, settled in self._settled.items():
+            for _ in range(min(len(settled), math.ceil(len(settled) * TICK / SETTLED_EVERY[kind]))):
+                conn = settled.popleft()
+                if conn.gone:
+                    continue
+                self._check(conn, now)
+                if not conn.gone:
+                    settled.append(conn)
+
+    def _events(self, monitor: zmq.Socket[bytes], kind: str, now: float) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                address, port = _peer(fd)
+                self.gate.accepted(kind, fd, address)
+                conn = _Conn(fd, kind, address, port, now, checked=now)
+                conn.allowance = self.budgets.router_burst
+                self.conns[(kind, fd)] = conn
+                self._young[(kind, fd)] = conn
+                self.open[kind] += 1
+                self.accepted[kind] += 1
+                if kind == "pub":
+                    self._unmatched.setdefault(address, deque()).append(conn)
+            else:
+                self.gate.disconnected(kind, fd)
+                conn = self.conns.pop((kind, fd), None)
+                if conn is not None:
+                    self._forget(conn)
+
+    def _forget(self, conn: _Conn) -> None:
+        conn.gone = True
+        self.open[conn.kind] -= 1
+        self.closed += 1
+        if conn.holder is not None:
+            self._holders[conn.holder[0]] -= 1
+            if self._holders[conn.holder[0]] <= 0:
+                del self._holders[conn.holder[0]]
+        waiting = self._unmatched.get(conn.address)
+        if waiting is not None and conn in waiting:
+            waiting.remove(conn)
+
+    def _match(self, now: float) -> None:
+        """Each approved handshake to the oldest unmatched PUB connection from its address (the
+        handshakes of one address end in about the order they began)."""
+        for _ in range(len(self._approvals)):
+            approval = self._approvals[0]
+            waiting = self._unmatched.get(approval.address)
+            if not waiting:
+                if now - approval.at > 2 * self.budgets.hello_timeout:
+                    self._approvals.popleft()  # its connection is gone already
+                    continue
+                self._approvals.rotate(-1)
+                continue
+            self._approvals.popleft()
+            conn = waiting.popleft()
+            if not waiting:
+                del self._unmatched[approval.address]
+            conn.holder = (approval.name, approval.proof)
+            self._holders[approval.name] += 1
+
+    def _check(self, conn: _Conn, now: float) -> None:
+        received = self._received(conn.fd)
+        if received is None:
+            return
+        elapsed, conn.checked = now - conn.checked, now
+        sent, conn.received = received - conn.received, received
+        b = self.budgets
+        if conn.kind == "router":
+            age = now - conn.accepted
+            if age >= b.hello_timeout and received < HANDSHAKE[b.curve] + SMALLEST_HELLO:
+                self._evict(conn, f"no hello within {b.hello_timeout:g} s", ban=True)
+            elif b.router_rate > 0:
+                conn.allowance = min(b.router_burst, conn.allowance + elapsed * b.router_rate)
+                conn.allowance -= sent
+                if conn.allowance < 0:
+                    self._evict(conn, "sent more than any client may", ban=True)
+            return
+        if conn.holder is None:
+            allowed = b.subscription_bytes
+        else:
+            moves = self.sessions(*conn.holder)
+            if moves is None:
+                self._evict(conn, "its session ended", ban=False)
+                return
+            allowed = b.subscription_bytes + moves * SUBSCRIPTION_BYTES_PER_MOVE
+        if received > allowed:
+            self._evict(conn, "subscriptions beyond what its rooms need", ban=True)
+
+    def _received(self, fd: int) -> int | None:
+        self._len.value = _TCP_INFO_BYTES
+        if _getsockopt(fd, socket.IPPROTO_TCP, socket.TCP_INFO, self._buf, ctypes.byref(self._len)):
+            return None  # closed meanwhile: its DISCONNECTED event is on its way
+        return _BYTES_RECEIVED.unpack_from(self._buf.raw, _BYTES_RECEIVED_AT)[0]
+
+    def _evict(self, conn: _Conn, why: str, ban: bool) -> None:
+        """Shut one connection down (libzmq then drops it), if its fd is still that peer."""
+        if _peer(conn.fd) != (conn.address, conn.port):
+            return  # libzmq closed it, and the number may be another connection's now
+        _shutdown(conn.fd, socket.SHUT_RDWR)
+        conn.gone = True  # its DISCONNECTED event forgets it
+        self.evicted += 1
+        if ban:
+            self.gate.ban(conn.address, self.budgets.evict_for)
+        if why != "its session ended":
+            self._lines.append((conn.address, why))
+
+
+def _no_sessions(name: str, proof: str) -> int | None:
+    return None
+
+
+def _peer(fd: int) -> tuple[str, int]:
+    """The peer (address, port) of ``fd``, borrowed and given back (never closed)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return "", 0
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "", 0
+    finally:
+        sock.detach()
+    return (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
