@@ -96,9 +96,6 @@ class Counters:
     sealing: float = 0.0  # CPU seconds spent sealing PUB sends with room keys (by the I/O layer)
     fetched: int = 0  # stored messages sent in answer to Fetch (gap repair, /history)
     connections: int = 0  # open connections to the ROUTER, users or not (set by the I/O layer)
-    connected: int = 0  # connections the ROUTER accepted since the start (by the I/O layer)
-    evicted: int = 0  # connections the guard closed: no hello, over budget, session ended (I/O)
-    publisher_drops: int = 0  # PUB sends the publisher thread was too far behind to take (I/O)
     started: float = 0.0  # when the broker started (set by the I/O layer)
     rate: float = 0.0  # room messages accepted per second over the last heartbeat interval
     _mark: tuple[float, int] = (0.0, 0)  # (time, accepted) at the last tick

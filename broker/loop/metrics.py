@@ -33,6 +33,8 @@ from prometheus_client.utils import floatToGoString
 from broker.chat.chat import Chat
 from broker.loop.flush import BatchFlush
 from broker.loop.plugin import Plugin
+from broker.loop.publisher import Publisher
+from broker.loop.watch import Watch
 from broker.security.roomkeys import RoomKeys
 from broker.store.datadir import StartError
 from broker.wire import protocol as p
@@ -81,10 +83,20 @@ class BrokerMetrics:
     """The broker's figures, as a ``prometheus_client`` collector (``collect``), and what the
     loop tells it once per turn (``committed``)."""
 
-    def __init__(self, chat: Chat, keys: RoomKeys | None, plugin: Plugin | None) -> None:
+    def __init__(
+        self,
+        chat: Chat,
+        keys: RoomKeys | None,
+        plugin: Plugin | None,
+        watch: Watch,
+        publisher: Publisher,
+    ) -> None:
         self.chat = chat
         self.keys = keys
         self.plugin = plugin
+        self.watch = watch
+        """The guard: connections accepted, open and evicted, read as they are now."""
+        self.publisher = publisher
         self.commit_seconds = Buckets(COMMIT_SECONDS)
         self.batch_messages = Buckets(BATCH_MESSAGES)
         self.accepted = chat.counters.accepted
@@ -112,11 +124,12 @@ class BrokerMetrics:
             ("room_messages", "Room messages accepted: stored, then acknowledged.", self.accepted),
             ("room_direct_messages", "Direct messages (/msg) delivered.", c.direct),
             ("room_bad_frames", "Frames that were no protocol message.", c.bad_frames),
-            ("room_connections_accepted", "Connections the ROUTER accepted.", c.connected),
+            ("room_connections_accepted", "Connections the ROUTER accepted.",
+             self.watch.accepted["router"]),
             ("room_guard_evictions", "Connections the guard closed (no hello, over budget, "
-             "subscriptions beyond the rooms' needs, session ended).", c.evicted),
+             "subscriptions beyond the rooms' needs, session ended).", self.watch.evicted),
             ("room_publisher_drops", "PUB sends dropped: the publisher thread was behind.",
-             c.publisher_drops),
+             self.publisher.dropped),
             ("room_pub_sends", "PUB sends, each a batch of one room's events.", c.published),
             ("room_fetched_messages", "Stored messages sent in answer to Fetch.", c.fetched),
             ("room_dropped_replies", "Replies lost to a full or gone queue.", c.dropped_replies),
@@ -131,7 +144,11 @@ class BrokerMetrics:
         gauges = [
             ("room_users", "Users connected (said hello).", len(chat.users)),
             ("room_rooms", "Rooms the broker knows, with or without members.", len(chat.members)),
-            ("room_connections", "Connections open to the ROUTER, users or not.", c.connections),
+            (
+                "room_connections",
+                "Connections open to the ROUTER, users or not.",
+                self.watch.open["router"],
+            ),
         ]
         if self.plugin is not None:
             pending, lag = self.plugin.lag()
@@ -172,9 +189,14 @@ class Exporter:
     ``StartError`` when it cannot bind."""
 
     def __init__(
-        self, where: tuple[str, int], chat: Chat, flush: BatchFlush, plugin: Plugin | None
+        self,
+        where: tuple[str, int],
+        chat: Chat,
+        flush: BatchFlush,
+        plugin: Plugin | None,
+        watch: Watch,
     ) -> None:
-        self.metrics = BrokerMetrics(chat, flush.keys, plugin)
+        self.metrics = BrokerMetrics(chat, flush.keys, plugin, watch, flush.publisher)
         self.registry = CollectorRegistry()
         self.registry.register(self.metrics)
         ProcessCollector(registry=self.registry)

@@ -164,7 +164,7 @@ class Broker:
             from broker.loop.metrics import Exporter
 
             try:
-                self.exporter = Exporter(metrics, self.chat, self.flush, plugin)
+                self.exporter = Exporter(metrics, self.chat, self.flush, plugin, self.watch)
             except StartError:
                 if plugin is not None:
                     plugin.stop()
@@ -281,11 +281,7 @@ class Broker:
                 self.chat.tick(now)
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
                 self._security_log(self.watch.take_lines(), now)
-                counters = self.chat.counters
-                counters.connections = self.watch.open["router"]
-                counters.connected = self.watch.accepted["router"]
-                counters.evicted = self.watch.evicted
-                counters.publisher_drops = self.publisher.dropped
+                self.chat.counters.connections = self.watch.open["router"]
                 if self.watch.closed != self._closed_seen:  # their buffers go back to the OS
                     self._closed_seen = self.watch.closed
                     _release_memory()
