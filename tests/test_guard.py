@@ -20,6 +20,7 @@ from test_abuse import Watch as CanaryWatch
 from zmq.utils.monitor import recv_monitor_message
 
 from broker.wire import protocol as p
+from client.sockets import log_in
 
 GUARD = ("--rate", "0", "--hello-timeout", "1", "--evict-for", "3", "--quiet")
 
@@ -213,3 +214,50 @@ def test_honest_users_who_change_rooms_often_are_never_evicted(
         monitor.close(0)
         sub.close(0)
         alice.close()
+
+
+def test_a_subscription_flood_of_200_connections_stalls_nothing(
+    tmp_path: Path, ctx: zmq.Context
+) -> None:
+    """Issue 17's flood, through the guard: 200 SUB connections with 1,000 subscriptions each,
+    then closed, by strangers (refused in their handshake) and by 50 sessions of their own (cut
+    off by the guard). The canary pair chats throughout, never delayed by a second, and the
+    broker's memory stays within 50 MB of where it began."""
+    ctx.set(zmq.MAX_SOCKETS, 2_000)
+    with running_broker(tmp_path / "data", *GUARD, "--evict-for", "60") as broker:
+        canary = TimedCanary(ctx, broker)
+        owners = [Raw(ctx, broker.router, f"flood{k}") for k in range(50)]
+        subs = []
+        succeeded = []
+        for k in range(200):
+            sub = unconnected(ctx, zmq.SUB)
+            log_in(sub, owners[k // 4].welcome)
+            monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            sub.connect(broker.pub)
+            subs.append(sub)
+            succeeded.append(monitor)
+        for monitor in succeeded:  # every session's subscriber is in before the flood begins
+            assert _events(monitor, {zmq.EVENT_HANDSHAKE_SUCCEEDED}), "a subscriber was refused"
+        strangers = [unconnected(ctx, zmq.SUB) for _ in range(200)]
+        with CanaryWatch(broker, canary) as watch:
+            for sock in strangers:
+                sock.connect(broker.pub)
+            for sock in (*strangers, *subs):
+                for i in range(1_000):
+                    sock.subscribe(f"{i:08d}-{id(sock):x}".encode())
+            broker.expect(r"evicted \d+ connections from 127\.0\.0\.1: subscriptions beyond")
+            for sock in (*strangers, *subs):
+                sock.close(0)
+            deadline = time.monotonic() + 3  # the closes reach the broker; the canary chats on
+            while time.monotonic() < deadline:
+                canary.ping()
+                time.sleep(0.1)
+        print(f"broker RSS {watch.rss[0] / MB:.0f} -> {max(watch.rss) / MB:.0f} MB at most; "
+              f"canary's slowest {max(watch.delays) * 1000:.0f} ms")  # fmt: skip
+        assert max(watch.rss) - watch.rss[0] < 50 * MB
+        for sock, monitor in zip(subs, succeeded, strict=True):
+            sock.disable_monitor() if not sock.closed else None
+            monitor.close(0)
+        for owner in owners:
+            owner.close()
+        canary.close()
