@@ -354,6 +354,8 @@ def test_a_gateway_restart_loses_nothing_and_repeats_nothing(
     again = web.restart()
     try:
         page.wait(lambda: page.status() == "connected", "status connected again")
+        # What was said meanwhile shows at once, with nobody speaking after (a quiet room).
+        page.wait(lambda: len(page.chat()) >= 6, "m1 to m5, with nobody speaking after")
         for k in range(6, 9):
             bob.send(f"m{k}")
         page.wait(lambda: len(page.chat()) >= 9, "m0 to m8")
