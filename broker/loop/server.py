@@ -264,9 +264,10 @@ class Broker:
         if plugin is not None:
             poller.register(plugin.wake, zmq.POLLIN)
         interval = self.chat.settings.heartbeat
-        next_tick = self.clock() + interval
+        next_beat = self.clock()  # the heartbeats' wheel starts turning now
+        next_tick = next_beat + interval
         while not self._stopping and not self.chat.closing:
-            wait = max(0.0, next_tick - self.clock())
+            wait = max(0.0, min(next_tick, next_beat) - self.clock())
             ready = dict(poller.poll(wait * 1000))
             if plugin is not None:
                 plugin.drain()
@@ -277,8 +278,9 @@ class Broker:
             if control_monitor in ready:
                 control.drain_monitor()
             now = self.clock()
+            if now >= next_beat:  # the users whose turn has come: a bounded share each time
+                next_beat = self.chat.tick(now)
             if now >= next_tick:
-                self.chat.tick(now)
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
                 self._security_log(self.watch.take_lines(), now)
                 self.chat.counters.connections = self.watch.open["router"]
