@@ -201,12 +201,14 @@ class Guard:
         """Once per heartbeat: the count of refusals not logged, a changed allow-list, and the
         keys of peers that are no user's connection forgotten. Returns the log lines."""
         lines = self._refused.tick()
-        refused = self.gate.take_refused()
+        refused, full = self.gate.take_refused()
         if refused:
-            open_now, top = self.gate.open, self.gate.by_address.most_common(1)
+            gate = self.gate
+            open_now, top = gate.open, gate.by_address.most_common(1)
             busiest = f"; most from {top[0][0]} ({top[0][1]})" if top else ""
+            cap = f"; at most {gate.total}: {gate.total_why}" if full else ""
             lines.append(f"refused {refused} chat connections over the caps ({open_now} open"
-                         f"{busiest})")  # fmt: skip
+                         f"{busiest}{cap})")  # fmt: skip
         self.admins.refused.clear()
         lines += self.refresh()
         if self.curve:
