@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import zmq
-from procs import WAIT, Canary, PreludedBroker, _cmd, ctl
+from conftest import client_factory, running_broker
+from procs import MIDS, WAIT, BrokerProc, Canary, PreludedBroker, Raw, _cmd, ctl
 
 from broker.loop.descriptors import RESERVE
 from broker.wire import protocol as p
+from client.core import Session
+from client.effects import Reconnect, Send
 
 LIMIT = 256
 LOW_LIMIT = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({LIMIT}, {LIMIT}))"
@@ -40,7 +43,7 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def stats(broker: PreludedBroker) -> dict:
+def stats(broker: BrokerProc) -> dict:
     done = ctl(broker, "stats", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["data"]["stats"]
@@ -156,3 +159,132 @@ def test_a_broker_under_a_low_descriptor_limit_refuses_what_does_not_fit_and_ser
         late.chat()
         late.close()
         assert broker.stop() == 0
+
+
+# ---- no request left unanswered for good -----------------------------------------------------
+
+DROP_FIRST_JOINED = """
+import zmq
+from broker.chat import outbox as _outbox
+from broker.loop import flush as _flush
+from broker.wire import protocol as _p
+
+_doomed = set()
+_armed = [True]
+_take = _outbox.Outbox.take
+
+
+def _take_and_doom(self):
+    out = _take(self)
+    if _armed[0]:
+        for peer, msg in out.replies:
+            if isinstance(msg, _p.Joined) and msg.room == "games":
+                _doomed.add(peer)
+                _armed[0] = False
+    return out
+
+
+class _FullQueue:
+    def __init__(self, real):
+        self._real = real
+
+    def send(self, data, flags=0, *args, **kwargs):
+        if data in _doomed:  # that peer's whole batch, as when its queue is full
+            _doomed.discard(data)
+            raise zmq.Again()
+        return self._real.send(data, flags, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+_init = _flush.BatchFlush.__init__
+_flush.BatchFlush.__init__ = lambda self, router, *a, **k: _init(self, _FullQueue(router), *a, **k)
+_outbox.Outbox.take = _take_and_doom
+"""
+"""A prelude: the broker's first batch of replies that answers a Join of ``games`` fails to
+send, whole, as when the client's queue is full (the loop's own drop path counts it)."""
+
+
+def test_a_client_whose_joined_was_dropped_joins_all_the_same(tmp_path: Path) -> None:
+    with preluded(tmp_path / "data", DROP_FIRST_JOINED) as broker, client_factory(broker) as cf:
+        bob = cf.join("bob", "games")
+        alice = cf.join("alice")
+        alice.send("/join games")  # its Joined (and the room's key with it) is dropped
+        alice.expect(r"^\* joined games$", timeout=WAIT)  # asked again after JOIN_RETRY
+        assert stats(broker)["drops"] >= 1
+        bob.send("can you read me")
+        alice.expect(r"^\[games\] bob: can you read me$")  # the room's key came with the retry
+        alice.send("yes")
+        bob.expect(r"^\[games\] alice: yes$")
+
+
+class Driven:
+    """The reference client's session (``client.core.Session``) over a raw DEALER whose queue is
+    tiny: its sends go out, and what comes is handed to it only while ``reading``."""
+
+    def __init__(self, ctx: zmq.Context, router: str, name: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.rcvhwm = 1
+        self.sock.rcvbuf = 4096
+        self.sock.connect(router)
+        self.session = Session(name, p.LOBBY, 0)
+        self.session.link.lost_after = 60.0  # not reading is no sign the broker is lost
+        self.reading = True
+        self.apply([Send(self.session.hello())])
+        deadline = time.monotonic() + WAIT
+        while self.session.room is None:
+            assert time.monotonic() < deadline, "no Welcome and Joined"
+            self.pump(0.1)
+
+    def apply(self, effects: list) -> None:
+        for effect in effects:
+            assert not isinstance(effect, Reconnect), "the session took the broker for lost"
+            if isinstance(effect, Send):
+                self.sock.send(p.encode(effect.msg))
+
+    def pump(self, wait: float = 0.0) -> None:
+        """Read what came (while ``reading``), and let the session's clock run."""
+        if self.reading and self.sock.poll(wait * 1000):
+            while self.sock.poll(0):
+                for msg in p.decode_server(self.sock.recv()):
+                    self.apply(self.session.on_server(msg, time.monotonic()))
+        self.apply(self.session.tick(time.monotonic()))
+
+
+def test_a_join_whose_answer_a_full_queue_dropped_is_asked_again_and_answered(
+    tmp_path: Path, ctx: zmq.Context
+) -> None:
+    """A real drop: alice's replies queue (--client-queue 512 KiB: two sends) and her DEALER's
+    (RCVHWM 1) fill with bob's direct messages while she does not read; her Join's answer is
+    dropped (the broker counts it); once she reads again, her session asks again and is in."""
+    with running_broker(tmp_path / "data", "--rate", "0", "--client-queue", "512") as broker:
+        alice = Driven(ctx, broker.router, "alice")
+        bob = Raw(ctx, broker.router, "bob")
+        alice.reading = False
+        text = "x" * 4000
+        before = stats(broker)["drops"]
+        deadline = time.monotonic() + WAIT
+        while stats(broker)["drops"] == before:  # alice's queue is full
+            assert time.monotonic() < deadline, "alice's queue never filled"
+            for _ in range(200):
+                bob.send(p.Tell("alice", text, next(MIDS)))
+            bob.replies.pump()
+            bob.replies.pending.clear()
+            alice.pump()
+        dropped = stats(broker)["drops"]
+        alice.apply(alice.session.join("games", time.monotonic()))
+        while stats(broker)["drops"] == dropped:  # the answer to the Join: dropped too
+            assert time.monotonic() < deadline, "the Join's answer was not dropped"
+            alice.pump()
+        assert alice.session.room == p.LOBBY
+        alice.reading = True
+        while alice.session.room != "games":  # within JOIN_RETRY of reading again
+            assert time.monotonic() < deadline, "alice never joined games"
+            alice.pump(0.05)
+        bob.send(p.ListUsers("games"))
+        users = bob.expect(p.Users)
+        assert [u.name for u in users.users] == ["alice"]
+        bob.close()
+        alice.sock.close(0)
