@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -92,6 +93,14 @@ def expect_alive(broker: PreludedBroker, pattern: str, *alive: Canary | Flood) -
                 raise
 
 
+def wait_connections(broker: BrokerProc, count: int) -> dict:
+    """``stats`` once the broker counts ``count`` ROUTER connections (within ``WAIT``)."""
+    deadline = time.monotonic() + WAIT
+    while (now := stats(broker))["connections"] != count:
+        assert time.monotonic() < deadline, f"{now['connections']} connections, not {count}"
+    return now
+
+
 def test_a_broker_under_a_low_descriptor_limit_refuses_what_does_not_fit_and_serves_on(
     tmp_path: Path, ctx: zmq.Context
 ) -> None:
@@ -152,9 +161,7 @@ def test_a_broker_under_a_low_descriptor_limit_refuses_what_does_not_fit_and_ser
         finally:
             flood.close()
             canary.close()
-        deadline = time.monotonic() + WAIT
-        while stats(broker)["connections"]:  # the gate counts them out as they close
-            assert time.monotonic() < deadline, "the flood's connections were not counted out"
+        wait_connections(broker, 0)  # the gate counts them out as they close
         late = Canary(ctx, broker, room="late", prefix="late")
         late.chat()
         late.close()
@@ -288,3 +295,26 @@ def test_a_join_whose_answer_a_full_queue_dropped_is_asked_again_and_answered(
         assert [u.name for u in users.users] == ["alice"]
         bob.close()
         alice.sock.close(0)
+
+
+# ---- ZMTP heartbeats: libzmq closes a dead client's connection itself ------------------------
+
+
+def test_the_connection_of_a_client_that_froze_is_closed_by_libzmq(tmp_path: Path) -> None:
+    """A client that stopped answering (SIGSTOP: its TCP connection stays up, as when a host
+    vanishes) is dropped by the chat after 5 heartbeats, and its ROUTER connection, which the
+    chat cannot close, is closed by libzmq's ZMTP heartbeat: a PING every 5 heartbeats (1 s
+    here), and no traffic for twice that after it. Its descriptor is free again."""
+    data = tmp_path / "data"
+    with running_broker(data, "--heartbeat", "0.2") as broker, client_factory(broker) as cf:
+        alice = cf.join("alice")
+        bob = cf.join("bob")
+        wait_connections(broker, 2)  # counted at the next tick
+        alice.popen.send_signal(signal.SIGSTOP)
+        try:
+            broker.expect(r"\* alice disconnected from public: timed out")
+            assert wait_connections(broker, 1)["clients"] == 1
+            bob.send("still here")
+            bob.expect(r"^\[public\] bob: still here$")
+        finally:
+            alice.popen.send_signal(signal.SIGCONT)

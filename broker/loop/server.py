@@ -105,7 +105,9 @@ class Broker:
             self.ctx.destroy(linger=0)
             raise StartError(f"{exc}: the broker needs its key pair") from None
         try:
-            self.sockets = Sockets(self.ctx, self.guard, endpoints, limits, pub_hwm, pub_sndbuf)
+            self.sockets = Sockets(
+                self.ctx, self.guard, endpoints, limits, pub_hwm, pub_sndbuf, heartbeat
+            )
         except StartError:
             self.guard.stop()
             self._close_wake()
