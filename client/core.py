@@ -292,6 +292,7 @@ class Session:
         if lost is not None:
             return lost
         out = self.delivery.subscription.resync(now)
+        out += self.delivery.rejoin_due(now)
         out += self.outbox.resend(now)
         out += self.delivery.refetch(now)
         out += self.roster.refresh_due(now)

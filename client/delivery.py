@@ -40,6 +40,9 @@ FETCH_RETRY: Final = 2.0
 """Seconds before an unanswered gap ``Fetch`` is sent again."""
 FETCH_LIMIT: Final = 1000
 """The most messages one ``Fetch`` asks for: the broker answers at most that many."""
+JOIN_RETRY: Final = 2.0
+"""Seconds before an unanswered ``Join`` (or ``Leave``) is sent again: a reply can be lost like
+any (a full queue), and a lost ``Joined`` would leave the session waiting for good."""
 
 
 @dataclass(slots=True)
@@ -116,6 +119,9 @@ class Delivery:
         """The current room, known from ``Joined``; None until the first one."""
         self.joins = 0
         """``Join``/``Leave`` requests not yet answered."""
+        self.join_sent: Join | Leave | None = None
+        """The latest ``Join``/``Leave`` sent, to send again while ``joins`` are unanswered."""
+        self.join_sent_at = 0.0
         self.check_numbering = False
         """From a resumed Welcome to its Joined: room messages are only buffered, because the
         broker may have started over on empty storage, and only Joined can tell."""
@@ -145,19 +151,32 @@ class Delivery:
 
     def join(self, room: str, now: float, history: int | None = None) -> Send:
         """``Join`` with ``join_history`` older messages unless told otherwise."""
-        self.joins += 1
         history = self.join_history if history is None else history
-        return self.link.send(Join(room, history), now)
+        return self._ask(Join(room, history), now)
 
     def leave(self, now: float) -> Send:
+        return self._ask(Leave(), now)
+
+    def _ask(self, msg: Join | Leave, now: float) -> Send:
         self.joins += 1
-        return self.link.send(Leave(), now)
+        self.join_sent, self.join_sent_at = msg, now
+        return self.link.send(msg, now)
+
+    def rejoin_due(self, now: float) -> list[Effect]:
+        """The latest ``Join``/``Leave`` again while an answer is overdue (``JOIN_RETRY``). The
+        broker answers a ``Join`` of the room the user is in with ``Joined`` again, so a retry
+        whose first answer was only slow costs a duplicate, which ``joined`` passes over."""
+        if self.joins and self.join_sent is not None and now - self.join_sent_at >= JOIN_RETRY:
+            self.join_sent_at = now
+            return [self.link.send(self.join_sent, now)]
+        return []
 
     def rejoin(self, now: float) -> Send:
         """Back after losing the broker: the same room without history (the gap is fetched
         instead), and no fetch of the old connection is answered any more."""
         self.check_numbering = True
         self.fetches.clear()
+        self.joins = 0  # nor is any join: this one stands for them
         return self.join(self.room or self.want_room, now, history=0)
 
     def join_failed(self, code: Code, now: float) -> list[Effect]:
@@ -179,14 +198,17 @@ class Delivery:
                 room=msg.room,
             )
         ]
-        if self.joins:
-            self.joins -= 1
-            self.check_numbering = False
-            if self.room is None:  # the first Join: the broker put us in the lobby at Hello
-                out.append(self.join(LOBBY, now))
+        if not self.joins:
+            return []  # a retried Join's second answer: the first was told already
+        self.joins -= 1
+        self.check_numbering = False
+        if self.room is None:  # the first Join: the broker put us in the lobby at Hello
+            out.append(self.join(LOBBY, now))
         return out
 
     def joined(self, msg: Joined, now: float) -> list[Effect]:
+        if not self.joins and not msg.forced and msg.room == self.room:
+            return []  # a retried Join's second answer (or one asking nothing new): passed over
         out: list[Effect] = []
         self.joins = max(0, self.joins - 1)
         old = self.room

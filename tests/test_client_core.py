@@ -9,6 +9,7 @@ import pytest
 from broker.config import HEARTBEAT, Exit
 from broker.wire import protocol as p
 from client.core import BLOCKED_LINE, LOST_LINE, RESEND_AFTER, SYNC_RETRY, Session
+from client.delivery import JOIN_RETRY
 from client.effects import Effect, Kind, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
 
 T0 = 1000.0
@@ -104,6 +105,38 @@ def test_carry_on_resumes_by_secret_and_fetches_what_came_since_as_live_messages
     out = s.on_server(p.Messages("ops", [post("ops", 4), post("ops", 5)]), T0)
     assert lines(out) == ["[ops] bob: m4", "[ops] bob: m5", "[ops] bob: m6", "* joined ops"]
     assert [e.seq for e in out if isinstance(e, Line) and e.kind is Kind.MESSAGE] == [4, 5, 6]
+
+
+def test_a_join_whose_answer_was_lost_is_sent_again_until_answered() -> None:
+    """A reply can be dropped (the client's queue at the broker was full): the Join is sent
+    again every JOIN_RETRY seconds until its Joined comes, and then no more."""
+    s = joined()
+    out = s.join("games", T0 + 1)
+    assert sent(out) == [p.Join("games", 0)]
+    assert p.Join("games", 0) not in sent(s.tick(T0 + 1 + JOIN_RETRY / 2))
+    assert p.Join("games", 0) in sent(s.tick(T0 + 1 + JOIN_RETRY))  # no answer yet: again
+    assert p.Join("games", 0) not in sent(s.tick(T0 + 1 + 1.5 * JOIN_RETRY))
+    s.on_server(p.Ping(p.LOBBY, 0), T0 + 4)  # the broker is there; the answer was lost
+    assert p.Join("games", 0) in sent(s.tick(T0 + 1 + 2 * JOIN_RETRY))
+    s.on_server(p.Joined("games", 3), T0 + 6)
+    out = s.on_room([p.Synced("games", s.sync_nonce, 3)], T0 + 6)
+    assert lines(out) == ["* joined games"]
+    assert not any(isinstance(m, p.Join) for m in sent(s.tick(T0 + 20)))
+    assert s.settled
+
+
+def test_the_second_answer_to_a_retried_join_is_passed_over() -> None:
+    """The first answer was only slow: the retry's answer shows no history and no join twice."""
+    s = joined()
+    s.join("games", T0)
+    s.tick(T0 + JOIN_RETRY)  # sent again
+    answer = p.Joined("games", 2, [post("games", 1), post("games", 2)])
+    out = s.on_server(answer, T0 + 3)
+    assert lines(out) == ["* history games (2 messages)", "[games] bob: m1", "[games] bob: m2"]
+    assert lines(s.on_room([p.Synced("games", s.sync_nonce, 2)], T0 + 3)) == ["* joined games"]
+    assert s.on_server(answer, T0 + 3) == []  # the retry's answer
+    assert s.settled and s.room == "games"
+    assert s.on_server(p.JoinRequested("vip"), T0 + 4) == []  # likewise: nothing asked it
 
 
 def test_sync_is_resent_until_synced_arrives() -> None:

@@ -13,8 +13,10 @@ calls, never the chat: ``posting`` (Say, Tell, the rate budget, a stored message
 ``rooms`` (Join, Fetch, rooms that come and go; calls ``posting`` for the rate budget);
 ``sessions`` (Hello, removing a user; calls ``rooms``); ``private`` (the admin's access verbs;
 calls ``rooms`` to move people); ``others`` (the backbone's events; calls ``posting`` and
-``sessions``). The chat's attributes that are the state's (``users``, ``members``, ``access``,
-``settings``, ...) are read and set there, so every part sees the same.
+``sessions``); ``heartbeats`` (each user's Ping and liveness check, spread over the interval;
+calls ``sessions`` to drop a silent user). The chat's attributes that are the state's
+(``users``, ``members``, ``access``, ``settings``, ...) are read and set there, so every part
+sees the same.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Final, Generic, Self, TypeVar, overload
 
 from msgspec.structs import replace
 
+from broker.chat.heartbeats import Heartbeats
 from broker.chat.outbox import Counters, Outbox
 from broker.chat.posting import Posting
 from broker.chat.privaterooms import Allowed, Denied, PrivateRooms
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 PRUNED_PER_TICK: Final = 2_000
-"""Old messages deleted at most per heartbeat tick: retention never holds the loop for long."""
+"""Old messages deleted at most per heartbeat interval: retention never holds the loop for long."""
 
 STORE_FAILED: Final = "the broker could not store this message: try again"
 """The reason of the refusal a sender gets when the batch of its message could not be stored."""
@@ -105,6 +108,9 @@ class Chat:
         self.sessions = Sessions(self.state, self.rooms)
         self.private = PrivateRooms(self.state, self.rooms)
         self.others = FromOthers(self.state, self.posting, self.sessions)
+        self.heartbeats = Heartbeats(self.state, self.sessions)
+        self._chores_at: float | None = None
+        """When ``tick`` next does what is done once per interval (the rate, retention)."""
 
     @property
     def claiming(self) -> dict[str, bytes]:
@@ -118,7 +124,9 @@ class Chat:
         user = state.by_peer.get(peer)
         if user is None:
             if isinstance(msg, p.Hello):
+                known = state.users.get(msg.name)
                 self.sessions.hello(peer, msg, now)
+                self._entered(state.by_peer.get(peer), known)
             elif not isinstance(msg, p.Quit | p.Ping):
                 state.error(
                     peer, p.Code.HELLO_FIRST, "send hello first: the broker does not know you"
@@ -189,22 +197,26 @@ class Chat:
         c.failed_commits += 1
         return len(lost)
 
-    def tick(self, now: float) -> None:
-        """Drop users silent for too long and send every other user a heartbeat."""
+    def tick(self, now: float) -> float:
+        """The users whose turn has come are sent a heartbeat, or dropped if silent for too long
+        (``heartbeats``: each user once per interval, a bounded share per call); once per
+        interval, the message rate and retention. Returns when to call again (``now`` while
+        the heartbeats are behind): no call does work that grows with the users connected."""
         state = self.state
-        s = state.settings
-        c = state.counters
-        if c._mark[0]:
-            c.rate = (c.accepted - c._mark[1]) / max(now - c._mark[0], 1e-9)
-        c._mark = (now, c.accepted)
-        self.rooms.prune(PRUNED_PER_TICK, now)
-        deadline = now - s.heartbeat * s.liveness
-        for user in list(state.users.values()):
-            if user.last_seen < deadline:
-                state.goodbye(user.peer, p.Bye.TIMEOUT, "no heartbeat from you")
-                self.sessions.remove(user, now, "timed out")
-            else:
-                state.out.reply(user.peer, p.Ping(user.room, state.store.last_seq(user.room)))
+        if self._chores_at is None or now >= self._chores_at:
+            self._chores_at = now + state.settings.heartbeat
+            c = state.counters
+            if c._mark[0]:
+                c.rate = (c.accepted - c._mark[1]) / max(now - c._mark[0], 1e-9)
+            c._mark = (now, c.accepted)
+            self.rooms.prune(PRUNED_PER_TICK, now)
+        return min(self.heartbeats.beat(now), self._chores_at)
+
+    def _entered(self, user: User | None, known: User | None) -> None:
+        """After a hello (or the backbone's answer to a claim): a user that is new takes its
+        turn in the heartbeats' rotation (a resumed one keeps its place)."""
+        if user is not None and user is not known:
+            self.heartbeats.enter(user)
 
     def goodbye_all(self, reason: p.Bye, text: str, now: float) -> None:
         """Drop every connection (reset, close): each client is told why. A reset ends the
@@ -247,7 +259,9 @@ class Chat:
 
     def claimed(self, name: str, result: str | p.Code, reason: str, now: float) -> None:
         """``Sessions.claimed``: the backbone's answer to a claim."""
+        known = self.state.users.get(name)
         self.sessions.claimed(name, result, reason, now)
+        self._entered(self.state.users.get(name), known)
 
     def user_list(self, room: str = "") -> list[p.UserInfo]:
         """``Sessions.user_list``."""

@@ -30,6 +30,7 @@ import zmq
 from broker.chat.chat import Chat, Settings
 from broker.config import BATCH, DEFAULT_LIMITS, FRAME_OVERHEAD, HEARTBEAT, LIVENESS, Limits
 from broker.logfmt import LogWriter
+from broker.loop import descriptors
 from broker.loop.control import ControlChannel, ControlRequest
 from broker.loop.flush import BatchFlush
 from broker.loop.intake import ClientIntake
@@ -95,6 +96,7 @@ class Broker:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopping = False
+        before, limit = descriptors.raise_limit()  # before anything else opens a descriptor
         try:
             self.gate = Gate(limits.max_per_address, limits.max_connections)
             self.guard = Guard(self.ctx, keys, curve, self.gate)
@@ -103,7 +105,9 @@ class Broker:
             self.ctx.destroy(linger=0)
             raise StartError(f"{exc}: the broker needs its key pair") from None
         try:
-            self.sockets = Sockets(self.ctx, self.guard, endpoints, limits, pub_hwm, pub_sndbuf)
+            self.sockets = Sockets(
+                self.ctx, self.guard, endpoints, limits, pub_hwm, pub_sndbuf, heartbeat
+            )
         except StartError:
             self.guard.stop()
             self._close_wake()
@@ -159,6 +163,20 @@ class Broker:
         self.watch.sessions = self.subscribers.moves
         self.guard.check_subscribers(self.subscribers.admit)
         self._closed_seen = 0
+        self.descriptors = descriptors.budget(before, limit)  # all set up: what is open now
+        room = self.descriptors.for_connections
+        if room is not None and room < limits.max_connections:
+            if room < 2:
+                if plugin is not None:
+                    plugin.stop()
+                self._close_sockets(linger=0)
+                self._close_wake()
+                raise StartError(
+                    f"{self.descriptors.describe()}: no room is left for connections; raise "
+                    "the limit (ulimit -n, or LimitNOFILE= in a systemd unit)"
+                )
+            self.gate.cap(room, f"what the file-descriptor limit {limit} leaves")
+        self._max_connections = limits.max_connections
         self.exporter: Exporter | None = None
         if metrics is not None:  # last: nothing to undo after it; prometheus_client only here
             from broker.loop.metrics import Exporter
@@ -206,6 +224,12 @@ class Broker:
         self.log.line(f"room-broker listening: router {e.router} pub {e.pub} control {e.control}")
         chat = "encrypted (CURVE)" if self.curve else "not encrypted (start with --curve)"
         self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
+        gate, asked = self.gate, f"--max-connections {self._max_connections}"
+        why = asked if gate.total == self._max_connections else f"{gate.total_why}; {asked}"
+        self.log.line(
+            f"room-broker connections: at most {gate.total} chat connections ({why}); "
+            f"{self.descriptors.describe()}"
+        )
         if self.plugin is not None:
             self.log.line(self.plugin.banner())
         if not WATCHED:
@@ -264,9 +288,10 @@ class Broker:
         if plugin is not None:
             poller.register(plugin.wake, zmq.POLLIN)
         interval = self.chat.settings.heartbeat
-        next_tick = self.clock() + interval
+        next_beat = self.clock()  # the heartbeats' wheel starts turning now
+        next_tick = next_beat + interval
         while not self._stopping and not self.chat.closing:
-            wait = max(0.0, next_tick - self.clock())
+            wait = max(0.0, min(next_tick, next_beat) - self.clock())
             ready = dict(poller.poll(wait * 1000))
             if plugin is not None:
                 plugin.drain()
@@ -277,8 +302,9 @@ class Broker:
             if control_monitor in ready:
                 control.drain_monitor()
             now = self.clock()
+            if now >= next_beat:  # the users whose turn has come: a bounded share each time
+                next_beat = self.chat.tick(now)
             if now >= next_tick:
-                self.chat.tick(now)
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
                 self._security_log(self.watch.take_lines(), now)
                 self.chat.counters.connections = self.watch.open["router"]

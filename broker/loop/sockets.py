@@ -11,7 +11,7 @@ from typing import Final
 
 import zmq
 
-from broker.config import Limits
+from broker.config import HEARTBEAT, Limits, zmtp_heartbeat
 from broker.security.guard import CHAT_DOMAIN, CONTROL_DOMAIN, PUB_DOMAIN, REFUSED_EVENTS, Guard
 from broker.store.datadir import StartError
 
@@ -59,7 +59,9 @@ class Sockets:
         limits: Limits,
         pub_hwm: int | None = None,
         pub_sndbuf: int | None = None,
+        heartbeat: float = HEARTBEAT,
     ) -> None:
+        """``heartbeat``: the broker's interval, which sets the ROUTER's ZMTP heartbeats."""
         self.ctx = ctx
         self.guard = guard
         bound: list[zmq.Socket[bytes]] = []
@@ -72,6 +74,7 @@ class Sockets:
                 zmq.SNDHWM: limits.router_hwm,
                 zmq.RCVHWM: ROUTER_RCVHWM,
                 zmq.HANDSHAKE_IVL: handshake,
+                **zmtp_heartbeat(heartbeat),  # a dead client's connection is closed by libzmq
             }
             self.router = self._bind(
                 zmq.ROUTER, endpoints.router, limits.max_frame, CHAT_DOMAIN, router_options

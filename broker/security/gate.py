@@ -21,6 +21,9 @@ class Gate:
     def __init__(self, per_address: int, total: int) -> None:
         self.per_address = per_address
         self.total = total
+        """Chat connections open at once, at most: ``--max-connections``, or less (``cap``)."""
+        self.total_why = f"--max-connections {total}"
+        """What sets ``total``, in words for the log."""
         self.open = 0
         """Chat connections open now, on the ROUTER and the PUB."""
         self.by_address: Counter[str] = Counter()
@@ -28,6 +31,8 @@ class Gate:
         """Each open connection's address, by socket and file descriptor."""
         self.refused = 0
         """Connections refused since the last ``take_refused`` (written on the ZAP thread)."""
+        self.refused_full = 0
+        """Of those, refused because ``total`` were open."""
         self.banned: dict[str, float] = {}
         """Addresses refused until a time (``time.monotonic``): the guard evicted one of their
         connections (written by the guard's thread, read by the ZAP thread)."""
@@ -51,6 +56,11 @@ class Gate:
         else:
             del self.by_address[address]
 
+    def cap(self, total: int, why: str) -> None:
+        """Allow at most ``total`` connections (fewer than asked: ``why`` says what sets it)."""
+        self.total = total
+        self.total_why = why
+
     def ban(self, address: str, seconds: float) -> None:
         """Refuse ``address`` at the handshake for ``seconds``."""
         self.banned[address] = time.monotonic() + seconds
@@ -64,14 +74,18 @@ class Gate:
                 return f"{address} was evicted for abuse; refused for a while"
             self.banned.pop(address, None)
         if self.open > self.total:
-            return f"{self.open} connections are open (--max-connections {self.total})"
+            self.refused_full += 1
+            return f"{self.open} connections are open (at most {self.total}: {self.total_why})"
         if self.by_address.get(address, 0) > self.per_address:
             return f"too many connections from {address} (--max-per-address {self.per_address})"
         return None
 
-    def take_refused(self) -> int:
+    def take_refused(self) -> tuple[int, int]:
+        """Connections refused since the last call, and how many of them because ``total``
+        were open."""
         refused, self.refused = self.refused, 0
-        return refused
+        full, self.refused_full = self.refused_full, 0
+        return refused, full
 
 
 def peer_address(fd: int) -> str:

@@ -15,6 +15,7 @@ writing them, and never touches the chat.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -39,6 +40,8 @@ REFUSED_EVENTS: Final = int(
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+KEYS_LOOKED_AT: Final = 256
+"""Peers' CURVE keys looked at per heartbeat at least, to forget those of gone connections."""
 REFUSALS_LOGGED: Final = 20
 """Refused control handshakes logged one by one per heartbeat interval; the rest are counted, so a
 flood of bad handshakes cannot flood the log."""
@@ -121,6 +124,10 @@ class Guard:
         self._peer_keys: dict[bytes, str] = {}
         """With ``curve``: the client key of each ROUTER peer id, so a new connection that
         claims a dead connection's id (with another key) cannot act as its user."""
+        self._key_turns: deque[bytes] = deque()
+        """The peers of ``_peer_keys`` in turn: each ``tick`` looks at a share of them."""
+        self._keys_added = 0
+        """Peers added to ``_peer_keys`` since the last ``tick``."""
         self._refused = Throttle(REFUSALS_LOGGED, "refused {} more control connections")
         self.auth = _Authenticator(ctx, gate)
         self.auth.start()
@@ -165,6 +172,9 @@ class Guard:
         if old == key:
             return False
         self._peer_keys[peer] = key
+        if old is None:
+            self._key_turns.append(peer)
+            self._keys_added += 1
         return old is not None
 
     def refused(self, event: dict[str, object]) -> str | None:
@@ -191,17 +201,34 @@ class Guard:
         """Once per heartbeat: the count of refusals not logged, a changed allow-list, and the
         keys of peers that are no user's connection forgotten. Returns the log lines."""
         lines = self._refused.tick()
-        refused = self.gate.take_refused()
+        refused, full = self.gate.take_refused()
         if refused:
-            open_now, top = self.gate.open, self.gate.by_address.most_common(1)
+            gate = self.gate
+            open_now, top = gate.open, gate.by_address.most_common(1)
             busiest = f"; most from {top[0][0]} ({top[0][1]})" if top else ""
+            cap = f"; at most {gate.total}: {gate.total_why}" if full else ""
             lines.append(f"refused {refused} chat connections over the caps ({open_now} open"
-                         f"{busiest})")  # fmt: skip
+                         f"{busiest}{cap})")  # fmt: skip
         self.admins.refused.clear()
         lines += self.refresh()
         if self.curve:
-            self._peer_keys = {k: v for k, v in self._peer_keys.items() if k in live_peers}
+            self._forget_keys(live_peers)
         return lines
+
+    def _forget_keys(self, live_peers: set[bytes] | dict[bytes, object]) -> None:
+        """The keys of peers that are no user's connection now go, a share at a time: twice as
+        many peers looked at as came since the last tick (at least ``KEYS_LOOKED_AT``), so the
+        table stays within about twice the live peers and new ones, and no tick's work grows
+        with all the users connected."""
+        turns, keys = self._key_turns, self._peer_keys
+        looks = min(len(turns), max(KEYS_LOOKED_AT, 2 * self._keys_added))
+        self._keys_added = 0
+        for _ in range(looks):
+            peer = turns.popleft()
+            if peer in live_peers:
+                turns.append(peer)
+            else:
+                keys.pop(peer, None)
 
     def refresh(self) -> list[str]:
         """Re-read the admin allow-list if its files changed; the log lines that say so."""

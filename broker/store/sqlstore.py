@@ -39,6 +39,9 @@ from broker.store.sqlwriter import CHUNK, SQLiteBatch
 from broker.store.window import Window
 from broker.wire.protocol import LOBBY, Ack, Code, Posted
 
+PRUNE_ROOMS: Final = 16
+"""Rooms whose old messages one ``prune`` looks at (a query each); the next call goes on."""
+
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
@@ -240,14 +243,15 @@ class SQLiteStore:
             self._windows.pop(room, None)
 
     def prune(self, keep: int, before: float, limit: int) -> int:
-        """Rooms are visited in turn (``_prune_next``), and each looks at its oldest ``limit``
-        messages only (the primary key's order): bounded work for one turn of the loop."""
+        """Rooms are visited in turn (``_prune_next``), at most ``PRUNE_ROOMS`` a call, and each
+        looks at its oldest ``limit`` messages only (the primary key's order): bounded work for
+        one turn of the loop, however many rooms there are."""
         self._write_rows()
         pruned = 0
         rooms = sorted(self._seq)
         start = bisect.bisect_left(rooms, self._prune_next)
-        for room in rooms[start:] + rooms[:start]:
-            if pruned >= limit:
+        for visited, room in enumerate(rooms[start:] + rooms[:start]):
+            if pruned >= limit or visited >= PRUNE_ROOMS:
                 self._prune_next = room
                 return pruned
             oldest = self._batch.db.execute(
