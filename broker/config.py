@@ -24,25 +24,9 @@ HEARTBEAT: Final = 1.0
 LIVENESS: Final = 5
 """Heartbeats a peer may miss before it is taken for dead."""
 
-
-def zmtp_heartbeat(heartbeat: float) -> dict[int, int]:
-    """The ZMTP heartbeat options (libzmq's own PING and PONG, below the protocol's ``Ping``) of
-    the broker's ROUTER and the client's DEALER: a PING after every ``LIVENESS`` heartbeats, and
-    a connection that carried nothing for twice that after one is closed by libzmq itself (its
-    descriptor and queues freed: a peer that vanished without closing its TCP connection would
-    otherwise hold them for good). Keys are the libzmq option numbers."""
-    interval = max(100, round(heartbeat * LIVENESS * 1000))
-    return {
-        ZMQ_HEARTBEAT_IVL: interval,
-        ZMQ_HEARTBEAT_TIMEOUT: 2 * interval,
-        ZMQ_HEARTBEAT_TTL: min(2 * interval, 6_553_500),  # the peer's limit: deciseconds, 16 bits
-    }
-
-
-ZMQ_HEARTBEAT_IVL: Final = 75
-ZMQ_HEARTBEAT_TTL: Final = 76
-ZMQ_HEARTBEAT_TIMEOUT: Final = 77
-"""libzmq's option numbers (zmq.h), here so that config imports no zmq."""
+ZMTP_PING_EVERY: Final = 30
+"""Heartbeat intervals between two ZMTP PINGs of the broker's ROUTER on one connection (see
+``loop.sockets.zmtp_heartbeat``)."""
 
 CTL_TIMEOUT: Final = 5.0
 """Seconds room-ctl and the client's handshake wait for the broker."""

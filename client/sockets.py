@@ -20,7 +20,6 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from broker.config import HEARTBEAT, zmtp_heartbeat
 from broker.wire.protocol import (
     ClientMsg,
     ProtocolError,
@@ -77,8 +76,6 @@ class Sockets:
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, DEALER_SNDHWM)
         dealer.setsockopt(zmq.RCVHWM, RCVHWM)
-        for option, value in zmtp_heartbeat(HEARTBEAT).items():  # a dead link: libzmq redials
-            dealer.setsockopt(option, value)
         if self.curve is not None:
             self.curve.apply(dealer)
         monitor = dealer.get_monitor_socket(monitor_events) if monitor_events else None

@@ -303,10 +303,10 @@ def test_a_join_whose_answer_a_full_queue_dropped_is_asked_again_and_answered(
 def test_the_connection_of_a_client_that_froze_is_closed_by_libzmq(tmp_path: Path) -> None:
     """A client that stopped answering (SIGSTOP: its TCP connection stays up, as when a host
     vanishes) is dropped by the chat after 5 heartbeats, and its ROUTER connection, which the
-    chat cannot close, is closed by libzmq's ZMTP heartbeat: a PING every 5 heartbeats (1 s
-    here), and no traffic for twice that after it. Its descriptor is free again."""
+    chat cannot close, is closed by libzmq's ZMTP heartbeat: a PING every 30 heartbeats (1.5 s
+    here), and no traffic for 10 heartbeats after it. Its descriptor is free again."""
     data = tmp_path / "data"
-    with running_broker(data, "--heartbeat", "0.2") as broker, client_factory(broker) as cf:
+    with running_broker(data, "--heartbeat", "0.05") as broker, client_factory(broker) as cf:
         alice = cf.join("alice")
         bob = cf.join("bob")
         wait_connections(broker, 2)  # counted at the next tick

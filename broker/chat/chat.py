@@ -214,7 +214,7 @@ class Chat:
 
     def _entered(self, user: User | None, known: User | None) -> None:
         """After a hello (or the backbone's answer to a claim): a user that is new takes its
-        turn in the heartbeats' rotation (a resumed one keeps its place)."""
+        place on the heartbeats' wheel (a resumed one keeps its own)."""
         if user is not None and user is not known:
             self.heartbeats.enter(user)
 
