@@ -11,7 +11,8 @@ concerns them all (the heartbeat tick, a failed commit, a reset, goodbyes). Its 
 ``State`` (settings, store, outbox, users, rooms' members, access, ...), each given the parts it
 calls, never the chat: ``posting`` (Say, Tell, the rate budget, a stored message delivered);
 ``rooms`` (Join, Fetch, rooms that come and go; calls ``posting`` for the rate budget);
-``sessions`` (Hello, removing a user; calls ``rooms``); ``private`` (the admin's access verbs;
+``sessions`` (Hello, removing a user; calls ``rooms``); ``logins`` (accounts: the policy at
+Hello, Login and Prove, Register; calls ``sessions``); ``private`` (the admin's access verbs;
 calls ``rooms`` to move people); ``others`` (the backbone's events; calls ``posting`` and
 ``sessions``). The chat's attributes that are the state's (``users``, ``members``, ``access``,
 ``settings``, ...) are read and set there, so every part sees the same.
@@ -23,6 +24,7 @@ from typing import Final, Generic, Self, TypeVar, overload
 
 from msgspec.structs import replace
 
+from broker.chat.accounts import Logins
 from broker.chat.outbox import Counters, Outbox
 from broker.chat.posting import Posting
 from broker.chat.privaterooms import Allowed, Denied, PrivateRooms
@@ -105,20 +107,21 @@ class Chat:
         self.sessions = Sessions(self.state, self.rooms)
         self.private = PrivateRooms(self.state, self.rooms)
         self.others = FromOthers(self.state, self.posting, self.sessions)
+        self.logins = Logins(self.state, self.sessions)
 
     @property
     def claiming(self) -> dict[str, bytes]:
         """Names whose claim the backbone answers later, with the peer that said hello."""
         return self.sessions.claiming
 
-    def handle(self, peer: bytes, msg: p.ClientMsg, now: float) -> None:
-        """Act on one decoded client message."""
+    def handle(self, peer: bytes, msg: p.ClientMsg, now: float, address: str = "") -> None:
+        """Act on one decoded client message (``address``: the peer's, for a stranger's)."""
         state = self.state
         state.request = type(msg).__struct_config__.tag
         user = state.by_peer.get(peer)
         if user is None:
-            if isinstance(msg, p.Hello):
-                self.sessions.hello(peer, msg, now)
+            if isinstance(msg, p.Hello | p.Login | p.Prove | p.Register):
+                self.logins.first(peer, msg, now, address)
             elif not isinstance(msg, p.Quit | p.Ping):
                 state.error(
                     peer, p.Code.HELLO_FIRST, "send hello first: the broker does not know you"
@@ -147,7 +150,9 @@ class Chat:
                 state.out.reply(peer, p.Rooms(self.rooms.room_list()))
             case p.Quit():
                 self.sessions.remove(user, now, "left the chat", end_session=True)
-            case p.Hello():
+            case p.Register():
+                self.logins.passwd(user, msg, now)
+            case p.Hello() | p.Login() | p.Prove():
                 state.error(peer, p.Code.ALREADY, f"already connected as {user.name}")
 
     def commit_failed(self, out: Outbox) -> int:
