@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from pathlib import Path
+
+import pytest
+from conftest import client_factory, running_broker
+from procs import ClientProc, Proc, _cmd, ctl
 
 from broker.chat.accounts import FREE_GUESSES, Guesses, invite_digest
 from broker.chat.chat import Chat, Settings
+from broker.config import Exit
 from broker.store.base import Account
 from broker.store.memory import MemoryStore
 from broker.store.sqlstore import SQLiteStore
@@ -175,3 +181,149 @@ def test_sqlite_keeps_accounts_and_invites_across_a_restart_and_no_password(tmp_
         assert PASSWORD.encode() not in f.read_bytes() and b"c0de" not in f.read_bytes()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM invites WHERE used = 1").fetchone() == (1,)
+
+
+# ---- the real programs ---------------------------------------------------------------------------
+
+
+def _client(broker, name: str, password: str | None, *extra: str) -> ClientProc:
+    env = {"ROOM_DATA_DIR": str(broker.data_dir), "ROOM_PASSWORD": password or ""}
+    return ClientProc(broker.router, name, *extra, env=env)
+
+
+def _register_cli(broker, name: str, password: str, *extra: str) -> tuple[int, list[str]]:
+    env = {"ROOM_DATA_DIR": str(broker.data_dir), "ROOM_PASSWORD": password}
+    proc = Proc(_cmd("client.cli", "register", "--server", broker.router, "--name", name, *extra),
+                env=env)  # fmt: skip
+    code = proc.wait()
+    return code, proc.drain() + proc.err
+
+
+def _refused(broker, name: str, password: str | None) -> str:
+    """``room-client join`` that must fail: its one line."""
+    client = _client(broker, name, password)
+    assert client.wait() == Exit.ERROR
+    assert len(client.err) == 1, client.err
+    return client.err[0]
+
+
+def test_register_then_login_and_no_squatting_through_the_clis(tmp_path: Path) -> None:
+    with running_broker(tmp_path / "data") as broker, client_factory(broker) as clients:
+        assert _register_cli(broker, "alice", PASSWORD) == (
+            0, ["registered alice: room-client join --name alice logs in with its password"]
+        )  # fmt: skip
+        code, out = _register_cli(broker, "alice", "other")
+        assert code == Exit.ERROR and out == [
+            "room-client: not registered: alice is registered already: choose another"
+        ]
+        alice = _client(broker, "alice", PASSWORD)
+        alice.expect(r"^\* joined public$")
+        bob = clients.join("bob")  # the README's way: no account, no password
+        bob.send("hi alice")
+        alice.expect(r"^\[public\] bob: hi alice$")
+        listing = ctl(broker, "who").stdout
+        assert re.search(r"^alice\s+public\s+logged in$", listing, re.M), listing
+        assert re.search(r"^bob\s+public$", listing, re.M), listing
+        assert "login refused: wrong password for alice" in _refused(broker, "alice", "guess")
+        line = _refused(broker, "alice", None)  # the squatter has no password
+        assert "alice is a registered name: log in with its password" in line
+        assert "ROOM_PASSWORD" in line
+        alice.close_input()
+        assert alice.wait() == 0
+        output = "\n".join(broker.drain() + broker.seen + broker.err)
+        assert "wrong password for alice from 127.0.0.1" in output
+    for f in (tmp_path / "data").rglob("*"):
+        if f.is_file():
+            assert PASSWORD.encode() not in f.read_bytes(), f
+    assert PASSWORD not in output
+
+
+def test_registration_closed_and_by_invite(tmp_path: Path) -> None:
+    with running_broker(tmp_path / "closed", "--registration", "closed") as broker:
+        code, out = _register_cli(broker, "carol", PASSWORD)
+        assert code == Exit.ERROR and "registration is closed" in out[0]
+        made = ctl(broker, "register", "carol")  # no ROOM_PASSWORD: one is made, shown once
+        assert made.returncode == 0, made.stderr
+        given = re.search(r"^password of carol: (\S+) \(shown once", made.stdout, re.M)
+        assert given is not None
+        carol = _client(broker, "carol", given[1])
+        carol.expect(r"^\* joined public$")
+        audit = ctl(broker, "audit").stdout
+        assert "register carol (verifier)" in audit and given[1] not in audit
+        carol.close_input()
+        assert carol.wait() == 0
+        assert given[1] not in "\n".join(broker.drain() + broker.seen)
+    with running_broker(tmp_path / "invite", "--registration", "invite") as broker:
+        code, out = _register_cli(broker, "dave", PASSWORD)
+        assert code == Exit.ERROR and "by invite" in out[0]
+        made = ctl(broker, "invite", "--hours", "1")
+        assert made.returncode == 0, made.stderr
+        code_word = made.stdout.split()[-1]
+        assert _register_cli(broker, "dave", PASSWORD, "--invite", code_word)[0] == 0
+        code, out = _register_cli(broker, "erin", PASSWORD, "--invite", code_word)
+        assert code == Exit.ERROR and "unknown, used or expired" in out[0]
+        assert code_word not in ctl(broker, "audit").stdout
+        listing = ctl(broker, "accounts").stdout
+        assert re.search(r"^dave\s+\S+Z\s+never$", listing, re.M), listing
+
+
+def test_required_refuses_an_unregistered_name(tmp_path: Path) -> None:
+    with running_broker(tmp_path / "data", "--accounts", "required") as broker:
+        line = _refused(broker, "bob", None)
+        assert "only registered names may chat" in line
+        assert "room-client register --name bob" in line
+        assert _register_cli(broker, "bob", PASSWORD)[0] == 0
+        bob = _client(broker, "bob", PASSWORD)
+        bob.expect(r"^\* joined public$")
+        bob.close_input()
+        assert bob.wait() == 0
+
+
+def test_a_ban_fires_at_once_and_holds_across_a_restart_until_unban(tmp_path: Path) -> None:
+    with running_broker(tmp_path / "data") as broker:
+        assert _register_cli(broker, "mallory", PASSWORD)[0] == 0
+        mallory = _client(broker, "mallory", PASSWORD)
+        mallory.expect(r"^\* joined public$")
+        banned = ctl(broker, "ban", "mallory")
+        assert banned.stdout.strip() == "banned mallory, and disconnected them"
+        assert mallory.wait() == Exit.FIRED
+        assert "banned" in _refused(broker, "mallory", PASSWORD)
+        broker.stop()
+        broker = broker.restart()
+        try:
+            assert "the admin banned the account mallory" in _refused(broker, "mallory", PASSWORD)
+            assert re.search(r"^mallory\s.*banned$", ctl(broker, "accounts").stdout, re.M)
+            assert ctl(broker, "unban", "mallory").stdout.strip() == "unbanned mallory"
+            back = _client(broker, "mallory", PASSWORD)
+            back.expect(r"^\* joined public$")
+            back.close_input()
+            assert back.wait() == 0
+        finally:
+            broker.stop()
+
+
+def test_a_dozen_wrong_guesses_leave_the_broker_answering_everyone_else(tmp_path: Path) -> None:
+    with running_broker(tmp_path / "data") as broker, client_factory(broker) as clients:
+        assert _register_cli(broker, "alice", PASSWORD)[0] == 0
+        canary = clients.join("canary")
+        slowest, lines = 0.0, []
+        for i in range(12):
+            lines.append(_refused(broker, "alice", f"guess {i}"))
+            start = time.monotonic()
+            canary.send(f"still here {i}")
+            canary.expect(rf"^\[public\] canary: still here {i}$")
+            slowest = max(slowest, time.monotonic() - start)
+        assert sum("wrong password" in line for line in lines) >= 3
+        assert any(re.search(r"login refused: too many .* try again in \d+ s", x) for x in lines)
+        assert slowest < 1.0, f"the canary waited {slowest:.3f} s"
+        print(f"canary's slowest answer during 12 wrong guesses: {slowest * 1000:.0f} ms")
+
+
+@pytest.mark.parametrize("policy", ["required"])
+def test_a_backbone_refuses_accounts_required_in_one_line(tmp_path: Path, policy: str) -> None:
+    proc = Proc(_cmd("broker.cli", "start", "--data-dir", str(tmp_path), "--backbone",
+                     "nats://127.0.0.1:1", "--node-id", "b1", "--accounts", policy))  # fmt: skip
+    assert proc.wait() == Exit.ERROR
+    assert proc.err == [
+        "room-broker: --accounts required is not available with --backbone yet: drop one of them"
+    ]
