@@ -61,3 +61,21 @@ data_dir = option(
     type=click.Path(file_okay=False),
     help="Where state lives: keys, database [default: the user data dir].",
 )
+
+ACCOUNT_POLICIES: Final = ("optional", "required")
+REGISTRATION_POLICIES: Final = ("open", "invite", "closed")
+
+accounts = option(
+    "--accounts",
+    type=click.Choice(ACCOUNT_POLICIES),
+    default=ACCOUNT_POLICIES[0],
+    help="optional: a free name needs no account, a registered one its password; required: "
+    "only registered names may chat.",
+)
+registration = option(
+    "--registration",
+    type=click.Choice(REGISTRATION_POLICIES),
+    default=REGISTRATION_POLICIES[0],
+    help="Who may register a name: anyone, whoever has an invite code (room-ctl invite), "
+    "or nobody (room-ctl register).",
+)

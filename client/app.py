@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from broker.config import Exit
@@ -34,6 +34,7 @@ def run(
     interactive: bool,
     sub_hwm: int | None = None,
     curve: CurveKeys | None = None,
+    password: Callable[[], str | None] = lambda: None,
 ) -> int:
     """Chat until the user leaves or the broker ends the session; returns the exit code.
     ``servers`` lists the brokers to try in order (see ``client.connection``), or is one."""
@@ -48,7 +49,7 @@ def run(
 
         front = Piped()
     try:
-        stop = asyncio.run(_chat(servers, session, front, sub_hwm, curve))
+        stop = asyncio.run(_chat(servers, session, front, sub_hwm, curve, password))
     except KeyboardInterrupt:  # before the front end could take the signal over
         stop = Stop(Exit.OK)
     except Exception as exc:  # a bug: still one line, never a traceback
@@ -64,8 +65,9 @@ async def _chat(
     front: Frontend,
     sub_hwm: int | None,
     curve: CurveKeys | None = None,
+    password: Callable[[], str | None] = lambda: None,
 ) -> Stop:
-    conn = Connection(servers, session, front.show, sub_hwm=sub_hwm, curve=curve)
+    conn = Connection(servers, session, front.show, sub_hwm=sub_hwm, curve=curve, password=password)
     stop: Stop | None = None
     try:
         stop = await conn.handshake()

@@ -21,7 +21,19 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.config import CTL_TIMEOUT, Exit
-from broker.wire.protocol import ClientMsg, Code, Error, ServerMsg, Welcome
+from broker.wire.protocol import (
+    VERSION,
+    Challenge,
+    ClientMsg,
+    Code,
+    Error,
+    Login,
+    Prove,
+    ServerMsg,
+    Verified,
+    Welcome,
+)
+from broker.wire.scram import Prover, ScramException
 from client.control import HANDSHAKE_EVENTS, handshake_failure
 from client.core import PROG, Session
 from client.effects import Effect, Kind, Line, Stop
@@ -35,6 +47,15 @@ _SILENT: Final = Stop(Exit.UNREACHABLE)
 _ALIVE_CODES: Final = frozenset({Code.HELLO_FIRST, Code.NAME_TAKEN})
 """Errors by which a broker answers a Hello it did not welcome: it is alive, so the session's next
 ``Reconnect`` says Hello to it again instead of moving on to the next broker."""
+
+NO_PASSWORD: Final = "run room-client on a terminal, or set ROOM_PASSWORD"
+_LOGIN_REFUSED: Final = (Code.BAD_PASSWORD, Code.BANNED, Code.UNKNOWN_ACCOUNT, Code.RETRY_LATER)
+
+
+def _refusal(msg: Error) -> str:
+    """A refused start in one line: a login's says so, then the broker's reason."""
+    return f"login refused: {msg.reason}" if msg.code in _LOGIN_REFUSED else msg.reason
+
 
 _TCP: Final = re.compile(r"^tcp://(?P<host>.+):(?P<port>[^:\]]+)$")
 _WILDCARD_HOSTS: Final = {"*", "0.0.0.0", "::", "[::]"}
@@ -67,7 +88,10 @@ class Brokers:
         sockets: Sockets,
         session: Session,
         show: Callable[[Line], None],
+        password: Callable[[], str | None] = lambda: None,
     ) -> None:
+        self.password = password
+        """Asked for the password when the name is registered (a prompt, or ROOM_PASSWORD)."""
         self.servers: tuple[str, ...] = (servers,) if isinstance(servers, str) else tuple(servers)
         """The brokers' ROUTER endpoints, in the order to try them."""
         if not self.servers:
@@ -127,6 +151,8 @@ class Brokers:
         self, dealer: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket, timeout: float
     ) -> Stop | None:
         await self.sockets.send(self.session.hello())
+        prover: Prover | None = None
+        verified = False
         poller = zmq.asyncio.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
@@ -142,9 +168,30 @@ class Brokers:
                 continue
             batch = decode_replies(await dealer.recv_multipart())
             for i, msg in enumerate(batch):
+                if isinstance(msg, Error) and msg.code is Code.LOGIN_FIRST and prover is None:
+                    # A registered name: log in with its password (asked for now: a prompt may
+                    # take a while, so the wait starts again after it).
+                    got = await loop.run_in_executor(None, self.password)
+                    if not got:
+                        return Stop(Exit.ERROR, f"{PROG}: {msg.reason}: {NO_PASSWORD}", msg.code)
+                    prover = Prover(self.session.name, got)
+                    await self.sockets.send(Login(VERSION, self.session.name, prover.first()))
+                    deadline = loop.time() + timeout
+                    break
                 if isinstance(msg, Error):
-                    return Stop(Exit.ERROR, f"{PROG}: {msg.reason}", msg.code)
+                    return Stop(Exit.ERROR, f"{PROG}: {_refusal(msg)}", msg.code)
+                try:
+                    if isinstance(msg, Challenge) and prover is not None:
+                        await self.sockets.send(Prove(prover.final(msg.first)))
+                    elif isinstance(msg, Verified) and prover is not None:
+                        prover.check(msg.final)
+                        verified = True
+                except ScramException as exc:
+                    why = f"the broker's login answer is not valid ({exc}): is it the real one?"
+                    return Stop(Exit.ERROR, f"{PROG}: {why}")
                 if isinstance(msg, Welcome):
+                    if prover is not None and not verified:
+                        return Stop(Exit.ERROR, f"{PROG}: the broker did not prove itself")
                     return self._welcomed(msg, batch[i + 1 :], loop.time())
         return _SILENT
 

@@ -12,7 +12,7 @@ from broker import options
 from broker.config import HISTORY, ROUTER, Exit
 from broker.security.keys import KeyFileError
 from broker.wire.protocol import HISTORY_MAX, LOBBY, NAME_RULE, valid_name
-from client import app
+from client import account, app
 from client.control import client_keys
 
 
@@ -143,5 +143,50 @@ def join(
             interactive=interactive,
             sub_hwm=sub_hwm,
             curve=curve,
+            password=lambda: account.password_source(name),
         )
     )
+
+
+@main.command()
+@options.option(
+    "--name",
+    required=True,
+    callback=_check_name,
+    help="The name to register.",
+)
+@options.option(
+    "--invite",
+    default="",
+    help="The one-time code the admin gave (room-ctl invite), when registration is by invite.",
+)
+@server_option
+@server_key_option
+@options.data_dir
+@click.pass_context
+def register(
+    ctx: click.Context,
+    name: str,
+    invite: str,
+    server: tuple[str, ...],
+    server_key: str | None,
+    data_dir: str | None,
+) -> None:
+    """Register NAME with a password (asked for on a terminal, else ROOM_PASSWORD): from then
+    on, only that password lets anyone chat as NAME."""
+    try:
+        curve = client_keys(server_key, data_dir)
+    except KeyFileError as exc:
+        click.echo(f"room-client: no usable server key: {exc}", err=True)
+        ctx.exit(Exit.ERROR)
+    password = account.password_source(name, confirm=True)
+    if not password:
+        why = "the passwords differ" if sys.stdin.isatty() else "set ROOM_PASSWORD"
+        click.echo(f"room-client: no password: {why}", err=True)
+        ctx.exit(Exit.ERROR)
+    try:
+        account.register(server[0], name, invite, password, curve)
+    except account.Failed as exc:
+        click.echo(f"room-client: not registered: {exc}", err=True)
+        ctx.exit(Exit.ERROR)
+    click.echo(f"registered {name}: room-client join --name {name} logs in with its password")

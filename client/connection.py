@@ -58,11 +58,13 @@ class Connection:
         ctx: zmq.asyncio.Context | None = None,
         tick: float = TICK,
         answered: Callable[[Answered], None] | None = None,
+        password: Callable[[], str | None] = lambda: None,
     ) -> None:
         """``ctx``: a ZeroMQ context shared by many connections (``room-web``), else its own;
         ``tick``: seconds between ``Session.tick`` calls (a gateway of many sessions ticks less
         often: the session's timers are 0.2 s and more); ``answered``: told of each
-        ``Answered`` effect (a program's front end, ``client.bot``)."""
+        ``Answered`` effect (a program's front end, ``client.bot``); ``password``: asked for
+        the password of a registered name (None: there is none)."""
         self.session = session
         self.tick = tick
         self.show = show
@@ -72,7 +74,7 @@ class Connection:
         self.settled = asyncio.Event()
         """Set while nothing is in flight (``Session.settled``)."""
         self.sockets = Sockets(self.events, sub_hwm=sub_hwm, curve=curve, ctx=ctx)
-        self.brokers = Brokers(servers, self.sockets, session, show)
+        self.brokers = Brokers(servers, self.sockets, session, show, password)
 
     # ---- the front end's side -----------------------------------------------------------------
 

@@ -7,6 +7,8 @@ the chat core that runs the verbs.
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +23,12 @@ from broker.config import Exit
 from broker.security import keys as keyfiles
 from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p
+from broker.wire.scram import verifier, verifier_text
 from client.control import CurveKeys, Refused, Unreachable, request
 
 _JSON_HELP = "Print the reply as one JSON document."
+PASSWORD_ENV = "ROOM_PASSWORD"
+"""Where room-ctl register and passwd, and room-client away from a terminal, read a password."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -93,7 +98,8 @@ def _keys(opts: dict[str, Any]) -> CurveKeys:
     return CurveKeys(public, secret, server, f"the admin key {key_file}", server_source, hint)
 
 
-def _run(ctx: click.Context, command: str, args: list[str]) -> None:
+def _run(ctx: click.Context, command: str, args: list[str], after: tuple[str, ...] = ()) -> None:
+    """Send one request and show its reply; ``after``: lines shown after a success."""
     opts = ctx.find_root().obj
     keys = _keys(opts)
     try:
@@ -117,7 +123,7 @@ def _run(ctx: click.Context, command: str, args: list[str]) -> None:
     if not reply.ok:
         _fail(reply.message, failed)
     click.echo(reply.message)
-    for line in render(reply.data):
+    for line in (*render(reply.data), *after):
         click.echo(line)
     sys.exit(Exit.OK)
 
@@ -127,7 +133,7 @@ def render(data: cp.CtlData | None) -> list[str]:
     header when a listing is empty; nothing for other replies."""
     match data:
         case cp.UserList(users=users, blocked=blocked):
-            rows = [(u.name, u.room, "blocked" if u.blocked else "") for u in users]
+            rows = [(u.name, u.room, _status(u)) for u in users]
             lines = _table(("USER", "ROOM", "STATUS"), rows)
             connected = {u.name for u in users}
             if offline := [name for name in blocked if name not in connected]:
@@ -152,6 +158,15 @@ def render(data: cp.CtlData | None) -> list[str]:
                 for k in counters.__struct_fields__
             ]
             return _table(("COUNTER", "VALUE"), rows, right={1})
+        case cp.AccountList(accounts=accounts):
+            rows = [
+                (a.name, stamp(a.created), stamp(a.last_login) if a.last_login else "never",
+                 "banned" if a.banned else "")
+                for a in accounts
+            ]  # fmt: skip
+            return _table(("ACCOUNT", "CREATED", "LAST LOGIN", "STATUS"), rows)
+        case cp.Invite(code=code, expires=expires):
+            return [f"valid until {stamp(expires)}; room-client register --invite {code}"]
         case cp.AuditLog(audit=entries):
             rows = [
                 (
@@ -165,6 +180,11 @@ def render(data: cp.CtlData | None) -> list[str]:
             ]
             return _table(("TIME", "ADMIN", "KEY", "COMMAND", "RESULT"), rows)
     return []
+
+
+def _status(user: p.UserInfo) -> str:
+    """``blocked``, ``logged in`` (to an account), both, or nothing."""
+    return ", ".join(w for w, on in (("blocked", user.blocked), ("logged in", user.account)) if on)
 
 
 def stamp(ts: float) -> str:
@@ -231,11 +251,18 @@ def _verb(name: str, verb: Verb) -> click.Command:
         if as_json:  # `room-ctl who --json` as well as `room-ctl --json who`
             ctx.find_root().obj["json"] = True
         args = [kwargs[a.lower()] for a in verb.args]
+        after: tuple[str, ...] = ()
+        if verb.verifier:  # the password stays here: the broker gets its SCRAM verifier
+            password = os.environ.get(PASSWORD_ENV, "")
+            if not password:
+                password = secrets.token_urlsafe(12)
+                after = (f"password of {args[0]}: {password} (shown once: pass it on)",)
+            args.append(verifier_text(verifier(password)))
         for o in verb.options:  # a value (LIMIT) passes its value; a flag (all) passes its name
             value = kwargs[o.lower()]
             if value:
                 args.append(o if o.islower() else value)
-        _run(ctx, name, [str(a) for a in args])
+        _run(ctx, name, [str(a) for a in args], after)
 
     params: list[click.Parameter] = [click.Argument([a.lower()]) for a in verb.args]
     params += [

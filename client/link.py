@@ -42,7 +42,15 @@ _GOODBYE: Final = {
     ),
 }
 
-_REJOIN_REFUSED: Final = (Code.NAME_TAKEN, Code.BAD_NAME, Code.BAD_VERSION, Code.FULL)
+_REJOIN_REFUSED: Final = (
+    Code.NAME_TAKEN,
+    Code.BAD_NAME,
+    Code.BAD_VERSION,
+    Code.FULL,
+    Code.LOGIN_FIRST,
+    Code.BANNED,
+    Code.UNKNOWN_ACCOUNT,
+)
 """Answers to a resuming ``Hello`` that end the session."""
 
 

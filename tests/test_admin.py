@@ -53,6 +53,7 @@ def test_the_table_holds_exactly_the_tested_verbs() -> None:
     verbs = {"block", "unblock", "fire", "out", "remove", "reset", "close", "who", "rooms"}
     verbs |= {"private", "open", "allow", "deny", "requests"}
     verbs |= {"audit", "stats"}
+    verbs |= {"invite", "accounts", "ban", "unban", "register", "passwd"}  # test_accounts
     assert set(VERBS) == verbs
     for name, command in VERBS.items():
         assert command.help, name
@@ -76,7 +77,7 @@ def test_block_a_connected_user() -> None:
     said = send(c, alice, p.Say("hi", 1))
     assert said.replies[0][1].code is p.Code.BLOCKED
     assert said.rooms == {}
-    assert ctl(c, "who").data["users"] == [{"name": "alice", "room": "x", "blocked": True}]
+    assert ctl(c, "who").data["users"] == [{"name": "alice", "room": "x", "blocked": True, "account": False}]
 
 
 def test_block_a_user_who_is_not_connected_holds_when_they_connect() -> None:
@@ -251,8 +252,8 @@ def test_who_lists_users_and_the_blocklist() -> None:
     assert "2 users" in ok(reply)
     assert reply.data == {
         "users": [
-            {"name": "alice", "room": "x", "blocked": False},
-            {"name": "bob", "room": p.LOBBY, "blocked": True},
+            {"name": "alice", "room": "x", "blocked": False, "account": False},
+            {"name": "bob", "room": p.LOBBY, "blocked": True, "account": False},
         ],
         "blocked": ["bob", "zed"],
     }

@@ -128,7 +128,7 @@ def test_plain_is_the_json_shape_of_room_ctl() -> None:
     """``--json`` prints each listing as a map of its fields, without tags, as before the types."""
     users = cp.UserList([p.UserInfo("alice", "x", True)], ["alice"])
     assert cp.plain(users) == {
-        "users": [{"name": "alice", "room": "x", "blocked": True}],
+        "users": [{"name": "alice", "room": "x", "blocked": True, "account": False}],
         "blocked": ["alice"],
     }
     assert cp.plain(cp.RoomList([p.RoomInfo("x", 2, 9)])) == {

@@ -203,6 +203,15 @@ TEMPLATES: dict[type, p._Msg] = {
         p.RoomKey("fz", 1, bytes(32)),
         cp.JoinRequest("fz", "fz", 1.5),
         cp.RequestList([]),
+        p.Login(p.VERSION, "fz", "n,,n=fz,r=abc"),
+        p.Prove("c=biws,r=abc,p=cHJvb2Y="),
+        p.Register(p.VERSION, "fz", "", bytes(12), 4096, bytes(32), bytes(32)),
+        p.Challenge("r=abc,s=c2FsdA==,i=4096"),
+        p.Verified("v=c2lnbmF0dXJl"),
+        p.Registered("fz"),
+        cp.AccountInfo("fz", 1.5, 0.0, False),
+        cp.AccountList([]),
+        cp.Invite("c0de", 1.5),
     )
 }
 """A valid example of every message of the protocol."""
@@ -283,6 +292,11 @@ ids, counts, limits = _or_any(0, p.MAX_ID), _or_any(0, p.HISTORY_MAX), _or_any(1
 printable = st.text(
     st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=200
 )
+scram_texts = st.one_of(
+    st.sampled_from(["n,,n=alice,r=abc", "c=biws,r=abc,p=cHJvb2Y=", "x" * 1025]),
+    st.text(max_size=60),
+)
+"""SCRAM messages: valid-looking, too long, or anything (small: the guard counts the bytes)."""
 secrets_ = st.one_of(st.just(""), st.text(max_size=p.SESSION_MAX + 16))
 typed = st.one_of(
     st.builds(p.Hello, st.one_of(st.just(p.VERSION), _or_any(0, 0xFFFF)), names, secrets_),
@@ -296,6 +310,18 @@ typed = st.one_of(
     st.builds(p.Ping, names, ids),
     st.builds(p.Quit),
     st.builds(p.Tell, names, st.one_of(printable, st.text(max_size=200)), ids),
+    st.builds(p.Login, _or_any(0, 0xFFFF), names, scram_texts),
+    st.builds(p.Prove, scram_texts),
+    st.builds(
+        p.Register,
+        _or_any(0, 0xFFFF),
+        names,
+        secrets_,
+        st.binary(max_size=80),
+        _or_any(0, 20_000_000),
+        st.binary(max_size=40),
+        st.binary(max_size=40),
+    ),
 ).map(p.encode)
 """Messages of the right shape with values in their ranges, at their edges and beyond (the
 structs encode any value; their constraints are only checked at decode)."""

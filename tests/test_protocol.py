@@ -36,6 +36,10 @@ CLIENT_MSGS: list[Any] = [
     p.Ping("room-1", 12),
     p.Quit(),
     p.Tell("bob", "psst", 9),
+    p.Login(p.VERSION, "alice", "n,,n=alice,r=abc"),
+    p.Prove("c=biws,r=abcdef,p=cHJvb2Y="),
+    p.Register(p.VERSION, "alice", "", bytes(16), 4096, bytes(32), bytes(32)),
+    p.Register(p.VERSION, "alice", "invite-code", bytes(12), 100_000, bytes(32), bytes(32)),
 ]
 
 SERVER_MSGS: list[Any] = [
@@ -55,6 +59,10 @@ SERVER_MSGS: list[Any] = [
     p.Told("alice", "bob", "psst", 1.5),
     p.JoinRequested("secret"),
     p.RoomKey("secret", 7, bytes(32)),
+    p.Users([p.UserInfo("alice", p.LOBBY, False, True)]),
+    p.Challenge("r=abcdef,s=c2FsdA==,i=4096"),
+    p.Verified("v=c2lnbmF0dXJl"),
+    p.Registered("alice"),
     p.Ping("room-1", 3),
     POSTED,
 ]
@@ -87,11 +95,13 @@ CTL_REPLIES: list[Any] = [
     ),
     cp.CtlReply(7, True, "1 request", "", cp.RequestList([cp.JoinRequest("secret", "bob", 1.5)])),
     cp.CtlReply(8, True, "1 rooms", "", cp.RoomList([p.RoomInfo("s", 1, 2, True, ["bob"])])),
+    cp.CtlReply(9, True, "1 account", "", cp.AccountList([cp.AccountInfo("a", 1.5, 0.0, True)])),
+    cp.CtlReply(10, True, "invite made", "", cp.Invite("c0de", 1.5)),
 ]
 
 # Nested-only structs: they travel inside Users and Rooms, and the listings inside CtlReply.
 NESTED = {p.UserInfo, p.RoomInfo, cp.UserList, cp.RoomList, cp.Stats, cp.Counters, cp.AuditLog}
-NESTED |= {cp.AuditRow, cp.RequestList, cp.JoinRequest}
+NESTED |= {cp.AuditRow, cp.RequestList, cp.JoinRequest, cp.AccountList, cp.AccountInfo, cp.Invite}
 
 
 def _ids(msgs: list[Any]) -> list[str]:

@@ -72,6 +72,12 @@ def test_every_room_ctl_command_prints_one_json_document(
         "deny": ["deny", "carol", "vip"],
         "open": ["open", "vip"],
         "remove": ["remove", "games"],
+        "register": ["register", "dave"],
+        "passwd": ["passwd", "dave"],
+        "ban": ["ban", "dave"],
+        "unban": ["unban", "dave"],
+        "invite": ["invite", "--hours", "1"],
+        "accounts": ["accounts"],
         "stats": ["stats"],
         "audit": ["audit", "--limit", "3"],
         "reset": ["reset"],
@@ -91,6 +97,7 @@ def test_every_room_ctl_command_prints_one_json_document(
     assert users == {"alice": "public", "carol": "games"}
     assert docs["remove"]["message"] == "removed games and its history; moved to public: carol"
     assert docs["--json who"] == docs["who"]
+    assert [a["name"] for a in docs["accounts"]["data"]["accounts"]] == ["dave"]
     assert {r["name"] for r in docs["rooms"]["data"]["rooms"]} >= {"public", "games"}
     stats = docs["stats"]["data"]["stats"]
     for key in ("clients", "rooms", "messages_in", "messages_out", "messages_per_second"):
@@ -99,7 +106,7 @@ def test_every_room_ctl_command_prints_one_json_document(
         assert isinstance(stats[key], int | float), key
     assert stats["sealing_ms"] > 0  # the joins went out on the PUB sealed with room keys
     audit = [e["command"] for e in docs["audit"]["data"]["audit"]]
-    assert audit == ["remove", "stats", "stats"]  # the last three, oldest first
+    assert audit == ["accounts", "stats", "stats"]  # the last three, oldest first
     assert broker.wait() == Exit.OK
 
 

@@ -9,30 +9,15 @@ broker's I/O layer records every request in the audit log after dispatch (``audi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
+from broker.admin import accountverbs
+from broker.admin.results import AdminError, Handler, Result
 from broker.admin.verbs import AUDIT_MAX, AUDIT_SHOWN, VERBS, counted
 from broker.chat.chat import Chat, User
 from broker.store.base import StoreError
 from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p
 
-
-class AdminError(Exception):
-    def __init__(self, code: p.Code, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    message: str
-    data: cp.CtlData | None = None
-
-
-Handler = Callable[[Chat, list[str], float], Result]
+__all__ = ["COMMANDS", "AdminError", "Handler", "Result", "dispatch"]
 
 
 def _name(args: list[str]) -> str:
@@ -264,6 +249,12 @@ COMMANDS: dict[str, Handler] = {
     "rooms": rooms,
     "stats": stats,
     "audit": audit,
+    "invite": accountverbs.invite,
+    "accounts": accountverbs.accounts,
+    "ban": accountverbs.ban,
+    "unban": accountverbs.unban,
+    "register": accountverbs.register,
+    "passwd": accountverbs.passwd,
 }
 """The handler of each verb of ``verbs.VERBS``: the same names, or this module does not load."""
 

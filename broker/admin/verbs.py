@@ -18,6 +18,17 @@ AUDIT_SHOWN: Final = 20
 """Audit entries ``audit`` shows unless told otherwise."""
 AUDIT_MAX: Final = 10_000
 """The most audit entries one ``audit`` shows."""
+INVITE_HOURS: Final = 24
+"""How long an invite code lasts unless told otherwise."""
+INVITE_HOURS_MAX: Final = 24 * 365
+
+
+def shown_args(command: str, args: list[str]) -> list[str]:
+    """A request's arguments as the log and the audit show them: a verifier is not shown."""
+    verb = VERBS.get(command)
+    if verb is not None and verb.verifier and len(args) > len(verb.args):
+        return [*args[: len(verb.args)], "(verifier)", *args[len(verb.args) + 1 :]]
+    return args
 
 
 def counted(n: int, one: str, many: str = "") -> str:
@@ -33,10 +44,15 @@ class Verb:
     options: tuple[str, ...] = ()
     """Optional, after the args: an upper-case one takes a value (``LIMIT``), a lower-case one
     is a flag that passes its own name (``all``)."""
+    verifier: bool = False
+    """room-ctl adds one more argument, the SCRAM verifier of a password (from ROOM_PASSWORD,
+    or one it makes and prints once): the password never leaves room-ctl, and the broker's log
+    and audit show ``(verifier)`` in its place."""
 
     def takes(self, count: int) -> bool:
         """Whether ``count`` arguments fit: every required one, and at most one per option."""
-        return len(self.args) <= count <= len(self.args) + len(self.options)
+        required = len(self.args) + self.verifier
+        return required <= count <= required + len(self.options)
 
     def usage(self, verb: str) -> str:
         shown = (f"[--{o}]" if o.islower() else f"[{o}]" for o in self.options)
@@ -62,5 +78,23 @@ VERBS: Final[dict[str, Verb]] = {
     "rooms": Verb((), "rooms with member counts; private ones with who may enter"),
     "stats": Verb((), "counters: clients, rooms, messages, rate, drops, uptime, size"),
     "audit": Verb((), f"the latest admin requests (LIMIT, default {AUDIT_SHOWN})", ("LIMIT",)),
+    "invite": Verb(
+        (),
+        f"a one-time code for room-client register (valid HOURS, default {INVITE_HOURS})",
+        ("HOURS",),
+    ),
+    "accounts": Verb((), "registered names: created, last login, banned"),
+    "ban": Verb(("USER",), "ban USER's account: disconnected now, every login refused"),
+    "unban": Verb(("USER",), "lift the ban of USER's account"),
+    "register": Verb(
+        ("USER",),
+        "register USER with the password in ROOM_PASSWORD, or a new one printed once",
+        verifier=True,
+    ),
+    "passwd": Verb(
+        ("USER",),
+        "set USER's password: ROOM_PASSWORD's, or a new one printed once",
+        verifier=True,
+    ),
 }
 """Every verb the control channel knows (an unknown one is answered with this list)."""

@@ -130,6 +130,10 @@ class BackboneStore:
     def set_request(self, room: str, user: str, request: Request | None) -> None:
         self.backbone.access.set_request(room, user, request)
 
+    def account_store(self) -> None:
+        """Accounts are a single broker's for now (sharing them is a later step): none here."""
+        return None
+
     def audit(self, entry: AuditEntry) -> None:
         self.local.audit(entry)
 

@@ -11,7 +11,8 @@ concerns them all (the heartbeat tick, a failed commit, a reset, goodbyes). Its 
 ``State`` (settings, store, outbox, users, rooms' members, access, ...), each given the parts it
 calls, never the chat: ``posting`` (Say, Tell, the rate budget, a stored message delivered);
 ``rooms`` (Join, Fetch, rooms that come and go; calls ``posting`` for the rate budget);
-``sessions`` (Hello, removing a user; calls ``rooms``); ``private`` (the admin's access verbs;
+``sessions`` (Hello, removing a user; calls ``rooms``); ``logins`` (accounts: the policy at
+Hello, Login and Prove, Register; calls ``sessions``); ``private`` (the admin's access verbs;
 calls ``rooms`` to move people); ``others`` (the backbone's events; calls ``posting`` and
 ``sessions``); ``heartbeats`` (each user's Ping and liveness check, spread over the interval;
 calls ``sessions`` to drop a silent user). The chat's attributes that are the state's
@@ -25,6 +26,7 @@ from typing import Final, Generic, Self, TypeVar, overload
 
 from msgspec.structs import replace
 
+from broker.chat.accounts import Logins
 from broker.chat.heartbeats import Heartbeats
 from broker.chat.outbox import Counters, Outbox
 from broker.chat.posting import Posting
@@ -108,6 +110,7 @@ class Chat:
         self.sessions = Sessions(self.state, self.rooms)
         self.private = PrivateRooms(self.state, self.rooms)
         self.others = FromOthers(self.state, self.posting, self.sessions)
+        self.logins = Logins(self.state, self.sessions)
         self.heartbeats = Heartbeats(self.state, self.sessions)
         self._chores_at: float | None = None
         """When ``tick`` next does what is done once per interval (the rate, retention)."""
@@ -117,15 +120,16 @@ class Chat:
         """Names whose claim the backbone answers later, with the peer that said hello."""
         return self.sessions.claiming
 
-    def handle(self, peer: bytes, msg: p.ClientMsg, now: float) -> None:
-        """Act on one decoded client message."""
+    def handle(self, peer: bytes, msg: p.ClientMsg, now: float, address: str = "") -> None:
+        """Act on one decoded client message (``address``: the peer's, for a stranger's)."""
         state = self.state
         state.request = type(msg).__struct_config__.tag
         user = state.by_peer.get(peer)
         if user is None:
-            if isinstance(msg, p.Hello):
-                known = state.users.get(msg.name)
-                self.sessions.hello(peer, msg, now)
+            if isinstance(msg, p.Hello | p.Login | p.Prove | p.Register):
+                name = msg.name if isinstance(msg, p.Hello) else self.logins.pending_name(peer)
+                known = state.users.get(name) if name else None
+                self.logins.first(peer, msg, now, address)
                 self._entered(state.by_peer.get(peer), known)
             elif not isinstance(msg, p.Quit | p.Ping):
                 state.error(
@@ -155,7 +159,9 @@ class Chat:
                 state.out.reply(peer, p.Rooms(self.rooms.room_list()))
             case p.Quit():
                 self.sessions.remove(user, now, "left the chat", end_session=True)
-            case p.Hello():
+            case p.Register():
+                self.logins.passwd(user, msg, now)
+            case p.Hello() | p.Login() | p.Prove():
                 state.error(peer, p.Code.ALREADY, f"already connected as {user.name}")
 
     def commit_failed(self, out: Outbox) -> int:

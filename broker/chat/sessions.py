@@ -27,9 +27,10 @@ class Sessions:
         self.claiming: dict[str, bytes] = {}
         """Names whose claim the backbone answers later, with the peer that said hello."""
 
-    def hello(self, peer: bytes, msg: p.Hello, now: float) -> None:
+    def hello(self, peer: bytes, msg: p.Hello, now: float, account: bool = False) -> None:
         """A hello from a peer the chat does not know: a new session for a free name, or the
-        same session on a new connection (a resume)."""
+        same session on a new connection (a resume). ``account``: the name is registered (the
+        accounts part has let the hello through: a resume)."""
         state = self.state
         if msg.version != p.VERSION:
             reason = (
@@ -73,7 +74,25 @@ class Sessions:
         if session is None:  # a shared store answers later: ``claimed`` ends this hello
             self.claiming[name] = peer
             return
-        self._enter(name, peer, session, now)
+        self._enter(name, peer, session, now, account)
+
+    def login(self, peer: bytes, name: str, now: float) -> None:
+        """A login proved with the account's password: a new session for ``name``. A connection
+        that holds the name now is replaced (the password outranks a session)."""
+        state = self.state
+        old = state.users.get(name)
+        if old is not None:
+            state.goodbye(old.peer, p.Bye.REPLACED, "you logged in on another connection")
+            self.remove(old, now, "logged in elsewhere", end_session=True)
+        if len(state.users) >= state.settings.limits.max_clients:
+            state.error(peer, p.Code.FULL, "the broker is at its client limit: try again later")
+            return
+        try:
+            session = state.store.claim(name, secrets.token_hex(16), "")
+        except StoreError as exc:
+            state.error(peer, p.Code.UNAVAILABLE, str(exc))
+            return
+        self._enter(name, peer, session or p.Code.UNAVAILABLE, now, account=True)
 
     def claimed(self, name: str, result: str | p.Code, reason: str, now: float) -> None:
         """The backbone's answer to the claim of ``name`` (see ``hello``)."""
@@ -89,7 +108,9 @@ class Sessions:
         else:
             self._enter(name, peer, result, now)
 
-    def _enter(self, name: str, peer: bytes, session: str | p.Code, now: float) -> None:
+    def _enter(
+        self, name: str, peer: bytes, session: str | p.Code, now: float, account: bool = False
+    ) -> None:
         """Welcome ``name`` on ``peer`` with its session's secret, or refuse the claim."""
         state = self.state
         if session is p.Code.BAD_SESSION:
@@ -103,6 +124,7 @@ class Sessions:
         user = User(name, peer, p.LOBBY, session, now, settings.burst, now)
         user.new_rooms, user.new_rooms_at = settings.limits.new_rooms, now
         user.mid_high = state.store.highest_mid(name)
+        user.account = account
         state.users[name] = user
         state.by_peer[peer] = user
         state.members[p.LOBBY].add(name)
@@ -153,7 +175,7 @@ class Sessions:
         state = self.state
         blocked = state.store.blocked()
         return [
-            p.UserInfo(u.name, u.room, u.name in blocked)
+            p.UserInfo(u.name, u.room, u.name in blocked, u.account)
             for u in sorted(state.users.values(), key=lambda u: u.name)
             if not room or u.room == room
         ]

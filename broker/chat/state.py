@@ -31,6 +31,8 @@ class Settings:
     heartbeat: float = HEARTBEAT
     liveness: int = LIVENESS
     sealed: bool = False  # room events on the PUB are sealed with room keys
+    accounts: str = "optional"  # "required": only registered names may chat
+    registration: str = "open"  # or "invite", "closed"
 
 
 @dataclass(slots=True, eq=False)

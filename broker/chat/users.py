@@ -21,6 +21,8 @@ class User:
     mid_high: int = 0
     """The user's highest stored message id: an id above it is new, and one at or below it is
     looked up in the store (``Store.acked``), so no stall is long enough to store one twice."""
+    account: bool = False
+    """Logged in to a registered account (a login with its password, or a resume of one)."""
     moves: int = 0
     """Rooms the user moved into (a subscription and an unsubscription each): what its
     subscribers may send the PUB, for the guard (``loop.watch``)."""

@@ -12,6 +12,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.admin.commands import dispatch
+from broker.admin.verbs import shown_args
 from broker.chat.chat import Chat
 from broker.config import BATCH
 from broker.loop.intake import report_bug
@@ -92,12 +93,11 @@ class ControlChannel:
     def answer(self, asked: ControlRequest, reply: cp.CtlReply, now: float) -> None:
         """Log and audit a control request, and queue its reply for the flush."""
         request, admin, key = asked.request, asked.admin, asked.key
-        command = " ".join((request.command, *request.args)) or "(unreadable request)"
+        args = shown_args(request.command, request.args)  # never a password's verifier
+        command = " ".join((request.command, *args)) or "(unreadable request)"
         name = admin or f"unknown key {short(key)}"
         self.chat.out.log(now, "admin", user=name, text=f"{command}: {reply.message} (by {name})")
-        entry = AuditEntry(
-            now, admin, key, request.command, tuple(request.args), reply.ok, reply.message
-        )
+        entry = AuditEntry(now, admin, key, request.command, tuple(args), reply.ok, reply.message)
         self.chat.store.audit(entry)
         self.replies.append((asked.peer, reply))
 

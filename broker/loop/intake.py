@@ -43,17 +43,20 @@ class ClientIntake:
         """Read up to ``BATCH`` client messages and hand each to the chat."""
         router, chat, clock = self.router, self.chat, self.clock
         recv, more, decode = router.recv, router.getsockopt, p.decode_client
-        curve = self.curve
+        curve, known = self.curve, chat.by_peer
         for _ in range(BATCH):
             try:
                 peer = recv(NOBLOCK)
             except zmq.Again:
                 return
-            if curve:  # the body's metadata says which CURVE key sent it
+            address = ""
+            if curve or peer not in known:  # the body's metadata: its CURVE key, its address
                 frame = recv(NOBLOCK, copy=False)
                 body = frame.bytes
-                if self.guard.key_taken(peer, user_id(frame)):
+                if curve and self.guard.key_taken(peer, user_id(frame)):
                     self._drop_taken(peer)
+                if peer not in known:  # a stranger's hello or login: guesses count by address
+                    address = frame.get("Peer-Address") or ""
             else:
                 body = recv(NOBLOCK)  # a ROUTER message is [peer id, body...] and arrives whole
             if more(RCVMORE):
@@ -70,7 +73,7 @@ class ClientIntake:
                 self._bad_frame(peer, exc.reason)
                 continue
             try:
-                chat.handle(peer, msg, clock())
+                chat.handle(peer, msg, clock(), address)
             except Exception as exc:  # a bug must cost one request, never the broker
                 report_bug(chat, clock(), peer, msg, exc)
 

@@ -87,6 +87,8 @@ class Broker:
         plugin: Plugin | None = None,
         room_keys: bool = True,
         metrics: tuple[str, int] | None = None,
+        accounts: str = "optional",
+        registration: str = "open",
     ) -> None:
         self.curve = curve
         self.ctx = zmq.Context()
@@ -122,7 +124,15 @@ class Broker:
             _budgets(limits, rate, burst, curve),
         )
         settings = Settings(
-            self.endpoints.pub, limits, rate, burst, heartbeat, liveness, sealed=room_keys
+            self.endpoints.pub,
+            limits,
+            rate,
+            burst,
+            heartbeat,
+            liveness,
+            room_keys,
+            accounts,
+            registration,
         )
         store = store or MemoryStore(limits.history_keep)
         self.plugin = plugin

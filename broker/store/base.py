@@ -12,6 +12,7 @@ from typing import Protocol
 
 from broker.store.access import Access, Request
 from broker.wire.protocol import Ack, Code, Posted
+from broker.wire.scram import Verifier
 
 
 class StoreError(Exception):
@@ -30,6 +31,39 @@ class AuditEntry:
     args: tuple[str, ...]
     ok: bool
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A registered name: its SCRAM verifier (never the password), when it was made and last
+    logged in to (0: never), and whether the admin banned it."""
+
+    name: str
+    verifier: Verifier
+    created: float
+    last_login: float = 0.0
+    banned: bool = False
+
+
+class AccountStore(Protocol):
+    """The accounts and invite codes of a broker on its own; written in the store's batch."""
+
+    def account(self, name: str) -> Account | None: ...
+    def accounts(self) -> list[Account]:
+        """Every account, by name."""
+        ...
+
+    def put_account(self, account: Account) -> None:
+        """Make ``account``, or replace one of the same name (a new password, a ban)."""
+        ...
+
+    def add_invite(self, digest: str, expires: float) -> None:
+        """Keep an invite code, as the SHA-256 of it (hex) only, until ``expires``."""
+        ...
+
+    def use_invite(self, digest: str, now: float) -> bool:
+        """Spend the invite with this digest: False when unknown, used or expired."""
+        ...
 
 
 class Store(Protocol):
@@ -112,6 +146,10 @@ class Store(Protocol):
     def commit(self) -> None:
         """Make the batch durable, or raise ``StoreError``: then nothing of the batch is stored,
         and ``last_seq``, ``rooms`` and ``blocked`` are back where the last commit left them."""
+        ...
+
+    def account_store(self) -> AccountStore | None:
+        """The accounts; None on a backbone (accounts are a single broker's, for now)."""
         ...
 
     def close(self) -> None: ...

@@ -7,6 +7,7 @@ from collections import OrderedDict, deque
 from typing import Final
 
 from broker.store.access import Access, Request
+from broker.store.accounts import MemoryAccounts
 from broker.store.base import AuditEntry
 from broker.store.names import LocalNames
 from broker.store.window import Window
@@ -70,6 +71,7 @@ class MemoryStore:
     def __init__(self, keep: int = 10_000) -> None:
         self._names = LocalNames()
         self._access = LocalAccess()
+        self._accounts = MemoryAccounts()
         self._keep = keep
         self._rooms: dict[str, _RoomLog] = {LOBBY: _RoomLog(keep)}
         self._blocked: set[str] = set()
@@ -197,6 +199,9 @@ class MemoryStore:
         if mid:
             self._remember(posted.sender, Ack(mid, posted.room, posted.seq))
         return posted
+
+    def account_store(self) -> MemoryAccounts:
+        return self._accounts
 
     def audit(self, entry: AuditEntry) -> None:
         self._audit.append(entry)

@@ -31,6 +31,8 @@ from typing import IO, Final
 import msgspec
 
 from broker.store.access import Access, Request
+from broker.store.accounts import SCHEMA as ACCOUNTS_SCHEMA
+from broker.store.accounts import SQLAccounts
 from broker.store.base import AuditEntry, StoreError
 from broker.store.names import LocalNames
 from broker.store.sqlaccess import SCHEMA as ACCESS_SCHEMA
@@ -109,7 +111,7 @@ class SQLiteStore:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise sqlite3.DatabaseError(f"journal mode is {mode}, not wal")
-            db.executescript(SCHEMA + ACCESS_SCHEMA)
+            db.executescript(SCHEMA + ACCESS_SCHEMA + ACCOUNTS_SCHEMA)
             db.execute("INSERT OR IGNORE INTO rooms VALUES (?)", (LOBBY,))
             rooms = [r for (r,) in db.execute("SELECT name FROM rooms")]
             kept = {room: (first, last) for room, first, last in db.execute(FIRST_LAST)}
@@ -127,6 +129,7 @@ class SQLiteStore:
         self._write_rows = batch.write_rows
         self._hand_off = batch.hand_off
         self._access = AccessTables(batch)
+        self._accounts = SQLAccounts(batch)
         self._names = LocalNames(sessions, saved=self._session_saved)
         self._seq: dict[str, int] = {room: kept.get(room, (0, 0))[1] for room in rooms}
         self._first: dict[str, int] = {room: kept.get(room, (1, 0))[0] for room in rooms}
@@ -336,6 +339,9 @@ class SQLiteStore:
 
     def set_request(self, room: str, user: str, request: Request | None) -> None:
         self._access.set_request(room, user, request)
+
+    def account_store(self) -> SQLAccounts:
+        return self._accounts
 
     def audit(self, entry: AuditEntry) -> None:
         args = msgspec.json.encode(list(entry.args)).decode()

@@ -103,7 +103,31 @@ class RequestList(_Msg, tag="ctlrequests"):
     requests: list[JoinRequest]
 
 
-CtlData = UserList | RoomList | Stats | AuditLog | RequestList
+class AccountInfo(_Msg, tag="accountinfo"):
+    """An account: when it was made and last logged in to (0: never), seconds since the epoch
+    (UTC), and whether it is banned."""
+
+    name: str
+    created: float
+    last_login: float
+    banned: bool
+
+
+class AccountList(_Msg, tag="ctlaccounts"):
+    """``accounts``: every account, by name."""
+
+    accounts: list[AccountInfo]
+
+
+class Invite(_Msg, tag="ctlinvite"):
+    """``invite``: a one-time code for ``room-client register --invite``, valid until
+    ``expires`` (seconds since the epoch, UTC). Not in the audit log: only this reply holds it."""
+
+    code: str
+    expires: float
+
+
+CtlData = UserList | RoomList | Stats | AuditLog | RequestList | AccountList | Invite
 """The listings a ``CtlReply`` carries, told apart by their tag."""
 
 

@@ -55,6 +55,8 @@ Count = Annotated[int, Meta(ge=0, le=HISTORY_MAX)]
 Limit = Annotated[int, Meta(ge=1, le=HISTORY_MAX)]
 Version = Annotated[int, Meta(ge=0, le=0xFFFF)]
 Secret = Annotated[str, Meta(max_length=SESSION_MAX)]
+Scram = Annotated[str, Meta(max_length=1024)]
+"""A SCRAM message (RFC 5802's text, e.g. ``n,,n=alice,r=NONCE``)."""
 
 
 def valid_name(name: str) -> bool:
@@ -92,6 +94,13 @@ class Code(StrEnum):
     REFUSED = "refused"  # control request from a key that is not (or no longer) an admin's
     UNAVAILABLE = "unavailable"  # storage refused the message; it was not accepted
     INTERNAL = "internal"  # a bug in the broker: the request may have had part of its effect
+    LOGIN_FIRST = "login_first"  # Hello for a registered name: log in with its password
+    UNKNOWN_ACCOUNT = "unknown_account"  # Login of a name that has no account
+    BAD_PASSWORD = "bad_password"  # the SCRAM proof does not match the account's
+    BANNED = "banned"  # the account is banned by the admin
+    RETRY_LATER = "retry_later"  # too many wrong passwords for this name or address: wait
+    REGISTRATION_CLOSED = "registration_closed"  # the broker takes no new accounts (or no invite)
+    BAD_INVITE = "bad_invite"  # the invite code is unknown, used or expired
 
 
 class PresenceKind(StrEnum):
@@ -199,7 +208,40 @@ class Tell(_Msg, tag="tell"):
     mid: Id = 0
 
 
-ClientMsg = Hello | Join | Leave | Say | Sync | Fetch | ListUsers | ListRooms | Ping | Quit | Tell
+class Login(_Msg, tag="login"):
+    """Log in to the account ``name``: ``first`` is SCRAM-SHA-256's client-first-message
+    (RFC 5802, 7677). Answered by ``Challenge``; then ``Prove``."""
+
+    version: Version
+    name: str
+    first: Scram
+
+
+class Prove(_Msg, tag="prove"):
+    """The SCRAM client-final-message (with the proof) that answers ``Challenge``. Answered by
+    ``Verified`` and ``Welcome`` in one batch, or ``Error``."""
+
+    final: Scram
+
+
+class Register(_Msg, tag="register"):
+    """Make the account ``name`` (or, from a logged-in session for its own name, change its
+    password): the SCRAM verifier, computed by the client, so the password never leaves it.
+    ``invite``: a code from the admin, when registration is by invite."""
+
+    version: Version
+    name: str
+    invite: Secret
+    salt: Annotated[bytes, Meta(min_length=12, max_length=64)]
+    iterations: Annotated[int, Meta(ge=4096, le=10_000_000)]
+    stored_key: Annotated[bytes, Meta(min_length=32, max_length=32)]
+    server_key: Annotated[bytes, Meta(min_length=32, max_length=32)]
+
+
+ClientMsg = (
+    Hello | Join | Leave | Say | Sync | Fetch | ListUsers | ListRooms | Ping | Quit | Tell
+    | Login | Prove | Register
+)  # fmt: skip
 
 
 # ---- broker -> client (ROUTER -> DEALER) -------------------------------------------------------
@@ -284,9 +326,12 @@ class Messages(_Msg, tag="messages"):
 
 
 class UserInfo(_Msg, tag="user"):
+    """A connected user; ``account``: logged in to a registered account (with its password)."""
+
     name: str
     room: str
     blocked: bool
+    account: bool = False
 
 
 class RoomInfo(_Msg, tag="room"):
@@ -335,6 +380,26 @@ class Told(_Msg, tag="told"):
     ts: float
 
 
+class Challenge(_Msg, tag="challenge"):
+    """The answer to ``Login``: SCRAM's server-first-message (the nonces, salt and iteration
+    count of the account)."""
+
+    first: Scram
+
+
+class Verified(_Msg, tag="verified"):
+    """SCRAM's server-final-message (``v=...``): the broker knows the account's verifier. Comes
+    just before the ``Welcome`` that answers ``Prove``."""
+
+    final: Scram
+
+
+class Registered(_Msg, tag="registered"):
+    """The account ``name`` is stored (``Register`` answered)."""
+
+    name: str
+
+
 class Goodbye(_Msg, tag="bye"):
     """The broker ended the session; the client must exit (``fired``) or may reconnect."""
 
@@ -358,6 +423,9 @@ ServerMsg = (
     | Told
     | JoinRequested
     | RoomKey
+    | Challenge
+    | Verified
+    | Registered
 )
 
 
