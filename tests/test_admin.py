@@ -77,7 +77,9 @@ def test_block_a_connected_user() -> None:
     said = send(c, alice, p.Say("hi", 1))
     assert said.replies[0][1].code is p.Code.BLOCKED
     assert said.rooms == {}
-    assert ctl(c, "who").data["users"] == [{"name": "alice", "room": "x", "blocked": True, "account": False}]
+    assert ctl(c, "who").data["users"] == [
+        {"name": "alice", "room": "x", "blocked": True, "account": False}
+    ]
 
 
 def test_block_a_user_who_is_not_connected_holds_when_they_connect() -> None:
