@@ -105,14 +105,10 @@ class Client:
         order; ``name``: the user name; ``room``: the room to be in once started; ``history``:
         how many older messages a join brings (``History`` events); ``server_key``: the broker's
         public key (or its file), for a broker started with ``--curve``; ``backlog``: events kept
-        until read.
-
-        ``password`` is the place for accounts, which do not exist yet: a name is claimed by
-        being first to say it, as with ``room-client``. Until accounts come it must be None
-        (anything else raises ``NotImplementedError``); then it will go in the ``Hello``."""
-        if password is not None:
-            raise NotImplementedError("accounts do not exist yet: a name needs no password")
+        until read; ``password``: the account's, for a registered name (the client logs in with
+        SCRAM when the broker asks, and the password never leaves it)."""
         self.servers = server
+        self._password = password
         self._session = Session(name, room, history, answers=True)
         self._curve = client_keys(server_key, None) if server_key else None
         self._backlog = backlog
@@ -162,6 +158,7 @@ class Client:
             self._show,
             curve=self._curve,
             answered=self._waits.answered,
+            password=lambda: self._password,
         )
         self._conn = conn
         try:

@@ -262,6 +262,28 @@ def test_a_name_taken_is_refused_with_its_code(broker: BrokerProc, clients: Clie
     run(scenario)
 
 
+def test_a_registered_name_logs_in_with_its_password(broker: BrokerProc) -> None:
+    env = {"ROOM_PASSWORD": "correct horse battery"}
+    made = ctl(broker, "register", "deployer", env=env)
+    assert made.returncode == 0, made.stderr
+
+    async def scenario() -> None:
+        for password, code in ((None, Code.LOGIN_FIRST), ("wrong", Code.BAD_PASSWORD)):
+            with pytest.raises(Refused) as refused:
+                async with Client(broker.router, "deployer", password=password):
+                    pass
+            assert refused.value.code is code, refused.value
+        async with Client(broker.router, "deployer", password=env["ROOM_PASSWORD"]) as chat:
+            assert chat.name == "deployer" and chat.state == "connected"
+            await chat.say("logged in")
+            said = await next_event(chat, Message, lambda m: m.text == "logged in")
+            assert said.sender == "deployer"
+        who = ctl(broker, "accounts").stdout
+        assert re.search(r"^deployer\s", who, re.M), who
+
+    run(scenario)
+
+
 def test_a_private_room_waits_for_the_admin(broker: BrokerProc, clients: ClientFactory) -> None:
     clients.join("alice", "ops")
     made = ctl(broker, "private", "ops")
