@@ -278,8 +278,6 @@ def start(
         from broker.backbone.node import Backbone
         from broker.backbone.plugin import BackbonePlugin
 
-        if accounts == "required":
-            _fail("--accounts required is not available with --backbone yet: drop one of them")
         copies = replicas or default_replicas(urls)
         plugin = BackbonePlugin(Backbone(urls, node_id, limits.history_keep, copies))
     elif replicas is not None:

@@ -11,7 +11,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import pytest
 from conftest import client_factory, running_broker
 from procs import ClientProc, Proc, _cmd, ctl
 
@@ -317,13 +316,3 @@ def test_a_dozen_wrong_guesses_leave_the_broker_answering_everyone_else(tmp_path
         assert any(re.search(r"login refused: too many .* try again in \d+ s", x) for x in lines)
         assert slowest < 1.0, f"the canary waited {slowest:.3f} s"
         print(f"canary's slowest answer during 12 wrong guesses: {slowest * 1000:.0f} ms")
-
-
-@pytest.mark.parametrize("policy", ["required"])
-def test_a_backbone_refuses_accounts_required_in_one_line(tmp_path: Path, policy: str) -> None:
-    proc = Proc(_cmd("broker.cli", "start", "--data-dir", str(tmp_path), "--backbone",
-                     "nats://127.0.0.1:1", "--node-id", "b1", "--accounts", policy))  # fmt: skip
-    assert proc.wait() == Exit.ERROR
-    assert proc.err == [
-        "room-broker: --accounts required is not available with --backbone yet: drop one of them"
-    ]

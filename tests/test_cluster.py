@@ -27,6 +27,7 @@ from procs import (
     Listener,
     Raw,
     Replies,
+    _cmd,
     assert_all_acknowledged_stored_once,
     broker_argv,
     ctl,
@@ -34,6 +35,7 @@ from procs import (
 )
 
 from bench.cluster import find_nats
+from broker.config import Exit
 from broker.wire import protocol as p
 
 pytestmark = pytest.mark.timeout(90)
@@ -271,6 +273,59 @@ def test_a_block_made_through_b_holds_on_a_within_a_second_and_survives_a_restar
     assert bob.expect(p.Refused).code == p.Code.BLOCKED
     who = ctl(cluster.brokers["a"], "who")
     assert "bob" in who.stdout and who.returncode == 0
+
+
+def test_accounts_invites_and_bans_hold_on_every_broker_and_across_a_restart(tmp_path: Path):
+    """An account made through a logs in on b, and nobody squats it on a; an invite made on a
+    works once in the whole chat; a ban through a disconnects its user on b at once and holds
+    on b across b's restart, until an unban through a."""
+    cluster = Cluster(tmp_path)
+    try:
+        a = cluster.start("a", "--registration", "invite", "--accounts", "required")
+        b = cluster.start("b", "--registration", "invite", "--accounts", "required")
+        password = {"ROOM_PASSWORD": "correct horse battery"}
+        assert ctl(a, "register", "alice", env=password).returncode == 0
+        alice = _member(cluster, b, "alice", password)
+        alice.expect(r"^\* joined public$")
+        squatter = _member(cluster, a, "alice", {"ROOM_PASSWORD": "guess"})
+        assert squatter.wait() == Exit.ERROR and "wrong password" in squatter.err[0]
+
+        code = ctl(a, "invite").stdout.split()[-1]
+        assert _register(b, "bob", code, password) == (0, [])
+        used = _register(a, "carol", code, password)
+        assert used[0] == Exit.ERROR and "unknown, used or expired" in used[1][0], used
+
+        banned = ctl(a, "ban", "alice")
+        assert banned.returncode == 0 and banned.stdout.strip() == "banned alice"
+        assert alice.wait() == Exit.FIRED  # fired by b, at once: within the wait
+        assert b.stop() == 0
+        b = cluster.start("b", "--accounts", "required")
+        refused = _member(cluster, b, "alice", password)
+        assert refused.wait() == Exit.ERROR and "banned" in refused.err[0], refused.err
+        assert ctl(a, "unban", "alice").stdout.strip() == "unbanned alice"
+        back = _member(cluster, b, "alice", password)
+        back.expect(r"^\* joined public$")
+        listing = ctl(b, "accounts").stdout
+        rows = {line.split()[0] for line in listing.splitlines() if line[:1].islower()}
+        assert rows == {"alice", "bob"}, listing
+    finally:
+        cluster.close()
+
+
+def _member(cluster: Cluster, broker: BrokerProc, name: str, env: dict[str, str]) -> ClientProc:
+    client = ClientProc(broker.router, name, env={"ROOM_DATA_DIR": str(broker.data_dir), **env})
+    cluster.procs.append(client)
+    return client
+
+
+def _register(
+    broker: BrokerProc, name: str, invite: str, env: dict[str, str]
+) -> tuple[int, list[str]]:
+    argv = _cmd("client.cli", "register", "--server", broker.router, "--name", name)
+    argv += ["--invite", invite]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT,
+                          env={**os.environ, **env}, stdin=subprocess.DEVNULL)  # fmt: skip
+    return done.returncode, done.stderr.splitlines()
 
 
 def test_fire_and_out_reach_a_user_on_another_broker(cluster: Cluster):

@@ -21,7 +21,7 @@ from broker.wire.scram import Verifier, parse_verifier
 def _store(chat: Chat) -> AccountStore:
     accounts = chat.store.account_store()
     if accounts is None:
-        raise AdminError(p.Code.BAD_ARGS, "this broker keeps no accounts (on a backbone: not yet)")
+        raise AdminError(p.Code.BAD_ARGS, "this broker keeps no accounts")
     return accounts
 
 
@@ -73,10 +73,7 @@ def ban(chat: Chat, args: list[str], now: float) -> Result:
     if account.banned:
         return Result(f"{name} was already banned")
     store.put_account(replace(account, banned=True))
-    user = chat.users.get(name)
-    if user is not None:
-        chat.goodbye(user.peer, p.Bye.FIRED, "the admin banned your account")
-        chat.remove(user, now, "banned by the admin", what=p.PresenceKind.FIRED, end_session=True)
+    if chat.account_banned(name, now):
         return Result(f"banned {name}, and disconnected them")
     chat.store.release(name, end_session=True)  # a session kept for a resume ends too
     return Result(f"banned {name}")

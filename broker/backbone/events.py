@@ -89,6 +89,13 @@ class BlockChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountBanned:
+    """The account ``name`` was banned (through any broker): its user is disconnected here."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Replaced:
     """Another broker resumed this user's session: drop the local connection, keep the name."""
 
@@ -146,6 +153,7 @@ Event = (
     | Claimed
     | AccessChanged
     | BlockChanged
+    | AccountBanned
     | Replaced
     | TheirRequest
     | TheirAnswers

@@ -10,6 +10,7 @@
     KV room-nodes    node -> endpoints         each broker's lease (the bucket's TTL)
     KV room-epochs   "rooms" -> N              bumped by reset: every broker starts its rooms over
     KV room-access   private rooms, who may enter, who asked (see ``access``)
+    KV room-accounts accounts and invite codes (see ``accounts``)
     room.node.<id>, room.all                  the bus: admin commands routed to one or every broker
     room.node.<id>.told, room.presence        direct messages to a user there; presence lines
 """
@@ -30,6 +31,8 @@ EPOCHS: Final = "room-epochs"
 EPOCH_KEY: Final = "rooms"
 ACCESS: Final = "room-access"
 """Private rooms, who may enter, and who asked (see ``access``)."""
+ACCOUNTS: Final = "room-accounts"
+"""Accounts and invite codes (see ``accounts``)."""
 BUS_ALL: Final = "room.all"
 PRESENCE: Final = "room.presence"
 ORIGIN: Final = "Room-Node"

@@ -8,9 +8,10 @@ import asyncio
 import nats.js.errors
 
 from broker.backbone.access import SharedAccess
+from broker.backbone.accounts import SharedAccounts
 from broker.backbone.bus import Bus
 from broker.backbone.events import LogNote, Record
-from broker.backbone.layout import ACCESS, CONNECT_TIMEOUT, NO_PLACEMENT, too_old
+from broker.backbone.layout import ACCESS, ACCOUNTS, CONNECT_TIMEOUT, NO_PLACEMENT, too_old
 from broker.backbone.link import ELECTING, Link
 from broker.backbone.registry import Registry
 from broker.backbone.stream import Stream
@@ -27,6 +28,7 @@ class Backbone:
         self.registry = Registry(self.link, self.stream.catch_up)
         self.bus = Bus(self.link, self.registry.live_nodes)
         self.access = SharedAccess(self.link)
+        self.accounts = SharedAccounts(self.link)
         self.keep = keep
 
     @property
@@ -76,6 +78,8 @@ class Backbone:
                 ACCESS, lambda e: self.access.on_change(e.key, e.value, e.operation is not None)
             )
         )
+        await self.accounts.create()
+        await link.making(lambda: self.registry.follow(ACCOUNTS, self.accounts.follower()))
         history = await link.making(self.stream.history)
         await link.making(self.stream.follow)
         await self.bus.listen()

@@ -96,6 +96,8 @@ class BackbonePlugin:
                 case ev.BlockChanged(name=name, blocked=blocked):
                     if store.block_changed(name, blocked):
                         chat.blocked_changed(name, blocked)
+                case ev.AccountBanned(name=name):
+                    chat.account_banned(name, clock())
                 case ev.Replaced(name=name):
                     chat.replaced(name, clock())
                 case ev.TheirRequest(request=request, reply_to=reply_to):

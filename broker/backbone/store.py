@@ -3,6 +3,7 @@ of the stream and the buckets; what it writes goes to the backbone."""
 
 from __future__ import annotations
 
+from broker.backbone.accounts import SharedAccounts
 from broker.backbone.events import Record
 from broker.backbone.layout import UNREACHABLE
 from broker.backbone.node import Backbone
@@ -130,9 +131,9 @@ class BackboneStore:
     def set_request(self, room: str, user: str, request: Request | None) -> None:
         self.backbone.access.set_request(room, user, request)
 
-    def account_store(self) -> None:
-        """Accounts are a single broker's for now (sharing them is a later step): none here."""
-        return None
+    def account_store(self) -> SharedAccounts:
+        """Shared by every broker (``backbone.accounts``)."""
+        return self.backbone.accounts
 
     def audit(self, entry: AuditEntry) -> None:
         self.local.audit(entry)

@@ -40,7 +40,7 @@ LOGINS_PENDING: Final = 10_000
 """Logins between their challenge and their proof, at most; the oldest go first."""
 PROVE_WITHIN: Final = 30.0
 """Seconds a client has to answer a ``Challenge``."""
-NO_ACCOUNTS: Final = "this broker keeps no accounts (one on a backbone does not yet)"
+NO_ACCOUNTS: Final = "this broker keeps no accounts"
 
 
 def invite_digest(code: str) -> str:

@@ -335,6 +335,16 @@ class Chat:
         """``FromOthers.replaced``."""
         self.others.replaced(name, now)
 
+    def account_banned(self, name: str, now: float) -> bool:
+        """The account ``name`` was banned (here or, on a backbone, through another broker):
+        its user, if connected here, is disconnected and its session ended. Whether it was."""
+        user = self.state.users.get(name)
+        if user is None:
+            return False
+        self.goodbye(user.peer, p.Bye.FIRED, "the admin banned your account")
+        self.remove(user, now, "banned by the admin", what=p.PresenceKind.FIRED, end_session=True)
+        return True
+
     def blocked_changed(self, name: str, blocked: bool) -> None:
         """``FromOthers.blocked_changed``."""
         self.others.blocked_changed(name, blocked)
