@@ -21,9 +21,16 @@ HELP: Final = (
     ("/who [ROOM]", "list who is connected, everywhere or in ROOM"),
     ("/msg USER TEXT", "send TEXT to USER alone (a direct message, not stored)"),
     ("/history [N]", f"show the last N messages of this room (default {HISTORY})"),
+    ("/passwd", "change your account's password (asked for on the terminal)"),
     ("/help", "show this list"),
     ("/exit", "leave the chat (also Ctrl-D)"),
     ("//text", "send a message that starts with /"),
+)
+
+
+PASSWD_ELSEWHERE: Final = (
+    "/passwd asks for the new password on a terminal: use room-client join there "
+    "(or ask the admin: room-ctl passwd NAME)"
 )
 
 
@@ -70,6 +77,8 @@ class Commands:
                 return [*table(list(HELP))]
             case "/exit" | "/quit", []:
                 return self.leave(now)
+            case "/passwd", _:  # the terminal's front end asks for the password itself
+                return [failure(PASSWD_ELSEWHERE)]
             case (("/leave" | "/rooms" | "/who" | "/help" | "/exit" | "/quit" | "/history"), _):
                 usage = next((u for u, _ in HELP if u.split()[0] == command), command)
                 return [failure(f"usage: {usage}")]

@@ -44,6 +44,8 @@ from broker.wire.protocol import (
     Ping,
     Posted,
     Refused,
+    Register,
+    Registered,
     RoomEvent,
     RoomKey,
     Rooms,
@@ -56,7 +58,7 @@ from client.commands import Commands
 from client.delivery import SYNC_RETRY, Delivery, FetchRequest
 from client.effects import Effect, Kind, Line
 from client.feed import Feed
-from client.lines import PROG, notice
+from client.lines import PROG, failure, notice
 from client.link import LOST_LINE, Link
 from client.outbox import RESEND_AFTER, Outbox, Pending
 from client.roster import BLOCKED_LINE, Roster
@@ -67,6 +69,9 @@ lost), as are the notices of the room's own events (who entered, left, was block
 come on the SUB, and those a room key opens when it comes after them."""
 
 __all__ = ["BLOCKED_LINE", "LOST_LINE", "PROG", "RESEND_AFTER", "SYNC_RETRY", "Session"]
+
+
+PASSWORD_CHANGED: Final = "your password is changed: log in with the new one from now on"
 
 
 class Session:
@@ -226,6 +231,8 @@ class Session:
                 self.roster.saw(sender, to)
                 own = sender == self.link.name
                 out.append(Line(Kind.DIRECT, text, sender=sender, ts=ts, own=own, to=to))
+            case Registered():
+                out.append(notice(PASSWORD_CHANGED))
             case Goodbye():
                 out += self.link.goodbye(msg, now)
         return self._tied(out) if isinstance(msg, ROOM_NEWS) else out
@@ -268,6 +275,13 @@ class Session:
         if self._over():
             return 0, []
         return self.outbox.direct(to, text, now)
+
+    def change_password(self, register: Register, now: float) -> list[Effect]:
+        """``/passwd``: the new password's verifier (the front end asked for the password and
+        derived it), for the logged-in account; ``Registered`` or an ``Error`` answers."""
+        if self.link.state != "connected":
+            return [failure("not connected: change the password once reconnected")]
+        return [self.link.send(register, now)]
 
     def join(self, room: str, now: float) -> list[Effect]:
         """Move to ``room`` (``/join``), with the session's history."""

@@ -30,10 +30,13 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
+from broker.wire.protocol import VERSION, Register
+from broker.wire.scram import verifier
 from client.commands import HELP
 from client.connection import Connection
 from client.core import Session
 from client.effects import Kind, Line, Stop, clean
+from client.lines import failure
 
 STYLE: Final = Style.from_dict(
     {
@@ -245,4 +248,24 @@ class Tui:
             except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C: leave as /exit does
                 conn.end_input()
                 return
+            if line.split() == ["/passwd"]:
+                await self._passwd(conn)
+                continue
             conn.feed(line)
+
+    async def _passwd(self, conn: Connection) -> None:
+        """``/passwd``: the new password twice, unechoed and in a prompt of its own (kept out of
+        the lines' history), its SCRAM verifier derived off the loop, then sent."""
+        asking: PromptSession[str] = PromptSession(style=STYLE, erase_when_done=True)
+        try:
+            first = await asking.prompt_async("New password: ", is_password=True)
+            again = await asking.prompt_async("Again: ", is_password=True)
+        except (EOFError, KeyboardInterrupt):
+            first, again = "", "cancelled"
+        if not first or first != again:
+            self.show(failure("the passwords were empty or not the same: nothing changed"))
+            return
+        v = await asyncio.get_running_loop().run_in_executor(None, verifier, first)
+        name = self.session.name
+        register = Register(VERSION, name, "", v.salt, v.iterations, v.stored_key, v.server_key)
+        conn.call(lambda now: self.session.change_password(register, now))

@@ -224,9 +224,12 @@ class ClientFactory:
         self.broker = broker
         self.started: list[ClientProc] = []
 
-    def start(self, name: str, *extra: str) -> ClientProc:
+    def start(self, name: str, *extra: str, password: str | None = None) -> ClientProc:
+        """``password``: the account's, in ROOM_PASSWORD (a registered name)."""
         # The broker's data dir: a --curve broker's key is found there, and never the user's own.
         env = {"ROOM_DATA_DIR": str(self.broker.data_dir)}
+        if password is not None:
+            env["ROOM_PASSWORD"] = password
         client = ClientProc(self.broker.router, name, *extra, env=env)
         self.started.append(client)
         return client

@@ -303,3 +303,36 @@ def test_on_a_terminal_the_name_is_asked_for_and_exit_leaves_cleanly(
         watcher.expect(r"^\* zoe left public$")
     finally:
         child.close(force=True)
+
+
+def test_passwd_on_a_terminal_changes_the_password_unechoed(
+    broker: BrokerProc, clients: ClientFactory
+):
+    pexpect = pytest.importorskip("pexpect")
+    made = ctl(broker, "register", "zoe", env={"ROOM_PASSWORD": "old password"})
+    assert made.returncode == 0, made.stderr
+    argv = ["-c", "from client.cli import main; main()", "join", "--server", broker.router]
+    argv += ["--name", "zoe"]
+    env = {**os.environ, "ROOM_DATA_DIR": str(broker.data_dir), "TERM": "xterm"}
+    child = pexpect.spawn(sys.executable, argv, env=env, timeout=WAIT, dimensions=(24, 80))
+    try:
+        child.expect("Password for zoe: ")
+        child.sendline("old password")
+        child.expect(r"\* joined public")
+        child.send("/passwd\r")
+        child.expect("New password:")
+        child.send("new password\r")
+        child.expect("Again:")
+        child.send("new password\r")
+        child.expect(r"\* your password is changed")
+        assert b"new password" not in child.before  # never echoed
+        child.send("/exit\r")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        child.close(force=True)
+    old = clients.start("zoe", password="old password")
+    assert old.wait() == 1 and "wrong password" in old.err[0], old.err
+    new = clients.start("zoe", password="new password")
+    new.expect(r"^\* joined public$")
