@@ -182,7 +182,10 @@ class Brokers:
                     return Stop(Exit.ERROR, f"{PROG}: {_refusal(msg)}", msg.code)
                 try:
                     if isinstance(msg, Challenge) and prover is not None:
-                        await self.sockets.send(Prove(prover.final(msg.first)))
+                        # PBKDF2 of the account's rounds (50 ms by default, up to seconds): in a
+                        # thread, so that the loop (room-web's other tabs) goes on meanwhile.
+                        proof = await loop.run_in_executor(None, prover.final, msg.first)
+                        await self.sockets.send(Prove(proof))
                     elif isinstance(msg, Verified) and prover is not None:
                         prover.check(msg.final)
                         verified = True

@@ -34,6 +34,9 @@ class Roster:
         self.users: dict[str, str] = {}
         """Known users and their rooms ("" when unknown): listings, presence, senders."""
         self.blocked_users: set[str] = set()
+        self.accounts: dict[str, bool] = {}
+        """Whether each user a listing named since it entered is logged in to an account
+        (``UserInfo.account``); a user who entered since is not in it."""
         self.rooms: dict[str, int] = {}
         self.private: set[str] = set()
         """Rooms known to be private: from the listings, and from a request to join one."""
@@ -115,12 +118,14 @@ class Roster:
         if where == "":  # everyone: the whole truth
             self.users = listed
             self.blocked_users = {u.name for u in users if u.blocked}
+            self.accounts = {u.name: u.account for u in users}
         else:
             if where:
                 for name in [n for n, room in self.users.items() if room == where]:
                     if name not in listed:
                         self.users[name] = ""
             self.users.update(listed)
+            self.accounts.update((u.name, u.account) for u in users)
             for u in users:
                 (self.blocked_users.add if u.blocked else self.blocked_users.discard)(u.name)
         if self.link.name in self.blocked_users:
@@ -158,11 +163,13 @@ class Roster:
         match what:
             case "entered":
                 self.users[user] = room
+                self.accounts.pop(user, None)  # perhaps another session, logged in or not
             case "left" | "out":
                 if self.users.get(user) == room:
                     self.users[user] = ""  # gone elsewhere, or away
             case "fired":
                 self.users.pop(user, None)
+                self.accounts.pop(user, None)
             case "blocked" | "unblocked":
                 self.users.setdefault(user, room)
                 (self.blocked_users.add if what == "blocked" else self.blocked_users.discard)(user)

@@ -675,6 +675,22 @@ def test_presence_keeps_the_members_of_the_room() -> None:
     assert s.user_names() == []
 
 
+def test_listings_say_who_is_logged_in_until_they_enter_again() -> None:
+    """``roster.accounts``: room-web marks logged-in members from it, and lists the room again for
+    a name it lacks (presence does not say whether one who entered is logged in)."""
+    s = tracking()
+    s.on_room([p.Synced("public", s.sync_nonce, 0)], T0)
+    users = [p.UserInfo("alice", "public", False, True), p.UserInfo("bob", "public", False)]
+    s.on_server(p.Users(users), T0)
+    assert s.roster.accounts == {"alice": True, "bob": False}
+    s.on_room([p.Presence("public", "bob", "left"), p.Presence("public", "carol", "entered")], T0)
+    s.on_room([p.Presence("public", "bob", "entered")], T0)  # perhaps another session now
+    assert s.roster.accounts == {"alice": True}
+    one_sent(s.on_input("/who public", T0), p.ListUsers)
+    s.on_server(p.Users([*users[:1], p.UserInfo("carol", "public", False, True)]), T0)
+    assert s.roster.accounts == {"alice": True, "carol": True}
+
+
 def test_an_untracked_session_sends_no_listings_of_its_own() -> None:
     s = started()
     s.on_server(p.Joined("public", 0), T0)

@@ -64,6 +64,9 @@ return {width: innerWidth, input: inside(document.getElementById('message')),
   newest: inside(last) && r.top >= box.top && r.bottom <= box.bottom + 1,
   rooms: [rooms.getBoundingClientRect().width, rooms.getBoundingClientRect().height],
   room: inside(rooms.querySelector('button'))}"""
+MEMBERS_JS = """return Object.fromEntries(Array.from(document.querySelectorAll('#members li'))
+  .map(li => [li.querySelector('.sender').textContent,
+              (li.querySelector('.account') || {title: ''}).title]))"""
 
 
 def _find(program: str, debian: str) -> str | None:
@@ -111,6 +114,34 @@ class Page:
         self.driver.find_element(By.ID, "name").send_keys(name + Keys.ENTER)
         self.wait_line(lambda line: line["text"] == "joined public", "* joined public")
         self.wait(lambda: self.status() == "connected", "status connected")
+
+    def sign_in_with(
+        self, name: str, password: str = "", register: bool = False, invite: str = ""
+    ) -> None:
+        """Fill the sign-in form and send it; wait for nothing (``sign_in`` waits to chat)."""
+        find = self.driver.find_element
+        for field, value in (("name", name), ("password", password)):
+            find(By.ID, field).clear()
+            find(By.ID, field).send_keys(value)
+        if find(By.ID, "register").is_selected() != register:
+            find(By.ID, "register").click()
+        assert find(By.ID, "invite").is_displayed() == register  # only when registering
+        if register:
+            find(By.ID, "invite").clear()
+            find(By.ID, "invite").send_keys(invite)
+        find(By.ID, "name").send_keys(Keys.ENTER)
+
+    def refused(self) -> str:
+        """The sign-in form's one line, once it shows; the chat has not started."""
+        error = self.driver.find_element(By.ID, "login-error")
+        self.wait(lambda: bool(error.text), "a line on the sign-in form")
+        assert self.driver.find_element(By.ID, "login").is_displayed()
+        assert self.status() == "not connected"
+        return error.text
+
+    def marked(self) -> dict[str, str]:
+        """The members list: each name, and the title of its logged-in mark ("" for none)."""
+        return self.driver.execute_script(MEMBERS_JS)
 
     def say(self, text: str) -> None:
         self.driver.find_element(By.ID, "message").send_keys(text + Keys.ENTER)
@@ -398,6 +429,124 @@ def test_a_curve_broker_through_the_gateway(tmp_path: Path, pages: Callable[[str
         finally:
             web.stop()
             web.kill()
+
+
+# ---- accounts: registering, signing in with a password, refusals on the form -------------------
+
+PASSWORD = "correct horse battery staple"
+ACCOUNT = "logged in to a registered account"
+
+
+@contextlib.contextmanager
+def _web_for(data_dir: Path, *broker_options: str) -> Iterator[tuple[BrokerProc, WebProc]]:
+    """A broker started with ``broker_options``, and ``room-web`` for it."""
+    with running_broker(data_dir, *broker_options) as broker:
+        web = WebProc(broker)
+        try:
+            yield broker, web
+        finally:
+            web.stop()
+            web.kill()
+
+
+def test_a_name_registered_on_the_page_chats_logged_in(
+    web: WebProc,
+    broker: BrokerProc,
+    clients: ClientFactory,
+    pages: Callable[[str], Page],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--registration open`` (the default): Register makes the account, then signs in with
+    it; the members list marks who is logged in, one who comes later too; the password is in
+    neither the form, the tab's storage nor the gateway's output afterwards."""
+    bob = clients.join("bob")
+    page = pages(web.url)
+    page.sign_in_with("alice", PASSWORD, register=True)
+    page.wait_line(lambda x: x["text"] == "joined public", "* joined public")
+    page.say("registered from a browser")
+    bob.expect(r"^\[public\] alice: registered from a browser$")
+    assert re.search(r"^alice\s+public\s+logged in$", ctl(broker, "who").stdout, re.M)
+    assert re.search(r"^alice\s", ctl(broker, "accounts").stdout, re.M)
+    page.wait(lambda: page.marked() == {"alice": ACCOUNT, "bob": ""}, "alice marked, bob not")
+    made = ctl(broker, "register", "carol", env={"ROOM_PASSWORD": PASSWORD})
+    assert made.returncode == 0, made.stderr
+    monkeypatch.setenv("ROOM_PASSWORD", PASSWORD)  # carol's terminal logs in with it
+    clients.join("carol")
+    page.wait(lambda: page.marked().get("carol") == ACCOUNT, "carol, who came later, marked")
+    form, stored = page.driver.execute_script(
+        "return [['name', 'password', 'invite'].map(id => document.getElementById(id).value),"
+        " JSON.stringify(sessionStorage)]"
+    )
+    assert form[1:] == ["", ""] and PASSWORD not in stored, (form, stored)
+    assert not [line for line in web.drain() + web.err if PASSWORD in line]
+
+
+def test_a_registered_name_signs_in_with_its_password_only(
+    web: WebProc, broker: BrokerProc, pages: Callable[[str], Page]
+) -> None:
+    made = ctl(broker, "register", "alice", env={"ROOM_PASSWORD": PASSWORD})
+    assert made.returncode == 0, made.stderr
+    page = pages(web.url)
+    page.sign_in_with("alice")
+    assert page.refused() == "alice is a registered name: enter its password"
+    page.sign_in_with("alice", "not the password")
+    assert page.refused() == "login refused: wrong password for alice"
+    page.sign_in_with("alice", PASSWORD)
+    page.wait_line(lambda x: x["text"] == "joined public", "* joined public")
+    page.wait(lambda: page.status() == "connected", "status connected")
+    assert page.driver.find_element(By.ID, "login-error").text == ""
+    assert not [x for x in page.lines() if "not needed" in x["text"]]
+    page.wait(lambda: page.marked() == {"alice": ACCOUNT}, "alice marked logged in")
+    assert ctl(broker, "ban", "alice").returncode == 0
+    page.wait(lambda: page.driver.find_element(By.ID, "name").is_displayed(), "the form again")
+    page.sign_in_with("alice", PASSWORD)
+    assert page.refused() == "login refused: the admin banned the account alice"
+
+
+def test_a_password_for_a_free_name_is_said_to_be_unneeded(
+    web: WebProc, pages: Callable[[str], Page]
+) -> None:
+    page = pages(web.url)
+    page.sign_in_with("alice", PASSWORD)
+    said = page.wait_line(lambda x: "not needed" in x["text"], "the notice")
+    assert said["text"] == "alice is not registered: the password was not needed"
+    page.wait(lambda: page.marked() == {"alice": ""}, "alice in the members, unmarked")
+
+
+def test_registration_closed_and_accounts_required_refuse_in_one_line(
+    tmp_path: Path, pages: Callable[[str], Page]
+) -> None:
+    policy = ("--accounts", "required", "--registration", "closed")
+    with _web_for(tmp_path / "data", *policy) as (broker, web):
+        page = pages(web.url)
+        page.sign_in_with("alice")
+        assert page.refused() == "alice is not registered, and only registered names may chat here"
+        page.sign_in_with("alice", PASSWORD, register=True)
+        assert page.refused() == (
+            "not registered: registration is closed on this broker: the admin registers names"
+            " (room-ctl register)"
+        )
+        assert "alice" not in ctl(broker, "accounts").stdout
+        made = ctl(broker, "register", "alice", env={"ROOM_PASSWORD": PASSWORD})
+        assert made.returncode == 0, made.stderr
+        page.sign_in_with("alice", PASSWORD)
+        page.wait_line(lambda x: x["text"] == "joined public", "* joined public")
+
+
+def test_registration_by_invite_takes_the_code_from_the_form(
+    tmp_path: Path, pages: Callable[[str], Page]
+) -> None:
+    with _web_for(tmp_path / "data", "--registration", "invite") as (broker, web):
+        page = pages(web.url)
+        page.sign_in_with("alice", PASSWORD, register=True)
+        assert page.refused() == (
+            "not registered: registration is by invite on this broker: ask the admin for a code"
+        )
+        made = ctl(broker, "invite", "--hours", "1")
+        assert made.returncode == 0, made.stderr
+        page.sign_in_with("alice", PASSWORD, register=True, invite=made.stdout.split()[-1])
+        page.wait_line(lambda x: x["text"] == "joined public", "* joined public")
+        page.wait(lambda: page.marked() == {"alice": ACCOUNT}, "alice marked logged in")
 
 
 def test_a_message_over_the_limit_is_refused_not_cut(

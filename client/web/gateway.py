@@ -1,10 +1,11 @@
 """``room-web``'s server: the page's static files, and a WebSocket per browser tab (aiohttp).
 
 Each WebSocket speaks the small JSON protocol of docs/web.md. Its first message opens a ``Tab``
-(``hello``) or comes back to one (``resume``, with the tab's token); later ones are what the user
-typed. What the tab shows goes out through a ``Socket``, which reads the tab's buffer at the pace
-of its browser, so a slow browser holds up nobody else; a socket that floods the gateway is
-closed, and its page comes back with ``resume`` and gets what it missed from the tab's buffer.
+(``hello``, or ``register`` a name first; ``client.web.signin``) or comes back to one (``resume``,
+with the tab's token); later ones are what the user typed. What the tab shows goes out through a
+``Socket``, which reads the tab's buffer at the pace of its browser, so a slow browser holds up
+nobody else; a socket that floods the gateway is closed, and its page comes back with ``resume``
+and gets what it missed from the tab's buffer.
 
 Checks a browser cannot get around: the WebSocket's ``Origin`` must be this gateway's own host
 or one of ``--allow-origin``; a frame may carry at most the broker's message limit (plus the
@@ -29,7 +30,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from broker.config import FRAME_OVERHEAD, Exit
-from broker.wire.protocol import LOBBY, MAX_ID, NAME_RULE, SESSION_MAX, valid_name
+from client.web import signin
+from client.web.signin import count
 from client.web.tab import Tab, Upstream, encode
 
 SEND_QUEUE: Final = 100
@@ -43,7 +45,8 @@ WS_HEARTBEAT: Final = 20.0
 it is gone (a closed tab says so at once; this finds a lost network). Long, so that a gateway
 busy for a moment does not take its browsers for gone."""
 OPEN_WAIT: Final = 10.0
-"""Seconds a new WebSocket has to say ``hello`` or ``resume``."""
+"""Seconds a new WebSocket has to say ``hello``, ``register`` or ``resume`` (its page's own time:
+not the time the gateway waits for the broker)."""
 WEB: Final = "room-web"
 """The program's name, which starts every line it writes."""
 
@@ -265,6 +268,7 @@ class Gateway:
         self.sockets.add(sock)
         tab: Tab | None = None
         bucket = Bucket(FRAMES_PER_SECOND, FRAMES_BURST)
+        loop = asyncio.get_running_loop()
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(OPEN_WAIT) as opening:
@@ -277,9 +281,15 @@ class Gateway:
                             break
                         data = _parse(msg.data)
                         if tab is None:
+                            del msg  # it and ``data`` may hold a password: held no longer
+                            # The page's time stops while an open waits for the broker (a
+                            # registration, a login: each has its own timeout).
+                            left = (opening.when() or 0.0) - loop.time()
+                            opening.reschedule(None)
                             tab = await self._open(data, sock)
-                            if tab is not None:
-                                opening.reschedule(None)
+                            data = {}
+                            if tab is None:
+                                opening.reschedule(loop.time() + left)
                         elif data.get("t") == "input" and isinstance(data.get("text"), str):
                             tab.feed(data["text"])
         finally:
@@ -294,39 +304,28 @@ class Gateway:
     # ---- opening a tab ------------------------------------------------------------------------
 
     async def _open(self, data: dict[str, Any], sock: Socket) -> Tab | None:
-        """``hello`` or ``resume``: the tab, attached to ``sock``; None (and an ``error`` sent)
-        if there is none yet."""
-        kind, name, token = data.get("t"), data.get("name"), data.get("token")
-        if kind == "resume" and isinstance(token, str) and token in self.tabs:
+        """``hello``, ``register`` or ``resume`` (``client.web.signin``): the tab, attached to
+        ``sock``; None (and an ``error`` sent) if there is none yet."""
+        token = data.get("token")
+        if data.get("t") == "resume" and isinstance(token, str) and token in self.tabs:
             tab = self.tabs[token]
-            tab.attach(sock, _count(data.get("after")))
+            tab.attach(sock, count(data.get("after")))
             return tab
-        if kind not in ("hello", "resume"):
-            sock.send(_error("say hello first"))
+        req = signin.request(data)
+        if isinstance(req, str):
+            sock.send(_error(req))
             return None
-        if not isinstance(name, str) or not valid_name(name):
-            sock.send(_error(f"not a valid name: use {NAME_RULE}"))
-            return None
-        room = data.get("room")
-        room = room if isinstance(room, str) and valid_name(room) else LOBBY
-        secret = data.get("secret") if kind == "resume" else ""
-        secret = secret if isinstance(secret, str) and len(secret) <= SESSION_MAX else ""
-        last = _count(data.get("seq")) if kind == "resume" else 0
         if len(self.tabs) >= self.settings.max_sessions:
             sock.send(_error("the gateway is full: try again later"))
             return None
-        tab = Tab(self.upstream, name, room, secret=secret, last=last, on_gone=self._forget)
-        stop = await tab.start()
-        if stop is not None and secret:  # the broker no longer holds that session: a new one
-            tab = Tab(self.upstream, name, room, last=last, on_gone=self._forget)
-            stop = await tab.start()
-        if stop is not None:
-            sock.send(_error(stop.error.split(": ", 1)[-1]))
+        started = await signin.start(self.upstream, req, self._forget)
+        if isinstance(started, str):
+            sock.send(_error(started))
             return None
-        self.tabs[tab.token] = tab
+        self.tabs[started.token] = started
         self.counts.sessions += 1
-        tab.attach(sock, 0)
-        return tab
+        started.attach(sock, 0)
+        return started
 
     def _forget(self, tab: Tab) -> None:
         if self.tabs.get(tab.token) is tab:
@@ -339,13 +338,6 @@ def _parse(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _count(value: object) -> int:
-    """A line number or sequence number from the page, or 0."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
-        return value
-    return 0
 
 
 def _error(text: str) -> str:

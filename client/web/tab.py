@@ -10,6 +10,11 @@ browser falls behind rather than holding anyone up, and catches up from the buff
 ``REPLAY`` lines behind is told how many it missed. A tab whose WebSocket dropped keeps its session
 for ``GRACE`` seconds: a page that comes back in time with the tab's token gets what it missed from
 the buffer. After that the session leaves as ``/exit`` does, which frees the name.
+
+A registered name's password is held only until the handshake is over: the ``Connection`` asks
+for it only then (a later resume, after a lost or restarted broker, proves the session with its
+secret, as ``room-client``'s does; a broker that no longer knows the session ends it), so a tab
+that kept it would keep it for nothing.
 """
 
 from __future__ import annotations
@@ -26,13 +31,11 @@ from typing import Any, Final, Protocol
 import zmq.asyncio
 
 from broker.config import HEARTBEAT, LIVENESS, Exit
-from broker.wire.protocol import (
-    LOBBY,
-)
+from broker.wire.protocol import LOBBY, ListUsers, Users
 from client.connection import Connection
 from client.control import CurveKeys
 from client.core import PROG, Session
-from client.effects import Kind, Line, Stop
+from client.effects import Effect, Kind, Line, Stop
 
 REPLAY: Final = 2000
 """Lines a tab keeps for its WebSocket to read, and to replay to a page that reconnects."""
@@ -44,6 +47,9 @@ STATE_EVERY: Final = 0.25
 TAB_TICK: Final = 0.2
 """Seconds between a tab's ``Session.tick`` calls: four times fewer than a terminal client's,
 as a gateway runs hundreds of sessions (the session's shortest timer, ``SYNC_RETRY``, is this)."""
+ACCOUNTS_EVERY: Final = 5.0
+"""Seconds at least between a tab's quiet listings of its room for members who entered since
+the last one (whether they are logged in: presence does not say)."""
 TOKEN_BYTES: Final = 24
 """Random bytes in a tab's token (192 bits): no page can guess another tab's."""
 
@@ -110,6 +116,7 @@ def state_message(session: Session) -> dict[str, Any]:
     if status == "connected" and session.is_blocked:
         status = "blocked"
     members = session.members()
+    accounts = session.roster.accounts
     rooms = dict(session.roster.rooms)
     for room in (LOBBY, *session.roster.requested):
         rooms.setdefault(room, 0)
@@ -125,6 +132,7 @@ def state_message(session: Session) -> dict[str, Any]:
         "private": sorted(session.roster.private & rooms.keys()),
         "requested": sorted(session.roster.requested),
         "members": members,
+        "accounts": [name for name in members if accounts.get(name)],
     }
 
 
@@ -139,10 +147,15 @@ class Tab:
         *,
         secret: str = "",
         last: int = 0,
+        password: str | None = None,
         on_gone: Callable[[Tab], None],
     ) -> None:
         """``secret`` and ``last`` continue a session another gateway ran (``Session.carry_on``);
-        ``on_gone`` is told when the tab can be forgotten."""
+        ``password``: a registered name's, for the handshake only; ``on_gone`` is told when the
+        tab can be forgotten."""
+        self._password = password
+        self.password_asked = False
+        """Whether the broker wanted the password (the name is registered)."""
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.max_message = upstream.max_message
         self.session = Session(name, room, 0 if last else upstream.history, track=True)
@@ -154,6 +167,7 @@ class Tab:
             curve=upstream.curve,
             ctx=upstream.ctx,
             tick=TAB_TICK,
+            password=self._give_password,
         )
         self.lines: deque[tuple[int, str]] = deque(maxlen=REPLAY)
         """The last lines shown, numbered, as JSON."""
@@ -167,13 +181,26 @@ class Tab:
         self.on_gone = on_gone
         self._task: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._listed_at = -ACCOUNTS_EVERY
+        """When the tab last asked who of its room is logged in."""
 
     async def start(self) -> Stop | None:
-        """The handshake; a ``Stop`` says why there is no session (its sockets are closed)."""
-        stop = await self.conn.handshake()
+        """The handshake; a ``Stop`` says why there is no session (its sockets are closed).
+        The password is dropped after it, whatever came of it."""
+        given = bool(self._password)
+        try:
+            stop = await self.conn.handshake()
+        except BaseException:  # cancelled: the page went away meanwhile
+            await self.conn.close(clean=False)
+            raise
+        finally:
+            self._password = None
         if stop is not None:
             await self.conn.close(clean=False)
             return stop
+        if given and not self.password_asked:  # said, lest the user think the name is theirs
+            name = self.session.name
+            self._show(Line(Kind.NOTICE, f"{name} is not registered: the password was not needed"))
         self._task = asyncio.create_task(self._run(), name=f"tab-{self.session.name}")
         return None
 
@@ -235,6 +262,11 @@ class Tab:
 
     # ---- the session's side -------------------------------------------------------------------
 
+    def _give_password(self) -> str | None:
+        """The ``Connection``'s ``password``: asked (in a thread) when the name is registered."""
+        self.password_asked = True
+        return self._password
+
     def _show(self, line: Line) -> None:
         self.shown += 1
         text = encode(line_message(line, self.shown))
@@ -243,11 +275,31 @@ class Tab:
             self.peer.notify()
 
     def _send_state(self) -> None:
+        self._ask_accounts()
         state = encode(state_message(self.session))
         if state != self.state:
             self.state = state
             if self.peer is not None:
                 self.peer.show_state(state)
+
+    def _ask_accounts(self) -> None:
+        """A quiet listing of the room when a member entered since the last one, to mark who is
+        logged in (presence does not say); at most every ``ACCOUNTS_EVERY`` seconds."""
+        session = self.session
+        roster, room = session.roster, session.room
+        if room is None or session.state != "connected" or roster.asked[Users]:
+            return  # not in a room yet, or a listing is on its way
+        if all(name in roster.accounts for name in session.members()):
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._listed_at < ACCOUNTS_EVERY:
+            return
+        self._listed_at = now
+
+        def ask(at: float) -> list[Effect]:
+            return [roster.ask(ListUsers(room), at, shown=False)]
+
+        self.conn.call(ask)
 
     async def _run(self) -> None:
         run = asyncio.ensure_future(self.conn.run())

@@ -9,6 +9,7 @@
   const RETRY_FIRST = 250;
   const RETRY_MAX = 2000;
   const MAX_LINES = 5000; // the oldest lines go beyond this
+  const ACCOUNT_TITLE = "logged in to a registered account";
   const ROOM_FLAGS = { // the mark of a room in the list, and what its title says
     private: {
       kind: "private", text: "private", title: "private: only users the admin allowed may enter",
@@ -21,6 +22,7 @@
   let ws = null;
   let tab = loadTab(); // {token, name, secret}: this tab's session, kept across reloads
   let wanted = ""; // a name asked for, until the gateway welcomes it
+  let signing = null; // {password, invite, register} typed with it: held only until then
   let shown = 0; // the number of the last line shown, within the gateway's tab
   let ended = false;
   let retry = RETRY_FIRST;
@@ -70,9 +72,27 @@
     return true;
   }
 
+  // hello, or register first; the password goes only with the name, never into storage.
+  function signIn() {
+    const typed = signing || {};
+    const message = { t: typed.register ? "register" : "hello", name: wanted,
+                      room: room || "public" };
+    if (typed.password) message.password = typed.password;
+    if (typed.register && typed.invite) message.invite = typed.invite;
+    return send(message);
+  }
+
+  function signedIn() {
+    signing = null;
+    $("password").value = "";
+    $("invite").value = "";
+    $("register").checked = false;
+    registering();
+  }
+
   function opened() {
     if (wanted) {
-      send({ t: "hello", name: wanted, room: room || "public" });
+      signIn();
     } else if (tab) {
       const seq = newest.get(room) || 0;
       send({ t: "resume", token: tab.token, after: shown, name: tab.name,
@@ -104,6 +124,7 @@
         tab = { token: m.token, name: m.name, secret: m.secret, room: tab ? tab.room : "" };
         limit = m.max_message || 0;
         wanted = "";
+        signedIn();
         ended = false;
         saveTab();
         showChat();
@@ -128,6 +149,7 @@
         break;
       case "error":
         wanted = "";
+        signing = null; // the fields keep what was typed, to be corrected
         if (tab) {
           tab = null; // the session could not be continued: ask for a name again
           saveTab();
@@ -281,9 +303,16 @@
     $("members-title").textContent = `In ${room} (${m.members.length})`;
     const members = $("members");
     members.replaceChildren();
+    const accounts = new Set(m.accounts || []);
     for (const name of m.members) {
       const li = document.createElement("li");
       li.append(span(`sender ${colour(name)}`, name));
+      if (accounts.has(name)) {
+        const mark = span("account", "\u2713");
+        mark.title = ACCOUNT_TITLE;
+        li.title = `${name}: ${ACCOUNT_TITLE}`;
+        li.append(mark);
+      }
       members.append(li);
     }
   }
@@ -294,13 +323,26 @@
     event.preventDefault();
     wanted = $("name").value.trim();
     if (!wanted) return;
+    signing = { password: $("password").value, invite: $("invite").value.trim(),
+                register: $("register").checked };
     ended = false;
     tab = null;
     saveTab();
     $("login-error").textContent = "";
     setStatus("connecting", "connecting");
-    if (!send({ t: "hello", name: wanted, room: room || "public" })) connect();
+    if (!signIn()) connect();
   });
+
+  // Registering needs a password, and on some brokers an invite code: its field shows then.
+  function registering() {
+    const on = $("register").checked;
+    $("invite-field").hidden = !on;
+    $("password").required = on;
+    $("password").autocomplete = on ? "new-password" : "current-password";
+    $("join").textContent = on ? "Register and join" : "Join";
+  }
+  $("register").addEventListener("change", registering);
+  registering(); // a browser may restore the box's state on a reload
 
   // What a typed line sends to a room or a user, as the session reads it (null: a command).
   function said(line) {
