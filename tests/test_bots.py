@@ -314,11 +314,6 @@ def test_an_encrypting_broker_with_its_key(curve_broker: BrokerProc) -> None:
     run(scenario)
 
 
-def test_accounts_do_not_exist_yet() -> None:
-    with pytest.raises(NotImplementedError):
-        Client("tcp://127.0.0.1:5555", "bot", password="secret")
-
-
 def test_the_admin_firing_the_bot_ends_its_events(broker: BrokerProc) -> None:
     async def scenario() -> None:
         async with Client(broker.router, "bot") as chat:
