@@ -10,16 +10,14 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-import time
 from typing import Final
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from broker.config import CTL_TIMEOUT
 from broker.wire import protocol as p
 from broker.wire.scram import verifier
-from client.control import HANDSHAKE_EVENTS, CurveKeys, handshake_failure
+from client.control import HANDSHAKE_EVENTS, CurveKeys, frames_until, handshake_failure
 
 PASSWORD_ENV: Final = "ROOM_PASSWORD"
 
@@ -54,19 +52,11 @@ def register(
     try:
         sock.connect(server)
         sock.send(p.encode(msg))
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        deadline = time.monotonic() + CTL_TIMEOUT
-        while (left := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(left * 1000))
-            if monitor in ready:
-                event = parse_monitor_message(monitor.recv_multipart())
-                raise Failed(handshake_failure(event, server, curve))
-            if sock not in ready:
-                continue
+        for frame in frames_until(sock, monitor, CTL_TIMEOUT):
+            if isinstance(frame, dict):
+                raise Failed(handshake_failure(frame, server, curve))
             try:
-                batch = p.decode_server(sock.recv())
+                batch = p.decode_server(frame)
             except p.ProtocolError:
                 continue
             for answer in batch:

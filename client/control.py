@@ -15,7 +15,9 @@ import contextlib
 import itertools
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -30,6 +32,23 @@ HANDSHAKE_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+
+
+def frames_until(
+    sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], timeout: float
+) -> Iterator[bytes | dict[str, Any]]:
+    """What ``sock`` receives within ``timeout`` seconds, each frame as it comes, or the first
+    event its handshake monitor reports (a failed handshake: the caller says why and stops)."""
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready = dict(poller.poll(left * 1000))
+        if monitor in ready:
+            yield dict(parse_monitor_message(monitor.recv_multipart()))
+        elif sock in ready:
+            yield sock.recv()
 
 
 class Unreachable(Exception):
@@ -118,19 +137,12 @@ def request(
         # monitor then says why.
         with contextlib.suppress(zmq.Again):
             sock.send(p.encode(cp.CtlRequest(rid, command, args)), zmq.NOBLOCK)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(left * 1000))
-            if monitor in ready:
-                event = parse_monitor_message(monitor.recv_multipart())
-                raise Refused(handshake_failure(event, endpoint, keys))
-            if sock in ready:
-                reply = cp.decode_ctl_reply(sock.recv())
-                if reply.id in (rid, 0):  # 0: the broker could not read our id
-                    return reply
+        for frame in frames_until(sock, monitor, timeout):
+            if isinstance(frame, dict):
+                raise Refused(handshake_failure(frame, endpoint, keys))
+            reply = cp.decode_ctl_reply(frame)
+            if reply.id in (rid, 0):  # 0: the broker could not read our id
+                return reply
         raise Unreachable(f"no answer from the broker at {endpoint} within {timeout:g}s")
     finally:
         sock.disable_monitor()
