@@ -25,6 +25,7 @@ from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p
 from broker.wire.scram import verifier, verifier_text
 from client.control import CurveKeys, Refused, Unreachable, request
+from client.roster import user_status
 
 _JSON_HELP = "Print the reply as one JSON document."
 PASSWORD_ENV = "ROOM_PASSWORD"
@@ -183,8 +184,8 @@ def render(data: cp.CtlData | None) -> list[str]:
 
 
 def _status(user: p.UserInfo) -> str:
-    """``blocked``, ``logged in`` (to an account), both, or nothing."""
-    return ", ".join(w for w, on in (("blocked", user.blocked), ("logged in", user.account)) if on)
+    """``blocked``, ``logged in`` (to an account), both, or nothing (``/who`` says the same)."""
+    return user_status(user.blocked, user.account)
 
 
 def stamp(ts: float) -> str:

@@ -85,7 +85,7 @@ class Roster:
         self._learn_users(msg.users, where)
         if not shown:
             return []
-        rows = [(u.name, u.room + ("  (blocked)" if u.blocked else "")) for u in msg.users]
+        rows = [(u.name, u.room + _marks(u)) for u in msg.users]
         return table(rows) if rows else [notice("nobody is connected there")]
 
     def listed_rooms(self, msg: Rooms) -> list[Line]:
@@ -202,3 +202,14 @@ class Roster:
 def _names(text: str, room: str) -> bool:
     """Whether ``text`` names ``room`` (as a word of its own)."""
     return re.search(rf"(?<![\w-]){re.escape(room)}(?![\w-])", text) is not None
+
+
+def user_status(blocked: bool, account: bool) -> str:
+    """``blocked``, ``logged in`` (to an account), both, or nothing: what ``/who`` and
+    ``room-ctl who`` say of a user beside its room."""
+    return ", ".join(w for w, on in (("blocked", blocked), ("logged in", account)) if on)
+
+
+def _marks(user: UserInfo) -> str:
+    status = user_status(user.blocked, user.account)
+    return f"  ({status})" if status else ""

@@ -357,9 +357,11 @@ def test_history_fetches_the_last_n_and_shows_them_as_history() -> None:
 def test_users_and_rooms_are_aligned_notices() -> None:
     s = joined()
     users = [p.UserInfo("alice", "public", False), p.UserInfo("bartholomew", "games", True)]
+    users.append(p.UserInfo("carol", "public", True, account=True))
     assert lines(s.on_server(p.Users(users), T0)) == [
         "* alice        public",
         "* bartholomew  games  (blocked)",
+        "* carol        public  (blocked, logged in)",
     ]
     rooms = [p.RoomInfo("games", 1, 0), p.RoomInfo("public", 3, 9)]
     assert lines(s.on_server(p.Rooms(rooms), T0)) == ["* games   1 member", "* public  3 members"]
