@@ -654,7 +654,9 @@ class RedisLoad(Load):
         except BlockingIOError:
             return
         if not data:
-            if publisher:
+            if publisher:  # Ctrl-C reached redis-server too: the parent stops us in a moment
+                if self.stop.wait(5):
+                    return
                 raise RuntimeError("redis-server closed the publisher's connection")
             self.c["dropped"] += 1
             self.codes["closed by redis-server"] += 1
