@@ -237,6 +237,12 @@ def _merge(kind: str, reports: list[dict[str, Any]], seconds: float) -> dict[str
 
     cores = os.cpu_count() or 1
     users = sum(r["users"] for r in reports)
+    spans = {}
+    for what in reports[0]["spans"]:
+        taken = sorted(x for r in reports for x in r["spans"][what])
+        if taken:
+            spans[what] = {q: round(1000 * taken[min(len(taken) - 1, int(f * len(taken)))], 1)
+                           for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}  # fmt: skip
     return {
         "users": users,
         "in_at_start": sum(r["in_at_t0"] for r in reports),
@@ -255,6 +261,7 @@ def _merge(kind: str, reports: list[dict[str, Any]], seconds: float) -> dict[str
         "dropped": c["dropped"],
         "refused_hellos": c["refused_hellos"],
         "latency_ms": {"p50": at(0.5), "p99": at(0.99), "p99.9": at(0.999), "max": at(1.0)},
+        "admission_ms": spans,
         "counts": dict(c),
         "codes": dict(codes),
         "lost_examples": [e for r in reports for e in r["examples"]][:10],
@@ -357,6 +364,10 @@ def row(step: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _spans(span: dict[str, float]) -> str:
+    return "/".join(f"{v:,.0f}" for v in span.values())
+
+
 def _processes(count: int) -> str:
     return f"{count} process" + ("es" if count > 1 else "")
 
@@ -368,7 +379,8 @@ def notes(step: dict[str, Any]) -> list[str]:
     lines = [
         f"{step['users']:,} users: {step['rooms']} rooms (largest {step['largest_rooms']}), "
         f"{r['lines']:,} lines said, {r['acked']:,} acknowledged, {r['deliveries']:,} deliveries "
-        f"of {r['expected']:,} due; broker CPU while admitting {r['admission_cpu_percent']:.0f}%, "
+        f"on the SUBs ({r['expected']:,} due within the members' stays); broker CPU while "
+        f"admitting {r['admission_cpu_percent']:.0f}%, "
         f"peak RSS {r['peak_mb']:.0f} MB; generators: {_processes(g['processes'])} took "
         f"{g['share_of_cores']:.0%} of the {os.cpu_count()} cores in the steady phase",
     ]
@@ -379,6 +391,13 @@ def notes(step: dict[str, Any]) -> list[str]:
             f"{x['deliveries_per_s']:,.0f} deliveries/s, lost {x['lost']}, dup {x['duplicates']}"
             f", dropped {x['dropped']}, p99.9 {x['latency_ms']['p99.9']} ms; generators took "
             f"{x['generators']['share_of_cores']:.0%} of the cores"
+        )
+    a = r["admission_ms"]
+    if a:
+        lines.append(
+            f"{step['users']:,} users' admission, ms p50/p99/max: hello to Welcome "
+            f"{_spans(a['welcome'])}, then to Joined {_spans(a['joined'])}, then to Synced "
+            f"{_spans(a['synced'])} ({r['counts'].get('sync_retries', 0):,} Syncs sent again)"
         )
     if r["repaired"]:
         lines.append(

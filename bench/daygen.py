@@ -61,8 +61,8 @@ POLLIN, EVENTS = zmq.POLLIN, zmq.EVENTS
 
 class User:
     __slots__ = ("away", "back_at", "dealer", "first_in", "got", "hi", "idx", "last_sent", "lo",
-                 "mid", "name", "nonce", "reader", "ring", "room", "since", "sock", "state", "sub",
-                 "topic", "want")  # fmt: skip
+                 "marks", "mid", "name", "nonce", "reader", "ring", "room", "since", "sock",
+                 "state", "sub", "topic", "want")  # fmt: skip
 
     def __init__(self, idx: int, name: str, room: str) -> None:
         self.idx, self.name, self.room = idx, name, room
@@ -77,6 +77,7 @@ class User:
         self.lo: int | None = None  # this stay: the room's seq at its Synced
         self.hi = 0  # this stay: the room's seq at the Synced that bounds it
         self.want: list[int] = []  # seqs missed on the SUB, being fetched
+        self.marks: list[float] = []  # first admission: when it said hello, was welcomed, joined
         self.first_in = 0.0
         self.since = 0.0  # when the current request (hello, join, sync) was sent
         self.last_sent = 0.0
@@ -112,6 +113,8 @@ class Load:
         self.cpu: dict[str, float] = {}
         self.in_at_t0 = 0
         self.ever_in = 0  # users that were in their room at least once
+        self.spans: dict[str, list[float]] = {"welcome": [], "joined": [], "synced": []}
+        """First admissions, seconds: hello to Welcome, Welcome to Joined, Joined to Synced."""
         self.parent = os.getppid()
 
     # ---- the loop --------------------------------------------------------------------------
@@ -268,6 +271,7 @@ class Load:
             "missed": self.missed,
             "cpu": self.cpu,
             "latency_us": self.lat.tobytes(),
+            "spans": self.spans,
         }
 
     # ---- what each kind does -----------------------------------------------------------------
@@ -313,6 +317,7 @@ class RoomLoad(Load):
         u.dealer, u.ring, u.got, u.lo, u.want = d, Keyring(), set(), None, []
         self.register(d.fd, u, False)
         u.state, u.since = HELLO, now
+        u.marks = [] if u.first_in else [now]
         self.busy.add(u)
         self.send(u, p.encode(p.Hello(p.VERSION, u.name)), now)
 
@@ -388,6 +393,7 @@ class RoomLoad(Load):
             self.messages(u, m, now)
         elif kind is p.Joined:
             if u.state == JOIN and m.room == u.room:
+                u.marks.append(now)
                 u.sub.subscribe(u.topic)
                 u.state = SYNC
                 self.sync(u, now, next(self.nonces))
@@ -411,6 +417,7 @@ class RoomLoad(Load):
     def welcome(self, u: User, m: p.Welcome, now: float) -> None:
         if u.state != HELLO:
             return
+        u.marks.append(now)
         self.hb = m.heartbeat
         u.ring.sealed = m.sealed
         sub = self.ctx.socket(zmq.SUB)
@@ -478,6 +485,11 @@ class RoomLoad(Load):
             if not u.first_in:
                 u.first_in = now
                 self.ever_in += 1
+                if len(u.marks) == 3:
+                    hello, welcome, joined = u.marks
+                    for what, span in zip(self.spans, (welcome - hello, joined - welcome,
+                                                       now - joined), strict=True):  # fmt: skip
+                        self.spans[what].append(span)
         elif state in (LEAVE, FINAL):
             u.hi = seq
             want = [q for q in range((u.lo or 0) + 1, seq + 1) if q not in u.got]
