@@ -211,6 +211,10 @@ def run_pass(kind: str, day: dict[str, Any], workdir: Path, settle: float) -> di
         "rss_mb": round(rss, 1),
         "peak_mb": round(peak, 1),
     })  # fmt: skip
+    g = result["generators"]
+    g["admission_share_of_cores"] = round(
+        g["admission_cpu_s"] / (max(t_admit, 1e-9) * (os.cpu_count() or 1)), 3
+    )
     if kind == "room":  # what the broker says it dropped, beside what the users were told
         result["broker_timeouts"] = len(re.findall(r"disconnected from \S+: timed out", log))
         result["dropped"] = max(result["dropped"], result["broker_timeouts"])
@@ -380,7 +384,8 @@ def notes(step: dict[str, Any]) -> list[str]:
         f"{step['users']:,} users: {step['rooms']} rooms (largest {step['largest_rooms']}), "
         f"{r['lines']:,} lines said, {r['acked']:,} acknowledged, {r['deliveries']:,} deliveries "
         f"on the SUBs ({r['expected']:,} due within the members' stays); broker CPU while "
-        f"admitting {r['admission_cpu_percent']:.0f}%, "
+        f"admitting {r['admission_cpu_percent']:.0f}% (the generators "
+        f"{g['admission_share_of_cores']:.0%} of the cores), "
         f"peak RSS {r['peak_mb']:.0f} MB; generators: {_processes(g['processes'])} took "
         f"{g['share_of_cores']:.0%} of the {os.cpu_count()} cores in the steady phase",
     ]

@@ -156,11 +156,12 @@ class Load:
             if phase == "admit":
                 if not admitted and self.ever_in == self.n:
                     admitted = True
+                    self.cpu["admission"] = time.process_time() - cpu_go
                     self.out.put(("admitted", self.wid, None))
                 if self.steady.value and now >= self.steady.value:
                     self.t0 = self.steady.value
                     self.t_end = self.t0 + self.seconds
-                    self.cpu["admission"] = time.process_time() - cpu_go
+                    self.cpu.setdefault("admission", time.process_time() - cpu_go)
                     self.cpu["steady0"] = time.process_time()
                     self.in_at_t0 = sum(1 for u in self.users if u.state == IN)
                     phase = "steady"
