@@ -406,8 +406,8 @@ def notes(step: dict[str, Any]) -> list[str]:
         )
     if r["repaired"]:
         lines.append(
-            f"{r['repaired']} deliveries missed on the SUB were fetched over the DEALER (gap "
-            "repair, as the reference client does): their latency is not counted; for example "
+            f"{step['users']:,} users: missed on the SUB and fetched over the DEALER (gap repair, "
+            f"as the reference client does; their latency not counted): {r['repaired']}, e.g. "
             + ", ".join(r["missed_examples"][:3])
         )
     if r["codes"]:
