@@ -6,15 +6,16 @@ subscribe, ``Sync`` until ``Synced``, ping as the heartbeat rules ask, ``Say`` w
 rooms long-tailed: one of 5% of N, three of 1%, the rest 3 to 20 members. After everyone is in (and
 ``SETTLE`` seconds, so that the guard's early looks at new connections are not counted), a steady
 phase of ``--seconds``: one 60-byte line per user every 30 s on average (Poisson; the text starts
-with its send time), while 1% of the users a minute leave (``Quit``) and come back a few seconds
-later as a new session. The generators (``bench.daygen``) are spread over processes, one per
-``USERS_PER_PROCESS`` users but no more than the cores.
+with its send time), while 1% of the users a minute (``--churn``) leave (``Quit``) and come back
+a few seconds later as a new session. The generators (``bench.daygen``) are spread over
+processes, one per ``USERS_PER_PROCESS`` users but no more than the cores.
 
 Per step: deliveries a second; latency from the send to each delivery at every member's SUB; the
 broker's CPU (all threads, a share of one core) and RSS; admission (the first hello to the last
 member in its room); lost and duplicated deliveries (each member, for each stay in its room, must
-get every sequence number from the ``Synced`` that let it in to the one that closed the stay);
-sessions the broker dropped; refused hellos. Then the same users and lines on Redis pub/sub, when
+get every sequence number from the ``Synced`` that let it in to the one that closed the stay; one
+the SUB missed is fetched as the reference client repairs a gap, and counted apart); sessions the
+broker dropped; refused hellos. Then the same users and lines on Redis pub/sub, when
 redis-server is on the machine. The capacity is the largest N with everyone in, none dropped and
 p99 under 100 ms.
 """
