@@ -103,6 +103,32 @@ HEADER = (
     help="Measure room-web instead: WebSocket clients in one room, fed by a terminal-protocol "
     "sender through the gateway (docs/performance.md#room-web).",
 )
+@options.option(
+    "--chat-day",
+    is_flag=True,
+    help="Run a chat day instead: N users in long-tailed rooms, a line each every 30 s, some "
+    "leaving and coming back, on the broker and on Redis (docs/performance.md#a-chat-day).",
+)
+@options.option(
+    "--users",
+    default="1000,2000",
+    show_default=True,
+    help="With --chat-day: the numbers of users, one step each, comma-separated.",
+)
+@options.option(
+    "--seconds",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="With --chat-day: seconds of the steady phase of each step.",
+)
+@options.option(
+    "--churn",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(min=0, max=1),
+    help="With --chat-day: the share of the users that leave and come back each minute.",
+)
 def main(
     quick: bool,
     json_path: str | None,
@@ -112,9 +138,23 @@ def main(
     cluster: bool,
     keys: bool,
     web: bool,
+    chat_day: bool,
+    users: str,
+    seconds: float,
+    churn: float,
 ) -> None:
     """Measure the broker against a bare relay, a batching relay and Redis pub/sub (when
     redis-server is installed) on this machine, in one run."""
+    if chat_day:
+        run_chat_day(quick, json_path, users, seconds, churn)
+        return
+    given = click.get_current_context().get_parameter_source
+    typed = click.core.ParameterSource.COMMANDLINE
+    day_only = [f"--{name}" for name in ("users", "seconds", "churn") if given(name) is typed]
+    if day_only:
+        verb = "goes" if len(day_only) == 1 else "go"
+        click.echo(f"room-bench: {', '.join(day_only)} {verb} with --chat-day", err=True)
+        sys.exit(2)
     if web:
         run_web(quick, json_path)
         return
@@ -182,6 +222,33 @@ def run_web(quick: bool, json_path: str | None) -> None:
 
     click.echo(web.HEADER)
     report = web.run(quick, echo=lambda e: click.echo(web.row(e)))
+    _close(report, json_path)
+
+
+def run_chat_day(
+    quick: bool, json_path: str | None, users: str, seconds: float, churn: float
+) -> None:
+    """``--chat-day``: imported only here, so the other runs start nothing more."""
+    from bench import chatday
+
+    try:
+        sizes = sorted({int(n) for n in users.split(",") if n.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < chatday.MIN_USERS:
+        click.echo(f"room-bench: --users wants numbers of at least {chatday.MIN_USERS}, "
+                   f"comma-separated, not {users!r}", err=True)  # fmt: skip
+        sys.exit(2)
+    # SIGTERM unwinds like Ctrl-C: the broker, redis-server and the generators are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    click.echo(chatday.HEADER)
+    report = chatday.run(sizes, seconds, quick, churn, echo=lambda s: click.echo(chatday.row(s)))
+    for step in report["steps"]:
+        for line in chatday.notes(step):
+            click.echo(line)
+    capacity = report["capacity"]
+    click.echo(f"capacity: {capacity:,} users" if capacity else "capacity: no step fits", nl=False)
+    click.echo(f" (everyone in, none dropped, p99 under {chatday.CAPACITY_P99_MS:.0f} ms)")
     _close(report, json_path)
 
 

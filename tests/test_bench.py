@@ -94,6 +94,36 @@ def test_quick_key_bench_gets_every_key_change_to_every_member(tmp_path):
     assert "key change at leave to 100 members" in stdout
 
 
+@pytest.mark.timeout(120)
+def test_quick_chat_day_admits_everyone_and_loses_nothing(tmp_path):
+    """``--chat-day --quick``: 60 users in long-tailed rooms say lines for a few seconds while one
+    leaves and comes back; every member gets every line of each stay in its room once, on the
+    broker and on Redis (without redis-server, its cells say so). No speed is asserted."""
+    stdout, report = _bench(tmp_path, "--chat-day", "--quick", timeout=100)
+    [step] = report["steps"]
+    room = step["room"]
+    assert step["users"] == room["users"] == room["in_at_start"] == 60, room
+    assert room["admission_s"] is not None and room["admission_s"] > 0
+    assert room["lines"] > 0 and room["acked"] == room["lines"], room
+    assert room["expected"] > 0 and room["deliveries"] >= room["expected"], room
+    assert room["lost"] == 0 and room["duplicates"] == 0, room
+    assert room["dropped"] == 0 and room["refused_hellos"] == 0, room
+    assert room["counts"]["churn_left"] >= 1, room  # someone left, and came back
+    assert room["latency_ms"]["p50"] > 0 and room["cpu_percent"] > 0 and room["rss_mb"] > 0
+    assert room["generators"]["processes"] == 1 and room["generators"]["cpu_s"] > 0
+    if report["redis"]:
+        redis = step["redis"]
+        assert redis["lines"] > 0 and redis["in_at_start"] == 60, redis
+        assert redis["deliveries"] == redis["expected"] > 0, redis
+        assert redis["lost"] == 0 and redis["duplicates"] == 0 and redis["dropped"] == 0, redis
+    else:
+        assert report["redis_note"] in stdout
+    header, rule, row = stdout.splitlines()[:3]
+    assert header.startswith("| users |") and "Redis p50 / p99" in header and rule.startswith("|")
+    assert row.startswith("| 60 |") and "| 0/0 |" in row
+    assert "capacity: " in stdout and "generators: 1 process took" in stdout  # no speed asserted
+
+
 @pytest.mark.timeout(240)
 def test_quick_cluster_bench_completes_and_no_broker_loses_anything(tmp_path):
     if bench_cluster.find_nats() is None:
