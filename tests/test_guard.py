@@ -275,3 +275,36 @@ def test_a_subscription_flood_of_200_connections_loses_nothing_and_holds_no_memo
         for owner in owners:
             owner.close()
         canary.close()
+
+
+def test_sessions_quitting_never_close_another_sessions_subscriber(
+    tmp_path: Path, ctx: zmq.Context
+) -> None:
+    """Two hundred sessions from one address (loopback, as behind a NAT or room-web) connect their
+    subscribers at once; a hundred quit. The guard cannot tell which handshake was whose, so it
+    closes none of the hundred others' (before: a few of them, matched to a quitter)."""
+    with running_broker(tmp_path / "data", *GUARD, "--heartbeat", "5") as broker:
+        users = [Raw(ctx, broker.router, f"crowd{k}") for k in range(200)]
+        subs = []
+        for user in users:  # all at once: the handshakes overlap
+            sub = unconnected(ctx, zmq.SUB)
+            log_in(sub, user.welcome)
+            sub.connect(broker.pub)
+            subs.append(sub)
+        for user, sub in zip(users, subs, strict=True):
+            assert _live(user, sub), f"{user.name}'s subscriber never got in"
+        monitors = [sub.get_monitor_socket(zmq.EVENT_DISCONNECTED) for sub in subs[100:]]
+        for user in users[:100]:
+            user.send(p.Quit())
+        poller = zmq.Poller()
+        for monitor in monitors:
+            poller.register(monitor, zmq.POLLIN)
+        closed = dict(poller.poll(3_000))  # the guard looks every 20 ms; settled ones every 1 s
+        assert not closed, f"{len(closed)} live sessions' subscribers were closed"
+        for sub, monitor in zip(subs[100:], monitors, strict=True):
+            sub.disable_monitor()
+            monitor.close(0)
+        for sub in subs:
+            sub.close(0)
+        for user in users:
+            user.close()

@@ -92,6 +92,12 @@ class _Conn:
     accepted: float
     holder: tuple[str, str] | None = None
     """A PUB connection's session (name, proof), once its handshake was matched to it."""
+    candidates: set[tuple[str, str]] = field(default_factory=set)
+    """The sessions it may be the subscriber of: its holder, and every other session whose
+    subscriber handshook from the same address while this one was being matched (a set shared
+    by that group). Of subscribers handshaking at once from one address (a NAT, room-web,
+    loopback) the guard cannot tell which is whose, and closing one at its holder's end closed
+    live sessions' subscribers; so the end of the last of them closes it."""
     received: int = 0
     allowance: float = 0.0
     checked: float = 0.0
@@ -147,6 +153,8 @@ class Watch:
         self._approvals: deque[Approval] = deque()
         self._unmatched: dict[str, deque[_Conn]] = {}
         """By address: PUB connections whose handshake is not matched to a session yet."""
+        self._groups: dict[str, set[tuple[str, str]]] = {}
+        """By address: the sessions whose subscribers are being matched there now."""
         self._holders: Counter[str] = Counter()
         """PUB connections matched to each session name."""
         self._lines: deque[tuple[str, str]] = deque()
@@ -292,9 +300,14 @@ class Watch:
                 continue
             self._approvals.popleft()
             conn = waiting.popleft()
+            conn.holder = (approval.name, approval.proof)
+            group = self._groups.setdefault(approval.address, set())
+            group.add(conn.holder)
+            conn.candidates = group
             if not waiting:
                 del self._unmatched[approval.address]
-            conn.holder = (approval.name, approval.proof)
+                if not any(a.address == approval.address for a in self._approvals):
+                    del self._groups[approval.address]  # the next ones make a group of their own
             self._holders[approval.name] += 1
 
     def _check(self, conn: _Conn, now: float) -> None:
@@ -318,12 +331,21 @@ class Watch:
             allowed = b.subscription_bytes
         else:
             moves = self.sessions(*conn.holder)
-            if moves is None:
+            if moves is None and not self._any_live(conn.candidates):
                 self._evict(conn, "its session ended", ban=False)
                 return
-            allowed = b.subscription_bytes + moves * SUBSCRIPTION_BYTES_PER_MOVE
+            allowed = b.subscription_bytes + (moves or 0) * SUBSCRIPTION_BYTES_PER_MOVE
         if received > allowed:
             self._evict(conn, "subscriptions beyond what its rooms need", ban=True)
+
+    def _any_live(self, candidates: set[tuple[str, str]]) -> bool:
+        """Whether a session of ``candidates`` is live; the ended ones leave the set (so each is
+        asked after once, and a look stops at the first live one)."""
+        for candidate in list(candidates):
+            if self.sessions(*candidate) is not None:
+                return True
+            candidates.discard(candidate)
+        return False
 
     def _received(self, fd: int) -> int | None:
         self._len.value = _TCP_INFO_BYTES
