@@ -47,6 +47,7 @@ def test_quick_bench_completes_and_loses_nothing(tmp_path):
                      "1000 idle"]  # fmt: skip
     redis = bench_run.redis_binary() is not None  # the Redis column, or a note that says why not
     redis = redis and bench_run._have_redis_client()
+    assert redis or not os.environ.get("CI"), "CI installs redis-server: .ci/run"
     refs = ["relay", "batch", *(["redis"] if redis else [])]
     assert report["targets"] == ["room", *refs]
     assert bool(report["notes"]) is not redis
@@ -100,6 +101,7 @@ def test_quick_chat_day_admits_everyone_and_loses_nothing(tmp_path):
     leaves and comes back; every member gets every line of each stay in its room once, on the
     broker and on Redis (without redis-server, its cells say so). No speed is asserted."""
     stdout, report = _bench(tmp_path, "--chat-day", "--quick", timeout=100)
+    assert report["redis"] or not os.environ.get("CI"), "CI installs redis-server: .ci/run"
     [step] = report["steps"]
     room = step["room"]
     assert step["users"] == room["users"] == room["in_at_start"] == 60, room
