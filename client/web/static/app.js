@@ -339,6 +339,7 @@
     $("invite-field").hidden = !on;
     $("password").required = on;
     $("password").autocomplete = on ? "new-password" : "current-password";
+    $("password").placeholder = on ? "a new password" : "if registered";
     $("join").textContent = on ? "Register and join" : "Join";
   }
   $("register").addEventListener("change", registering);
