@@ -91,6 +91,7 @@ class Watch:
         self.rss: list[int] = []
         self.failure: BaseException | None = None
         self._stop = threading.Event()
+        self._said = threading.Condition()
         self._threads = [
             threading.Thread(target=self._chat, daemon=True),
             threading.Thread(target=self._sample, daemon=True),
@@ -108,10 +109,26 @@ class Watch:
     def _chat(self) -> None:
         try:
             while not self._stop.is_set():
-                self.delays.append(self.canary.timed_chat())
+                delay = self.canary.timed_chat()
+                with self._said:
+                    self.delays.append(delay)
+                    self._said.notify_all()
                 self._stop.wait(CANARY_PACE)
         except BaseException as exc:
-            self.failure = exc
+            with self._said:
+                self.failure = exc
+                self._said.notify_all()
+
+    def chatted(self, count: int) -> None:
+        """Wait until the canary has said ``count`` more messages (its thread owns its sockets:
+        no other thread may use them meanwhile)."""
+        with self._said:
+            wanted = len(self.delays) + count
+            done = self._said.wait_for(
+                lambda: len(self.delays) >= wanted or self.failure is not None,
+                timeout=count * (CANARY_PACE + CANARY_DELAY) + WAIT,
+            )
+        assert done and self.failure is None, f"the canary stopped: {self.failure}"
 
     def _sample(self) -> None:
         pid = self.broker.popen.pid
