@@ -40,7 +40,6 @@ LOGINS_PENDING: Final = 10_000
 """Logins between their challenge and their proof, at most; the oldest go first."""
 PROVE_WITHIN: Final = 30.0
 """Seconds a client has to answer a ``Challenge``."""
-NO_ACCOUNTS: Final = "this broker keeps no accounts"
 
 
 def invite_digest(code: str) -> str:
@@ -101,7 +100,7 @@ class Logins:
         self.addresses = Guesses(ADDRESS_WAIT_MAX)
 
     @property
-    def store(self) -> AccountStore | None:
+    def store(self) -> AccountStore:
         return self.state.store.account_store()
 
     def pending_name(self, peer: bytes) -> str | None:
@@ -127,8 +126,8 @@ class Logins:
         """Whether the name is registered, for a hello the policy lets through; None (and an
         error sent) for one it does not."""
         accounts = self.store
-        if accounts is None or msg.version != p.VERSION or not p.valid_name(msg.name):
-            return False  # no accounts here; a bad version or name: the hello itself says so
+        if msg.version != p.VERSION or not p.valid_name(msg.name):
+            return False  # a bad version or name: the hello itself says so
         account = accounts.account(msg.name)
         if account is not None and account.banned:
             self.state.error(peer, p.Code.BANNED, f"the admin banned the account {msg.name}")
@@ -171,13 +170,9 @@ class Logins:
         state, name = self.state, msg.name
         if not self._valid(peer, msg.version, name):
             return
-        accounts = self.store
-        if accounts is None:
-            state.error(peer, p.Code.UNKNOWN_ACCOUNT, NO_ACCOUNTS + ": say hello, no password")
-            return
         if self._waits(peer, name, address, now):
             return
-        account = accounts.account(name)
+        account = self.store.account(name)
         if account is None:
             self.addresses.failed(address, now)
             state.error(peer, p.Code.UNKNOWN_ACCOUNT, _unknown(name))
@@ -213,14 +208,13 @@ class Logins:
             state.error(peer, p.Code.BAD_PASSWORD, f"wrong password for {name}")
             state.out.log(now, "security", user=name, text=_failed(name, address))
             return
-        accounts = self.store
-        account = accounts.account(name) if accounts is not None else None
-        if accounts is None or account is None or account.banned:  # banned meanwhile
+        account = self.store.account(name)
+        if account is None or account.banned:  # banned meanwhile
             state.error(peer, p.Code.BANNED, f"the admin banned the account {name}")
             return
         self.names.forget(name)
         self.addresses.forget(address)
-        accounts.put_account(replace(account, last_login=now))
+        self.store.put_account(replace(account, last_login=now))
         state.out.reply(peer, p.Verified(verified))
         self.sessions.login(peer, name, now)
 
@@ -229,9 +223,6 @@ class Logins:
         if not self._valid(peer, msg.version, name):
             return
         accounts = self.store
-        if accounts is None:
-            state.error(peer, p.Code.REGISTRATION_CLOSED, NO_ACCOUNTS)
-            return
         policy = state.settings.registration
         if policy == "closed":
             reason = "registration is closed on this broker: the admin registers names"
@@ -265,8 +256,8 @@ class Logins:
         """A logged-in user's ``Register`` of its own name: a new password."""
         state = self.state
         accounts = self.store
-        account = accounts.account(user.name) if accounts is not None else None
-        if accounts is None or account is None or not user.account or msg.name != user.name:
+        account = accounts.account(user.name)
+        if account is None or not user.account or msg.name != user.name:
             reason = "only a user logged in to its account may change its password"
             state.error(user.peer, p.Code.LOGIN_FIRST, reason)
             return

@@ -148,8 +148,8 @@ class Store(Protocol):
         and ``last_seq``, ``rooms`` and ``blocked`` are back where the last commit left them."""
         ...
 
-    def account_store(self) -> AccountStore | None:
-        """The accounts (on a backbone, every broker's); None for a store that keeps none."""
+    def account_store(self) -> AccountStore:
+        """The accounts (on a backbone, every broker's)."""
         ...
 
     def close(self) -> None: ...
