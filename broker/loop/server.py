@@ -17,7 +17,6 @@ its own module and given what it uses: ``sockets.Sockets`` (bind, monitor, close
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import signal
 import socket
 import time
@@ -172,7 +171,6 @@ class Broker:
         self.subscribers = Subscribers(self.chat, self.guard, self.watch, limits, curve)
         self.watch.sessions = self.subscribers.moves
         self.guard.check_subscribers(self.subscribers.admit)
-        self._closed_seen = 0
         self.descriptors = descriptors.budget(before, limit)  # all set up: what is open now
         room = self.descriptors.for_connections
         if room is not None and room < limits.max_connections:
@@ -318,9 +316,6 @@ class Broker:
                 self._security_log(self.guard.tick(self.chat.by_peer), now)
                 self._security_log(self.watch.take_lines(), now)
                 self.chat.counters.connections = self.watch.open["router"]
-                if self.watch.closed != self._closed_seen:  # their buffers go back to the OS
-                    self._closed_seen = self.watch.closed
-                    _release_memory()
                 for line in intake.bad_frames.tick():
                     self.chat.out.log(now, "error", text=line)
                 if plugin is not None:
@@ -341,17 +336,3 @@ def _budgets(limits: Limits, rate: float, burst: int, curve: bool) -> Budgets:
         evict_for=limits.evict_for,
         curve=curve,
     )
-
-
-try:
-    _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc
-except (OSError, AttributeError):  # another C library: it keeps what it keeps
-    _malloc_trim = None
-
-
-def _release_memory() -> None:
-    """Give freed heap back to the OS. glibc keeps it otherwise: a flood of 5,000 connections
-    that came and went, four times, left the broker at 314 MB for good; with this, 32 MB, its
-    idle size (measured)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)

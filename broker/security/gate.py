@@ -65,6 +65,10 @@ class Gate:
         """Refuse ``address`` at the handshake for ``seconds``."""
         self.banned[address] = time.monotonic() + seconds
 
+    def is_banned(self, address: str) -> bool:
+        until = self.banned.get(address)
+        return until is not None and until > time.monotonic()
+
     def admit(self, address: str) -> str | None:
         """None to let a new connection from ``address`` in, else why not. The counts may
         already include this connection (its monitor event came first), hence ``>``."""
