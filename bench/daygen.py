@@ -33,6 +33,7 @@ from typing import Any, Final
 import zmq
 
 from broker.wire import protocol as p
+from client.delivery import sync_wait  # as the reference client (protocol.md: joining a room)
 from client.keyring import Keyring
 from client.sockets import log_in
 
@@ -42,7 +43,6 @@ OFF, HELLO, JOIN, SYNC, IN, LEAVE, FINAL, DONE = range(8)
 BUSY: Final = frozenset((HELLO, JOIN, SYNC, LEAVE, FINAL))
 """The states the sweep looks at (an answer to wait for, a request to send again)."""
 
-SYNC_RETRY: Final = 0.2  # as the reference client (docs/protocol.md: joining a room)
 JOIN_RETRY: Final = 2.0
 RESEND_AFTER: Final = 3.0  # an unacknowledged Say, with its mid
 RETRY_HELLO: Final = 1.0  # after a refused hello or a dropped session: a new session
@@ -61,8 +61,8 @@ POLLIN, EVENTS = zmq.POLLIN, zmq.EVENTS
 
 class User:
     __slots__ = ("away", "back_at", "dealer", "first_in", "got", "hi", "idx", "last_sent", "lo",
-                 "marks", "mid", "name", "nonce", "reader", "ring", "room", "since", "sock",
-                 "state", "sub", "topic", "want")  # fmt: skip
+                 "marks", "mid", "name", "nonce", "reader", "retries", "ring", "room", "since",
+                 "sock", "state", "sub", "topic", "want")  # fmt: skip
 
     def __init__(self, idx: int, name: str, room: str) -> None:
         self.idx, self.name, self.room = idx, name, room
@@ -82,6 +82,7 @@ class User:
         self.since = 0.0  # when the current request (hello, join, sync) was sent
         self.last_sent = 0.0
         self.nonce = self.mid = 0
+        self.retries = 0  # of the current Sync
         self.back_at = 0.0
         self.away = 0.0
 
@@ -538,7 +539,7 @@ class RoomLoad(Load):
             self.end_stay(u, now)
 
     def sync(self, u: User, now: float, nonce: int) -> None:
-        u.nonce, u.since = nonce, now
+        u.nonce, u.since, u.retries = nonce, now, 0
         self.busy.add(u)
         self.send(u, p.encode(p.Sync(nonce)), now)
 
@@ -552,9 +553,10 @@ class RoomLoad(Load):
             if now - u.since >= JOIN_RETRY:  # an unanswered gap's Fetch, again
                 self.c["fetch_retries"] += 1
                 self.fetch(u, u.want[0] - 1, now)
-        elif state in (SYNC, LEAVE, FINAL) and now - u.since >= SYNC_RETRY:
+        elif state in (SYNC, LEAVE, FINAL) and now - u.since >= sync_wait(u.retries):
             self.c["sync_retries"] += 1
             u.since = now
+            u.retries += 1
             self.send(u, p.encode(p.Sync(u.nonce)), now)
         elif state == JOIN and now - u.since >= JOIN_RETRY:
             self.c["join_retries"] += 1

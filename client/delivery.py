@@ -35,7 +35,19 @@ from client.link import Link
 from client.roster import Roster
 
 SYNC_RETRY: Final = 0.2
-"""Seconds to wait for ``Synced`` before sending ``Sync`` again (the subscription may be slow)."""
+"""Seconds to wait for ``Synced`` before sending ``Sync`` the first time again (the
+subscription may be slow); each later wait is twice the one before, up to ``SYNC_RETRY_MAX``."""
+SYNC_RETRY_MAX: Final = 2.0
+"""The longest wait between two ``Sync``s. Each ``Synced`` goes to the whole room: 5,000 users
+let in at once, retrying every 0.2 s, sent 1.7 million ``Sync``s, and the last was in after
+227 s (room-bench --chat-day); doubling, SEE_PERF."""
+
+
+def sync_wait(retries: int) -> float:
+    """Seconds to wait for ``Synced`` after a ``Sync`` sent ``retries`` times before."""
+    return min(SYNC_RETRY * 2**retries, SYNC_RETRY_MAX)
+
+
 FETCH_RETRY: Final = 2.0
 """Seconds before an unanswered gap ``Fetch`` is sent again."""
 FETCH_LIMIT: Final = 1000
@@ -67,6 +79,7 @@ class Subscription:
         self.sync_nonce: int | None = None
         """The nonce of the ``Sync`` whose ``Synced`` we wait for."""
         self.sync_sent_at = 0.0
+        self.sync_retries = 0
         self.live = False
         """Whether ``Synced`` proved the subscription to the current room."""
 
@@ -84,6 +97,7 @@ class Subscription:
         self.live = False
         self.sync_nonce = self.rng.getrandbits(53)
         self.sync_sent_at = now
+        self.sync_retries = 0
         return self.link.send(Sync(self.sync_nonce), now)
 
     def proves(self, msg: Synced, room: str | None) -> bool:
@@ -96,8 +110,9 @@ class Subscription:
 
     def resync(self, now: float) -> list[Effect]:
         """``Sync`` again while its ``Synced`` is overdue."""
-        if self.sync_nonce is not None and now - self.sync_sent_at >= SYNC_RETRY:
+        if self.sync_nonce is not None and now - self.sync_sent_at >= sync_wait(self.sync_retries):
             self.sync_sent_at = now
+            self.sync_retries += 1
             return [self.link.send(Sync(self.sync_nonce), now)]
         return []
 

@@ -9,7 +9,7 @@ import pytest
 from broker.config import HEARTBEAT, Exit
 from broker.wire import protocol as p
 from client.core import BLOCKED_LINE, LOST_LINE, RESEND_AFTER, SYNC_RETRY, Session
-from client.delivery import JOIN_RETRY
+from client.delivery import JOIN_RETRY, SYNC_RETRY_MAX
 from client.effects import Effect, Kind, Line, Reconnect, Send, Stop, Subscribe, Unsubscribe
 
 T0 = 1000.0
@@ -147,6 +147,21 @@ def test_sync_is_resent_until_synced_arrives() -> None:
     assert sent(s.tick(T0 + SYNC_RETRY + 0.01)) == [p.Sync(nonce)]
     s.on_room([p.Synced("public", nonce, 0)], T0 + 0.3)
     assert not any(isinstance(m, p.Sync) for m in sent(s.tick(T0 + 1)))
+
+
+def test_sync_retries_wait_twice_as_long_each_time_up_to_the_most() -> None:
+    s = started()
+    nonce = one_sent(s.on_server(p.Joined("public", 0), T0), p.Sync).nonce
+    at, resent = T0, []
+    while at < T0 + 10:
+        at += 0.01
+        s.on_server(p.Ping(), at)  # the broker is alive throughout
+        if any(isinstance(m, p.Sync) for m in sent(s.tick(at))):
+            resent.append(at)
+    gaps = [round(b - a, 1) for a, b in zip([T0, *resent], resent, strict=False)]
+    assert gaps[:4] == [SYNC_RETRY, 2 * SYNC_RETRY, 4 * SYNC_RETRY, 8 * SYNC_RETRY]
+    assert max(gaps) == SYNC_RETRY_MAX and gaps[-1] == SYNC_RETRY_MAX
+    assert one_sent(s.tick(at + SYNC_RETRY_MAX), p.Sync).nonce == nonce  # the same Sync
 
 
 def test_messages_before_synced_are_buffered_and_gaps_fetched() -> None:

@@ -19,6 +19,7 @@ from broker.store.memory import MEMORY_ACKS_KEPT
 from broker.wire import ctlprotocol as cp
 from broker.wire import protocol as p
 from client.core import RESEND_AFTER, SYNC_RETRY
+from client.delivery import SYNC_RETRY_MAX
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")
@@ -133,7 +134,8 @@ def test_the_numbers_are_the_codes():
         f"0..{p.HISTORY_MAX} (`HISTORY_MAX`)",
         f"at most {p.SESSION_MAX} characters",
         f"keeps the last {MEMORY_ACKS_KEPT:,} ids per sender",
-        f"every {SYNC_RETRY:g} s (`SYNC_RETRY`)",
+        f"after {SYNC_RETRY:g} s (`SYNC_RETRY`)",
+        f"at most {SYNC_RETRY_MAX:g} s (`SYNC_RETRY_MAX`)",
         f"every {RESEND_AFTER:g} s (`RESEND_AFTER`)",
         f"The liveness factor is {LIVENESS} (`LIVENESS`",
         f"({HEARTBEAT:g} s by default)",
