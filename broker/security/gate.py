@@ -4,7 +4,7 @@ A user holds two connections (its DEALER on the ROUTER, its SUB on the PUB), but
 reach the ports can open thousands that never say hello, each costing the broker memory for as
 long as it stays open (a ROUTER cannot drop one peer). So every chat connection passes through
 ZAP, the NULL mechanism included (the chat sockets have a ZAP domain): the handler, on the
-authenticator's thread, asks ``Gate.admit``, which only reads counts. The loop keeps the counts
+ZAP thread (``zap.py``), asks ``Gate.admit``, which only reads counts. The loop keeps the counts
 from the sockets' monitors (accepted, disconnected), by the peer address of each file
 descriptor. A refused connection is closed in its handshake, before it costs anything more.
 """

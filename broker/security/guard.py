@@ -2,7 +2,7 @@
 
 The control socket is always a CURVE server whose ZAP domain accepts only the public keys on the
 admins' allow-list (``keys.AllowList``, re-read at each heartbeat tick when its files changed); a
-``zmq.auth`` authenticator thread answers the handshakes. A monitor on the control socket reports
+ZAP thread (``zap.ZapHandler``) answers the handshakes. A monitor on the control socket reports
 refused handshakes, which the loop hands to ``Guard.refused``. The ROUTER and PUB sockets are in
 the chat domain, whose handler first asks the connection ``Gate`` (too many connections from one
 address, or in all, are refused); with ``curve`` they are CURVE servers too, accepting any client
@@ -20,11 +20,11 @@ from collections.abc import Callable
 from typing import Final
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from broker.security.gate import Gate
 from broker.security.keys import AllowList, KeyDir, load_secret, short
 from broker.security.throttle import Throttle
+from broker.security.zap import Verdict, ZapHandler, curve_user
 
 CONTROL_DOMAIN: Final = "room-control"
 """ZAP domain of the control socket: only the admins' public keys pass."""
@@ -47,14 +47,6 @@ REFUSALS_LOGGED: Final = 20
 flood of bad handshakes cannot flood the log."""
 
 
-class _AnyClient:
-    """ZAP credentials for the chat domain: every CURVE client key is accepted."""
-
-    @staticmethod
-    def callback(domain: str, key: bytes) -> bool:
-        return True
-
-
 SubscriberCheck = Callable[[str, list[bytes], str], tuple[str, str]]
 """(mechanism, credentials, address) -> (the session's name, "") to let a subscriber in, or
 ("", why not)."""
@@ -64,45 +56,53 @@ def _no_sessions(mechanism: str, credentials: list[bytes], address: str) -> tupl
     return "", "the broker is starting"
 
 
-class _Authenticator(ThreadAuthenticator):
-    """zmq.auth's handler, with the connection gate in front of the chat domains, and the
-    subscribers' proof of a session in the PUB's."""
+class _Checks:
+    """What each domain lets in, for the ZAP handler: the connection gate in front of the chat
+    domains, a session's proof in the PUB's, an admin's key in the control domain's."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], gate: Gate) -> None:
-        super().__init__(ctx)
+    def __init__(self, gate: Gate, admins: AllowList, curve: bool) -> None:
         self.gate = gate
+        self.admins = admins
+        self.curve = curve
         self.subscribers: SubscriberCheck = _no_sessions
 
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        domain = msg[2] if len(msg) >= 6 else b""
-        if domain in (_CHAT, _PUB):
-            address = msg[3].decode("utf-8", "replace")
-            why = self.gate.admit(address)
-            if why is not None:
-                self.gate.refused += 1
-                self._send_zap_reply(msg[1], b"400", why.encode())
-                return
-            if domain == _PUB:
-                mechanism = msg[5].decode("ascii", "replace")
-                try:
-                    name, why = self.subscribers(mechanism, msg[6:], address)
-                except Exception as exc:  # a bug refuses one handshake, never the handler
-                    name, why = "", f"the broker failed on this handshake: {exc!r}"
-                if name:
-                    self._send_zap_reply(msg[1], b"200", b"OK", name.encode())
-                else:
-                    self.gate.refused += 1
-                    self._send_zap_reply(msg[1], b"400", why.encode())
-                return
-        await super().handle_zap_message(msg)
+    def control(self, address: str, mechanism: str, credentials: list[bytes]) -> Verdict:
+        if mechanism != "CURVE" or len(credentials) != 1:
+            return None, "the control socket takes CURVE only"
+        user = curve_user(credentials[0])
+        if not self.admins.callback(CONTROL_DOMAIN, user.encode()):
+            return None, "Unknown key"
+        return user, ""
 
+    def chat(self, address: str, mechanism: str, credentials: list[bytes]) -> Verdict:
+        why = self._over_caps(address)
+        if why is not None:
+            return None, why
+        if self.curve and mechanism == "CURVE" and len(credentials) == 1:
+            return curve_user(credentials[0]), ""  # any client key: encryption, not identity
+        if not self.curve and mechanism == "NULL":
+            return "anonymous", ""
+        return None, f"{mechanism} is not this socket's mechanism"
 
-_CHAT: Final = CHAT_DOMAIN.encode()
-_PUB: Final = PUB_DOMAIN.encode()
+    def pub(self, address: str, mechanism: str, credentials: list[bytes]) -> Verdict:
+        why = self._over_caps(address)
+        if why is not None:
+            return None, why
+        name, why = self.subscribers(mechanism, credentials, address)
+        if not name:
+            self.gate.refused += 1
+            return None, why
+        return name, ""
+
+    def _over_caps(self, address: str) -> str | None:
+        why = self.gate.admit(address)
+        if why is not None:
+            self.gate.refused += 1
+        return why
 
 
 def user_id(frame: zmq.Frame) -> str:
-    """The CURVE User-Id (the z85 client public key, set by zmq.auth) of a received frame."""
+    """The CURVE User-Id (the z85 client public key, set by the ZAP handler) of a received frame."""
     try:
         return frame.get("User-Id") or ""
     except zmq.ZMQError:  # no such property: not an authenticated connection
@@ -110,7 +110,7 @@ def user_id(frame: zmq.Frame) -> str:
 
 
 class Guard:
-    """The broker's security state. Create it before any socket is bound: the authenticator must
+    """The broker's security state. Create it before any socket is bound: the ZAP handler must
     run to answer the first handshake. ``keys`` is the data dir's key directory; without it the
     broker gets a throwaway key pair and allows no admin key. Raises ``KeyFileError``."""
 
@@ -129,11 +129,12 @@ class Guard:
         self._keys_added = 0
         """Peers added to ``_peer_keys`` since the last ``tick``."""
         self._refused = Throttle(REFUSALS_LOGGED, "refused {} more control connections")
-        self.auth = _Authenticator(ctx, gate)
-        self.auth.start()
-        self.auth.configure_curve_callback(CONTROL_DOMAIN, self.admins)
-        if curve:
-            self.auth.configure_curve_callback(CHAT_DOMAIN, _AnyClient())
+        self._checks = _Checks(gate, self.admins, curve)
+        self.zap = ZapHandler(ctx)
+        self.zap.serve(CONTROL_DOMAIN, self._checks.control)
+        self.zap.serve(CHAT_DOMAIN, self._checks.chat)
+        self.zap.serve(PUB_DOMAIN, self._checks.pub)
+        self.zap.start()
 
     def serve(self, sock: zmq.Socket[bytes], domain: str) -> None:
         """Put ``sock`` (not yet bound) in ``domain``: a CURVE server, but without ``curve`` a
@@ -148,7 +149,7 @@ class Guard:
 
     def check_subscribers(self, check: SubscriberCheck) -> None:
         """How the PUB's handshakes prove a session (set once the chat exists)."""
-        self.auth.subscribers = check
+        self._checks.subscribers = check
 
     def peer_with_key(self, key: str) -> bytes | None:
         """With ``curve``: the ROUTER peer whose connection uses client ``key`` (any thread)."""
@@ -247,4 +248,4 @@ class Guard:
         return lines
 
     def stop(self) -> None:
-        self.auth.stop()
+        self.zap.stop()

@@ -248,8 +248,8 @@ def _signature(directory: Path) -> tuple[tuple[str, int, int, int], ...] | None:
 class AllowList:
     """The admin public keys, re-read when their directory changes.
 
-    ``callback`` is the credentials provider of ``zmq.auth`` (``configure_curve_callback``): it runs
-    on the authenticator's thread and only reads ``keys``, which ``refresh`` replaces whole.
+    ``callback`` (domain, z85 key) -> whether to let the key in: it runs on the ZAP thread
+    (``zap.py``) and only reads ``keys``, which ``refresh`` replaces whole.
     """
 
     def __init__(self, directory: Path | None) -> None:
