@@ -47,8 +47,8 @@ LOOKS_PER_TICK: Final = 256
 """Young connections looked at a tick at most (a few microseconds each): a crowd arriving at
 once is looked at in turn, and the guard never holds the interpreter for long."""
 SETTLED_EVERY: Final = {"router": 2.0, "pub": 1.0}
-"""Seconds between looks at a connection past its first ``hello_timeout``: 8,000 users (16,000
-connections) cost the guard about 12,000 looks a second, some 3% of a core."""
+"""Seconds between looks at a ROUTER connection, and at a PUB one past its first
+``hello_timeout``: 8,000 users (16,000 connections) cost the guard about 12,000 looks a second."""
 HANDSHAKE: Final = {False: 107, True: 567}
 """Bytes a stock DEALER's handshake sends (ZMTP greeting and READY; with CURVE, its four
 commands): a ROUTER connection that sent no more never said hello (the smallest is 12 bytes)."""
@@ -143,10 +143,11 @@ class Watch:
         """How the guard asks after a subscriber's session (set once the chat exists)."""
         self.conns: dict[tuple[str, int], _Conn] = {}
         self._young: deque[_Conn] = deque()
-        """Connections in their first ``hello_timeout``: looked at every tick (or, when more
+        """PUB connections in their first ``hello_timeout``: looked at every tick (or, when more
         than ``LOOKS_PER_TICK`` are new at once, in turn)."""
         self._settled: dict[str, deque[_Conn]] = {"router": deque(), "pub": deque()}
-        """The others, by socket, looked at in turn: each every ``SETTLED_EVERY`` seconds."""
+        """The others (and the ROUTER's from the start), by socket, looked at in turn: each every
+        ``SETTLED_EVERY`` seconds."""
         self.open: Counter[str] = Counter()
         """Connections open now, by socket name."""
         self.accepted: Counter[str] = Counter()
@@ -280,7 +281,9 @@ class Watch:
                 conn = _Conn(fd, kind, address, port, now, checked=now)
                 conn.allowance = self.budgets.router_burst
                 self.conns[(kind, fd)] = conn
-                self._young.append(conn)
+                # A subscriber's flood is stored as it comes: young ones are looked at each tick.
+                # A DEALER's requests wait in its queue of 1,000: looked at in turn from the start.
+                (self._young if kind == "pub" else self._settled["router"]).append(conn)
                 self.open[kind] += 1
                 self.accepted[kind] += 1
                 if self.gate.is_banned(address):
