@@ -37,6 +37,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.security.gate import Gate
+from broker.stoppipe import StopPipe
 
 TICK: Final = 0.02
 """Seconds between the guard's looks at young connections. At 5 ms, a hundred new subscribers
@@ -166,11 +167,7 @@ class Watch:
         """PUB connections matched to each session name."""
         self._lines: deque[tuple[str, str]] = deque()
         self._failures: deque[str] = deque()
-        self._stop_name = f"inproc://watch-stop-{id(self)}"
-        self._stop_r: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
-        self._stop_r.bind(self._stop_name)
-        self._stop_w: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
-        self._stop_w.connect(self._stop_name)
+        self._stop = StopPipe(ctx)
         self._buf = ctypes.create_string_buffer(_TCP_INFO_BYTES)
         self._len = ctypes.c_uint32(_TCP_INFO_BYTES)
         self._thread = threading.Thread(target=self._run, name="room-guard", daemon=True)
@@ -181,11 +178,7 @@ class Watch:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._stop_w.send(b"")
-            self._thread.join(5)
-        self._stop_r.close(linger=0)
-        self._stop_w.close(linger=0)
+        self._stop.halt(self._thread)
 
     def approved(self, address: str, name: str, proof: str) -> None:
         """The ZAP thread let a subscriber of session ``name`` in from ``address``."""
@@ -214,11 +207,11 @@ class Watch:
         poller = zmq.Poller()
         for monitor in self.monitors.values():
             poller.register(monitor, zmq.POLLIN)
-        poller.register(self._stop_r, zmq.POLLIN)
+        poller.register(self._stop.reader, zmq.POLLIN)
         by_socket = {monitor: name for name, monitor in self.monitors.items()}
         while True:
             ready = dict(poller.poll(TICK * 1000))
-            if self._stop_r in ready:
+            if self._stop.reader in ready:
                 return
             now = time.monotonic()
             for monitor in ready:

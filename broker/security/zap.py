@@ -21,6 +21,8 @@ from typing import Final
 import zmq
 from zmq.utils import z85
 
+from broker.stoppipe import StopPipe
+
 ENDPOINT: Final = "inproc://zeromq.zap.01"
 VERSION: Final = b"1.0"
 
@@ -44,11 +46,7 @@ class ZapHandler:
         self._socket: zmq.Socket[bytes] = ctx.socket(zmq.REP)
         self._socket.linger = 0
         self._socket.bind(ENDPOINT)
-        self._stop_name = f"inproc://zap-stop-{id(self)}"
-        self._stop_r: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
-        self._stop_r.bind(self._stop_name)
-        self._stop_w: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
-        self._stop_w.connect(self._stop_name)
+        self._stop = StopPipe(ctx)
         self._thread = threading.Thread(target=self._run, name="room-zap", daemon=True)
 
     def serve(self, domain: str, check: Check) -> None:
@@ -58,19 +56,16 @@ class ZapHandler:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._stop_w.send(b"")
-            self._thread.join(5)
-        for sock in (self._socket, self._stop_r, self._stop_w):
-            sock.close(linger=0)
+        self._stop.halt(self._thread)
+        self._socket.close(linger=0)
 
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._stop_r, zmq.POLLIN)
+        poller.register(self._stop.reader, zmq.POLLIN)
         while True:
             ready = dict(poller.poll())
-            if self._stop_r in ready:
+            if self._stop.reader in ready:
                 return
             while True:  # a REP answers one request at a time: every waiting one, in turn
                 try:
