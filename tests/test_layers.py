@@ -24,7 +24,7 @@ LAYER_RULES = {
         "broker.store.access",
     ),
     "broker.store": ("broker.wire", "broker.config", "broker.store"),
-    "broker.security": ("broker.wire", "broker.config", "broker.security"),
+    "broker.security": ("broker.wire", "broker.config", "broker.stoppipe", "broker.security"),
     "broker.admin": (
         "broker.wire",
         "broker.config",
