@@ -577,8 +577,8 @@ def test_allow_list_reloads_only_when_its_directory_changes(tmp_path: Path):
     assert allow.refresh() is not None
     public, _ = keys.load_secret(other.admin_secret)
     assert allow.name(public) == "zoe" and allow.name(public.decode()) == "zoe"
-    assert allow.callback("room-control", public) is True
-    assert allow.callback("room-control", b"x" * 40) is False
+    assert allow.admits(public) is True
+    assert allow.admits(b"x" * 40) is False
     assert allow.refused == [b"x" * 40]
     keys.remove(kd, "zoe")
     allow.refresh()

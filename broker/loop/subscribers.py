@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import secrets
 
-from zmq.utils import z85
-
 from broker.chat.chat import Chat
 from broker.config import Limits
 from broker.loop.watch import Watch
 from broker.security.guard import Guard
+from broker.security.zap import Verdict, curve_user
 
 
 class Subscribers:
@@ -29,27 +28,28 @@ class Subscribers:
         self.limits = limits
         self.curve = curve
 
-    def admit(self, mechanism: str, credentials: list[bytes], address: str) -> tuple[str, str]:
-        """(the session's name, "") for a subscriber that proves a live session, else ("", why)."""
+    def admit(self, address: str, mechanism: str, credentials: list[bytes]) -> Verdict:
+        """The session's name (its User-Id) for a subscriber that proves a live session, else
+        None and why not: the PUB's ZAP check, after the connection caps."""
         if self.curve:
             if mechanism != "CURVE" or not credentials:
-                return "", "a subscriber must use CURVE with its session's key"
-            proof = z85.encode(credentials[0]).decode()
+                return None, "a subscriber must use CURVE with its session's key"
+            proof = curve_user(credentials[0])
             peer = self.guard.peer_with_key(proof)
             user = None if peer is None else self.chat.by_peer.get(peer)
             if user is None:
-                return "", "no session uses this client key: say hello on the ROUTER first"
+                return None, "no session uses this client key: say hello on the ROUTER first"
             name = user.name
         else:
             if mechanism != "PLAIN" or len(credentials) != 2:
-                return "", "a subscriber must log in (PLAIN) with its session's name and secret"
+                return None, "a subscriber must log in (PLAIN) with its session's name and secret"
             name = credentials[0].decode("utf-8", "replace")
             proof = credentials[1].decode("utf-8", "replace")
             if self.moves(name, proof) is None:
-                return "", f"no live session {name!r} with this secret"
+                return None, f"no live session {name!r} with this secret"
         cap = self.limits.subscribers_per_session
         if self.watch.subscribers(name) >= cap:
-            return "", f"session {name!r} holds {cap} subscribers already"
+            return None, f"session {name!r} holds {cap} subscribers already"
         self.watch.approved(address, name, proof)
         return name, ""
 

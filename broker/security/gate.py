@@ -66,17 +66,16 @@ class Gate:
         self.banned[address] = time.monotonic() + seconds
 
     def is_banned(self, address: str) -> bool:
+        """Whether ``address`` is refused now (the guard shuts its new connections at once)."""
         until = self.banned.get(address)
         return until is not None and until > time.monotonic()
 
     def admit(self, address: str) -> str | None:
         """None to let a new connection from ``address`` in, else why not. The counts may
         already include this connection (its monitor event came first), hence ``>``."""
-        until = self.banned.get(address)
-        if until is not None:
-            if until > time.monotonic():
-                return f"{address} was evicted for abuse; refused for a while"
-            self.banned.pop(address, None)
+        if self.is_banned(address):
+            return f"{address} was evicted for abuse; refused for a while"
+        self.banned.pop(address, None)  # its time is up, if it was banned
         if self.open > self.total:
             self.refused_full += 1
             return f"{self.open} connections are open (at most {self.total}: {self.total_why})"

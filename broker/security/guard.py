@@ -16,7 +16,6 @@ writing them, and never touches the chat.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Final
 
 import zmq
@@ -24,7 +23,7 @@ import zmq
 from broker.security.gate import Gate
 from broker.security.keys import AllowList, KeyDir, load_secret, short
 from broker.security.throttle import Throttle
-from broker.security.zap import Verdict, ZapHandler, curve_user
+from broker.security.zap import Check, Verdict, ZapHandler, curve_user
 
 CONTROL_DOMAIN: Final = "room-control"
 """ZAP domain of the control socket: only the admins' public keys pass."""
@@ -47,13 +46,8 @@ REFUSALS_LOGGED: Final = 20
 flood of bad handshakes cannot flood the log."""
 
 
-SubscriberCheck = Callable[[str, list[bytes], str], tuple[str, str]]
-"""(mechanism, credentials, address) -> (the session's name, "") to let a subscriber in, or
-("", why not)."""
-
-
-def _no_sessions(mechanism: str, credentials: list[bytes], address: str) -> tuple[str, str]:
-    return "", "the broker is starting"
+def _no_sessions(address: str, mechanism: str, credentials: list[bytes]) -> Verdict:
+    return None, "the broker is starting"
 
 
 class _Checks:
@@ -64,13 +58,14 @@ class _Checks:
         self.gate = gate
         self.admins = admins
         self.curve = curve
-        self.subscribers: SubscriberCheck = _no_sessions
+        self.subscribers: Check = _no_sessions
+        """Whether a subscriber proves a live session (the loop's, once the chat exists)."""
 
     def control(self, address: str, mechanism: str, credentials: list[bytes]) -> Verdict:
         if mechanism != "CURVE" or len(credentials) != 1:
             return None, "the control socket takes CURVE only"
         user = curve_user(credentials[0])
-        if not self.admins.callback(CONTROL_DOMAIN, user.encode()):
+        if not self.admins.admits(user.encode()):
             return None, "Unknown key"
         return user, ""
 
@@ -88,11 +83,10 @@ class _Checks:
         why = self._over_caps(address)
         if why is not None:
             return None, why
-        name, why = self.subscribers(mechanism, credentials, address)
-        if not name:
+        user, why = self.subscribers(address, mechanism, credentials)
+        if user is None:
             self.gate.refused += 1
-            return None, why
-        return name, ""
+        return user, why
 
     def _over_caps(self, address: str) -> str | None:
         why = self.gate.admit(address)
@@ -147,7 +141,7 @@ class Guard:
             sock.setsockopt(zmq.PLAIN_SERVER, 1)
         sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
 
-    def check_subscribers(self, check: SubscriberCheck) -> None:
+    def check_subscribers(self, check: Check) -> None:
         """How the PUB's handshakes prove a session (set once the chat exists)."""
         self._checks.subscribers = check
 

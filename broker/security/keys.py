@@ -248,8 +248,8 @@ def _signature(directory: Path) -> tuple[tuple[str, int, int, int], ...] | None:
 class AllowList:
     """The admin public keys, re-read when their directory changes.
 
-    ``callback`` (domain, z85 key) -> whether to let the key in: it runs on the ZAP thread
-    (``zap.py``) and only reads ``keys``, which ``refresh`` replaces whole.
+    ``admits`` runs on the ZAP thread (``zap.py``) and only reads ``keys``, which ``refresh``
+    replaces whole.
     """
 
     def __init__(self, directory: Path | None) -> None:
@@ -282,7 +282,9 @@ class AllowList:
             return None
         return self.keys.get(key.encode() if isinstance(key, str) else key)
 
-    def callback(self, domain: str, key: bytes) -> bool:
+    def admits(self, key: bytes) -> bool:
+        """Whether the z85 public ``key`` may use the control socket (a refused one is kept to
+        log)."""
         allowed = key in self.keys
         if not allowed and len(self.refused) < 64:
             self.refused.append(key)
