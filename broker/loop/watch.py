@@ -105,6 +105,8 @@ class _Conn:
     loopback) the guard cannot tell which is whose, and closing one at its holder's end closed
     live sessions' subscribers; so the end of the last of them closes it."""
     received: int = 0
+    said_hello: bool = False
+    """A ROUTER connection: a look saw it send more than its handshake."""
     allowance: float = 0.0
     checked: float = 0.0
     gone: bool = False
@@ -259,15 +261,14 @@ class Watch:
                 if conn.gone:
                     continue
                 self._check(conn, now)
-                if not conn.gone and self._watched(conn, now):
+                if not conn.gone and self._watched(conn):
                     settled.append(conn)
 
-    def _watched(self, conn: _Conn, now: float) -> bool:
+    def _watched(self, conn: _Conn) -> bool:
         """Whether ``conn`` needs more looks. Without a rate limit (``--rate 0``), a ROUTER
-        connection past its hello check has nothing left to be looked at for (a third of the
-        looks at 8,000 users); a subscriber always has (its session may end, or it may flood)."""
-        b = self.budgets
-        return conn.kind == "pub" or b.router_rate > 0 or now - conn.accepted < b.hello_timeout
+        connection seen to say hello has nothing left to be looked at for (a third of the looks
+        at 8,000 users); a subscriber always has (its session may end, or it may flood)."""
+        return conn.kind == "pub" or self.budgets.router_rate > 0 or not conn.said_hello
 
     def _events(self, monitor: zmq.Socket[bytes], kind: str, now: float) -> None:
         while True:
@@ -349,7 +350,8 @@ class Watch:
         b = self.budgets
         if conn.kind == "router":
             age = now - conn.accepted
-            if age >= b.hello_timeout and received < HANDSHAKE[b.curve] + SMALLEST_HELLO:
+            conn.said_hello = received >= HANDSHAKE[b.curve] + SMALLEST_HELLO
+            if age >= b.hello_timeout and not conn.said_hello:
                 self._evict(conn, f"no hello within {b.hello_timeout:g} s", ban=True)
             elif b.router_rate > 0:
                 conn.allowance = min(b.router_burst, conn.allowance + elapsed * b.router_rate)
