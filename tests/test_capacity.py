@@ -57,6 +57,7 @@ class Flood:
     def __init__(self, ctx: zmq.Context, router: str, count: int) -> None:
         self.socks: list[zmq.Socket] = []
         self.welcomed: set[zmq.Socket] = set()
+        self.full: set[zmq.Socket] = set()
         for i in range(count):
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
@@ -66,11 +67,15 @@ class Flood:
             self.socks.append(sock)
 
     def pump(self) -> None:
-        """Read what came (noting each Welcome), and ping for those welcomed."""
+        """Read what came (noting each Welcome, and each hello refused as ``full``), and ping
+        for those welcomed."""
         for sock in self.socks:
             while sock.poll(0):
-                if any(isinstance(m, p.Welcome) for m in p.decode_server(sock.recv())):
-                    self.welcomed.add(sock)
+                for m in p.decode_server(sock.recv()):
+                    if isinstance(m, p.Welcome):
+                        self.welcomed.add(sock)
+                    elif isinstance(m, p.Error) and m.code == p.Code.FULL:
+                        self.full.add(sock)
             if sock in self.welcomed:
                 with contextlib.suppress(zmq.Again):
                     sock.send(p.encode(p.Ping()), zmq.NOBLOCK)
@@ -109,13 +114,13 @@ def test_a_broker_under_a_low_descriptor_limit_refuses_what_does_not_fit_and_ser
     and meanwhile stores and publishes the canary's messages, answers room-ctl, and re-reads its
     admin allow-list; once the flood is gone, a new user gets in."""
     with preluded(tmp_path / "data", LOW_LIMIT, "--rate", "0", "--quiet") as broker:
-        cap = int(
-            broker.expect(
-                rf"at most (\d+) chat connections \(what the file-descriptor limit {LIMIT} "
-                r"leaves; --max-connections 25000\); file descriptors: limit 256, \d+ in use"
-            ).group(1)
+        started = broker.expect(
+            rf"at most (\d+) chat connections \(what the file-descriptor limit {LIMIT} "
+            r"leaves; --max-connections 25000\), (\d+) users \(--max-clients 10000\); "
+            r"file descriptors: limit 256, \d+ in use"
         )
-        assert 100 < cap < LIMIT - RESERVE
+        cap, users = int(started.group(1)), int(started.group(2))
+        assert 100 < cap < LIMIT - RESERVE and users == (cap - 2) // 2  # two connections a user
         canary = Canary(ctx, broker)
         flood = Flood(ctx, broker.router, FLOOD)
         try:
@@ -129,13 +134,15 @@ def test_a_broker_under_a_low_descriptor_limit_refuses_what_does_not_fit_and_ser
                 flood,
             )
             deadline = time.monotonic() + WAIT
-            while len(flood.welcomed) < cap // 2 and time.monotonic() < deadline:
+            while (len(flood.welcomed) < users - 2 or not flood.full) and (
+                time.monotonic() < deadline
+            ):
                 flood.pump()
                 canary.ping()
-            # Connections refused in their handshake held places for a moment too, so fewer
-            # may get in (99 to 149 of a cap of 153 here), never more: the gate lets one past
-            # its count (its monitor event may come after the handshake).
-            assert cap // 2 <= len(flood.welcomed) <= cap + 1 - 4, (len(flood.welcomed), cap)
+            # As many users as the connections hold (the canary's two among them), and those
+            # past them that got a connection are told that the broker is full.
+            assert len(flood.welcomed) == users - 2, (len(flood.welcomed), users)
+            assert flood.full
             # The flood holds every connection it may: the broker still has its own descriptors.
             assert open_fds(broker.popen.pid) <= LIMIT - RESERVE // 2
             for _ in range(3):
@@ -143,7 +150,7 @@ def test_a_broker_under_a_low_descriptor_limit_refuses_what_does_not_fit_and_ser
                 flood.pump()
             now = stats(broker)
             assert now["clients"] >= len(flood.welcomed) + 2
-            assert now["connections"] <= cap + 1
+            assert now["connections"] <= cap
             made = subprocess.run(
                 _cmd("broker.cli", "keys", "new", "ops", "--out", str(tmp_path / "ops")),
                 capture_output=True,
@@ -162,6 +169,10 @@ def test_a_broker_under_a_low_descriptor_limit_refuses_what_does_not_fit_and_ser
             flood.close()
             canary.close()
         wait_connections(broker, 0)  # the gate counts them out as they close
+        deadline = time.monotonic() + 3 * WAIT  # their sessions end once heard of no more
+        while (now := stats(broker))["clients"]:
+            assert time.monotonic() < deadline, f"{now['clients']} sessions still open"
+            time.sleep(0.2)  # a poll of the admin's view, not a wait for an event we could see
         late = Canary(ctx, broker, room="late", prefix="late")
         late.chat()
         late.close()

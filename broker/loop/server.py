@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
@@ -128,6 +129,9 @@ class Broker:
             self.gate,
             _budgets(limits, rate, burst, curve),
         )
+        for monitor, read in self.watch.readers():
+            self.guard.zap.also_read(monitor, read)
+        self.guard.start()  # the handshakes that came meanwhile waited for it
         settings = Settings(
             self.endpoints.pub,
             limits,
@@ -190,7 +194,10 @@ class Broker:
                     "the limit (ulimit -n, or LimitNOFILE= in a systemd unit)"
                 )
             self.gate.cap(room, f"what the file-descriptor limit {limit} leaves")
-        self._max_connections = limits.max_connections
+        if self.gate.users() < limits.max_clients:  # the users the connections hold, at most
+            capped = replace(limits, max_clients=self.gate.users())
+            self.chat.settings = replace(self.chat.settings, limits=capped)
+        self._max_connections, self._max_clients = limits.max_connections, limits.max_clients
         self.exporter: Exporter | None = None
         if metrics is not None:  # last: nothing to undo after it; prometheus_client only here
             from broker.loop.metrics import Exporter
@@ -240,9 +247,10 @@ class Broker:
         self.log.line(f"room-broker control: CURVE, admin keys only; chat traffic {chat}")
         gate, asked = self.gate, f"--max-connections {self._max_connections}"
         why = asked if gate.total == self._max_connections else f"{gate.total_why}; {asked}"
+        users = self.chat.settings.limits.max_clients
         self.log.line(
-            f"room-broker connections: at most {gate.total} chat connections ({why}); "
-            f"{self.descriptors.describe()}"
+            f"room-broker connections: at most {gate.total} chat connections ({why}), "
+            f"{users} users (--max-clients {self._max_clients}); {self.descriptors.describe()}"
         )
         if self.plugin is not None:
             self.log.line(self.plugin.banner())
@@ -274,10 +282,10 @@ class Broker:
                 self.exporter.close()
 
     def _close_sockets(self, linger: int) -> None:
-        self.watch.stop()  # it reads the monitors until it stops
+        self.watch.stop()
+        self.guard.stop()  # its ZAP thread reads the monitors until it stops
         self.publisher.stop()  # it owns the PUB until it stops
         self.sockets.close(linger)
-        self.guard.stop()
         self.ctx.term()
 
     def _close_wake(self) -> None:

@@ -12,6 +12,7 @@ from typing import Final
 import zmq
 
 from broker.config import HEARTBEAT, LIVENESS, ZMTP_PING_EVERY, Limits
+from broker.loop.watch import CONNECTION_EVENTS
 from broker.security.guard import CHAT_DOMAIN, CONTROL_DOMAIN, PUB_DOMAIN, REFUSED_EVENTS, Guard
 from broker.store.datadir import StartError
 
@@ -32,8 +33,6 @@ BACKLOG: Final = 4_096
 kernel caps it at net.core.somaxconn). libzmq's default of 100 let a crowd's connections be
 dropped and retried by TCP after 1, 3, 7... s: at 500 users arriving at once, 313 dropped, all in
 after 1.4 s; with 4,096, 0.6 s (room-bench --chat-day)."""
-
-_CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 
 
 @dataclass(slots=True)
@@ -108,8 +107,8 @@ class Sockets:
                 sock.close(linger=0)
             raise
         self.control_monitor = self._monitor(self.control, REFUSED_EVENTS)
-        self.router_monitor = self._monitor(self.router, _CONNECTION_EVENTS)
-        self.pub_monitor = self._monitor(self.pub, _CONNECTION_EVENTS)
+        self.router_monitor = self._monitor(self.router, CONNECTION_EVENTS)
+        self.pub_monitor = self._monitor(self.pub, CONNECTION_EVENTS)
         self.endpoints = Endpoints(
             _endpoint(self.router), _endpoint(self.pub), _endpoint(self.control)
         )

@@ -12,6 +12,12 @@ Budgets, each far above what an honest client sends:
 - a PUB connection that sent more subscription bytes than its session's room changes need (a
   subscriber sends one subscription and one unsubscription a move), or whose session ended.
 
+The monitors are read on the ZAP thread (``readers``), which counts each connection in the gate
+before it judges its handshake, and shuts at once one over the caps or from a banned address
+(``Gate.refusal``): ZAP would refuse it too, but only after its handshake, and a crowd of peers
+reconnecting every 100 ms queues up handshakes (each holding libzmq's buffers) faster than they
+are answered. It hands the others to the guard's thread.
+
 An evicted address is refused at the handshake for ``evict_for`` seconds (``Gate.ban``), and the
 loop logs one line per address and reason at each heartbeat. The descriptor is libzmq's: it is
 only read and shut down, never closed, and its peer is checked again just before the shutdown, as
@@ -31,6 +37,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 import zmq
@@ -62,7 +69,8 @@ unsubscription: a topic of at most 33 bytes each, with framing, and CURVE's per-
 _TCP_INFO_BYTES: Final = 232
 _BYTES_RECEIVED: Final = struct.Struct("=Q")
 _BYTES_RECEIVED_AT: Final = 128  # tcpi_bytes_received in struct tcp_info (Linux 4.1 on)
-_CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+"""What the ROUTER's and the PUB's monitors report to the guard."""
 
 TRIM_EVERY: Final = 1.0
 """Seconds between the guard's ``malloc_trim`` calls at most, when connections closed meanwhile."""
@@ -140,12 +148,17 @@ class Watch:
         budgets: Budgets,
     ) -> None:
         self.monitors = monitors
-        """By socket name ("router", "pub"): the monitor sockets, read only by this thread."""
+        """By socket name ("router", "pub"): the monitor sockets, read only by the ZAP thread."""
         self.gate = gate
         self.budgets = budgets
         self.sessions: Sessions = _no_sessions
         """How the guard asks after a subscriber's session (set once the chat exists)."""
         self.conns: dict[tuple[str, int], _Conn] = {}
+        self._arrivals: deque[_Conn | tuple[str, int]] = deque()
+        """From the ZAP thread, in order: each connection accepted, and (socket, fd) of each
+        gone."""
+        self._shut: set[tuple[str, int]] = set()
+        """Connections the ZAP thread shut at accept, until they are gone (its alone)."""
         self._young: deque[_Conn] = deque()
         """PUB connections in their first ``hello_timeout``: looked at every tick (or, when more
         than ``LOOKS_PER_TICK`` are new at once, in turn)."""
@@ -206,20 +219,47 @@ class Watch:
 
     # ---- the thread ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        for monitor in self.monitors.values():
-            poller.register(monitor, zmq.POLLIN)
-        poller.register(self._stop.reader, zmq.POLLIN)
-        by_socket = {monitor: name for name, monitor in self.monitors.items()}
+    def readers(self) -> list[tuple[zmq.Socket[bytes], Callable[[], None]]]:
+        """Each monitor, and what reads it: for the ZAP thread (``ZapHandler.also_read``), which
+        so counts a connection (or shuts it, over the caps) before it judges its handshake."""
+        return [
+            (monitor, partial(self._events, monitor, kind))
+            for kind, monitor in self.monitors.items()
+        ]
+
+    # ---- the ZAP thread --------------------------------------------------------------------------
+
+    def _events(self, monitor: zmq.Socket[bytes], kind: str) -> None:
+        """The connections ``monitor`` reports accepted and gone: counted in the gate (or shut at
+        once), and handed to the guard's thread."""
         while True:
-            ready = dict(poller.poll(TICK * 1000))
-            if self._stop.reader in ready:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                address, port = _peer(fd)
+                if SUPPORTED and self.gate.refusal(address) is not None:
+                    _shutdown(fd, socket.SHUT_RDWR)
+                    self._shut.add((kind, fd))
+                    continue
+                self.gate.accepted(kind, fd, address)
+                self._arrivals.append(_Conn(fd, kind, address, port, time.monotonic()))
+            elif (kind, fd) in self._shut:
+                self._shut.discard((kind, fd))
+            else:
+                self.gate.disconnected(kind, fd)
+                self._arrivals.append((kind, fd))
+
+    # ---- the guard's thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            if self._stop.reader.poll(TICK * 1000):
                 return
             now = time.monotonic()
-            for monitor in ready:
-                if monitor in by_socket:
-                    self._events(monitor, by_socket[monitor], now)
+            self._arrived()
             self._match(now)
             if not SUPPORTED:
                 continue
@@ -270,40 +310,28 @@ class Watch:
         at 8,000 users); a subscriber always has (its session may end, or it may flood)."""
         return conn.kind == "pub" or self.budgets.router_rate > 0 or not conn.said_hello
 
-    def _events(self, monitor: zmq.Socket[bytes], kind: str, now: float) -> None:
-        while True:
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            fd = int(event["value"])
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                address, port = _peer(fd)
-                self.gate.accepted(kind, fd, address)
-                conn = _Conn(fd, kind, address, port, now, checked=now)
-                conn.allowance = self.budgets.router_burst
-                self.conns[(kind, fd)] = conn
-                # A subscriber's flood is stored as it comes: young ones are looked at each tick.
-                # A DEALER's requests wait in its queue of 1,000: looked at in turn from the start.
-                (self._young if kind == "pub" else self._settled["router"]).append(conn)
-                self.open[kind] += 1
-                self.accepted[kind] += 1
-                if self.gate.is_banned(address):
-                    self._refuse(conn)
-                elif kind == "pub":
-                    self._unmatched.setdefault(address, deque()).append(conn)
-            else:
-                self.gate.disconnected(kind, fd)
-                conn = self.conns.pop((kind, fd), None)
+    def _arrived(self) -> None:
+        """Take the connections the ZAP thread saw come and go, in turn."""
+        for _ in range(len(self._arrivals)):
+            arrival = self._arrivals.popleft()
+            if isinstance(arrival, tuple):
+                conn = self.conns.pop(arrival, None)
                 if conn is not None:
                     self._forget(conn)
-
-    def _refuse(self, conn: _Conn) -> None:
-        """Shut a banned address's new connection down at once: ZAP would refuse it too, but
-        only after its handshake, and a crowd of peers reconnecting every 100 ms queues up
-        handshakes (each holding libzmq's buffers) faster than the ZAP thread answers them."""
-        _shutdown(conn.fd, socket.SHUT_RDWR)
-        conn.gone = True  # its DISCONNECTED event forgets it
+                continue
+            conn = arrival
+            conn.checked = conn.accepted
+            conn.allowance = self.budgets.router_burst
+            self.conns[(conn.kind, conn.fd)] = conn
+            self.open[conn.kind] += 1
+            self.accepted[conn.kind] += 1
+            # A subscriber's flood is stored as it comes: young ones are looked at each tick.
+            # A DEALER's requests wait in its queue of 1,000: looked at in turn from the start.
+            if conn.kind == "pub":
+                self._young.append(conn)
+                self._unmatched.setdefault(conn.address, deque()).append(conn)
+            else:
+                self._settled["router"].append(conn)
 
     def _forget(self, conn: _Conn) -> None:
         conn.gone = True

@@ -3,10 +3,16 @@
 A user holds two connections (its DEALER on the ROUTER, its SUB on the PUB), but anyone who can
 reach the ports can open thousands that never say hello, each costing the broker memory for as
 long as it stays open (a ROUTER cannot drop one peer). So every chat connection passes through
-ZAP, the NULL mechanism included (the chat sockets have a ZAP domain): the handler, on the
-ZAP thread (``zap.py``), asks ``Gate.admit``, which only reads counts. The loop keeps the counts
-from the sockets' monitors (accepted, disconnected), by the peer address of each file
-descriptor. A refused connection is closed in its handshake, before it costs anything more.
+ZAP, the NULL mechanism included (the chat sockets have a ZAP domain): the handler asks
+``Gate.admit``, which only reads counts. The same thread keeps the counts from the sockets'
+monitors (accepted, disconnected), by the peer address of each file descriptor, and reads them
+before it judges a handshake, so a connection is always counted when it is judged. A refused
+connection is closed in its handshake, before it costs anything more.
+
+On Linux a connection over the caps is refused sooner, as it is accepted (``refusal``): shut down
+before its handshake, and never counted. So a crowd from one address gets its cap in the order it
+came: counted at accept and judged by ZAP later, a crowd of 100 against a cap of 40 was all
+counted before ZAP heard of the first, and all refused, again at each reconnection.
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ class Gate:
         self._address_of: dict[tuple[str, int], str] = {}
         """Each open connection's address, by socket and file descriptor."""
         self.refused = 0
-        """Connections refused since the last ``take_refused`` (written on the ZAP thread)."""
+        """Connections refused since the start (only ever added to, on the ZAP thread)."""
         self.refused_full = 0
         """Of those, refused because ``total`` were open."""
+        self._taken = (0, 0)
+        """``refused`` and ``refused_full`` at the last ``take_refused``."""
         self.banned: dict[str, float] = {}
         """Addresses refused until a time (``time.monotonic``): the guard evicted one of their
         connections (written by the guard's thread, read by the ZAP thread)."""
@@ -61,6 +69,12 @@ class Gate:
         self.total = total
         self.total_why = why
 
+    def users(self) -> int:
+        """Users that ``total`` holds: two connections each (a DEALER, a SUB), less a reserve of
+        1% in which one more user's DEALER still gets in, to be told the broker is full (past
+        ``total`` it is shut before it could hear anything)."""
+        return max(1, (self.total - max(2, self.total // 100)) // 2)
+
     def ban(self, address: str, seconds: float) -> None:
         """Refuse ``address`` at the handshake for ``seconds``."""
         self.banned[address] = time.monotonic() + seconds
@@ -71,24 +85,37 @@ class Gate:
         return until is not None and until > time.monotonic()
 
     def admit(self, address: str) -> str | None:
-        """None to let a new connection from ``address`` in, else why not. The counts may
-        already include this connection (its monitor event came first), hence ``>``."""
+        """For ZAP: None to let a new connection from ``address`` in, else why not. The counts
+        include this connection (its monitor event came first), hence ``>``."""
+        return self._over_caps(address, 1)
+
+    def refusal(self, address: str) -> str | None:
+        """Before a connection just accepted from ``address`` is counted: None if it may go on
+        to its handshake, else why it is shut at once."""
+        return self._over_caps(address, 0)
+
+    def _over_caps(self, address: str, counted: int) -> str | None:
+        """Why a connection from ``address`` is refused (counted), or None; ``counted``: 1 if
+        the counts include it already."""
         if self.is_banned(address):
+            self.refused += 1
             return f"{address} was evicted for abuse; refused for a while"
         self.banned.pop(address, None)  # its time is up, if it was banned
-        if self.open > self.total:
+        if (others := self.open - counted) >= self.total:
+            self.refused += 1
             self.refused_full += 1
-            return f"{self.open} connections are open (at most {self.total}: {self.total_why})"
-        if self.by_address.get(address, 0) > self.per_address:
+            return f"{others} connections are open (at most {self.total}: {self.total_why})"
+        if self.by_address.get(address, 0) - counted >= self.per_address:
+            self.refused += 1
             return f"too many connections from {address} (--max-per-address {self.per_address})"
         return None
 
     def take_refused(self) -> tuple[int, int]:
         """Connections refused since the last call, and how many of them because ``total``
-        were open."""
-        refused, self.refused = self.refused, 0
-        full, self.refused_full = self.refused_full, 0
-        return refused, full
+        were open (read on another thread than the one that counts)."""
+        now = (self.refused, self.refused_full)
+        taken, self._taken = self._taken, now
+        return now[0] - taken[0], now[1] - taken[1]
 
 
 def peer_address(fd: int) -> str:

@@ -70,7 +70,7 @@ class _Checks:
         return user, ""
 
     def chat(self, address: str, mechanism: str, credentials: list[bytes]) -> Verdict:
-        why = self._over_caps(address)
+        why = self.gate.admit(address)
         if why is not None:
             return None, why
         if self.curve and mechanism == "CURVE" and len(credentials) == 1:
@@ -80,19 +80,13 @@ class _Checks:
         return None, f"{mechanism} is not this socket's mechanism"
 
     def pub(self, address: str, mechanism: str, credentials: list[bytes]) -> Verdict:
-        why = self._over_caps(address)
+        why = self.gate.admit(address)
         if why is not None:
             return None, why
         user, why = self.subscribers(address, mechanism, credentials)
         if user is None:
             self.gate.refused += 1
         return user, why
-
-    def _over_caps(self, address: str) -> str | None:
-        why = self.gate.admit(address)
-        if why is not None:
-            self.gate.refused += 1
-        return why
 
 
 def user_id(frame: zmq.Frame) -> str:
@@ -104,9 +98,10 @@ def user_id(frame: zmq.Frame) -> str:
 
 
 class Guard:
-    """The broker's security state. Create it before any socket is bound: the ZAP handler must
-    run to answer the first handshake. ``keys`` is the data dir's key directory; without it the
-    broker gets a throwaway key pair and allows no admin key. Raises ``KeyFileError``."""
+    """The broker's security state. Create it before any socket is bound, so that the ZAP handler
+    is there to be asked about the first handshake, and ``start`` it once the sockets are.
+    ``keys`` is the data dir's key directory; without it the broker gets a throwaway key pair and
+    allows no admin key. Raises ``KeyFileError``."""
 
     def __init__(
         self, ctx: zmq.Context[zmq.Socket[bytes]], keys: KeyDir | None, curve: bool, gate: Gate
@@ -128,6 +123,9 @@ class Guard:
         self.zap.serve(CONTROL_DOMAIN, self._checks.control)
         self.zap.serve(CHAT_DOMAIN, self._checks.chat)
         self.zap.serve(PUB_DOMAIN, self._checks.pub)
+
+    def start(self) -> None:
+        """Start answering handshakes (those that came meanwhile waited)."""
         self.zap.start()
 
     def serve(self, sock: zmq.Socket[bytes], domain: str) -> None:

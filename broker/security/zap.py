@@ -7,6 +7,9 @@ that thread took a quarter of the broker's samples, four fifths of them in async
 crowd's handshakes waited (py-spy, room-bench --chat-day). This one blocks on its socket and
 answers from plain functions, one per domain.
 
+The thread also reads what it is given to read beside (``also_read``): the broker's connection
+monitors, so that a connection's arrival is counted before its handshake is judged.
+
 A domain's function gets (address, mechanism, credentials) and returns the User-Id to let the
 connection in with, or None and why not. CURVE's credential is the client's binary public key;
 ``curve_user`` is what a CURVE client's User-Id is (its z85 key, as ``zmq.auth`` gave it).
@@ -39,10 +42,12 @@ def curve_user(key: bytes) -> str:
 
 class ZapHandler:
     """Answers the handshakes of the domains it is given (``domains``: name -> check); any other
-    domain is refused. Create and ``start`` it before a socket with a ZAP domain is bound."""
+    domain is refused. Create it before a socket with a ZAP domain is bound (libzmq then queues
+    each handshake's question for it), and ``start`` it once everything it reads is there."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         self.domains: dict[bytes, Check] = {}
+        self._also: list[tuple[zmq.Socket[bytes], Callable[[], None]]] = []
         self._socket: zmq.Socket[bytes] = ctx.socket(zmq.REP)
         self._socket.linger = 0
         self._socket.bind(ENDPOINT)
@@ -51,6 +56,12 @@ class ZapHandler:
 
     def serve(self, domain: str, check: Check) -> None:
         self.domains[domain.encode()] = check
+
+    def also_read(self, sock: zmq.Socket[bytes], read: Callable[[], None]) -> None:
+        """Have the thread call ``read`` (which takes all ``sock`` holds, never waiting) when
+        ``sock`` is readable, and before each answer. Before ``start``; ``sock`` is the thread's
+        alone from then on."""
+        self._also.append((sock, read))
 
     def start(self) -> None:
         self._thread.start()
@@ -63,15 +74,22 @@ class ZapHandler:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._stop.reader, zmq.POLLIN)
+        reads = [read for sock, read in self._also]
+        for sock, _ in self._also:
+            poller.register(sock, zmq.POLLIN)
         while True:
             ready = dict(poller.poll())
             if self._stop.reader in ready:
                 return
+            for read in reads:
+                read()
             while True:  # a REP answers one request at a time: every waiting one, in turn
                 try:
                     request = self._socket.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                for read in reads:  # what came before this handshake's question, first
+                    read()
                 self._socket.send_multipart(self.answer(request))
 
     def answer(self, request: list[bytes]) -> list[bytes]:
