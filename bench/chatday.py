@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import resource
 import tempfile
 import time
 from array import array
@@ -35,9 +36,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import daygen
+from bench.canary import ctl_stats
 from bench.run import Target, machine, peak_mb, redis_binary
 
 USERS_PER_PROCESS: Final = 500
+FDS_PER_USER: Final = 4
+FDS_SPARE: Final = 256
+"""Descriptors a generator process keeps for itself (its context, epoll, pipes)."""
 MIN_USERS: Final = 20
 LINE_EVERY: Final = 30.0
 """Seconds between one user's lines, on average."""
@@ -93,7 +98,12 @@ def plan(
 
 
 def processes(n: int) -> int:
-    return max(1, min(math.ceil(n / USERS_PER_PROCESS), os.cpu_count() or 1))
+    """One per ``USERS_PER_PROCESS`` users, no more than the cores, unless the users of one
+    would not fit its file-descriptor limit (four a user: each socket's connection and its
+    mailbox)."""
+    fit = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FDS_SPARE) // FDS_PER_USER
+    by_cores = min(math.ceil(n / USERS_PER_PROCESS), os.cpu_count() or 1)
+    return max(1, by_cores, math.ceil(n / fit))
 
 
 def parts(day: dict[str, Any], count: int) -> list[dict[str, Any]]:
@@ -156,6 +166,8 @@ def run_pass(kind: str, day: dict[str, Any], workdir: Path, settle: float) -> di
                  "--max-connections", str(max(25_000, 2 * n + 500)),
                  "--max-per-address", str(max(4096, 2 * n + 500)),
                  "--max-rooms", str(max(1000, len(day["rooms"]) + 10)))  # fmt: skip
+    else:  # Redis's default is 10,000 clients (a subscriber a user, a publisher a process)
+        extra = ("--maxclients", str(max(10_000, n + 100)))
     target = Target(kind, workdir, extra=extra)
     pid = target.proc.pid
     ctx = mp.get_context("spawn")
@@ -182,6 +194,13 @@ def run_pass(kind: str, day: dict[str, Any], workdir: Path, settle: float) -> di
         steady.value = t0
         _until(t0)
         cpu0 = target.cpu()
+        admin: dict[str, Any] = {}
+        if kind == "room":  # the admin is served too, mid-day
+            _until(t0 + day["seconds"] / 2)
+            asked = time.monotonic()
+            stats = ctl_stats(target.control, str(target.data))
+            admin = {"admin_answered_s": None if stats is None else round(
+                time.monotonic() - asked, 2), "admin_stats": stats}  # fmt: skip
         _until(t0 + day["seconds"])
         cpu = target.cpu() - cpu0
         rss = rss_mb(pid)
@@ -211,6 +230,7 @@ def run_pass(kind: str, day: dict[str, Any], workdir: Path, settle: float) -> di
         "cpu_percent": round(100 * cpu / day["seconds"], 1),
         "rss_mb": round(rss, 1),
         "peak_mb": round(peak, 1),
+        **admin,
     })  # fmt: skip
     g = result["generators"]
     g["admission_share_of_cores"] = round(
@@ -252,6 +272,7 @@ def _merge(kind: str, reports: list[dict[str, Any]], seconds: float) -> dict[str
         "users": users,
         "in_at_start": sum(r["in_at_t0"] for r in reports),
         "ever_in": sum(r["ever_in"] for r in reports),
+        "turned_away": sum(r["turned_away"] for r in reports),
         "first_hello": min(r["first_hello"] for r in reports),
         "last_in": max(r["last_in"] for r in reports),
         "lines": c["lines"],
@@ -350,6 +371,8 @@ def row(step: dict[str, Any]) -> str:
     r = step["room"]
     admitted = (f"{r['admission_s']:.1f} s" if r["admission_s"] is not None
                 else f"{r['in_at_start']} of {r['users']} in")  # fmt: skip
+    if r["turned_away"]:
+        admitted = f"{r['ever_in']:,} in {admitted}, {r['turned_away']:,} told `full`"
     cells = [
         f"{step['users']:,}",
         f"{r['deliveries_per_s']:,.0f}",
@@ -390,6 +413,15 @@ def notes(step: dict[str, Any]) -> list[str]:
         f"peak RSS {r['peak_mb']:.0f} MB; generators: {_processes(g['processes'])} took "
         f"{g['share_of_cores']:.0%} of the {os.cpu_count()} cores in the steady phase",
     ]
+    if "admin_answered_s" in r:
+        stats = r["admin_stats"] or {}
+        answer = (
+            f"answered in {r['admin_answered_s']} s ({stats.get('clients')} users in, "
+            f"{stats.get('drops')} replies dropped)"
+            if stats
+            else "no answer within 10 s"
+        )
+        lines.append(f"room-ctl stats mid-day: {answer}")
     x = step.get("redis")
     if x is not None:
         lines.append(

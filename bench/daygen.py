@@ -114,6 +114,8 @@ class Load:
         self.cpu: dict[str, float] = {}
         self.in_at_t0 = 0
         self.ever_in = 0  # users that were in their room at least once
+        self.turned_away: set[int] = set()
+        """Users whose hello the broker refused as ``full``: they go, as room-client does."""
         self.spans: dict[str, list[float]] = {"welcome": [], "joined": [], "synced": []}
         """First admissions, seconds: hello to Welcome, Welcome to Joined, Joined to Synced."""
         self.parent = os.getppid()
@@ -155,7 +157,7 @@ class Load:
                 if os.getppid() != self.parent:
                     return
             if phase == "admit":
-                if not admitted and self.ever_in == self.n:
+                if not admitted and self.ever_in + self.never_in_turned_away() == self.n:
                     admitted = True
                     self.cpu["admission"] = time.process_time() - cpu_go
                     self.out.put(("admitted", self.wid, None))
@@ -258,6 +260,9 @@ class Load:
             self.ep.unregister(fd)
         self.fds.pop(fd, None)
 
+    def never_in_turned_away(self) -> int:
+        return sum(1 for k in self.turned_away if not self.users[k].first_in)
+
     def report(self) -> dict[str, Any]:
         firsts = [u.first_in for u in self.users if u.first_in]
         return {
@@ -267,6 +272,7 @@ class Load:
             "last_in": max(firsts, default=0.0),
             "ever_in": len(firsts),
             "in_at_t0": self.in_at_t0,
+            "turned_away": self.never_in_turned_away(),
             "counts": dict(self.c),
             "codes": dict(self.codes),
             "examples": self.examples,
@@ -407,6 +413,12 @@ class RoomLoad(Load):
         elif kind is p.Error:
             if m.request == "hello" or u.state == HELLO:
                 self.codes[f"hello {m.code}"] += 1
+                if m.code == p.Code.FULL:  # told to go: it does not come back
+                    self.turned_away.add(u.idx)
+                    self.lost_session(u, now)
+                    self.busy.discard(u)
+                    u.state = DONE
+                    return
                 self.c["refused_hellos"] += 1
                 self.lost_session(u, now)
             elif m.code == p.Code.HELLO_FIRST:

@@ -11,7 +11,10 @@ with the canary: its delays (p50, p99, max) and how many exceeded 20 ms, the bro
 of replies it dropped, and the turns of its loop that ran the heartbeat tick (timed by a prelude:
 the tick and the flush of that turn): how many, their p99 and longest. ``--source`` runs another
 tree's broker (e.g. an older commit, ``git archive``-d into a directory) with the same load, to
-compare before and after.
+compare before and after. With ``--subscribe`` each user also holds a SUB on its room, as a client
+does; ``--rest`` makes the idle phase that long instead, and the broker's RSS is sampled through
+it every 0.5 s (first, last, lowest, highest, slope): issue 27's "no growth at rest" is
+``--users 5000 --subscribe --rest 600``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import zmq
 
 from broker.wire import protocol as p
+from client.sockets import log_in
 
 CANARY_EVERY = 0.02
 SLOW_MS = 20.0
@@ -69,13 +73,20 @@ after it), written to a file at exit."""
 
 
 def idle_users(
-    router: str, users: int, heartbeat: float, zmtp: float, ready: Queue, stop: Any
+    router: str,
+    users: int,
+    heartbeat: float,
+    zmtp: float,
+    subscribe: bool,
+    ready: Queue,
+    stop: Any,
 ) -> None:
     """``users`` DEALERs that say hello, then ping once an interval each at its own phase and
     read everything the broker sends them, until ``stop`` is set. With ``zmtp`` (seconds), each
-    DEALER also sends ZMTP heartbeats at that interval, with a TTL of twice it."""
+    DEALER also sends ZMTP heartbeats at that interval, with a TTL of twice it. With
+    ``subscribe``, each also holds a SUB on its room (``public``), as a client does."""
     ctx = zmq.Context()
-    ctx.max_sockets = users + 64
+    ctx.max_sockets = 2 * users + 64
     dealers = []
     for k in range(users):
         d = ctx.socket(zmq.DEALER)
@@ -87,6 +98,7 @@ def idle_users(
         d.send(p.encode(p.Hello(p.VERSION, f"idle{k}")))
         dealers.append(d)
     welcomed: set[int] = set()
+    subs: list[zmq.Socket[bytes]] = []
     ping = p.encode(p.Ping())
     start = time.monotonic()
     sent_upto = 0  # pings are due for the users k with phase k / users of the interval
@@ -103,9 +115,16 @@ def idle_users(
         if rounds % 10 == 0 or not told:
             for k, d in enumerate(dealers):
                 while d.poll(0):
-                    body = d.recv()
-                    if not told and k not in welcomed and _welcomes(body):
+                    welcome = _welcome(d.recv())
+                    if welcome is not None and k not in welcomed:
                         welcomed.add(k)
+                        if subscribe:  # as a client does: a SUB on its room, with its session
+                            sub = ctx.socket(zmq.SUB)
+                            sub.linger = 0
+                            log_in(sub, welcome)
+                            sub.connect(welcome.pub)
+                            sub.subscribe(p.topic(welcome.room))
+                            subs.append(sub)
             if not told and (len(welcomed) == users or now - start > 120):
                 ready.put(len(welcomed))
                 told = True
@@ -113,8 +132,8 @@ def idle_users(
     ctx.destroy(linger=0)
 
 
-def _welcomes(body: bytes) -> bool:
-    return any(isinstance(m, p.Welcome) for m in p.decode_server(body))
+def _welcome(body: bytes) -> p.Welcome | None:
+    return next((m for m in p.decode_server(body) if isinstance(m, p.Welcome)), None)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -151,7 +170,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def run(users: int, seconds: float, heartbeat: float, zmtp: float, source: str) -> dict[str, Any]:
+def run(
+    users: int,
+    seconds: float,
+    heartbeat: float,
+    zmtp: float,
+    source: str,
+    subscribe: bool = False,
+    rest: float | None = None,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": source, "PYTHONUNBUFFERED": "1"}
         turns_file = Path(tmp) / "turns.json"
@@ -175,13 +202,13 @@ def run(users: int, seconds: float, heartbeat: float, zmtp: float, source: str) 
             router, control = m.group(1), m.group(3)
             spawn = mp.get_context("spawn")
             ready, stop = spawn.Queue(), spawn.Event()
-            args = (router, users, heartbeat, zmtp, ready, stop)
+            args = (router, users, heartbeat, zmtp, subscribe, ready, stop)
             load = spawn.Process(target=idle_users, args=args)
             load.start()
             try:
                 welcomed = ready.get(timeout=180)
                 started = time.monotonic()
-                result = _measure(broker.pid, router, seconds)
+                result = _measure(broker.pid, router, seconds, seconds if rest is None else rest)
                 result["welcomed"] = welcomed
                 result["stats"] = stats(control, tmp, source)
             finally:
@@ -198,8 +225,9 @@ def run(users: int, seconds: float, heartbeat: float, zmtp: float, source: str) 
     return result
 
 
-def _measure(pid: int, router: str, seconds: float) -> dict[str, Any]:
-    """The canary's Say -> Ack delays and the broker's CPU over ``seconds``."""
+def _measure(pid: int, router: str, seconds: float, rest: float) -> dict[str, Any]:
+    """The broker's CPU and RSS over ``rest`` seconds with the idle users alone, then the
+    canary's Say -> Ack delays and the broker's CPU over ``seconds``."""
     ctx = zmq.Context()
     try:
         d = ctx.socket(zmq.DEALER)
@@ -213,8 +241,10 @@ def _measure(pid: int, router: str, seconds: float) -> dict[str, Any]:
             d.send(p.encode(p.Ping()))
             time.sleep(0.5)
         cpu0, threads0, t0 = cpu_seconds(pid), thread_cpu(pid), time.monotonic()
-        while time.monotonic() - t0 < seconds:  # idle users only (the canary pings)
+        rss: list[tuple[float, float]] = []  # (seconds in, MB)
+        while time.monotonic() - t0 < rest:  # idle users only (the canary pings)
             d.send(p.encode(p.Ping()))
+            rss.append((time.monotonic() - t0, rss_mb(pid)))
             time.sleep(0.5)
         elapsed = time.monotonic() - t0
         idle_cpu = 100 * (cpu_seconds(pid) - cpu0) / elapsed
@@ -236,6 +266,8 @@ def _measure(pid: int, router: str, seconds: float) -> dict[str, Any]:
     finally:
         ctx.destroy(linger=0)
     return {
+        "rest_s": round(elapsed, 1),
+        "rest_rss_mb": _rss_summary(rss),
         "idle_cpu_percent": round(idle_cpu, 1),
         "idle_cpu_by_thread": {name: pct for name, pct in by_thread.items() if pct >= 0.5},
         "cpu_percent_with_canary": round(cpu, 1),
@@ -244,6 +276,29 @@ def _measure(pid: int, router: str, seconds: float) -> dict[str, Any]:
         "p99_ms": round(percentile(delays, 0.99), 2),
         "max_ms": round(max(delays), 2),
         "over_20ms": sum(1 for x in delays if x > SLOW_MS),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_summary(samples: list[tuple[float, float]]) -> dict[str, float]:
+    """First, last, lowest and highest RSS of the rest, and its least-squares slope."""
+    values = [mb for _, mb in samples]
+    n = len(samples)
+    mean_t, mean_v = sum(t for t, _ in samples) / n, sum(values) / n
+    spread = sum((t - mean_t) ** 2 for t, _ in samples) or 1.0
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread
+    return {
+        "first": round(values[0], 1),
+        "last": round(values[-1], 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+        "slope_mb_per_min": round(60 * slope, 3),
     }
 
 
@@ -266,12 +321,23 @@ def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--client-zmtp", type=float, default=0.0)
     parser.add_argument("--source", default=str(Path(__file__).resolve().parent.parent))
+    parser.add_argument("--subscribe", action="store_true", help="each user holds a SUB too")
+    parser.add_argument("--rest", type=float, help="seconds of the idle phase (--seconds)")
     args = parser.parse_args()
-    result = run(args.users, args.seconds, args.heartbeat, args.client_zmtp, args.source)
+    result = run(
+        args.users,
+        args.seconds,
+        args.heartbeat,
+        args.client_zmtp,
+        args.source,
+        args.subscribe,
+        args.rest,
+    )
     s = result.pop("stats")
     result["drops"] = s.get("drops")
     result["clients_at_end"] = s.get("clients")
-    head = {"users": args.users, "heartbeat": args.heartbeat, "client_zmtp": args.client_zmtp}
+    head = {"users": args.users, "heartbeat": args.heartbeat, "client_zmtp": args.client_zmtp,
+            "subscribe": args.subscribe}  # fmt: skip
     print(json.dumps({**head, **result}))
 
 
