@@ -286,20 +286,33 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _rss_summary(samples: list[tuple[float, float]]) -> dict[str, float]:
-    """First, last, lowest and highest RSS of the rest, and its least-squares slope."""
+def _rss_summary(samples: list[tuple[float, float]]) -> dict[str, Any]:
+    """First, last, lowest and highest RSS of the rest, its least-squares slope, the same of its
+    second half (libzmq pages a connection's queues in as messages pass, up to about 64 KB
+    each: the growth stops once they are all in), and one sample a minute."""
     values = [mb for _, mb in samples]
-    n = len(samples)
-    mean_t, mean_v = sum(t for t, _ in samples) / n, sum(values) / n
-    spread = sum((t - mean_t) ** 2 for t, _ in samples) or 1.0
-    slope = sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread
+    half = samples[len(samples) // 2 :]
     return {
         "first": round(values[0], 1),
         "last": round(values[-1], 1),
         "min": round(min(values), 1),
         "max": round(max(values), 1),
-        "slope_mb_per_min": round(60 * slope, 3),
+        "slope_mb_per_min": _slope(samples),
+        "second_half": {
+            "min": round(min(mb for _, mb in half), 1),
+            "max": round(max(mb for _, mb in half), 1),
+            "slope_mb_per_min": _slope(half),
+        },
+        "each_minute": [round(mb, 1) for t, mb in samples if t % 60 < 0.5],
     }
+
+
+def _slope(samples: list[tuple[float, float]]) -> float:
+    """MB a minute, least squares."""
+    n = len(samples)
+    mean_t, mean_v = sum(t for t, _ in samples) / n, sum(mb for _, mb in samples) / n
+    spread = sum((t - mean_t) ** 2 for t, _ in samples) or 1.0
+    return round(60 * sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread, 3)
 
 
 def _until(d: zmq.Socket[bytes], kind: type, wanted: Any = None) -> Any:

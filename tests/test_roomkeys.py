@@ -243,6 +243,7 @@ def test_the_terminal_client_chats_through_a_sealing_broker(tmp_path: Path) -> N
         bob.send("/leave")
         bob.expect(r"^\* joined public$")
         alice.send("while bob was out")
+        alice.expect(r"^\[ops\] alice: while bob was out$")  # stored before bob asks to join
         bob.send("/join ops")
         bob.expect(r"^\[ops\] alice: while bob was out$")  # history, over the DEALER
         bob.expect(r"^\* joined ops$")

@@ -32,13 +32,14 @@ from broker.config import BATCH, DEFAULT_LIMITS, FRAME_OVERHEAD, HEARTBEAT, LIVE
 from broker.logfmt import LogWriter
 from broker.loop import descriptors
 from broker.loop.control import ControlChannel, ControlRequest
+from broker.loop.door import SUPPORTED as WATCHED
+from broker.loop.door import Door
 from broker.loop.flush import BatchFlush
 from broker.loop.intake import ClientIntake
 from broker.loop.plugin import Plugin
 from broker.loop.publisher import Publisher
 from broker.loop.sockets import Endpoints, Sockets
 from broker.loop.subscribers import Subscribers
-from broker.loop.watch import SUPPORTED as WATCHED
 from broker.loop.watch import Budgets, Watch
 from broker.security.gate import Gate
 from broker.security.guard import Guard
@@ -123,14 +124,12 @@ class Broker:
             raise
         self.endpoints = self.sockets.endpoints
         self.publisher = Publisher(self.ctx, self.sockets.pub)
-        self.watch = Watch(
-            self.ctx,
-            {"router": self.sockets.router_monitor, "pub": self.sockets.pub_monitor},
-            self.gate,
-            _budgets(limits, rate, burst, curve),
+        door = Door(
+            {"router": self.sockets.router_monitor, "pub": self.sockets.pub_monitor}, self.gate
         )
-        for monitor, read in self.watch.readers():
+        for monitor, read in door.readers():
             self.guard.zap.also_read(monitor, read)
+        self.watch = Watch(self.ctx, door.arrivals, self.gate, _budgets(limits, rate, burst, curve))
         self.guard.start()  # the handshakes that came meanwhile waited for it
         settings = Settings(
             self.endpoints.pub,

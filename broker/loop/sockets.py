@@ -12,7 +12,7 @@ from typing import Final
 import zmq
 
 from broker.config import HEARTBEAT, LIVENESS, ZMTP_PING_EVERY, Limits
-from broker.loop.watch import CONNECTION_EVENTS
+from broker.loop.door import CONNECTION_EVENTS
 from broker.security.guard import CHAT_DOMAIN, CONTROL_DOMAIN, PUB_DOMAIN, REFUSED_EVENTS, Guard
 from broker.store.datadir import StartError
 

@@ -12,11 +12,8 @@ Budgets, each far above what an honest client sends:
 - a PUB connection that sent more subscription bytes than its session's room changes need (a
   subscriber sends one subscription and one unsubscription a move), or whose session ended.
 
-The monitors are read on the ZAP thread (``readers``), which counts each connection in the gate
-before it judges its handshake, and shuts at once one over the caps or from a banned address
-(``Gate.refusal``): ZAP would refuse it too, but only after its handshake, and a crowd of peers
-reconnecting every 100 ms queues up handshakes (each holding libzmq's buffers) faster than they
-are answered. It hands the others to the guard's thread.
+The connections come from the door (``door.py``), which counts them, or shuts those over the
+caps, on the ZAP thread.
 
 An evicted address is refused at the handshake for ``evict_for`` seconds (``Gate.ban``), and the
 loop logs one line per address and reason at each heartbeat. The descriptor is libzmq's: it is
@@ -31,18 +28,16 @@ import ctypes
 import math
 import socket
 import struct
-import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Final
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
+from broker.loop.door import SUPPORTED, Arrival, Gone, libc, peer, shut_down
 from broker.security.gate import Gate
 from broker.stoppipe import StopPipe
 
@@ -69,18 +64,13 @@ unsubscription: a topic of at most 33 bytes each, with framing, and CURVE's per-
 _TCP_INFO_BYTES: Final = 232
 _BYTES_RECEIVED: Final = struct.Struct("=Q")
 _BYTES_RECEIVED_AT: Final = 128  # tcpi_bytes_received in struct tcp_info (Linux 4.1 on)
-CONNECTION_EVENTS: Final = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-"""What the ROUTER's and the PUB's monitors report to the guard."""
 
 TRIM_EVERY: Final = 1.0
 """Seconds between the guard's ``malloc_trim`` calls at most, when connections closed meanwhile."""
 
-SUPPORTED: Final = sys.platform.startswith("linux")
 if SUPPORTED:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _getsockopt = _libc.getsockopt
-    _shutdown = _libc.shutdown
-    _malloc_trim = getattr(_libc, "malloc_trim", None)  # glibc's; another libc keeps what it keeps
+    _getsockopt = libc.getsockopt
+    _malloc_trim = getattr(libc, "malloc_trim", None)  # glibc's; another libc keeps what it keeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,22 +133,17 @@ class Watch:
     def __init__(
         self,
         ctx: zmq.Context[zmq.Socket[bytes]],
-        monitors: dict[str, zmq.Socket[bytes]],
+        arrivals: deque[Arrival | Gone],
         gate: Gate,
         budgets: Budgets,
     ) -> None:
-        self.monitors = monitors
-        """By socket name ("router", "pub"): the monitor sockets, read only by the ZAP thread."""
+        self.arrivals = arrivals
+        """The door's: each connection let on, and each gone, in order."""
         self.gate = gate
         self.budgets = budgets
         self.sessions: Sessions = _no_sessions
         """How the guard asks after a subscriber's session (set once the chat exists)."""
         self.conns: dict[tuple[str, int], _Conn] = {}
-        self._arrivals: deque[_Conn | tuple[str, int]] = deque()
-        """From the ZAP thread, in order: each connection accepted, and (socket, fd) of each
-        gone."""
-        self._shut: set[tuple[str, int]] = set()
-        """Connections the ZAP thread shut at accept, until they are gone (its alone)."""
         self._young: deque[_Conn] = deque()
         """PUB connections in their first ``hello_timeout``: looked at every tick (or, when more
         than ``LOOKS_PER_TICK`` are new at once, in turn)."""
@@ -216,41 +201,6 @@ class Watch:
             f"{address} is refused for {self.budgets.evict_for:g} s"
             for (address, why), count in taken.items()
         ]
-
-    # ---- the thread ----------------------------------------------------------------------------
-
-    def readers(self) -> list[tuple[zmq.Socket[bytes], Callable[[], None]]]:
-        """Each monitor, and what reads it: for the ZAP thread (``ZapHandler.also_read``), which
-        so counts a connection (or shuts it, over the caps) before it judges its handshake."""
-        return [
-            (monitor, partial(self._events, monitor, kind))
-            for kind, monitor in self.monitors.items()
-        ]
-
-    # ---- the ZAP thread --------------------------------------------------------------------------
-
-    def _events(self, monitor: zmq.Socket[bytes], kind: str) -> None:
-        """The connections ``monitor`` reports accepted and gone: counted in the gate (or shut at
-        once), and handed to the guard's thread."""
-        while True:
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            fd = int(event["value"])
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                address, port = _peer(fd)
-                if SUPPORTED and self.gate.refusal(address) is not None:
-                    _shutdown(fd, socket.SHUT_RDWR)
-                    self._shut.add((kind, fd))
-                    continue
-                self.gate.accepted(kind, fd, address)
-                self._arrivals.append(_Conn(fd, kind, address, port, time.monotonic()))
-            elif (kind, fd) in self._shut:
-                self._shut.discard((kind, fd))
-            else:
-                self.gate.disconnected(kind, fd)
-                self._arrivals.append((kind, fd))
 
     # ---- the guard's thread ----------------------------------------------------------------------
 
@@ -311,15 +261,16 @@ class Watch:
         return conn.kind == "pub" or self.budgets.router_rate > 0 or not conn.said_hello
 
     def _arrived(self) -> None:
-        """Take the connections the ZAP thread saw come and go, in turn."""
-        for _ in range(len(self._arrivals)):
-            arrival = self._arrivals.popleft()
-            if isinstance(arrival, tuple):
+        """Take the connections the door let on, and those gone, in turn."""
+        arrivals = self.arrivals
+        for _ in range(len(arrivals)):
+            arrival = arrivals.popleft()
+            if not isinstance(arrival, Arrival):
                 conn = self.conns.pop(arrival, None)
                 if conn is not None:
                     self._forget(conn)
                 continue
-            conn = arrival
+            conn = _Conn(arrival.fd, arrival.kind, arrival.address, arrival.port, arrival.at)
             conn.checked = conn.accepted
             conn.allowance = self.budgets.router_burst
             self.conns[(conn.kind, conn.fd)] = conn
@@ -415,9 +366,9 @@ class Watch:
 
     def _evict(self, conn: _Conn, why: str, ban: bool) -> None:
         """Shut one connection down (libzmq then drops it), if its fd is still that peer."""
-        if _peer(conn.fd) != (conn.address, conn.port):
+        if peer(conn.fd) != (conn.address, conn.port):
             return  # libzmq closed it, and the number may be another connection's now
-        _shutdown(conn.fd, socket.SHUT_RDWR)
+        shut_down(conn.fd)
         conn.gone = True  # its DISCONNECTED event forgets it
         self.evicted += 1
         if ban:
@@ -428,18 +379,3 @@ class Watch:
 
 def _no_sessions(name: str, proof: str) -> int | None:
     return None
-
-
-def _peer(fd: int) -> tuple[str, int]:
-    """The peer (address, port) of ``fd``, borrowed and given back (never closed)."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return "", 0
-    try:
-        peer = sock.getpeername()
-    except OSError:
-        return "", 0
-    finally:
-        sock.detach()
-    return (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
