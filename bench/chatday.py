@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from bench import daygen
 from bench.canary import ctl_stats
-from bench.run import Target, machine, peak_mb, redis_binary
+from bench.run import Target, machine, peak_mb, redis_binary, rss_mb
 
 USERS_PER_PROCESS: Final = 500
 FDS_PER_USER: Final = 4
@@ -119,13 +119,6 @@ def parts(day: dict[str, Any], count: int) -> list[dict[str, Any]]:
             "seconds": day["seconds"],
         })  # fmt: skip
     return out
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Stopped(RuntimeError):

@@ -416,8 +416,7 @@ class RoomLoad(Load):
                 if m.code == p.Code.FULL:  # told to go: it does not come back
                     self.turned_away.add(u.idx)
                     self.lost_session(u, now)
-                    self.busy.discard(u)
-                    u.state = DONE
+                    u.state = DONE  # not OFF: never connected again
                     return
                 self.c["refused_hellos"] += 1
                 self.lost_session(u, now)

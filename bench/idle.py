@@ -35,6 +35,7 @@ from typing import Any
 
 import zmq
 
+from bench.run import rss_mb
 from broker.wire import protocol as p
 from client.sockets import log_in
 
@@ -277,13 +278,6 @@ def _measure(pid: int, router: str, seconds: float, rest: float) -> dict[str, An
         "max_ms": round(max(delays), 2),
         "over_20ms": sum(1 for x in delays if x > SLOW_MS),
     }
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _rss_summary(samples: list[tuple[float, float]]) -> dict[str, Any]:

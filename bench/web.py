@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import load
-from bench.run import WAIT, Target, cpu_seconds, machine, peak_mb, percentiles, stop_process
+from bench.run import (
+    WAIT,
+    Target,
+    cpu_seconds,
+    machine,
+    peak_mb,
+    percentiles,
+    rss_mb,
+    stop_process,
+)
 
 CLIENT_PROCESSES: Final = 2
 """Processes the WebSocket clients are spread over: one alone falls behind before the gateway."""
@@ -50,13 +59,6 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("200 ws, 25/s", 200, 500, 25.0),
         Scenario("200 ws, 50/s", 200, 1000, 50.0),
     ]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Gateway:

@@ -95,9 +95,9 @@ def test_a_flood_of_silent_connections_is_counted_and_its_memory_returns(
 
 
 def test_a_crowd_from_one_address_gets_its_cap_not_nothing():
-    """A crowd of 100 accepted at once, before ZAP judges any: the guard lets the first 40 on to
-    their handshake, uncounted the rest, and ZAP lets those 40 in (counted at accept and judged by
-    ZAP, all 100 were refused). What a gone connection held is free again."""
+    """A crowd of 100 accepted at once, before ZAP judges any: the door lets the first 40 on to
+    their handshake, shuts the rest uncounted, and ZAP lets those 40 in (counted at accept and
+    judged by ZAP, all 100 were refused). What a gone connection held is free again."""
     gate = Gate(per_address=40, total=1_000)
     let_on = []
     for fd in range(100):

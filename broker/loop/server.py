@@ -193,8 +193,9 @@ class Broker:
                     "the limit (ulimit -n, or LimitNOFILE= in a systemd unit)"
                 )
             self.gate.cap(room, f"what the file-descriptor limit {limit} leaves")
-        if self.gate.users() < limits.max_clients:  # the users the connections hold, at most
-            capped = replace(limits, max_clients=self.gate.users())
+        users = self.gate.users()  # the users the connections hold, at most
+        if users < limits.max_clients:
+            capped = replace(limits, max_clients=users)
             self.chat.settings = replace(self.chat.settings, limits=capped)
         self._max_connections, self._max_clients = limits.max_connections, limits.max_clients
         self.exporter: Exporter | None = None

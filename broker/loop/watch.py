@@ -270,9 +270,8 @@ class Watch:
                 if conn is not None:
                     self._forget(conn)
                 continue
-            conn = _Conn(arrival.fd, arrival.kind, arrival.address, arrival.port, arrival.at)
-            conn.checked = conn.accepted
-            conn.allowance = self.budgets.router_burst
+            conn = _Conn(arrival.fd, arrival.kind, arrival.address, arrival.port, arrival.at,
+                         allowance=self.budgets.router_burst, checked=arrival.at)  # fmt: skip
             self.conns[(conn.kind, conn.fd)] = conn
             self.open[conn.kind] += 1
             self.accepted[conn.kind] += 1

@@ -17,8 +17,6 @@ counted before ZAP heard of the first, and all refused, again at each reconnecti
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections import Counter
 
@@ -45,10 +43,8 @@ class Gate:
         """Addresses refused until a time (``time.monotonic``): the guard evicted one of their
         connections (written by the guard's thread, read by the ZAP thread)."""
 
-    def accepted(self, sock: str, fd: int, address: str | None = None) -> None:
-        """``sock`` (a name) accepted a connection on ``fd`` (from ``address``, if known)."""
-        if address is None:
-            address = peer_address(fd)
+    def accepted(self, sock: str, fd: int, address: str) -> None:
+        """``sock`` (a name) accepted a connection on ``fd`` from ``address``."""
         self._address_of[(sock, fd)] = address
         self.by_address[address] += 1
         self.open += 1
@@ -80,13 +76,13 @@ class Gate:
         self.banned[address] = time.monotonic() + seconds
 
     def is_banned(self, address: str) -> bool:
-        """Whether ``address`` is refused now (the guard shuts its new connections at once)."""
+        """Whether ``address`` is refused now (the door shuts its new connections at once)."""
         until = self.banned.get(address)
         return until is not None and until > time.monotonic()
 
     def admit(self, address: str) -> str | None:
         """For ZAP: None to let a new connection from ``address`` in, else why not. The counts
-        include this connection (its monitor event came first), hence ``>``."""
+        include this connection: the ZAP thread read its monitor event first."""
         return self._over_caps(address, 1)
 
     def refusal(self, address: str) -> str | None:
@@ -116,13 +112,3 @@ class Gate:
         now = (self.refused, self.refused_full)
         taken, self._taken = self._taken, now
         return now[0] - taken[0], now[1] - taken[1]
-
-
-def peer_address(fd: int) -> str:
-    """The peer's IP address of a connected socket, as ZAP names it; "" when it is gone."""
-    try:
-        with socket.socket(fileno=os.dup(fd)) as sock:  # a duplicate: the original stays open
-            peer = sock.getpeername()
-    except OSError:
-        return ""
-    return str(peer[0]) if isinstance(peer, tuple) else ""
